@@ -1,0 +1,267 @@
+//! Envelope encryption of connection secrets: a KMS data key per write, AES-256-GCM locally.
+//!
+//! The KMS encryption context binds the ciphertext to the table and connection id, and the
+//! same pairs are the AES-GCM associated data, so a sealed blob copied to another connection
+//! neither unwraps at KMS nor authenticates locally.
+
+use std::collections::BTreeMap;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use async_trait::async_trait;
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeySpec;
+use secrecy::{ExposeSecret, SecretSlice};
+use serde::{Deserialize, Serialize};
+
+/// The algorithm recorded with every sealed value.
+pub const ALGORITHM: &str = "AES-256-GCM";
+const NONCE_LEN: usize = 12;
+
+/// Failures of envelope encryption.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("KMS request failed")]
+    Kms(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("KMS returned a data key of the wrong size")]
+    BadDataKey,
+    #[error("sealed value is malformed or was tampered with")]
+    Integrity,
+    #[error("the system random generator failed")]
+    Random,
+}
+
+/// Key/value pairs that bind a ciphertext to where it is stored.
+pub type EncryptionContext = BTreeMap<String, String>;
+
+/// The context used for a connection's secrets.
+pub fn connection_context(table: &str, connection_id: &str) -> EncryptionContext {
+    BTreeMap::from([
+        ("table".to_owned(), table.to_owned()),
+        ("connection_id".to_owned(), connection_id.to_owned()),
+    ])
+}
+
+/// A fresh data key: the plaintext for local use, the KMS-wrapped copy for storage.
+#[derive(Debug)]
+pub struct DataKey {
+    pub key_id: String,
+    pub plaintext: SecretSlice<u8>,
+    pub wrapped: Vec<u8>,
+}
+
+/// The part of KMS this crate needs; a seam so unit tests can run without KMS.
+#[async_trait]
+pub trait DataKeys: Send + Sync + std::fmt::Debug {
+    /// A new 256-bit data key bound to `context`.
+    async fn generate(&self, context: &EncryptionContext) -> Result<DataKey, CryptoError>;
+    /// Unwraps a data key produced by [`DataKeys::generate`] with the same `context`.
+    async fn unwrap(
+        &self,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<SecretSlice<u8>, CryptoError>;
+}
+
+/// [`DataKeys`] backed by AWS KMS.
+#[derive(Debug, Clone)]
+pub struct KmsDataKeys {
+    client: aws_sdk_kms::Client,
+    key_id: String,
+}
+
+impl KmsDataKeys {
+    pub fn new(client: aws_sdk_kms::Client, key_id: impl Into<String>) -> Self {
+        Self { client, key_id: key_id.into() }
+    }
+}
+
+#[async_trait]
+impl DataKeys for KmsDataKeys {
+    async fn generate(&self, context: &EncryptionContext) -> Result<DataKey, CryptoError> {
+        let out = self
+            .client
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context(Some(context.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| CryptoError::Kms(Box::new(e.into_service_error())))?;
+        let plaintext = out.plaintext.map(Blob::into_inner).ok_or(CryptoError::BadDataKey)?;
+        let wrapped = out.ciphertext_blob.map(Blob::into_inner).ok_or(CryptoError::BadDataKey)?;
+        if plaintext.len() != 32 {
+            return Err(CryptoError::BadDataKey);
+        }
+        Ok(DataKey {
+            key_id: out.key_id.unwrap_or_else(|| self.key_id.clone()),
+            plaintext: plaintext.into(),
+            wrapped,
+        })
+    }
+
+    async fn unwrap(
+        &self,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<SecretSlice<u8>, CryptoError> {
+        let out = self
+            .client
+            .decrypt()
+            .ciphertext_blob(Blob::new(wrapped))
+            .set_encryption_context(Some(context.clone().into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| CryptoError::Kms(Box::new(e.into_service_error())))?;
+        let plaintext = out.plaintext.map(Blob::into_inner).ok_or(CryptoError::BadDataKey)?;
+        Ok(plaintext.into())
+    }
+}
+
+/// A sealed value as stored in DynamoDB.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    pub alg: String,
+    pub key_id: String,
+    #[serde(with = "serde_bytes")]
+    pub wrapped_key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// Encrypts `plaintext` under `key`, authenticating `context` with it.
+pub fn seal(key: &DataKey, context: &EncryptionContext, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+    let cipher = cipher(&key.plaintext)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    getrandom::fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+    let aad = associated_data(context);
+    let ciphertext = cipher
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
+        .map_err(|_| CryptoError::Integrity)?;
+    Ok(Sealed {
+        alg: ALGORITHM.to_owned(),
+        key_id: key.key_id.clone(),
+        wrapped_key: key.wrapped.clone(),
+        nonce: nonce.to_vec(),
+        ciphertext,
+    })
+}
+
+/// Decrypts a [`Sealed`] value; fails if it was moved to another context or altered.
+pub async fn open(
+    keys: &dyn DataKeys,
+    context: &EncryptionContext,
+    sealed: &Sealed,
+) -> Result<SecretSlice<u8>, CryptoError> {
+    if sealed.alg != ALGORITHM || sealed.nonce.len() != NONCE_LEN {
+        return Err(CryptoError::Integrity);
+    }
+    let key = keys.unwrap(&sealed.wrapped_key, context).await?;
+    let cipher = cipher(&key)?;
+    let aad = associated_data(context);
+    let plaintext = cipher
+        .decrypt(Nonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad: &aad })
+        .map_err(|_| CryptoError::Integrity)?;
+    Ok(plaintext.into())
+}
+
+fn cipher(key: &SecretSlice<u8>) -> Result<Aes256Gcm, CryptoError> {
+    let bytes = key.expose_secret();
+    if bytes.len() != 32 {
+        return Err(CryptoError::BadDataKey);
+    }
+    Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(bytes)))
+}
+
+/// A canonical, unambiguous encoding of the context (sorted; lengths prefixed).
+fn associated_data(context: &EncryptionContext) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in context {
+        for part in [k, v] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+    out
+}
+
+/// In-memory [`DataKeys`] for unit tests: "wraps" a key by XOR with a fixed master key and
+/// refuses to unwrap under a different context, like KMS.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct FakeDataKeys;
+
+#[async_trait]
+impl DataKeys for FakeDataKeys {
+    async fn generate(&self, context: &EncryptionContext) -> Result<DataKey, CryptoError> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|_| CryptoError::Random)?;
+        let mut wrapped: Vec<u8> = key.iter().map(|b| b ^ 0x5a).collect();
+        wrapped.extend_from_slice(&associated_data(context));
+        Ok(DataKey { key_id: "fake-key".into(), plaintext: key.to_vec().into(), wrapped })
+    }
+
+    async fn unwrap(
+        &self,
+        wrapped: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<SecretSlice<u8>, CryptoError> {
+        let (key, bound) = wrapped.split_at_checked(32).ok_or(CryptoError::Integrity)?;
+        if bound != associated_data(context).as_slice() {
+            return Err(CryptoError::Kms("invalid ciphertext for this context".into()));
+        }
+        Ok(key.iter().map(|b| b ^ 0x5a).collect::<Vec<u8>>().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sealed_values_round_trip_and_hide_the_plaintext() {
+        let keys = FakeDataKeys;
+        let ctx = connection_context("t", "con_a");
+        let key = keys.generate(&ctx).await.unwrap();
+        let sealed = seal(&key, &ctx, b"secret-token-value").unwrap();
+        assert!(!sealed.ciphertext.windows(6).any(|w| w == b"secret"));
+        let opened = open(&keys, &ctx, &sealed).await.unwrap();
+        assert_eq!(opened.expose_secret(), b"secret-token-value");
+    }
+
+    #[tokio::test]
+    async fn sealed_values_do_not_open_under_another_connection() {
+        let keys = FakeDataKeys;
+        let ctx = connection_context("t", "con_a");
+        let key = keys.generate(&ctx).await.unwrap();
+        let sealed = seal(&key, &ctx, b"x").unwrap();
+        let other = connection_context("t", "con_b");
+        assert!(open(&keys, &other, &sealed).await.is_err());
+        // Even with the right data key, the AES-GCM associated data catches the move.
+        let cipher = cipher(&key.plaintext).unwrap();
+        let moved = cipher.decrypt(
+            Nonce::from_slice(&sealed.nonce),
+            Payload { msg: &sealed.ciphertext, aad: &associated_data(&other) },
+        );
+        assert!(moved.is_err());
+    }
+
+    #[tokio::test]
+    async fn tampering_is_detected() {
+        let keys = FakeDataKeys;
+        let ctx = connection_context("t", "con_a");
+        let key = keys.generate(&ctx).await.unwrap();
+        let mut sealed = seal(&key, &ctx, b"x").unwrap();
+        sealed.ciphertext[0] ^= 1;
+        assert!(matches!(open(&keys, &ctx, &sealed).await, Err(CryptoError::Integrity)));
+    }
+
+    #[test]
+    fn associated_data_is_unambiguous() {
+        let a = BTreeMap::from([("ab".to_owned(), "c".to_owned())]);
+        let b = BTreeMap::from([("a".to_owned(), "bc".to_owned())]);
+        assert_ne!(associated_data(&a), associated_data(&b));
+    }
+}

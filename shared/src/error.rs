@@ -1,0 +1,347 @@
+//! The one place flow errors become pages: what happened, what to do, and the right status.
+//! Client faults get a 4xx with a short safe message; server faults get an opaque 5xx page
+//! and one log line with the cause chain (which never holds a secret).
+
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+
+use http::StatusCode;
+use lambda_http::{Body, Response};
+
+use crate::crypto::CryptoError;
+use crate::domain::InvalidInput;
+use crate::grant::GrantError;
+use crate::microsoft::{GraphError, MicrosoftError, TokenError};
+use crate::pages::Page;
+use crate::secrets::SecretError;
+use crate::store::{ConsumeError, StoreError};
+
+/// Everything that can end a flow early.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("invalid request: {0}")]
+    InvalidInput(#[from] InvalidInput),
+    #[error("invalid request: {0}")]
+    BadQuery(&'static str),
+    #[error("start grant refused: {0}")]
+    Grant(#[from] GrantError),
+    #[error("state refused: {0}")]
+    State(ConsumeError),
+    #[error("Microsoft returned an error: {0}")]
+    Microsoft(MicrosoftError),
+    #[error("code exchange failed")]
+    Token(#[from] TokenError),
+    #[error("Graph read failed")]
+    Graph(#[from] GraphError),
+    #[error("state store failed")]
+    Store(#[from] StoreError),
+    #[error("secret unavailable")]
+    Secret(#[from] SecretError),
+    #[error("encryption failed")]
+    Crypto(#[from] CryptoError),
+    #[error("configuration problem: {0}")]
+    Config(String),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl From<ConsumeError> for FlowError {
+    fn from(e: ConsumeError) -> Self {
+        match e {
+            ConsumeError::Store(s) => FlowError::Store(s),
+            other => FlowError::State(other),
+        }
+    }
+}
+
+/// What pages may mention about the deployment.
+#[derive(Debug, Clone)]
+pub struct PageContext {
+    /// The exact redirect URI operators must register.
+    pub redirect_uri: String,
+}
+
+const START_AGAIN: &str = "Go back to AutoKitteh and start the connection again.";
+const TRY_AGAIN: &str = "Wait a minute, then start the connection again from AutoKitteh.";
+const ASK_ADMIN: &str = "Ask the administrator of this AutoKitteh deployment to fix its Microsoft app settings.";
+
+impl FlowError {
+    /// True for faults of ours or of a dependency (5xx).
+    pub fn is_server_fault(&self) -> bool {
+        self.page(&PageContext { redirect_uri: String::new() }).status.is_server_error()
+    }
+
+    /// Logs the error once and renders its page. `cookies` are still set (e.g. to clear the
+    /// browser-binding cookie).
+    pub fn into_response(self, ctx: &PageContext, cookies: &[String]) -> Response<Body> {
+        let page = self.page(ctx);
+        if page.status.is_server_error() {
+            tracing::error!(status = page.status.as_u16(), error = %chain(&self), "flow failed");
+        } else {
+            tracing::warn!(status = page.status.as_u16(), error = %chain(&self), "flow refused");
+        }
+        page.into_response(cookies)
+    }
+
+    /// The page for this error.
+    pub fn page(&self, ctx: &PageContext) -> Page {
+        use StatusCode as S;
+        match self {
+            FlowError::InvalidInput(e) => Page::error(
+                S::BAD_REQUEST,
+                "This sign-in link is not valid",
+                &format!("The link that brought you here is incomplete or damaged: {e}."),
+                Some(START_AGAIN),
+            ),
+            FlowError::BadQuery(what) => Page::error(
+                S::BAD_REQUEST,
+                "This sign-in link is not valid",
+                &format!("The link that brought you here is incomplete or damaged: {what}."),
+                Some(START_AGAIN),
+            ),
+            FlowError::Grant(GrantError::Expired) => Page::error(
+                S::FORBIDDEN,
+                "This sign-in link has expired",
+                "Sign-in links from AutoKitteh are valid for a few minutes only.",
+                Some(START_AGAIN),
+            ),
+            FlowError::Grant(_) => Page::error(
+                S::FORBIDDEN,
+                "This sign-in link was not issued by AutoKitteh",
+                "The link is missing its signature, was altered, or belongs to another connection.",
+                Some("Start the connection from the AutoKitteh UI, CLI or VS Code extension, not from a copied link."),
+            ),
+            FlowError::State(ConsumeError::Expired) => Page::error(
+                S::BAD_REQUEST,
+                "This sign-in took too long",
+                "More than 10 minutes passed between starting the connection and returning from Microsoft.",
+                Some(START_AGAIN),
+            ),
+            FlowError::State(ConsumeError::WrongBrowser) => Page::error(
+                S::BAD_REQUEST,
+                "Finish the sign-in in the browser where you started it",
+                "This sign-in was started in another browser (or its cookie was blocked or cleared).",
+                Some("Start the connection again and complete the Microsoft sign-in in the same browser window, with cookies allowed."),
+            ),
+            FlowError::State(_) => Page::error(
+                S::BAD_REQUEST,
+                "This sign-in is unknown or already finished",
+                "The link Microsoft sent you back with does not match a sign-in in progress. It may have been used already.",
+                Some(START_AGAIN),
+            ),
+            FlowError::Microsoft(e) => microsoft_page(e, ctx),
+            FlowError::Token(TokenError::Rejected(e)) => microsoft_page(e, ctx),
+            FlowError::Token(TokenError::Unavailable(_)) | FlowError::Graph(GraphError::Unavailable(_)) => {
+                Page::error(
+                    S::SERVICE_UNAVAILABLE,
+                    "Microsoft is not responding",
+                    "Microsoft's sign-in service did not answer in time. Nothing was saved.",
+                    Some(TRY_AGAIN),
+                )
+            }
+            FlowError::Token(_) | FlowError::Graph(_) => Page::error(
+                S::BAD_GATEWAY,
+                "Microsoft sent an unexpected answer",
+                "The sign-in could not be completed. Nothing was saved.",
+                Some(TRY_AGAIN),
+            ),
+            FlowError::Store(StoreError::Duplicate) => Page::error(
+                S::SERVICE_UNAVAILABLE,
+                "The sign-in could not start",
+                "Please try once more.",
+                Some(TRY_AGAIN),
+            ),
+            FlowError::Store(_) | FlowError::Secret(_) | FlowError::Crypto(_) => Page::error(
+                S::SERVICE_UNAVAILABLE,
+                "AutoKitteh is temporarily unavailable",
+                "A service the connection depends on did not respond. Nothing was saved.",
+                Some(TRY_AGAIN),
+            ),
+            FlowError::Config(_) | FlowError::Internal(_) => Page::error(
+                S::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "The connection could not be completed. Nothing was saved.",
+                Some(TRY_AGAIN),
+            ),
+        }
+    }
+}
+
+/// Pages for Microsoft's own errors: branch on `error`, refine with the AADSTS codes.
+fn microsoft_page(e: &MicrosoftError, ctx: &PageContext) -> Page {
+    use StatusCode as S;
+    let code = |c: u32| e.has_code(c);
+    let page = if e.error == "access_denied" && (code(65004) || e.error_codes.is_empty()) {
+        Page::error(
+            S::FORBIDDEN,
+            "You declined the permissions",
+            "The connection needs the permissions Microsoft asked you about, so nothing was connected.",
+            Some("Start the connection again and accept the permissions, or ask your Microsoft administrator for consent."),
+        )
+    } else if code(50011) {
+        Page::error(
+            S::BAD_REQUEST,
+            "The app's redirect URI is not registered",
+            &format!(
+                "Microsoft does not know this deployment's redirect URI, {}.",
+                ctx.redirect_uri
+            ),
+            Some("An administrator must add it, exactly, as a \"Web\" redirect URI of the app registration in Microsoft Entra ID."),
+        )
+    } else if code(50194) {
+        Page::error(
+            S::BAD_REQUEST,
+            "The app is single-tenant",
+            "The Microsoft app registration accepts accounts from one directory only, but sign-in used the multi-tenant endpoint.",
+            Some("An administrator must set MICROSOFT_TENANT_ID to the app's Directory (tenant) ID, or make the app multi-tenant."),
+        )
+    } else if code(9_002_332) {
+        Page::error(
+            S::BAD_REQUEST,
+            "Personal Microsoft accounts are not supported",
+            "The app registration does not accept personal Microsoft accounts.",
+            Some("Sign in with a work or school account, or ask an administrator to change the app's supported account types."),
+        )
+    } else if code(700_016) {
+        Page::error(
+            S::BAD_REQUEST,
+            "The Microsoft app was not found",
+            "Your Microsoft directory does not know the app this deployment uses.",
+            Some("An administrator must check MICROSOFT_CLIENT_ID and MICROSOFT_TENANT_ID, or consent to the app in your directory."),
+        )
+    } else if e.error == "invalid_client" || code(7_000_215) || code(7_000_222) {
+        Page::error(
+            S::BAD_GATEWAY,
+            "The server's Microsoft credentials were refused",
+            "Microsoft rejected this deployment's client secret; it may have expired. Nothing was saved.",
+            Some("An administrator must create a new client secret in Microsoft Entra ID and store it in the deployment's client secret."),
+        )
+    } else if e.error == "consent_required" || code(65001) || code(90094) || code(90095) {
+        Page::error(
+            S::FORBIDDEN,
+            "An administrator must approve this app",
+            "Your organization requires an administrator to consent to the permissions this connection needs.",
+            Some("Ask a Microsoft Entra administrator of your organization to grant admin consent to the app, then start again."),
+        )
+    } else if code(50076) || code(50079) || code(53003) || e.error == "interaction_required" {
+        Page::error(
+            S::FORBIDDEN,
+            "Your organization's sign-in policy stopped this sign-in",
+            "Multi-factor authentication, enrolment or a Conditional Access policy blocked the sign-in.",
+            Some("Complete the requirements your organization shows at Microsoft, or contact your IT administrator, then start again."),
+        )
+    } else if e.error == "invalid_grant" || code(70008) || code(54005) || code(501_481) {
+        Page::error(
+            S::BAD_REQUEST,
+            "This sign-in can no longer be completed",
+            "Microsoft's one-time sign-in code expired or was already used.",
+            Some(START_AGAIN),
+        )
+    } else if e.error == "temporarily_unavailable" || e.error == "server_error" {
+        Page::error(
+            S::SERVICE_UNAVAILABLE,
+            "Microsoft is temporarily unavailable",
+            "Microsoft's sign-in service reported a temporary problem. Nothing was saved.",
+            Some(TRY_AGAIN),
+        )
+    } else if e.error == "invalid_request" || e.error == "unauthorized_client" || e.error == "invalid_scope" {
+        Page::error(
+            S::BAD_REQUEST,
+            "Microsoft refused the sign-in request",
+            "The Microsoft app registration does not accept this request.",
+            Some(ASK_ADMIN),
+        )
+    } else {
+        Page::error(
+            S::BAD_REQUEST,
+            "Microsoft did not complete the sign-in",
+            "Microsoft ended the sign-in with an error. Nothing was connected.",
+            Some(START_AGAIN),
+        )
+    };
+    page.with_reference(Some(reference(e)))
+}
+
+/// A short, safe reference for support: the error, AADSTS codes, and Microsoft's trace id.
+fn reference(e: &MicrosoftError) -> String {
+    let mut out = e.error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect::<String>();
+    for code in e.error_codes.iter().take(3) {
+        let _ = write!(out, " AADSTS{code}");
+    }
+    if let Some(trace) = &e.trace_id {
+        let _ = write!(out, " trace {}", trace.chars().take(64).collect::<String>());
+    }
+    out
+}
+
+/// `error: cause: cause…` for one log line.
+pub fn chain(error: &dyn StdError) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(out, ": {cause}");
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> PageContext {
+        PageContext { redirect_uri: "https://api.example.com/oauth/redirect/microsoft".into() }
+    }
+
+    fn ms(error: &str, codes: &[u32]) -> FlowError {
+        FlowError::Microsoft(MicrosoftError {
+            error: error.into(),
+            error_description: None,
+            error_codes: codes.to_vec(),
+            trace_id: Some("trace-1".into()),
+            correlation_id: None,
+        })
+    }
+
+    #[test]
+    fn each_microsoft_error_gets_its_own_advice() {
+        let cases: &[(FlowError, u16, &str)] = &[
+            (ms("access_denied", &[65004]), 403, "declined"),
+            (ms("invalid_request", &[50011]), 400, "redirect URI"),
+            (ms("invalid_request", &[50194]), 400, "single-tenant"),
+            (ms("unauthorized_client", &[700_016]), 400, "not found"),
+            (ms("invalid_client", &[7_000_222]), 502, "credentials"),
+            (ms("consent_required", &[65001]), 403, "administrator must approve"),
+            (ms("invalid_grant", &[70008]), 400, "no longer"),
+            (ms("invalid_grant", &[54005]), 400, "no longer"),
+            (ms("temporarily_unavailable", &[]), 503, "temporarily"),
+            (ms("interaction_required", &[53003]), 403, "policy"),
+        ];
+        for (error, status, words) in cases {
+            let page = error.page(&ctx());
+            assert_eq!(page.status.as_u16(), *status, "{error}");
+            assert!(page.title.contains(words), "{error}: {}", page.title);
+        }
+    }
+
+    #[test]
+    fn the_redirect_uri_hint_names_the_exact_uri() {
+        let page = ms("invalid_request", &[50011]).page(&ctx());
+        assert!(page.render().contains("https://api.example.com/oauth/redirect/microsoft"));
+    }
+
+    #[test]
+    fn references_hold_codes_and_trace_only() {
+        let page = ms("invalid_grant", &[70008]).page(&ctx());
+        assert_eq!(page.reference.as_deref(), Some("invalid_grant AADSTS70008 trace trace-1"));
+    }
+
+    #[test]
+    fn server_faults_are_opaque() {
+        let e = FlowError::Store(StoreError::Unavailable { operation: "PutItem", source: "connection refused to 10.0.0.1".into() });
+        let page = e.page(&ctx());
+        assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!page.render().contains("10.0.0.1"));
+        assert!(chain(&e).contains("connection refused"));
+    }
+}

@@ -1,0 +1,64 @@
+//! The one outbound HTTP client, and its adapter for the `oauth2` crate.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
+
+/// Builds the HTTP client every Microsoft call goes through: no redirect following (a
+/// redirect from the token endpoint or Graph is never legitimate and could be used for
+/// SSRF), bounded connect and total time.
+pub fn build_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("autokitteh-microsoft-oauth/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// A transport-level failure talking to Microsoft.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("request timed out")]
+    Timeout(#[source] reqwest::Error),
+    #[error("request failed")]
+    Transport(#[source] reqwest::Error),
+    #[error("server answered HTTP {0}")]
+    Status(u16),
+}
+
+impl HttpError {
+    pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
+        // The URL a reqwest error carries is one of our fixed endpoints; it never holds secrets.
+        if e.is_timeout() { Self::Timeout(e) } else { Self::Transport(e) }
+    }
+}
+
+/// Runs `oauth2` requests on our client. Server errors (5xx) become [`HttpError::Status`]
+/// so callers can tell an outage from a rejected request, which `oauth2` alone cannot.
+#[derive(Debug, Clone, Copy)]
+pub struct OAuthHttp<'a>(pub &'a reqwest::Client);
+
+impl<'c> AsyncHttpClient<'c> for OAuthHttp<'_> {
+    type Error = HttpError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request).map_err(HttpError::Transport)?;
+            let response = self.0.execute(request).await.map_err(HttpError::from_reqwest)?;
+            let status = response.status();
+            if status.is_server_error() {
+                return Err(HttpError::Status(status.as_u16()));
+            }
+            let headers = response.headers().clone();
+            let body = response.bytes().await.map_err(HttpError::from_reqwest)?;
+            let mut out = http::Response::new(body.to_vec());
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,243 @@
+//! HTML pages and the response headers every page and redirect carries.
+
+use std::sync::LazyLock;
+
+use askama::Template;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use http::{HeaderValue, StatusCode, header};
+use lambda_http::{Body, Response};
+use sha2::{Digest, Sha256};
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
+main{max-width:36rem;margin:4rem auto;padding:2rem;background:#fff;border-radius:8px;\
+border-top:6px solid #6b7280}main.ok{border-top-color:#16a34a}main.error{border-top-color:#dc2626}\
+.brand{color:#6b7280;font-size:.85rem}h1{font-size:1.4rem}.action{background:#f3f4f6;padding:.75rem;\
+border-radius:6px}.reference{color:#6b7280;font-size:.8rem}code{word-break:break-all}";
+
+/// Closes the window when it was opened as a popup by the AutoKitteh UI.
+const CLOSE_POPUP_SCRIPT: &str = "if (window.opener) { setTimeout(function () { window.close(); }, 1500); }";
+
+/// The page CSP: nothing may load; only our exact inline style and script may run.
+static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
+    let hash = |s: &str| STANDARD.encode(Sha256::digest(s.as_bytes()));
+    format!(
+        "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}'; base-uri 'none'; \
+         form-action 'none'; frame-ancestors 'none'",
+        hash(STYLE),
+        hash(CLOSE_POPUP_SCRIPT)
+    )
+});
+
+/// How a page reads: success or failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Ok,
+    Error,
+}
+
+/// A link shown on a page.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub href: String,
+    pub label: String,
+}
+
+/// Content of a page; rendering escapes every field.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub status: StatusCode,
+    pub tone: Tone,
+    pub title: String,
+    pub message: Vec<String>,
+    pub action: Option<String>,
+    pub link: Option<Link>,
+    pub reference: Option<String>,
+    pub close_popup: bool,
+}
+
+#[derive(Template)]
+#[template(path = "page.html")]
+struct PageTemplate<'a> {
+    tone: &'static str,
+    title: &'a str,
+    message: &'a [String],
+    action: Option<&'a str>,
+    link: Option<&'a Link>,
+    reference: Option<&'a str>,
+    close_popup: bool,
+    style: &'static str,
+    script: &'static str,
+}
+
+impl Page {
+    /// The success page, naming the Microsoft account that was connected.
+    pub fn connected(account: &str, link: Option<Link>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            tone: Tone::Ok,
+            title: "Microsoft account connected".into(),
+            message: vec![
+                format!("AutoKitteh can now act as {account} through this connection."),
+                "You can close this tab and return to AutoKitteh.".into(),
+            ],
+            action: None,
+            link,
+            reference: None,
+            close_popup: true,
+        }
+    }
+
+    /// An error page.
+    pub fn error(status: StatusCode, title: &str, message: &str, action: Option<&str>) -> Self {
+        Self {
+            status,
+            tone: Tone::Error,
+            title: title.into(),
+            message: vec![message.into()],
+            action: action.map(str::to_owned),
+            link: None,
+            reference: None,
+            close_popup: false,
+        }
+    }
+
+    /// Adds a reference (error and AADSTS codes, trace id) for support.
+    pub fn with_reference(mut self, reference: Option<String>) -> Self {
+        self.reference = reference;
+        self
+    }
+
+    /// The HTML of the page.
+    pub fn render(&self) -> String {
+        let template = PageTemplate {
+            tone: match self.tone {
+                Tone::Ok => "ok",
+                Tone::Error => "error",
+            },
+            title: &self.title,
+            message: &self.message,
+            action: self.action.as_deref(),
+            link: self.link.as_ref(),
+            reference: self.reference.as_deref(),
+            close_popup: self.close_popup,
+            style: STYLE,
+            script: CLOSE_POPUP_SCRIPT,
+        };
+        // Rendering only fails if a Display impl fails, which ours never do.
+        template.render().unwrap_or_else(|_| "<!doctype html><title>Error</title>".to_owned())
+    }
+
+    /// The page as a response with the security headers, plus `cookies` to set.
+    pub fn into_response(self, cookies: &[String]) -> Response<Body> {
+        let mut response = Response::new(Body::Text(self.render()));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        if let Ok(csp) = HeaderValue::from_str(&CONTENT_SECURITY_POLICY) {
+            headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+        }
+        add_common_headers(&mut response, cookies);
+        response
+    }
+}
+
+/// A `302 Found` to `location` with `cookies` set.
+pub fn redirect(location: &str, cookies: &[String]) -> Response<Body> {
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = StatusCode::FOUND;
+    match HeaderValue::from_str(location) {
+        Ok(value) => {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
+        Err(_) => {
+            return Page::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Something went wrong",
+                "The sign-in could not continue.",
+                Some("Try again from AutoKitteh."),
+            )
+            .into_response(cookies);
+        }
+    }
+    add_common_headers(&mut response, cookies);
+    response
+}
+
+fn add_common_headers(response: &mut Response<Body>, cookies: &[String]) {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::from_str(cookie) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(response: &Response<Body>) -> &str {
+        match response.body() {
+            Body::Text(t) => t,
+            _ => panic!("expected text"),
+        }
+    }
+
+    #[test]
+    fn pages_escape_everything_they_show() {
+        let page = Page::error(StatusCode::BAD_REQUEST, "<b>t</b>", "<script>alert(1)</script>", Some("\"x\" & y"))
+            .with_reference(Some("<img src=x>".into()));
+        let html = page.render();
+        assert!(!html.contains("<script>alert"));
+        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+        assert!(!html.contains("<b>t</b>"));
+        assert!(!html.contains("<img"));
+        assert!(html.contains("&#34;x&#34; &#38; y"));
+    }
+
+    #[test]
+    fn pages_carry_the_security_headers() {
+        let response = Page::connected("adele@contoso.com", None).into_response(&["a=b; Path=/".into()]);
+        let h = response.headers();
+        assert_eq!(h[header::CACHE_CONTROL], "no-store");
+        assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
+        assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(h[header::SET_COOKIE], "a=b; Path=/");
+        let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.starts_with("default-src 'none'"));
+        assert!(!csp.contains("unsafe-inline"));
+    }
+
+    #[test]
+    fn the_success_page_names_the_account_and_closes_popups() {
+        let response = Page::connected("adele@contoso.com", None).into_response(&[]);
+        let html = body(&response);
+        assert!(html.contains("adele@contoso.com"));
+        assert!(html.contains(CLOSE_POPUP_SCRIPT));
+        // The inline script and style match the hashes the CSP allows.
+        let csp = response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        let hash = STANDARD.encode(Sha256::digest(CLOSE_POPUP_SCRIPT.as_bytes()));
+        assert!(csp.contains(&format!("script-src 'sha256-{hash}'")));
+        assert!(html.contains(&format!("<style>{STYLE}</style>")));
+    }
+
+    #[test]
+    fn error_pages_do_not_run_scripts() {
+        let response = Page::error(StatusCode::BAD_REQUEST, "t", "m", None).into_response(&[]);
+        assert!(!body(&response).contains("<script"));
+    }
+
+    #[test]
+    fn redirects_carry_location_and_headers() {
+        let response = redirect("https://login.example/authorize?x=1", &["c=1".into()]);
+        assert_eq!(response.status(), StatusCode::FOUND);
+        assert_eq!(response.headers()[header::LOCATION], "https://login.example/authorize?x=1");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    }
+}

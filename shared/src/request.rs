@@ -1,0 +1,103 @@
+//! Reading what the browser sent: query parameters and cookies, strictly.
+
+use std::borrow::Cow;
+
+use cookie::{Cookie, SameSite};
+use lambda_http::{Request, RequestExt};
+
+use crate::error::FlowError;
+
+/// The longest query string we read at all.
+pub const MAX_QUERY_LEN: usize = 16 * 1024;
+
+/// Query parameters of a request, each name at most once.
+#[derive(Debug)]
+pub struct Query<'a> {
+    pairs: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+}
+
+impl<'a> Query<'a> {
+    /// Reads the query string. API Gateway puts it in the URI (HTTP API) and in an extension
+    /// (both payload versions); we prefer the extension and fall back to the URI.
+    pub fn from_request(req: &'a Request) -> Result<Self, FlowError> {
+        let pairs: Vec<(Cow<'a, str>, Cow<'a, str>)> = match req.query_string_parameters_ref() {
+            Some(map) => map.iter().map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v))).collect(),
+            None => {
+                let raw = req.uri().query().unwrap_or("");
+                if raw.len() > MAX_QUERY_LEN {
+                    return Err(FlowError::BadQuery("the link is too long"));
+                }
+                url::form_urlencoded::parse(raw.as_bytes()).collect()
+            }
+        };
+        let total: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if total > MAX_QUERY_LEN {
+            return Err(FlowError::BadQuery("the link is too long"));
+        }
+        Ok(Self { pairs })
+    }
+
+    /// The value of `name`, if present once; an error if repeated or longer than `max_len`.
+    pub fn single(&self, name: &'static str, max_len: usize) -> Result<Option<&str>, FlowError> {
+        let mut values = self.pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_ref());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(FlowError::BadQuery(repeated(name)));
+        }
+        match first {
+            Some(v) if v.len() > max_len => Err(FlowError::BadQuery(too_long(name))),
+            other => Ok(other),
+        }
+    }
+}
+
+fn repeated(name: &'static str) -> &'static str {
+    match name {
+        "cid" => "the connection id is given more than once",
+        "origin" => "the origin is given more than once",
+        "grant" => "the start grant is given more than once",
+        "state" => "the state is given more than once",
+        "code" => "the code is given more than once",
+        _ => "a parameter is given more than once",
+    }
+}
+
+fn too_long(name: &'static str) -> &'static str {
+    match name {
+        "cid" => "the connection id is too long",
+        "origin" => "the origin is too long",
+        "grant" => "the start grant is too long",
+        "state" => "the state is too long",
+        "code" => "the code is too long",
+        _ => "a parameter is too long",
+    }
+}
+
+/// The value of cookie `name` from the request's `Cookie` headers.
+pub fn cookie<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    req.headers()
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| Cookie::split_parse(h).filter_map(Result::ok))
+        .find(|c| c.name() == name)
+        .and_then(|c| c.value_raw())
+}
+
+/// The browser-binding cookie: readable only by our redirect path, sent on Microsoft's
+/// top-level redirect back (`SameSite=Lax`), gone after `max_age_secs`.
+pub fn binding_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
+    Cookie::build((name, value))
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Lax)
+        .path("/oauth/")
+        .max_age(cookie::time::Duration::seconds(max_age_secs))
+        .build()
+        .to_string()
+}
+
+/// Deletes the browser-binding cookie once its flow is over.
+pub fn clear_cookie(name: &str) -> String {
+    binding_cookie(name, "", 0)
+}

@@ -1,0 +1,403 @@
+//! The DynamoDB table: one-time flow state items and connection items.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Sealed;
+use crate::domain::{ConnectionId, Origin, Tenant};
+use crate::state::StateKey;
+
+/// Attribute holding the partition key of every item.
+pub const KEY_ATTRIBUTE: &str = "pk";
+/// Attribute DynamoDB TTL is configured on (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// `auth_type` of connections made with the server-wide app.
+pub const AUTH_TYPE_DEFAULT: &str = "oauthDefault";
+
+/// A started flow, waiting for Microsoft's redirect.
+#[derive(Debug, Clone)]
+pub struct PendingFlow {
+    pub connection_id: ConnectionId,
+    pub origin: Origin,
+    pub tenant: Tenant,
+    pub pkce_verifier: SecretString,
+    /// Hex SHA-256 of the browser-binding nonce held in the cookie.
+    pub browser_hash: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// Why a state could not be consumed. Only `Store` is a server fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("no pending sign-in matches this state")]
+    NotFound,
+    #[error("the pending sign-in expired")]
+    Expired,
+    #[error("the sign-in was started in a different browser")]
+    WrongBrowser,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// DynamoDB failed or returned something we cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DynamoDB {operation} failed")]
+    Unavailable {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("DynamoDB item could not be mapped")]
+    Mapping(#[from] serde_dynamo::Error),
+    #[error("a pending sign-in with this state already exists")]
+    Duplicate,
+}
+
+/// A connection's identity and vars, as AutoKitteh names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConnectionVars {
+    pub oauth_token_type: String,
+    pub oauth_expiry: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_principal_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_given_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_surname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_mail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_mobile_phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub org_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub org_display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub org_tenant_type: Option<String>,
+}
+
+/// A connection authorised through the flow, ready to be saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub connection_id: ConnectionId,
+    pub auth_type: String,
+    pub status: String,
+    /// The Microsoft account's stable key: tenant id and object id.
+    pub tenant_id: String,
+    pub object_id: String,
+    pub vars: ConnectionVars,
+    /// `oauth_access_token` and `oauth_refresh_token`, sealed together.
+    pub secrets: Sealed,
+    pub updated_at: String,
+}
+
+/// A connection as read back, with the fields the store maintains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredConnection {
+    #[serde(flatten)]
+    pub connection: Connection,
+    pub version: u64,
+    pub created_at: String,
+}
+
+/// The persistence the flow needs. A seam so handlers can be unit-tested without DynamoDB.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Saves a new pending flow; fails if one already exists under `key`.
+    async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError>;
+    /// Atomically removes and returns the pending flow, if it exists, has not expired at `now`
+    /// and was started by the browser holding `browser_hash`.
+    async fn consume_state(
+        &self,
+        key: &StateKey,
+        browser_hash: &str,
+        now: i64,
+    ) -> Result<PendingFlow, ConsumeError>;
+    /// Creates or replaces a connection's tokens and vars in one write.
+    async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError>;
+    /// Reads a connection.
+    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<StoredConnection>, StoreError>;
+}
+
+/// Key of a connection item.
+pub fn connection_key(id: &ConnectionId) -> String {
+    format!("conn#{id}")
+}
+
+/// Key of a state item.
+pub fn state_key(key: &StateKey) -> String {
+    format!("state#{}", key.as_hex())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateItem {
+    pk: String,
+    kind: String,
+    connection_id: ConnectionId,
+    origin: Origin,
+    tenant: Tenant,
+    pkce_verifier: String,
+    browser_hash: String,
+    created_at: i64,
+    expires_at: i64,
+}
+
+impl StateItem {
+    fn new(key: &StateKey, flow: &PendingFlow) -> Self {
+        use secrecy::ExposeSecret;
+        Self {
+            pk: state_key(key),
+            kind: "state".into(),
+            connection_id: flow.connection_id.clone(),
+            origin: flow.origin,
+            tenant: flow.tenant.clone(),
+            pkce_verifier: flow.pkce_verifier.expose_secret().to_owned(),
+            browser_hash: flow.browser_hash.clone(),
+            created_at: flow.created_at,
+            expires_at: flow.expires_at,
+        }
+    }
+
+    fn into_flow(self) -> PendingFlow {
+        PendingFlow {
+            connection_id: self.connection_id,
+            origin: self.origin,
+            tenant: self.tenant,
+            pkce_verifier: SecretString::from(self.pkce_verifier),
+            browser_hash: self.browser_hash,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// [`Store`] on a DynamoDB table.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    /// The table this store writes to.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+fn unavailable<E>(operation: &'static str) -> impl FnOnce(E) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| StoreError::Unavailable { operation, source: Box::new(e) }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError> {
+        let item = serde_dynamo::to_item(StateItem::new(key, flow))?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#pk)")
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = e.into_service_error();
+                if e.is_conditional_check_failed_exception() {
+                    Err(StoreError::Duplicate)
+                } else {
+                    Err(unavailable("PutItem")(e))
+                }
+            }
+        }
+    }
+
+    async fn consume_state(
+        &self,
+        key: &StateKey,
+        browser_hash: &str,
+        now: i64,
+    ) -> Result<PendingFlow, ConsumeError> {
+        // One request decides everything: a second consumer of the same state, a late
+        // arrival after expiry (TTL deletion is lazy) or another browser all fail the
+        // condition and leave the item as it was.
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(state_key(key)))
+            .condition_expression("attribute_exists(#pk) AND #exp > :now AND #bh = :bh")
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .expression_attribute_names("#exp", TTL_ATTRIBUTE)
+            .expression_attribute_names("#bh", "browser_hash")
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":bh", AttributeValue::S(browser_hash.to_owned()))
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let item = out.attributes.ok_or(ConsumeError::NotFound)?;
+                let item: StateItem = serde_dynamo::from_item(item).map_err(StoreError::from)?;
+                Ok(item.into_flow())
+            }
+            Err(e) => {
+                let e = e.into_service_error();
+                let aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(failed) = e else {
+                    return Err(unavailable("DeleteItem")(e).into());
+                };
+                match failed.item {
+                    None => Err(ConsumeError::NotFound),
+                    Some(item) => {
+                        let item: StateItem = serde_dynamo::from_item(item).map_err(StoreError::from)?;
+                        Err(classify_failed_consume(&item.into_flow(), now))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError> {
+        let values: HashMap<String, AttributeValue> = serde_dynamo::to_item(connection)?;
+        let mut names = HashMap::from([("#version".to_owned(), "version".to_owned())]);
+        let mut attribute_values = HashMap::from([
+            (":zero".to_owned(), AttributeValue::N("0".into())),
+            (":one".to_owned(), AttributeValue::N("1".into())),
+            (":kind".to_owned(), AttributeValue::S("connection".into())),
+            (":created".to_owned(), AttributeValue::S(connection.updated_at.clone())),
+        ]);
+        // Every field is SET as a whole (vars included), so a reconnect with another account
+        // leaves no stale value of the previous one behind.
+        let mut sets = vec![
+            "#version = if_not_exists(#version, :zero) + :one".to_owned(),
+            "#kind = :kind".to_owned(),
+            "#created = if_not_exists(#created, :created)".to_owned(),
+        ];
+        names.insert("#kind".into(), "kind".into());
+        names.insert("#created".into(), "created_at".into());
+        for (i, (name, value)) in values.into_iter().enumerate() {
+            names.insert(format!("#a{i}"), name);
+            attribute_values.insert(format!(":a{i}"), value);
+            sets.push(format!("#a{i} = :a{i}"));
+        }
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(&connection.connection_id)))
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(attribute_values))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| unavailable("UpdateItem")(e.into_service_error()))?;
+        let version = out
+            .attributes
+            .and_then(|a| a.get("version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()))
+            .unwrap_or(1);
+        Ok(version)
+    }
+
+    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<StoredConnection>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem")(e.into_service_error()))?;
+        out.item.map(serde_dynamo::from_item).transpose().map_err(StoreError::from)
+    }
+}
+
+fn classify_failed_consume(flow: &PendingFlow, now: i64) -> ConsumeError {
+    if flow.expires_at <= now { ConsumeError::Expired } else { ConsumeError::WrongBrowser }
+}
+
+/// In-memory [`Store`] with the same semantics, for unit tests.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    states: Mutex<HashMap<String, PendingFlow>>,
+    connections: Mutex<HashMap<String, StoredConnection>>,
+}
+
+impl MemoryStore {
+    /// Number of pending flows.
+    pub fn pending(&self) -> usize {
+        self.states.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError> {
+        let mut states = self.states.lock().map_err(|_| poisoned())?;
+        if states.contains_key(&state_key(key)) {
+            return Err(StoreError::Duplicate);
+        }
+        states.insert(state_key(key), flow.clone());
+        Ok(())
+    }
+
+    async fn consume_state(
+        &self,
+        key: &StateKey,
+        browser_hash: &str,
+        now: i64,
+    ) -> Result<PendingFlow, ConsumeError> {
+        let mut states = self.states.lock().map_err(|_| poisoned())?;
+        let flow = states.get(&state_key(key)).ok_or(ConsumeError::NotFound)?;
+        if flow.expires_at <= now || flow.browser_hash != browser_hash {
+            return Err(classify_failed_consume(flow, now));
+        }
+        states.remove(&state_key(key)).ok_or(ConsumeError::NotFound)
+    }
+
+    async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        let key = connection_key(&connection.connection_id);
+        let (version, created_at) = match connections.get(&key) {
+            Some(old) => (old.version + 1, old.created_at.clone()),
+            None => (1, connection.updated_at.clone()),
+        };
+        connections.insert(key, StoredConnection { connection: connection.clone(), version, created_at });
+        Ok(version)
+    }
+
+    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<StoredConnection>, StoreError> {
+        let connections = self.connections.lock().map_err(|_| poisoned())?;
+        Ok(connections.get(&connection_key(id)).cloned())
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable { operation: "memory", source: "lock poisoned".into() }
+}

@@ -23,6 +23,8 @@ pub enum FlowError {
     InvalidInput(#[from] InvalidInput),
     #[error("invalid request: {0}")]
     BadQuery(&'static str),
+    #[error("method not allowed")]
+    Method,
     #[error("start grant refused: {0}")]
     Grant(#[from] GrantError),
     #[error("state refused: {0}")]
@@ -97,6 +99,12 @@ impl FlowError {
                 S::BAD_REQUEST,
                 "This sign-in link is not valid",
                 &format!("The link that brought you here is incomplete or damaged: {what}."),
+                Some(START_AGAIN),
+            ),
+            FlowError::Method => Page::error(
+                S::METHOD_NOT_ALLOWED,
+                "This address only takes links",
+                "Open the sign-in link in a browser; other kinds of requests are not accepted here.",
                 Some(START_AGAIN),
             ),
             FlowError::Grant(GrantError::Expired) => Page::error(

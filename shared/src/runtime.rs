@@ -13,3 +13,24 @@ pub fn init_tracing() {
 pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
 }
+
+/// Reads the start-link key source (`START_LINK_KEY` or `START_LINK_KEY_ARN`) and, for an
+/// ARN, builds the Secrets Manager client that will read it.
+pub fn secret_from_env(
+    sdk: &aws_config::SdkConfig,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    value_var: &'static str,
+    arn_var: &'static str,
+) -> Result<crate::secrets::CachedSecret, crate::config::ConfigError> {
+    let source = crate::config::secret_source(lookup, value_var, arn_var)?;
+    let client = match source {
+        crate::config::SecretSource::SecretsManager { .. } => Some(aws_sdk_secretsmanager::Client::new(sdk)),
+        crate::config::SecretSource::Value(_) => None,
+    };
+    Ok(crate::secrets::CachedSecret::new(source, client))
+}
+
+/// The HTTP method guard both functions share: the flow is navigations only.
+pub fn is_navigation(method: &http::Method) -> bool {
+    method == http::Method::GET || method == http::Method::HEAD
+}

@@ -82,3 +82,14 @@ impl CachedSecret {
             .ok_or_else(|| SecretError::Empty { arn: arn.to_owned() })
     }
 }
+
+impl CachedSecret {
+    /// The value when it was given directly (so it can be validated at init); `None` for
+    /// Secrets Manager sources, which are read on first use.
+    pub fn local_value(&self) -> Option<SecretString> {
+        match &self.source {
+            SecretSource::Value(value) => Some(value.clone()),
+            SecretSource::SecretsManager { .. } => None,
+        }
+    }
+}

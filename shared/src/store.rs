@@ -375,7 +375,7 @@ impl Store for MemoryStore {
     ) -> Result<PendingFlow, ConsumeError> {
         let mut states = self.states.lock().map_err(|_| poisoned())?;
         let flow = states.get(&state_key(key)).ok_or(ConsumeError::NotFound)?;
-        if flow.expires_at <= now || flow.browser_hash != browser_hash {
+        if flow.expires_at <= now || !crate::state::constant_time_eq(&flow.browser_hash, browser_hash) {
             return Err(classify_failed_consume(flow, now));
         }
         states.remove(&state_key(key)).ok_or(ConsumeError::NotFound)

@@ -1,1 +1,12 @@
-fn main(){}
+use std::convert::Infallible;
+
+use lambda_http::{Error, run, service_fn};
+use oauth_redirect::{RedirectService, handle};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    ms_oauth::runtime::init_tracing();
+    let service = RedirectService::from_env(&ms_oauth::config::env_lookup).await?;
+    let service = &service;
+    run(service_fn(move |req| async move { Ok::<_, Infallible>(handle(service, req).await) })).await
+}

@@ -1,0 +1,234 @@
+//! `GET /oauth/redirect/microsoft?code=…&state=…` (or `?error=…`): consumes the one-time
+//! flow state, redeems the code, reads the user's identity and saves the connection.
+
+use std::sync::Arc;
+
+use lambda_http::{Body, Request, Response};
+use ms_oauth::clock::{Clock, SystemClock};
+use ms_oauth::config::{self, Config, ConfigError};
+use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::error::{FlowError, PageContext};
+use ms_oauth::microsoft::{GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError, Tokens};
+use ms_oauth::pages::{self, Page};
+use ms_oauth::request::{Query, clear_cookie, cookie};
+use ms_oauth::secrets::CachedSecret;
+use ms_oauth::state::{MAX_STATE_LEN, StateKey, browser_hash};
+use ms_oauth::store::{AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, Store};
+use oauth2::{AuthorizationCode, PkceCodeVerifier};
+use secrecy::{ExposeSecret, SecretSlice};
+use time::format_description::well_known::Rfc3339;
+
+/// Longest authorization code we accept (Microsoft's are around 1–2 KB).
+pub const MAX_CODE_LEN: usize = 8 * 1024;
+/// Connection status after a successful flow.
+pub const STATUS_OK: &str = "ok";
+
+/// Everything the redirect function builds once per instance.
+#[derive(Debug)]
+pub struct RedirectService {
+    pub config: Config,
+    pub microsoft: Microsoft,
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<dyn DataKeys>,
+    pub clock: Arc<dyn Clock>,
+    pub client_secret: CachedSecret,
+    page_context: PageContext,
+}
+
+impl RedirectService {
+    pub fn new(
+        config: Config,
+        microsoft: Microsoft,
+        store: Arc<dyn Store>,
+        keys: Arc<dyn DataKeys>,
+        clock: Arc<dyn Clock>,
+        client_secret: CachedSecret,
+    ) -> Self {
+        let page_context = PageContext { redirect_uri: config.redirect_url().to_string() };
+        Self { config, microsoft, store, keys, clock, client_secret, page_context }
+    }
+
+    /// Builds the service from the environment.
+    pub async fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config = Config::from_lookup(lookup)?;
+        let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
+        let sdk = ms_oauth::runtime::aws_config().await;
+        let client_secret = ms_oauth::runtime::secret_from_env(
+            &sdk,
+            lookup,
+            config::MICROSOFT_CLIENT_SECRET,
+            config::MICROSOFT_CLIENT_SECRET_ARN,
+        )?;
+        let http = ms_oauth::http::build_client(config.http_timeout).map_err(|e| ConfigError {
+            var: config::MICROSOFT_AUTHORITY_HOST,
+            problem: format!("cannot build the HTTP client: {e}"),
+        })?;
+        let microsoft = Microsoft::new(&config, http);
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table_name.clone()));
+        let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(&sdk), kms_key));
+        Ok(Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret))
+    }
+}
+
+/// Handles one request; every outcome is a response (errors are pages).
+pub async fn handle(service: &RedirectService, req: Request) -> Response<Body> {
+    let mut cookies = Vec::new();
+    match finish(service, &req, &mut cookies).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(&service.page_context, &cookies),
+    }
+}
+
+async fn finish(
+    service: &RedirectService,
+    req: &Request,
+    cookies: &mut Vec<String>,
+) -> Result<Response<Body>, FlowError> {
+    if !ms_oauth::runtime::is_navigation(req.method()) {
+        return Err(FlowError::Method);
+    }
+    let query = Query::from_request(req)?;
+    let state = query.single("state", MAX_STATE_LEN)?.filter(|s| !s.is_empty());
+    let code = query.single("code", MAX_CODE_LEN)?;
+    let error = query.single("error", 256)?;
+    let error_description = query.single("error_description", 4096)?;
+    let state = state.ok_or(FlowError::BadQuery("the state is missing"))?;
+
+    let key = StateKey::from_state(state);
+    let cookie_name = key.cookie_name();
+    // Whatever happens next, this flow is over for this browser.
+    cookies.push(clear_cookie(&cookie_name));
+    let nonce = cookie(req, &cookie_name).ok_or(FlowError::State(ms_oauth::store::ConsumeError::WrongBrowser))?;
+
+    let now = service.clock.now();
+    let flow = service.store.consume_state(&key, &browser_hash(nonce), now.unix_timestamp()).await?;
+
+    if let Some(error) = error {
+        let error = MicrosoftError::from_callback(error, error_description);
+        tracing::info!(cid = %flow.connection_id, error = %error, "Microsoft ended the flow with an error");
+        return Err(FlowError::Microsoft(error));
+    }
+    let code = code.filter(|c| !c.is_empty()).ok_or(FlowError::BadQuery("the code is missing"))?;
+    let tokens = exchange(service, code, &flow).await?;
+
+    let context = connection_context(&service.config.table_name, flow.connection_id.as_str());
+    let personal = tokens.claims.is_personal_account();
+    let (user, organization, data_key) = tokio::join!(
+        service.microsoft.me(&tokens.access_token),
+        async {
+            if personal { Ok(None) } else { service.microsoft.organization(&tokens.access_token).await }
+        },
+        service.keys.generate(&context),
+    );
+    let user = user?;
+    // The organization only adds descriptive vars; a failure to read it must not fail the flow.
+    let organization = organization.unwrap_or_else(|e| {
+        tracing::warn!(cid = %flow.connection_id, error = %ms_oauth::error::chain(&e), "organization not read");
+        None
+    });
+    let data_key = data_key?;
+
+    let secrets = secret_vars(&tokens)?;
+    let sealed = seal(&data_key, &context, secrets.expose_secret())?;
+    let expiry = tokens.expires_in.map_or(now, |d| now + d);
+    let connection = Connection {
+        connection_id: flow.connection_id.clone(),
+        auth_type: AUTH_TYPE_DEFAULT.to_owned(),
+        status: STATUS_OK.to_owned(),
+        tenant_id: tokens.claims.tid.clone(),
+        object_id: tokens.claims.oid.clone(),
+        vars: vars(&tokens, &user, organization.as_ref(), expiry),
+        secrets: sealed,
+        updated_at: rfc3339(now),
+    };
+    let version = service.store.save_connection(&connection).await?;
+    tracing::info!(
+        cid = %flow.connection_id,
+        origin = %flow.origin,
+        tenant = %tokens.claims.tid,
+        personal,
+        version,
+        "connection authorized"
+    );
+    Ok(finish_browser(&flow.connection_id, flow.origin, &account_name(&tokens.claims, &user), cookies))
+}
+
+/// Redeems the code. A refused client secret is read again once, so a rotation reaches
+/// warm instances at once; the code is still unused then, as Microsoft checks the client
+/// before the grant.
+async fn exchange(service: &RedirectService, code: &str, flow: &PendingFlow) -> Result<Tokens, FlowError> {
+    let verifier = || PkceCodeVerifier::new(flow.pkce_verifier.expose_secret().to_owned());
+    let code = AuthorizationCode::new(code.to_owned());
+    let secret = service.client_secret.get().await?;
+    match service.microsoft.exchange_code(code.clone(), verifier(), &secret).await {
+        Err(e) if e.is_invalid_client() => match service.client_secret.refresh_if_changed(&secret).await? {
+            Some(fresh) => {
+                tracing::warn!(cid = %flow.connection_id, "client secret refused; retrying with the rotated one");
+                Ok(service.microsoft.exchange_code(code, verifier(), &fresh).await?)
+            }
+            None => Err(e.into()),
+        },
+        other => Ok(other?),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct SecretVars<'a> {
+    oauth_access_token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oauth_refresh_token: Option<&'a str>,
+}
+
+fn secret_vars(tokens: &Tokens) -> Result<SecretSlice<u8>, FlowError> {
+    let vars = SecretVars {
+        oauth_access_token: tokens.access_token.secret(),
+        oauth_refresh_token: tokens.refresh_token.as_ref().map(|t| t.secret().as_str()),
+    };
+    serde_json::to_vec(&vars).map(SecretSlice::from).map_err(|_| FlowError::Internal("cannot encode tokens"))
+}
+
+fn vars(
+    tokens: &Tokens,
+    user: &GraphUser,
+    organization: Option<&GraphOrganization>,
+    expiry: time::OffsetDateTime,
+) -> ConnectionVars {
+    ConnectionVars {
+        oauth_token_type: tokens.token_type.clone(),
+        oauth_expiry: rfc3339(expiry),
+        user_principal_name: user.user_principal_name.clone(),
+        user_id: user.id.clone().or_else(|| Some(tokens.claims.oid.clone())),
+        user_display_name: user.display_name.clone(),
+        user_given_name: user.given_name.clone(),
+        user_surname: user.surname.clone(),
+        user_mail: user.mail.clone(),
+        user_language: user.preferred_language.clone(),
+        user_mobile_phone: user.mobile_phone.clone(),
+        org_id: organization.and_then(|o| o.id.clone()),
+        org_display_name: organization.and_then(|o| o.display_name.clone()),
+        org_tenant_type: organization.and_then(|o| o.tenant_type.clone()),
+    }
+}
+
+fn account_name(claims: &IdClaims, user: &GraphUser) -> String {
+    [&claims.preferred_username, &user.user_principal_name, &user.mail, &user.display_name, &claims.name]
+        .into_iter()
+        .find_map(|v| v.clone().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "your Microsoft account".to_owned())
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Sends the browser where AutoKitteh expects it for each origin. None of these URLs carries
+/// a token.
+fn finish_browser(cid: &ConnectionId, origin: Origin, account: &str, cookies: &[String]) -> Response<Body> {
+    match origin {
+        Origin::Web | Origin::Cli => Page::connected(account, None).into_response(cookies),
+        Origin::Vscode => pages::redirect(&format!("vscode://autokitteh.autokitteh?cid={cid}"), cookies),
+        Origin::Dash => pages::redirect(&format!("/internal/dashboard/connections/{cid}?msg=Success"), cookies),
+    }
+}
+

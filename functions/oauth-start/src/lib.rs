@@ -1,0 +1,103 @@
+//! `GET /oauth/start/microsoft?cid=…&origin=…&grant=…`: checks the platform's start grant,
+//! records a one-time flow state and sends the browser to Microsoft.
+
+use std::sync::Arc;
+
+use lambda_http::{Body, Request, Response};
+use ms_oauth::clock::{Clock, SystemClock};
+use ms_oauth::config::{self, Config, ConfigError};
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::error::{FlowError, PageContext};
+use ms_oauth::grant::{GrantKey, MAX_GRANT_LEN};
+use ms_oauth::microsoft::Microsoft;
+use ms_oauth::pages;
+use ms_oauth::request::{Query, binding_cookie};
+use ms_oauth::secrets::CachedSecret;
+use ms_oauth::state::{FlowSecrets, StateKey, browser_hash};
+use ms_oauth::store::{DynamoStore, PendingFlow, Store};
+use secrecy::{ExposeSecret, SecretString};
+
+/// Everything the start function builds once per instance.
+#[derive(Debug)]
+pub struct StartService {
+    pub config: Config,
+    pub microsoft: Microsoft,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub start_key: CachedSecret,
+    page_context: PageContext,
+}
+
+impl StartService {
+    pub fn new(
+        config: Config,
+        microsoft: Microsoft,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        start_key: CachedSecret,
+    ) -> Self {
+        let page_context = PageContext { redirect_uri: config.redirect_url().to_string() };
+        Self { config, microsoft, store, clock, start_key, page_context }
+    }
+
+    /// Builds the service from the environment. Never touches the client secret.
+    pub async fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let config = Config::from_lookup(lookup)?;
+        let sdk = ms_oauth::runtime::aws_config().await;
+        let start_key =
+            ms_oauth::runtime::secret_from_env(&sdk, lookup, config::START_LINK_KEY, config::START_LINK_KEY_ARN)?;
+        if let Some(value) = start_key.local_value() {
+            GrantKey::new(value).map_err(|e| ConfigError { var: config::START_LINK_KEY, problem: e.to_string() })?;
+        }
+        // The start function makes no outbound HTTP call; the client only builds URLs.
+        let http = reqwest::Client::new();
+        let microsoft = Microsoft::new(&config, http);
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table_name.clone()));
+        Ok(Self::new(config, microsoft, store, Arc::new(SystemClock), start_key))
+    }
+
+    async fn grant_key(&self) -> Result<GrantKey, FlowError> {
+        let secret: SecretString = self.start_key.get().await?;
+        GrantKey::new(secret).map_err(|e| FlowError::Config(e.to_string()))
+    }
+}
+
+/// Handles one request; every outcome is a response (errors are pages).
+pub async fn handle(service: &StartService, req: Request) -> Response<Body> {
+    match start(service, &req).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(&service.page_context, &[]),
+    }
+}
+
+async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, FlowError> {
+    if !ms_oauth::runtime::is_navigation(req.method()) {
+        return Err(FlowError::Method);
+    }
+    let query = Query::from_request(req)?;
+    let cid: ConnectionId = query.single("cid", 64)?.unwrap_or_default().parse()?;
+    let origin: Origin = query.single("origin", 16)?.unwrap_or_default().parse()?;
+    let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
+
+    let now = service.clock.now().unix_timestamp();
+    service.grant_key().await?.verify(grant, &cid, origin, now)?;
+
+    let secrets = FlowSecrets::generate().map_err(|_| FlowError::Internal("no randomness"))?;
+    let key = StateKey::from_state(secrets.state.secret());
+    let ttl = service.config.state_ttl.as_secs() as i64;
+    let flow = PendingFlow {
+        connection_id: cid.clone(),
+        origin,
+        tenant: service.config.tenant.clone(),
+        pkce_verifier: SecretString::from(secrets.pkce_verifier.secret().to_owned()),
+        browser_hash: browser_hash(secrets.browser_nonce.expose_secret()),
+        created_at: now,
+        expires_at: now + ttl,
+    };
+    service.store.put_state(&key, &flow).await?;
+
+    let location = service.microsoft.authorize_url(&secrets);
+    let cookie = binding_cookie(&key.cookie_name(), secrets.browser_nonce.expose_secret(), ttl);
+    tracing::info!(cid = %cid, origin = %origin, tenant = %service.config.tenant, "flow started");
+    Ok(pages::redirect(location.as_str(), &[cookie]))
+}

@@ -139,7 +139,8 @@ impl FlowError {
             ),
             FlowError::Microsoft(e) => microsoft_page(e, ctx),
             FlowError::Token(TokenError::Rejected(e)) => microsoft_page(e, ctx),
-            FlowError::Token(TokenError::Unavailable(_)) | FlowError::Graph(GraphError::Unavailable(_)) => {
+            FlowError::Token(TokenError::Unavailable(_))
+            | FlowError::Graph(GraphError::Unavailable(_) | GraphError::Status(500..)) => {
                 Page::error(
                     S::SERVICE_UNAVAILABLE,
                     "Microsoft is not responding",

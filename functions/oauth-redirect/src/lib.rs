@@ -51,11 +51,18 @@ impl RedirectService {
 
     /// Builds the service from the environment.
     pub async fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_sdk(lookup, &ms_oauth::runtime::aws_config().await)
+    }
+
+    /// Builds the service from `lookup` with AWS clients made from `sdk`.
+    pub fn from_sdk(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, ConfigError> {
         let config = Config::from_lookup(lookup)?;
         let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
-        let sdk = ms_oauth::runtime::aws_config().await;
         let client_secret = ms_oauth::runtime::secret_from_env(
-            &sdk,
+            sdk,
             lookup,
             config::MICROSOFT_CLIENT_SECRET,
             config::MICROSOFT_CLIENT_SECRET_ARN,
@@ -65,8 +72,8 @@ impl RedirectService {
             problem: format!("cannot build the HTTP client: {e}"),
         })?;
         let microsoft = Microsoft::new(&config, http);
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table_name.clone()));
-        let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(&sdk), kms_key));
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name.clone()));
+        let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
         Ok(Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret))
     }
 }

@@ -42,17 +42,24 @@ impl StartService {
 
     /// Builds the service from the environment. Never touches the client secret.
     pub async fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_sdk(lookup, &ms_oauth::runtime::aws_config().await)
+    }
+
+    /// Builds the service from `lookup` with AWS clients made from `sdk`.
+    pub fn from_sdk(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, ConfigError> {
         let config = Config::from_lookup(lookup)?;
-        let sdk = ms_oauth::runtime::aws_config().await;
         let start_key =
-            ms_oauth::runtime::secret_from_env(&sdk, lookup, config::START_LINK_KEY, config::START_LINK_KEY_ARN)?;
+            ms_oauth::runtime::secret_from_env(sdk, lookup, config::START_LINK_KEY, config::START_LINK_KEY_ARN)?;
         if let Some(value) = start_key.local_value() {
             GrantKey::new(value).map_err(|e| ConfigError { var: config::START_LINK_KEY, problem: e.to_string() })?;
         }
         // The start function makes no outbound HTTP call; the client only builds URLs.
         let http = reqwest::Client::new();
         let microsoft = Microsoft::new(&config, http);
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table_name.clone()));
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name.clone()));
         Ok(Self::new(config, microsoft, store, Arc::new(SystemClock), start_key))
     }
 

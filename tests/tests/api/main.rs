@@ -1,1 +1,10 @@
+//! Integration tests: the real handlers over HTTP, DynamoDB/KMS/Secrets Manager on moto,
+//! Microsoft played by the strict stand-in.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+mod abuse;
+mod faults;
+mod flow;
+mod helpers;
+mod secrets;

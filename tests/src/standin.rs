@@ -1,0 +1,571 @@
+//! A strict local stand-in for the Microsoft identity platform and the two Graph reads.
+//!
+//! It enforces what the real platform enforces and what our tests rely on: registered client
+//! id, exact redirect URI, PKCE S256, client authentication, one-time and expiring codes,
+//! codes bound to their tenant path. Its pages say plainly that they are not Microsoft.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+/// Tenant id of personal Microsoft accounts.
+pub const PERSONAL_TENANT: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+/// Tenant of the work account when the flow uses `common` or `organizations`.
+pub const WORK_TENANT: &str = "2f6a3d1c-5b4e-4c8a-9f17-0a1b2c3d4e5f";
+
+/// What the stand-in accepts as a registered app.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uri: String,
+}
+
+/// A sign-in identity the consent page offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub kind: AccountKind,
+    pub oid: String,
+    pub tid: String,
+    pub upn: String,
+    pub display_name: String,
+    pub given_name: String,
+    pub surname: String,
+}
+
+/// Work/school (organization) or personal Microsoft account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    Work,
+    Personal,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Work => "work",
+            AccountKind::Personal => "personal",
+        }
+    }
+}
+
+/// A failure the token endpoint or Graph should simulate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status and an HTML body.
+    Status(u16),
+    /// Wait this long before answering (longer than the client's timeout).
+    Delay(Duration),
+    /// Answer 200 with a body that is not JSON.
+    Malformed,
+}
+
+/// Calls the stand-in received, for assertions.
+#[derive(Debug, Clone, Default)]
+pub struct Calls {
+    pub authorize_tenants: Vec<String>,
+    pub token_tenants: Vec<String>,
+    pub token_requests: usize,
+    pub graph_me: usize,
+    pub graph_organization: usize,
+}
+
+#[derive(Debug)]
+struct Code {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    tenant: String,
+    scope: String,
+    account: Account,
+    issued: Instant,
+    used: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    codes: HashMap<String, Code>,
+    access_tokens: HashMap<String, Account>,
+    issued_secrets: Vec<String>,
+    calls: Calls,
+    token_fault: Option<Fault>,
+    me_fault: Option<Fault>,
+    organization_fault: Option<Fault>,
+    code_ttl: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    registration: Mutex<Registration>,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn registration(&self) -> Registration {
+        self.registration.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
+/// A running stand-in. Dropping it does not stop the server; it lives as long as its runtime.
+#[derive(Debug, Clone)]
+pub struct Standin {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+/// How long codes live at the real platform.
+pub const CODE_TTL: Duration = Duration::from_secs(600);
+
+impl Standin {
+    /// Serves on `listener` in the background.
+    pub fn spawn(listener: TcpListener, registration: Registration) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared { registration: Mutex::new(registration), inner: Mutex::default() });
+        let app = Router::new()
+            .route("/", get(index))
+            .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_page).post(authorize_decision))
+            .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+            .route("/v1.0/me", get(me))
+            .route("/v1.0/organization", get(organization))
+            .with_state(shared.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, shared })
+    }
+
+    /// `http://127.0.0.1:PORT`, usable as both authority host and Graph URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes the client secret the stand-in accepts (simulates rotation in Entra ID).
+    pub fn rotate_secret(&self, secret: &str) {
+        if let Ok(mut r) = self.shared.registration.lock() {
+            r.client_secret = secret.to_owned();
+        }
+    }
+
+    pub fn set_token_fault(&self, fault: Option<Fault>) {
+        self.shared.inner().token_fault = fault;
+    }
+
+    pub fn set_me_fault(&self, fault: Option<Fault>) {
+        self.shared.inner().me_fault = fault;
+    }
+
+    pub fn set_organization_fault(&self, fault: Option<Fault>) {
+        self.shared.inner().organization_fault = fault;
+    }
+
+    /// Makes every code issued from now on expire after `ttl`.
+    pub fn set_code_ttl(&self, ttl: Duration) {
+        self.shared.inner().code_ttl = Some(ttl);
+    }
+
+    pub fn calls(&self) -> Calls {
+        self.shared.inner().calls.clone()
+    }
+
+    /// Every code, access token and refresh token the stand-in has issued.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.shared.inner().issued_secrets.clone()
+    }
+
+    /// The account an access token was issued to.
+    pub fn account_for(&self, access_token: &str) -> Option<Account> {
+        self.shared.inner().access_tokens.get(access_token).cloned()
+    }
+}
+
+/// The accounts offered for a tenant path, as the real platform would allow them.
+pub fn accounts_for(tenant: &str) -> Vec<Account> {
+    let work_tid = match tenant {
+        "common" | "organizations" | "consumers" => WORK_TENANT.to_owned(),
+        other => other.to_owned(),
+    };
+    let work = Account {
+        kind: AccountKind::Work,
+        oid: "6f1d2c3b-4a59-4e68-8f70-91a2b3c4d5e6".into(),
+        tid: work_tid,
+        upn: "adele.vance@contoso.example".into(),
+        display_name: "Adele Vance".into(),
+        given_name: "Adele".into(),
+        surname: "Vance".into(),
+    };
+    let personal = Account {
+        kind: AccountKind::Personal,
+        oid: "00000000-0000-0000-66f3-3332eca7ea81".into(),
+        tid: PERSONAL_TENANT.into(),
+        upn: "sam.taylor@outlook.example".into(),
+        display_name: "Sam Taylor".into(),
+        given_name: "Sam".into(),
+        surname: "Taylor".into(),
+    };
+    match tenant {
+        "common" => vec![work, personal],
+        "consumers" => vec![personal],
+        _ => vec![work],
+    }
+}
+
+fn random(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    // The stand-in is test code; a failing OS generator should fail loudly.
+    getrandom::fill(&mut bytes).unwrap_or_else(|e| panic!("getrandom: {e}"));
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+async fn index() -> Html<&'static str> {
+    Html("<h1>Local stand-in for the Microsoft identity platform</h1><p>This is not Microsoft.</p>")
+}
+
+fn stand_in_error(status: StatusCode, aadsts: &str, message: &str) -> Response {
+    let body = format!(
+        "<!doctype html><title>Stand-in error</title><p><strong>Local stand-in — not Microsoft.</strong></p>\
+         <h1>Sign-in failed</h1><p id=\"error\">{aadsts}: {}</p>",
+        escape(message)
+    );
+    (status, Html(body)).into_response()
+}
+
+fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
+    let mut url = match url::Url::parse(redirect_uri) {
+        Ok(u) => u,
+        Err(_) => return stand_in_error(StatusCode::BAD_REQUEST, "AADSTS50011", "bad redirect URI"),
+    };
+    url.query_pairs_mut().extend_pairs(params);
+    Redirect::to(url.as_str()).into_response()
+}
+
+/// Checks an authorize request the way the platform does before showing any page.
+fn check_authorize(shared: &Shared, params: &HashMap<String, String>) -> Result<(), Response> {
+    let registration = shared.registration();
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    if get("client_id") != registration.client_id {
+        return Err(stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS700016",
+            "Application with the given identifier was not found in the directory.",
+        ));
+    }
+    if get("redirect_uri") != registration.redirect_uri {
+        // The platform never redirects to an unregistered URI.
+        return Err(stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS50011",
+            "The redirect URI specified in the request does not match the redirect URIs configured for the application.",
+        ));
+    }
+    let problem = if get("response_type") != "code" {
+        Some("AADSTS900144: response_type must be code")
+    } else if get("code_challenge").len() < 43 || get("code_challenge_method") != "S256" {
+        Some("AADSTS9002325: Proof Key for Code Exchange with S256 is required")
+    } else if !get("scope").split(' ').any(|s| s == "openid") {
+        Some("AADSTS900144: scope must include openid")
+    } else if get("state").is_empty() {
+        Some("AADSTS900144: state is required by this stand-in")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(redirect_with(
+            get("redirect_uri"),
+            &[("error", "invalid_request"), ("error_description", p), ("state", get("state"))],
+        )),
+        None => Ok(()),
+    }
+}
+
+async fn authorize_page(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    shared.inner().calls.authorize_tenants.push(tenant.clone());
+    if let Err(r) = check_authorize(&shared, &params) {
+        return r;
+    }
+    let hidden: String = params
+        .iter()
+        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v)))
+        .collect();
+    let buttons: String = accounts_for(&tenant)
+        .iter()
+        .map(|a| {
+            format!(
+                "<button type=\"submit\" name=\"account\" value=\"{}\" id=\"accept-{}\">Accept as {} ({}, {} account)</button><br>",
+                a.kind.as_str(),
+                a.kind.as_str(),
+                escape(&a.display_name),
+                escape(&a.upn),
+                a.kind.as_str()
+            )
+        })
+        .collect();
+    let scopes = escape(params.get("scope").map(String::as_str).unwrap_or(""));
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Stand-in sign-in (not Microsoft)</title></head><body>\
+         <p style=\"background:#fde68a;padding:8px\"><strong>Local stand-in for the Microsoft identity platform. This is not Microsoft;\
+         no real account is used.</strong></p>\
+         <h1>Let this app access your data?</h1><p>Tenant: <code>{}</code></p><p>Permissions: <code>{scopes}</code></p>\
+         <form method=\"post\">{hidden}{buttons}\
+         <button type=\"submit\" name=\"account\" value=\"cancel\" id=\"cancel\">Cancel</button></form></body></html>",
+        escape(&tenant)
+    ))
+    .into_response()
+}
+
+async fn authorize_decision(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    Form(params): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_authorize(&shared, &params) {
+        return r;
+    }
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    let state = get("state");
+    let choice = get("account");
+    if choice == "cancel" {
+        return redirect_with(
+            get("redirect_uri"),
+            &[
+                ("error", "access_denied"),
+                ("error_description", "AADSTS65004: User declined to consent to access the app."),
+                ("state", state),
+            ],
+        );
+    }
+    let Some(account) = accounts_for(&tenant).into_iter().find(|a| a.kind.as_str() == choice) else {
+        return stand_in_error(StatusCode::BAD_REQUEST, "AADSTS50020", "This account cannot sign in to this tenant.");
+    };
+    let code = format!("M.C5_{}", random(96));
+    let mut inner = shared.inner();
+    inner.issued_secrets.push(code.clone());
+    inner.codes.insert(
+        code.clone(),
+        Code {
+            client_id: get("client_id").to_owned(),
+            redirect_uri: get("redirect_uri").to_owned(),
+            challenge: get("code_challenge").to_owned(),
+            tenant,
+            scope: get("scope").to_owned(),
+            account,
+            issued: Instant::now(),
+            used: false,
+        },
+    );
+    drop(inner);
+    redirect_with(get("redirect_uri"), &[("code", &code), ("state", state)])
+}
+
+fn token_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let body = json!({
+        "error": error,
+        "error_description": format!("AADSTS{code}: {description} Trace ID: 0000 Correlation ID: 0000"),
+        "error_codes": [code],
+        "timestamp": "2026-01-01 00:00:00Z",
+        "trace_id": "00000000-0000-0000-0000-000000000000",
+        "correlation_id": "00000000-0000-0000-0000-000000000001",
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn apply_fault(fault: Option<Fault>) -> Option<Response> {
+    match fault? {
+        Fault::Status(status) => Some(
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                Html("<html><body>Service unavailable (stand-in fault)</body></html>"),
+            )
+                .into_response(),
+        ),
+        Fault::Delay(d) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        Fault::Malformed => Some(
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"access_token\": ").into_response(),
+        ),
+    }
+}
+
+/// Client id and secret from HTTP Basic or the form body (never both).
+fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(String, String)> {
+    let basic = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Basic "));
+    match (basic, form.get("client_secret")) {
+        (Some(_), Some(_)) => None,
+        (Some(b), None) => {
+            let decoded = String::from_utf8(STANDARD.decode(b).ok()?).ok()?;
+            let (id, secret) = decoded.split_once(':')?;
+            let dec = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+            Some((dec(id)?, dec(secret)?))
+        }
+        (None, Some(secret)) => Some((form.get("client_id")?.clone(), secret.clone())),
+        (None, None) => None,
+    }
+}
+
+async fn token(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let fault = {
+        let mut inner = shared.inner();
+        inner.calls.token_requests += 1;
+        inner.calls.token_tenants.push(tenant.clone());
+        inner.token_fault.clone()
+    };
+    if let Some(response) = apply_fault(fault).await {
+        return response;
+    }
+    let registration = shared.registration();
+    let Some((client_id, secret)) = client_credentials(&headers, &form) else {
+        return token_error(StatusCode::UNAUTHORIZED, "invalid_client", 7_000_215, "Invalid client secret provided.");
+    };
+    if client_id != registration.client_id {
+        return token_error(StatusCode::BAD_REQUEST, "unauthorized_client", 700_016, "Application not found.");
+    }
+    if secret != registration.client_secret {
+        return token_error(StatusCode::UNAUTHORIZED, "invalid_client", 7_000_215, "Invalid client secret provided.");
+    }
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if get("grant_type") != "authorization_code" {
+        return token_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "Unsupported grant type.");
+    }
+    let mut inner = shared.inner();
+    let code_ttl = inner.code_ttl.unwrap_or(CODE_TTL);
+    let Some(code) = inner.codes.get_mut(get("code")) else {
+        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 9_002_313, "Invalid request. Malformed or unknown code.");
+    };
+    // A presented code is spent, whatever happens next.
+    let was_used = std::mem::replace(&mut code.used, true);
+    if was_used {
+        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 54005, "OAuth2 Authorization code was already redeemed.");
+    }
+    if code.issued.elapsed() > code_ttl {
+        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 70008, "The provided authorization code has expired.");
+    }
+    if code.client_id != client_id || code.tenant != tenant {
+        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 9_002_313, "The code was issued to another client or tenant.");
+    }
+    if get("redirect_uri") != code.redirect_uri {
+        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 500_112, "The reply address does not match.");
+    }
+    let verifier = get("code_verifier");
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    if verifier.len() < 43 || challenge != code.challenge {
+        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 501_481, "The Code_Verifier does not match the code_challenge.");
+    }
+    let account = code.account.clone();
+    let scope = code.scope.clone();
+    let access_token = format!("eyJ0eXAi.stand-in-access.{}", random(48));
+    let refresh_token = format!("0.stand-in-refresh.{}", random(48));
+    inner.access_tokens.insert(access_token.clone(), account.clone());
+    inner.issued_secrets.push(access_token.clone());
+    inner.issued_secrets.push(refresh_token.clone());
+    drop(inner);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = json!({
+        "aud": registration.client_id,
+        "iss": format!("https://login.microsoftonline.com/{}/v2.0", account.tid),
+        "iat": now, "nbf": now, "exp": now + 3600,
+        "tid": account.tid, "oid": account.oid,
+        "preferred_username": account.upn, "name": account.display_name,
+        "ver": "2.0",
+    });
+    let id_token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"stand-in id_token signing key, not Microsoft's"),
+    )
+    .unwrap_or_default();
+    Json(json!({
+        "token_type": "Bearer",
+        "scope": scope,
+        "expires_in": 3599,
+        "ext_expires_in": 3599,
+        "access_token": access_token,
+        "refresh_token": if scope.split(' ').any(|s| s == "offline_access") { Some(refresh_token) } else { None },
+        "id_token": id_token,
+    }))
+    .into_response()
+}
+
+fn bearer_account(shared: &Shared, headers: &HeaderMap) -> Option<Account> {
+    let token = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?;
+    shared.inner().access_tokens.get(token).cloned()
+}
+
+fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let fault = {
+        let mut inner = shared.inner();
+        inner.calls.graph_me += 1;
+        inner.me_fault.clone()
+    };
+    if let Some(response) = apply_fault(fault).await {
+        return response;
+    }
+    let Some(a) = bearer_account(&shared, &headers) else {
+        return graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token is empty or invalid.");
+    };
+    Json(json!({
+        "id": a.oid,
+        "displayName": a.display_name,
+        "givenName": a.given_name,
+        "surname": a.surname,
+        "userPrincipalName": a.upn,
+        "mail": if a.kind == AccountKind::Work { Some(a.upn.clone()) } else { None },
+        "preferredLanguage": "en-US",
+        "mobilePhone": if a.kind == AccountKind::Work { Some("+1 555 0100") } else { None },
+        "businessPhones": [],
+        "jobTitle": null,
+        "officeLocation": null,
+    }))
+    .into_response()
+}
+
+async fn organization(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let fault = {
+        let mut inner = shared.inner();
+        inner.calls.graph_organization += 1;
+        inner.organization_fault.clone()
+    };
+    if let Some(response) = apply_fault(fault).await {
+        return response;
+    }
+    let Some(a) = bearer_account(&shared, &headers) else {
+        return graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token is empty or invalid.");
+    };
+    if a.kind == AccountKind::Personal {
+        return graph_error(StatusCode::FORBIDDEN, "Authorization_RequestDenied", "Personal accounts have no organization.");
+    }
+    Json(json!({"value": [{"id": a.tid, "displayName": "Contoso (stand-in)", "tenantType": "AAD"}]})).into_response()
+}

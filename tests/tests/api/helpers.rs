@@ -1,0 +1,414 @@
+//! Spawns the whole product for one test: moto (shared), a fresh table/key/secrets, the
+//! stand-in identity platform and both functions behind a local HTTP address.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use ms_oauth::clock::Clock;
+use ms_oauth::config::{self, Config};
+use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, open};
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::grant::GrantKey;
+use ms_oauth::microsoft::Microsoft;
+use ms_oauth::secrets::CachedSecret;
+use ms_oauth::store::{DynamoStore, StoredConnection, Store};
+use ms_oauth_tests::aws;
+use ms_oauth_tests::local::{self, Functions};
+use ms_oauth_tests::standin::{Registration, Standin};
+use oauth_redirect::RedirectService;
+use oauth_start::StartService;
+use secrecy::{ExposeSecret, SecretString};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+pub const CLIENT_ID: &str = "3f2b7c8e-1d4a-4b6f-9e0c-5a7d8b9c0e1f";
+
+/// Logs of every test in this binary; each test's secrets are unique, so checking the
+/// whole buffer for one test's secrets is sound even with tests running in parallel.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn init_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = CaptureWriter(buffer.clone());
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init();
+        buffer
+    });
+}
+
+/// Everything logged so far by this test binary.
+pub fn captured_logs() -> String {
+    LOGS.get().and_then(|b| b.lock().ok().map(|b| String::from_utf8_lossy(&b).into_owned())).unwrap_or_default()
+}
+
+/// A clock tests can move forward.
+#[derive(Debug)]
+pub struct TestClock(Mutex<OffsetDateTime>);
+
+impl TestClock {
+    pub fn advance(&self, d: Duration) {
+        if let Ok(mut t) = self.0.lock() {
+            *t += d;
+        }
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0.lock().map(|t| *t).unwrap_or_else(|_| OffsetDateTime::now_utc())
+    }
+}
+
+/// How to set up the app under test.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub tenant: Option<String>,
+    pub http_timeout: Duration,
+    /// Point one AWS service at a dead endpoint.
+    pub dead_dynamodb: bool,
+    pub dead_kms: bool,
+    pub dead_secrets_manager: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            tenant: None,
+            http_timeout: Duration::from_secs(2),
+            dead_dynamodb: false,
+            dead_kms: false,
+            dead_secrets_manager: false,
+        }
+    }
+}
+
+/// The product under test.
+pub struct TestApp {
+    pub address: String,
+    pub standin: Standin,
+    pub clock: Arc<TestClock>,
+    pub table: String,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub kms: aws_sdk_kms::Client,
+    pub secretsmanager: aws_sdk_secretsmanager::Client,
+    pub client_secret: String,
+    pub client_secret_arn: String,
+    pub start_key: String,
+}
+
+fn random_suffix(n: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).expect("randomness");
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// A fresh AutoKitteh connection id.
+pub fn new_cid() -> ConnectionId {
+    format!("con_{}", random_suffix(26)).parse().expect("valid cid")
+}
+
+const DEAD_ENDPOINT: &str = "http://127.0.0.1:9";
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    init_logs();
+    let endpoint = aws::shared_endpoint().expect("AWS emulator");
+    let sdk = aws::sdk_config(&endpoint).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let kms = aws_sdk_kms::Client::new(&sdk);
+    let secretsmanager = aws_sdk_secretsmanager::Client::new(&sdk);
+
+    let suffix = random_suffix(10);
+    let table = format!("oauth-test-{suffix}");
+    aws::ensure_table(&dynamodb, &table).await.expect("table");
+    let kms_key = aws::ensure_kms_key(&kms, &format!("alias/oauth-test-{suffix}")).await.expect("kms key");
+    let client_secret = format!("cs~{}", random_suffix(32));
+    let client_secret_arn =
+        aws::ensure_secret(&secretsmanager, &format!("oauth-test/{suffix}/client-secret"), &client_secret)
+            .await
+            .expect("secret");
+    let start_key = random_suffix(40);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+    let address = format!("http://{}", listener.local_addr().expect("addr"));
+    let standin = Standin::spawn(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind stand-in"),
+        Registration {
+            client_id: CLIENT_ID.into(),
+            client_secret: client_secret.clone(),
+            redirect_uri: format!("{address}{}", config::REDIRECT_PATH),
+        },
+    )
+    .expect("stand-in");
+
+    let mut vars: HashMap<&str, String> = HashMap::from([
+        (config::WEBHOOK_ADDRESS, address.clone()),
+        (config::MICROSOFT_CLIENT_ID, CLIENT_ID.to_owned()),
+        (config::MICROSOFT_AUTHORITY_HOST, standin.url()),
+        (config::MICROSOFT_GRAPH_URL, standin.url()),
+        (config::OAUTH_TABLE_NAME, table.clone()),
+    ]);
+    if let Some(tenant) = &options.tenant {
+        vars.insert(config::MICROSOFT_TENANT_ID, tenant.clone());
+    }
+    let mut config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("config");
+    config.http_timeout = options.http_timeout;
+
+    let dead = |yes: bool| if yes { DEAD_ENDPOINT.to_owned() } else { endpoint.clone() };
+    let dynamo_for_app = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(dead(options.dead_dynamodb)).build(),
+    );
+    let kms_for_app = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::from(&sdk).endpoint_url(dead(options.dead_kms)).build(),
+    );
+    let sm_for_app = aws_sdk_secretsmanager::Client::from_conf(
+        aws_sdk_secretsmanager::config::Builder::from(&sdk).endpoint_url(dead(options.dead_secrets_manager)).build(),
+    );
+
+    let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
+    let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamo_for_app, table.clone()));
+    let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
+    let microsoft = Microsoft::new(&config, http);
+    let start = StartService::new(
+        config.clone(),
+        microsoft.clone(),
+        store.clone(),
+        clock.clone(),
+        CachedSecret::new(config::SecretSource::Value(SecretString::from(start_key.clone())), None),
+    );
+    let redirect = RedirectService::new(
+        config.clone(),
+        microsoft,
+        store,
+        Arc::new(KmsDataKeys::new(kms_for_app, kms_key)),
+        clock.clone(),
+        CachedSecret::new(config::SecretSource::SecretsManager { arn: client_secret_arn.clone() }, Some(sm_for_app)),
+    );
+    tokio::spawn(local::serve(listener, Functions { start: Arc::new(start), redirect: Arc::new(redirect) }));
+
+    TestApp {
+        address,
+        standin,
+        clock,
+        table,
+        dynamodb,
+        kms,
+        secretsmanager,
+        client_secret,
+        client_secret_arn,
+        start_key,
+    }
+}
+
+/// A response as a browser sees it.
+#[derive(Debug)]
+pub struct Page {
+    pub status: u16,
+    pub url: String,
+    pub location: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// A minimal browser: follows nothing by itself, keeps cookies for the app's `/oauth/` path.
+#[derive(Debug, Clone)]
+pub struct Browser {
+    http: reqwest::Client,
+    jar: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self { http, jar: Arc::default() }
+    }
+
+    /// A browser holding exactly `cookies`.
+    pub fn with_cookies(cookies: HashMap<String, String>) -> Self {
+        let browser = Self::new();
+        *browser.jar.lock().expect("jar") = cookies;
+        browser
+    }
+
+    /// A GET with a hand-made `Cookie` header and no jar.
+    pub async fn get_with_cookie(&self, url: &str, cookie: &str) -> Page {
+        let response =
+            self.http.get(url).header(reqwest::header::COOKIE, cookie).send().await.expect("request");
+        self.read(url, response).await
+    }
+
+    pub fn cookies(&self) -> HashMap<String, String> {
+        self.jar.lock().expect("jar").clone()
+    }
+
+    pub async fn get(&self, url: &str) -> Page {
+        let mut request = self.http.get(url);
+        let is_oauth = url::Url::parse(url).map(|u| u.path().starts_with("/oauth/")).unwrap_or(false);
+        let cookie_header = self
+            .cookies()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        if is_oauth && !cookie_header.is_empty() {
+            request = request.header(reqwest::header::COOKIE, cookie_header);
+        }
+        let response = request.send().await.expect("request");
+        self.read(url, response).await
+    }
+
+    pub async fn post_form(&self, url: &str, form: &[(String, String)]) -> Page {
+        let response = self.http.post(url).form(form).send().await.expect("request");
+        self.read(url, response).await
+    }
+
+    pub async fn request(&self, method: reqwest::Method, url: &str) -> Page {
+        let response = self.http.request(method, url).send().await.expect("request");
+        self.read(url, response).await
+    }
+
+    async fn read(&self, url: &str, response: reqwest::Response) -> Page {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        for set in headers.get_all(reqwest::header::SET_COOKIE) {
+            let set = set.to_str().expect("cookie header");
+            let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
+            let (name, value) = pair.split_once('=').expect("cookie pair");
+            let expired = attributes.to_ascii_lowercase().contains("max-age=0");
+            let mut jar = self.jar.lock().expect("jar");
+            if expired || value.is_empty() {
+                jar.remove(name.trim());
+            } else {
+                jar.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+        let location = headers.get(reqwest::header::LOCATION).map(|l| l.to_str().expect("location").to_owned());
+        let body = response.text().await.expect("body");
+        Page { status, url: url.to_owned(), location, headers, body }
+    }
+}
+
+/// The steps of one flow, for assertions.
+#[derive(Debug)]
+pub struct Flow {
+    pub authorize_url: String,
+    pub finish: Page,
+}
+
+impl TestApp {
+    /// A start link signed the way the platform signs it.
+    pub fn start_link(&self, cid: &ConnectionId, origin: Origin) -> String {
+        let key = GrantKey::new(SecretString::from(self.start_key.clone())).expect("key");
+        let grant = key.sign(cid, origin, self.clock.now().unix_timestamp(), 300).expect("sign");
+        format!("{}{}?cid={cid}&origin={origin}&grant={grant}", self.address, config::START_PATH)
+    }
+
+    /// Opens a start link; returns the response and, if it redirected, the authorize URL.
+    pub async fn start(&self, browser: &Browser, link: &str) -> Page {
+        browser.get(link).await
+    }
+
+    /// Answers the stand-in's consent page with `choice` (`work`, `personal` or `cancel`)
+    /// and returns where it sends the browser.
+    pub async fn consent(&self, browser: &Browser, authorize_url: &str, choice: &str) -> String {
+        let page = browser.get(authorize_url).await;
+        assert_eq!(page.status, 200, "consent page: {}", page.body);
+        let url = url::Url::parse(authorize_url).expect("authorize url");
+        let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        form.push(("account".into(), choice.into()));
+        let post_url = format!("{}{}", url.origin().ascii_serialization(), url.path());
+        let decision = browser.post_form(&post_url, &form).await;
+        assert_eq!(decision.status, 303, "consent decision: {}", decision.body);
+        decision.location.expect("callback location")
+    }
+
+    /// Runs a whole flow in `browser` for `cid`, choosing `choice` at the consent page.
+    pub async fn connect(&self, browser: &Browser, cid: &ConnectionId, origin: Origin, choice: &str) -> Flow {
+        let start = self.start(browser, &self.start_link(cid, origin)).await;
+        assert_eq!(start.status, 302, "start: {}", start.body);
+        let authorize_url = start.location.clone().expect("authorize location");
+        let callback_url = self.consent(browser, &authorize_url, choice).await;
+        let finish = browser.get(&callback_url).await;
+        Flow { authorize_url, finish }
+    }
+
+    /// The stored connection, if any.
+    pub async fn connection(&self, cid: &ConnectionId) -> Option<StoredConnection> {
+        DynamoStore::new(self.dynamodb.clone(), self.table.clone()).get_connection(cid).await.expect("get connection")
+    }
+
+    /// The decrypted secret vars of a stored connection.
+    pub async fn secret_vars(&self, stored: &StoredConnection) -> serde_json::Value {
+        let keys = KmsDataKeys::new(self.kms.clone(), "unused-for-decrypt");
+        let context = connection_context(&self.table, stored.connection.connection_id.as_str());
+        let plaintext = open(&keys as &dyn DataKeys, &context, &stored.connection.secrets).await.expect("open");
+        serde_json::from_slice(plaintext.expose_secret()).expect("json")
+    }
+
+    /// Every raw item in the table.
+    pub async fn items(&self) -> Vec<HashMap<String, AttributeValue>> {
+        self.dynamodb.scan().table_name(&self.table).send().await.expect("scan").items.unwrap_or_default()
+    }
+
+    /// Number of pending flow states.
+    pub async fn pending_states(&self) -> usize {
+        self.items().await.iter().filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).is_some_and(|k| k == "state")).count()
+    }
+
+    /// Number of connection items.
+    pub async fn connections(&self) -> usize {
+        self.items().await.iter().filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).is_some_and(|k| k == "connection")).count()
+    }
+}
+
+/// Asserts a page's status and that its text mentions `words`.
+#[track_caller]
+pub fn assert_page(page: &Page, status: u16, words: &str) {
+    assert_eq!(page.status, status, "{} → {}: {}", page.url, page.status, page.body);
+    assert!(page.body.contains(words), "{} page lacks {words:?}: {}", page.url, page.body);
+    assert_eq!(page.header("cache-control"), "no-store");
+    assert_eq!(page.header("referrer-policy"), "no-referrer");
+    assert_eq!(page.header("x-content-type-options"), "nosniff");
+    assert!(page.header("content-security-policy").starts_with("default-src 'none'"));
+}
+
+/// Asserts a redirect to a URL starting with `prefix`.
+#[track_caller]
+pub fn assert_redirects_to(page: &Page, prefix: &str) {
+    assert_eq!(page.status, 302, "{}: {}", page.url, page.body);
+    let location = page.location.as_deref().unwrap_or("");
+    assert!(location.starts_with(prefix), "redirected to {location}, expected {prefix}…");
+}

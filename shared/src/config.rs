@@ -74,7 +74,8 @@ impl PublicAddress {
         if value.is_empty() {
             return Err("is empty".into());
         }
-        let with_scheme = if value.contains("://") { value.to_owned() } else { format!("https://{value}") };
+        let with_scheme =
+            if value.contains("://") { value.to_owned() } else { format!("https://{value}") };
         let url = Url::parse(&with_scheme).map_err(|e| format!("is not a host name ({e})"))?;
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             return Err("must be just the address, without a path".into());
@@ -85,7 +86,9 @@ impl PublicAddress {
         match url.scheme() {
             "https" => {}
             "http" if is_loopback(&url) => {}
-            "http" => return Err("may use http:// only for localhost; use the bare host name".into()),
+            "http" => {
+                return Err("may use http:// only for localhost; use the bare host name".into());
+            }
             other => return Err(format!("has unsupported scheme {other}")),
         }
         if url.host_str().is_none_or(str::is_empty) {
@@ -157,7 +160,8 @@ impl Config {
         let public_address = PublicAddress::parse(&required(lookup, WEBHOOK_ADDRESS)?)
             .map_err(|p| ConfigError::new(WEBHOOK_ADDRESS, p))?;
         let client_id = required(lookup, MICROSOFT_CLIENT_ID)?;
-        if client_id.len() > 128 || !client_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        if client_id.len() > 128
+            || !client_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
             return Err(ConfigError::new(MICROSOFT_CLIENT_ID, "is not an application (client) id"));
         }
@@ -167,10 +171,9 @@ impl Config {
         };
         let authority_host = service_url(lookup, MICROSOFT_AUTHORITY_HOST, DEFAULT_AUTHORITY_HOST)?;
         let graph_url = service_url(lookup, MICROSOFT_GRAPH_URL, DEFAULT_GRAPH_URL)?;
-        let scopes = parse_scopes(
-            optional(lookup, MICROSOFT_SCOPES).as_deref().unwrap_or(DEFAULT_SCOPES),
-        )
-        .map_err(|p| ConfigError::new(MICROSOFT_SCOPES, p))?;
+        let scopes =
+            parse_scopes(optional(lookup, MICROSOFT_SCOPES).as_deref().unwrap_or(DEFAULT_SCOPES))
+                .map_err(|p| ConfigError::new(MICROSOFT_SCOPES, p))?;
         let table_name = required(lookup, OAUTH_TABLE_NAME)?;
         let config = Self {
             public_address,
@@ -221,7 +224,9 @@ pub fn secret_source(
     arn_var: &'static str,
 ) -> Result<SecretSource, ConfigError> {
     match (optional(lookup, value_var), optional(lookup, arn_var)) {
-        (Some(_), Some(_)) => Err(ConfigError::new(arn_var, format!("and {value_var} are both set; set one"))),
+        (Some(_), Some(_)) => {
+            Err(ConfigError::new(arn_var, format!("and {value_var} are both set; set one")))
+        }
         (Some(value), None) => Ok(SecretSource::Value(SecretString::from(value))),
         (None, Some(arn)) if arn.starts_with("arn:") => Ok(SecretSource::SecretsManager { arn }),
         (None, Some(_)) => Err(ConfigError::new(arn_var, "is not an ARN")),
@@ -230,7 +235,10 @@ pub fn secret_source(
 }
 
 /// Reads a required variable: set and not blank.
-pub fn required(lookup: &dyn Fn(&str) -> Option<String>, var: &'static str) -> Result<String, ConfigError> {
+pub fn required(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<String, ConfigError> {
     optional(lookup, var).ok_or_else(|| ConfigError::new(var, "is not set"))
 }
 
@@ -254,7 +262,12 @@ fn service_url(
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&url) => {}
-        _ => return Err(ConfigError::new(var, "must be an https:// URL (http:// only for localhost)")),
+        _ => {
+            return Err(ConfigError::new(
+                var,
+                "must be an https:// URL (http:// only for localhost)",
+            ));
+        }
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::new(var, "must not have a query or fragment"));
@@ -311,8 +324,14 @@ mod tests {
             config.token_endpoint().as_str(),
             "https://login.microsoftonline.com/common/oauth2/v2.0/token"
         );
-        assert_eq!(config.redirect_url().as_str(), "https://api.example.com/oauth/redirect/microsoft");
-        assert_eq!(config.scopes.join(" "), DEFAULT_SCOPES.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(
+            config.redirect_url().as_str(),
+            "https://api.example.com/oauth/redirect/microsoft"
+        );
+        assert_eq!(
+            config.scopes.join(" "),
+            DEFAULT_SCOPES.split_whitespace().collect::<Vec<_>>().join(" ")
+        );
     }
 
     #[test]
@@ -320,7 +339,10 @@ mod tests {
         let mut vars = base();
         vars.push((MICROSOFT_SCOPES, "Mail.Read,Calendars.Read"));
         let config = Config::from_lookup(&lookup(&vars)).unwrap();
-        assert_eq!(config.scopes, ["Mail.Read", "Calendars.Read", "openid", "profile", "offline_access", "User.Read"]);
+        assert_eq!(
+            config.scopes,
+            ["Mail.Read", "Calendars.Read", "openid", "profile", "offline_access", "User.Read"]
+        );
     }
 
     #[test]
@@ -363,7 +385,8 @@ mod tests {
 
     #[test]
     fn secrets_come_from_exactly_one_place() {
-        let both = lookup(&[(START_LINK_KEY, "k"), (START_LINK_KEY_ARN, "arn:aws:secretsmanager:x")]);
+        let both =
+            lookup(&[(START_LINK_KEY, "k"), (START_LINK_KEY_ARN, "arn:aws:secretsmanager:x")]);
         assert!(secret_source(&both, START_LINK_KEY, START_LINK_KEY_ARN).is_err());
         let arn = lookup(&[(START_LINK_KEY_ARN, "arn:aws:secretsmanager:us-east-1:1:secret:k")]);
         assert!(matches!(
@@ -371,6 +394,9 @@ mod tests {
             Ok(SecretSource::SecretsManager { .. })
         ));
         let none = lookup(&[]);
-        assert_eq!(secret_source(&none, START_LINK_KEY, START_LINK_KEY_ARN).unwrap_err().var, START_LINK_KEY);
+        assert_eq!(
+            secret_source(&none, START_LINK_KEY, START_LINK_KEY_ARN).unwrap_err().var,
+            START_LINK_KEY
+        );
     }
 }

@@ -132,7 +132,11 @@ pub struct Sealed {
 }
 
 /// Encrypts `plaintext` under `key`, authenticating `context` with it.
-pub fn seal(key: &DataKey, context: &EncryptionContext, plaintext: &[u8]) -> Result<Sealed, CryptoError> {
+pub fn seal(
+    key: &DataKey,
+    context: &EncryptionContext,
+    plaintext: &[u8],
+) -> Result<Sealed, CryptoError> {
     let cipher = cipher(&key.plaintext)?;
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).map_err(|_| CryptoError::Random)?;

@@ -30,7 +30,7 @@ pub enum FlowError {
     #[error("state refused: {0}")]
     State(ConsumeError),
     #[error("Microsoft returned an error: {0}")]
-    Microsoft(MicrosoftError),
+    Microsoft(Box<MicrosoftError>),
     #[error("code exchange failed")]
     Token(#[from] TokenError),
     #[error("Graph read failed")]
@@ -65,7 +65,8 @@ pub struct PageContext {
 
 const START_AGAIN: &str = "Go back to AutoKitteh and start the connection again.";
 const TRY_AGAIN: &str = "Wait a minute, then start the connection again from AutoKitteh.";
-const ASK_ADMIN: &str = "Ask the administrator of this AutoKitteh deployment to fix its Microsoft app settings.";
+const ASK_ADMIN: &str =
+    "Ask the administrator of this AutoKitteh deployment to fix its Microsoft app settings.";
 
 impl FlowError {
     /// True for faults of ours or of a dependency (5xx).
@@ -117,7 +118,9 @@ impl FlowError {
                 S::FORBIDDEN,
                 "This sign-in link was not issued by AutoKitteh",
                 "The link is missing its signature, was altered, or belongs to another connection.",
-                Some("Start the connection from the AutoKitteh UI, CLI or VS Code extension, not from a copied link."),
+                Some(
+                    "Start the connection from the AutoKitteh UI, CLI or VS Code extension, not from a copied link.",
+                ),
             ),
             FlowError::State(ConsumeError::Expired) => Page::error(
                 S::BAD_REQUEST,
@@ -129,7 +132,9 @@ impl FlowError {
                 S::BAD_REQUEST,
                 "Finish the sign-in in the browser where you started it",
                 "This sign-in was started in another browser (or its cookie was blocked or cleared).",
-                Some("Start the connection again and complete the Microsoft sign-in in the same browser window, with cookies allowed."),
+                Some(
+                    "Start the connection again and complete the Microsoft sign-in in the same browser window, with cookies allowed.",
+                ),
             ),
             FlowError::State(_) => Page::error(
                 S::BAD_REQUEST,
@@ -185,7 +190,9 @@ fn microsoft_page(e: &MicrosoftError, ctx: &PageContext) -> Page {
             S::FORBIDDEN,
             "You declined the permissions",
             "The connection needs the permissions Microsoft asked you about, so nothing was connected.",
-            Some("Start the connection again and accept the permissions, or ask your Microsoft administrator for consent."),
+            Some(
+                "Start the connection again and accept the permissions, or ask your Microsoft administrator for consent.",
+            ),
         )
     } else if code(50011) {
         Page::error(
@@ -195,49 +202,63 @@ fn microsoft_page(e: &MicrosoftError, ctx: &PageContext) -> Page {
                 "Microsoft does not know this deployment's redirect URI, {}.",
                 ctx.redirect_uri
             ),
-            Some("An administrator must add it, exactly, as a \"Web\" redirect URI of the app registration in Microsoft Entra ID."),
+            Some(
+                "An administrator must add it, exactly, as a \"Web\" redirect URI of the app registration in Microsoft Entra ID.",
+            ),
         )
     } else if code(50194) {
         Page::error(
             S::BAD_REQUEST,
             "The app is single-tenant",
             "The Microsoft app registration accepts accounts from one directory only, but sign-in used the multi-tenant endpoint.",
-            Some("An administrator must set MICROSOFT_TENANT_ID to the app's Directory (tenant) ID, or make the app multi-tenant."),
+            Some(
+                "An administrator must set MICROSOFT_TENANT_ID to the app's Directory (tenant) ID, or make the app multi-tenant.",
+            ),
         )
     } else if code(9_002_332) {
         Page::error(
             S::BAD_REQUEST,
             "Personal Microsoft accounts are not supported",
             "The app registration does not accept personal Microsoft accounts.",
-            Some("Sign in with a work or school account, or ask an administrator to change the app's supported account types."),
+            Some(
+                "Sign in with a work or school account, or ask an administrator to change the app's supported account types.",
+            ),
         )
     } else if code(700_016) {
         Page::error(
             S::BAD_REQUEST,
             "The Microsoft app was not found",
             "Your Microsoft directory does not know the app this deployment uses.",
-            Some("An administrator must check MICROSOFT_CLIENT_ID and MICROSOFT_TENANT_ID, or consent to the app in your directory."),
+            Some(
+                "An administrator must check MICROSOFT_CLIENT_ID and MICROSOFT_TENANT_ID, or consent to the app in your directory.",
+            ),
         )
     } else if e.error == "invalid_client" || code(7_000_215) || code(7_000_222) {
         Page::error(
             S::BAD_GATEWAY,
             "The server's Microsoft credentials were refused",
             "Microsoft rejected this deployment's client secret; it may have expired. Nothing was saved.",
-            Some("An administrator must create a new client secret in Microsoft Entra ID and store it in the deployment's client secret."),
+            Some(
+                "An administrator must create a new client secret in Microsoft Entra ID and store it in the deployment's client secret.",
+            ),
         )
     } else if e.error == "consent_required" || code(65001) || code(90094) || code(90095) {
         Page::error(
             S::FORBIDDEN,
             "An administrator must approve this app",
             "Your organization requires an administrator to consent to the permissions this connection needs.",
-            Some("Ask a Microsoft Entra administrator of your organization to grant admin consent to the app, then start again."),
+            Some(
+                "Ask a Microsoft Entra administrator of your organization to grant admin consent to the app, then start again.",
+            ),
         )
     } else if code(50076) || code(50079) || code(53003) || e.error == "interaction_required" {
         Page::error(
             S::FORBIDDEN,
             "Your organization's sign-in policy stopped this sign-in",
             "Multi-factor authentication, enrolment or a Conditional Access policy blocked the sign-in.",
-            Some("Complete the requirements your organization shows at Microsoft, or contact your IT administrator, then start again."),
+            Some(
+                "Complete the requirements your organization shows at Microsoft, or contact your IT administrator, then start again.",
+            ),
         )
     } else if e.error == "invalid_grant" || code(70008) || code(54005) || code(501_481) {
         Page::error(
@@ -253,7 +274,10 @@ fn microsoft_page(e: &MicrosoftError, ctx: &PageContext) -> Page {
             "Microsoft's sign-in service reported a temporary problem. Nothing was saved.",
             Some(TRY_AGAIN),
         )
-    } else if e.error == "invalid_request" || e.error == "unauthorized_client" || e.error == "invalid_scope" {
+    } else if e.error == "invalid_request"
+        || e.error == "unauthorized_client"
+        || e.error == "invalid_scope"
+    {
         Page::error(
             S::BAD_REQUEST,
             "Microsoft refused the sign-in request",
@@ -273,7 +297,12 @@ fn microsoft_page(e: &MicrosoftError, ctx: &PageContext) -> Page {
 
 /// A short, safe reference for support: the error, AADSTS codes, and Microsoft's trace id.
 fn reference(e: &MicrosoftError) -> String {
-    let mut out = e.error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect::<String>();
+    let mut out = e
+        .error
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect::<String>();
     for code in e.error_codes.iter().take(3) {
         let _ = write!(out, " AADSTS{code}");
     }
@@ -303,13 +332,13 @@ mod tests {
     }
 
     fn ms(error: &str, codes: &[u32]) -> FlowError {
-        FlowError::Microsoft(MicrosoftError {
+        FlowError::Microsoft(Box::new(MicrosoftError {
             error: error.into(),
             error_description: None,
             error_codes: codes.to_vec(),
             trace_id: Some("trace-1".into()),
             correlation_id: None,
-        })
+        }))
     }
 
     #[test]
@@ -347,7 +376,10 @@ mod tests {
 
     #[test]
     fn server_faults_are_opaque() {
-        let e = FlowError::Store(StoreError::Unavailable { operation: "PutItem", source: "connection refused to 10.0.0.1".into() });
+        let e = FlowError::Store(StoreError::Unavailable {
+            operation: "PutItem",
+            source: "connection refused to 10.0.0.1".into(),
+        });
         let page = e.page(&ctx());
         assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!page.render().contains("10.0.0.1"));

@@ -178,7 +178,10 @@ mod tests {
         tampered.insert(tampered.len() / 2, 'A');
         assert_eq!(key().verify(&tampered, &cid(), Origin::Web, NOW), Err(GrantError::Invalid));
         assert_eq!(key().verify("", &cid(), Origin::Web, NOW), Err(GrantError::Missing));
-        assert_eq!(key().verify(&"a".repeat(5000), &cid(), Origin::Web, NOW), Err(GrantError::Invalid));
+        assert_eq!(
+            key().verify(&"a".repeat(5000), &cid(), Origin::Web, NOW),
+            Err(GrantError::Invalid)
+        );
 
         // A grant minted with a lifetime beyond the limit (by a misconfigured platform).
         let long = GrantClaims {
@@ -202,8 +205,12 @@ mod tests {
         // alg=none with the same claims.
         let header = URL_SAFE.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE.encode(
-            format!(r#"{{"aud":"{GRANT_AUDIENCE}","cid":"{}","origin":"web","iat":{NOW},"exp":{}}}"#, cid(), NOW + 60)
-                .as_bytes(),
+            format!(
+                r#"{{"aud":"{GRANT_AUDIENCE}","cid":"{}","origin":"web","iat":{NOW},"exp":{}}}"#,
+                cid(),
+                NOW + 60
+            )
+            .as_bytes(),
         );
         let none = format!("{header}.{body}.");
         assert_eq!(key().verify(&none, &cid(), Origin::Web, NOW), Err(GrantError::Invalid));

@@ -3,12 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
-use oauth2::basic::{BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType};
+use oauth2::basic::{
+    BasicRevocationErrorResponse, BasicTokenIntrospectionResponse, BasicTokenType,
+};
 use oauth2::{
-    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret,
-    EndpointNotSet, EndpointSet, ErrorResponse, ExtraTokenFields, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse,
-    TokenResponse, TokenUrl,
+    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet,
+    EndpointSet, ErrorResponse, ExtraTokenFields, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -116,7 +118,7 @@ type MicrosoftOAuthClient = oauth2::Client<
 pub enum TokenError {
     /// Microsoft refused the request (`invalid_grant`, `invalid_client`, …).
     #[error("token endpoint refused the request: {0}")]
-    Rejected(MicrosoftError),
+    Rejected(Box<MicrosoftError>),
     /// Microsoft could not be reached, timed out or failed (5xx).
     #[error("token endpoint unavailable")]
     Unavailable(#[source] HttpError),
@@ -274,12 +276,17 @@ impl Microsoft {
             .request_async(&OAuthHttp(&self.http))
             .await
             .map_err(|e| match e {
-                RequestTokenError::ServerResponse(err) => TokenError::Rejected(err),
+                RequestTokenError::ServerResponse(err) => TokenError::Rejected(Box::new(err)),
                 RequestTokenError::Request(err) => TokenError::Unavailable(err),
-                RequestTokenError::Parse(_, _) | RequestTokenError::Other(_) => TokenError::Malformed,
+                RequestTokenError::Parse(_, _) | RequestTokenError::Other(_) => {
+                    TokenError::Malformed
+                }
             })?;
-        let id_token =
-            response.extra_fields().id_token.as_deref().ok_or(TokenError::Incomplete("no id_token"))?;
+        let id_token = response
+            .extra_fields()
+            .id_token
+            .as_deref()
+            .ok_or(TokenError::Incomplete("no id_token"))?;
         let claims = read_id_token(id_token)?;
         if claims.aud != *self.client_id {
             return Err(TokenError::Incomplete("id_token was issued for another application"));
@@ -299,7 +306,10 @@ impl Microsoft {
     }
 
     /// Graph `/v1.0/organization`; `None` when it lists nothing.
-    pub async fn organization(&self, token: &AccessToken) -> Result<Option<GraphOrganization>, GraphError> {
+    pub async fn organization(
+        &self,
+        token: &AccessToken,
+    ) -> Result<Option<GraphOrganization>, GraphError> {
         let list: OrganizationList = self.graph_get(token, "organization").await?;
         Ok(list.value.into_iter().next())
     }
@@ -325,7 +335,10 @@ impl Microsoft {
         if !status.is_success() {
             return Err(GraphError::Status(status.as_u16()));
         }
-        let body = response.bytes().await.map_err(|e| GraphError::Unavailable(HttpError::from_reqwest(e)))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| GraphError::Unavailable(HttpError::from_reqwest(e)))?;
         serde_json::from_slice(&body).map_err(GraphError::Malformed)
     }
 }
@@ -367,7 +380,7 @@ mod tests {
         let body = r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215],"timestamp":"2026-01-01 00:00:00Z","trace_id":"t","correlation_id":"c"}"#;
         let e: MicrosoftError = serde_json::from_str(body).unwrap();
         assert!(e.has_code(7_000_215));
-        assert!(TokenError::Rejected(e).is_invalid_client());
+        assert!(TokenError::Rejected(Box::new(e)).is_invalid_client());
     }
 
     #[test]
@@ -377,13 +390,19 @@ mod tests {
         let token = format!(
             "{}.{}.sig",
             enc(r#"{"alg":"RS256","typ":"JWT"}"#),
-            enc(&format!(r#"{{"tid":"{PERSONAL_ACCOUNT_TENANT}","oid":"o1","aud":"app","preferred_username":"sam@outlook.com"}}"#))
+            enc(&format!(
+                r#"{{"tid":"{PERSONAL_ACCOUNT_TENANT}","oid":"o1","aud":"app","preferred_username":"sam@outlook.com"}}"#
+            ))
         );
         let claims = read_id_token(&token).unwrap();
         assert!(claims.is_personal_account());
         assert_eq!(claims.preferred_username.as_deref(), Some("sam@outlook.com"));
         assert!(read_id_token("not-a-jwt").is_err());
-        let no_oid = format!("{}.{}.sig", enc(r#"{"alg":"RS256"}"#), enc(r#"{"tid":"t","oid":"","aud":"a"}"#));
+        let no_oid = format!(
+            "{}.{}.sig",
+            enc(r#"{"alg":"RS256"}"#),
+            enc(r#"{"tid":"t","oid":"","aud":"a"}"#)
+        );
         assert!(read_id_token(&no_oid).is_err());
     }
 }

@@ -16,7 +16,8 @@ border-top:6px solid #6b7280}main.ok{border-top-color:#16a34a}main.error{border-
 border-radius:6px}.reference{color:#6b7280;font-size:.8rem}code{word-break:break-all}";
 
 /// Closes the window when it was opened as a popup by the AutoKitteh UI.
-const CLOSE_POPUP_SCRIPT: &str = "if (window.opener) { setTimeout(function () { window.close(); }, 1500); }";
+const CLOSE_POPUP_SCRIPT: &str =
+    "if (window.opener) { setTimeout(function () { window.close(); }, 1500); }";
 
 /// The page CSP: nothing may load; only our exact inline style and script may run.
 static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
@@ -191,8 +192,13 @@ mod tests {
 
     #[test]
     fn pages_escape_everything_they_show() {
-        let page = Page::error(StatusCode::BAD_REQUEST, "<b>t</b>", "<script>alert(1)</script>", Some("\"x\" & y"))
-            .with_reference(Some("<img src=x>".into()));
+        let page = Page::error(
+            StatusCode::BAD_REQUEST,
+            "<b>t</b>",
+            "<script>alert(1)</script>",
+            Some("\"x\" & y"),
+        )
+        .with_reference(Some("<img src=x>".into()));
         let html = page.render();
         assert!(!html.contains("<script>alert"));
         assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
@@ -203,7 +209,8 @@ mod tests {
 
     #[test]
     fn pages_carry_the_security_headers() {
-        let response = Page::connected("adele@contoso.com", None).into_response(&["a=b; Path=/".into()]);
+        let response =
+            Page::connected("adele@contoso.com", None).into_response(&["a=b; Path=/".into()]);
         let h = response.headers();
         assert_eq!(h[header::CACHE_CONTROL], "no-store");
         assert_eq!(h[header::REFERRER_POLICY], "no-referrer");

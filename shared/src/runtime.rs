@@ -24,7 +24,9 @@ pub fn secret_from_env(
 ) -> Result<crate::secrets::CachedSecret, crate::config::ConfigError> {
     let source = crate::config::secret_source(lookup, value_var, arn_var)?;
     let client = match source {
-        crate::config::SecretSource::SecretsManager { .. } => Some(aws_sdk_secretsmanager::Client::new(sdk)),
+        crate::config::SecretSource::SecretsManager { .. } => {
+            Some(aws_sdk_secretsmanager::Client::new(sdk))
+        }
         crate::config::SecretSource::Value(_) => None,
     };
     Ok(crate::secrets::CachedSecret::new(source, client))

@@ -57,7 +57,10 @@ impl CachedSecret {
 
     /// Reads the secret again, bypassing the cache. Returns `None` when the value did not
     /// change (so a caller retrying after a rejected secret knows a retry is pointless).
-    pub async fn refresh_if_changed(&self, stale: &SecretString) -> Result<Option<SecretString>, SecretError> {
+    pub async fn refresh_if_changed(
+        &self,
+        stale: &SecretString,
+    ) -> Result<Option<SecretString>, SecretError> {
         let SecretSource::SecretsManager { arn } = &self.source else {
             return Ok(None);
         };
@@ -73,7 +76,10 @@ impl CachedSecret {
             source: "no Secrets Manager client configured".into(),
         })?;
         let output = client.get_secret_value().secret_id(arn).send().await.map_err(|e| {
-            SecretError::Unavailable { arn: arn.to_owned(), source: Box::new(e.into_service_error()) }
+            SecretError::Unavailable {
+                arn: arn.to_owned(),
+                source: Box::new(e.into_service_error()),
+            }
         })?;
         output
             .secret_string

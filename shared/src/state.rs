@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn state_key_hides_the_state() {
         let key = StateKey::from_state("abc");
-        assert_eq!(key.as_hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            key.as_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_eq!(key.cookie_name(), "ms_oauth_ba7816bf8f01cfea");
         assert!(!format!("{key:?}").contains("abc"));
     }

@@ -129,7 +129,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates or replaces a connection's tokens and vars in one write.
     async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError>;
     /// Reads a connection.
-    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<StoredConnection>, StoreError>;
+    async fn get_connection(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<StoredConnection>, StoreError>;
 }
 
 /// Key of a connection item.
@@ -273,7 +276,8 @@ impl Store for DynamoStore {
                 match failed.item {
                     None => Err(ConsumeError::NotFound),
                     Some(item) => {
-                        let item: StateItem = serde_dynamo::from_item(item).map_err(StoreError::from)?;
+                        let item: StateItem =
+                            serde_dynamo::from_item(item).map_err(StoreError::from)?;
                         Err(classify_failed_consume(&item.into_flow(), now))
                     }
                 }
@@ -323,7 +327,10 @@ impl Store for DynamoStore {
         Ok(version)
     }
 
-    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<StoredConnection>, StoreError> {
+    async fn get_connection(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<StoredConnection>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -375,7 +382,9 @@ impl Store for MemoryStore {
     ) -> Result<PendingFlow, ConsumeError> {
         let mut states = self.states.lock().map_err(|_| poisoned())?;
         let flow = states.get(&state_key(key)).ok_or(ConsumeError::NotFound)?;
-        if flow.expires_at <= now || !crate::state::constant_time_eq(&flow.browser_hash, browser_hash) {
+        if flow.expires_at <= now
+            || !crate::state::constant_time_eq(&flow.browser_hash, browser_hash)
+        {
             return Err(classify_failed_consume(flow, now));
         }
         states.remove(&state_key(key)).ok_or(ConsumeError::NotFound)
@@ -388,11 +397,15 @@ impl Store for MemoryStore {
             Some(old) => (old.version + 1, old.created_at.clone()),
             None => (1, connection.updated_at.clone()),
         };
-        connections.insert(key, StoredConnection { connection: connection.clone(), version, created_at });
+        connections
+            .insert(key, StoredConnection { connection: connection.clone(), version, created_at });
         Ok(version)
     }
 
-    async fn get_connection(&self, id: &ConnectionId) -> Result<Option<StoredConnection>, StoreError> {
+    async fn get_connection(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<StoredConnection>, StoreError> {
         let connections = self.connections.lock().map_err(|_| poisoned())?;
         Ok(connections.get(&connection_key(id)).cloned())
     }

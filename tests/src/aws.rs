@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
 };
 
 /// Region used against emulators.
@@ -65,7 +66,11 @@ pub fn spawn_moto(port: u16) -> std::io::Result<String> {
 pub fn wait_for_http(url: &str, timeout: Duration) -> Result<(), String> {
     use std::io::{Read, Write};
     let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-    let addr = format!("{}:{}", parsed.host_str().unwrap_or("127.0.0.1"), parsed.port_or_known_default().unwrap_or(80));
+    let addr = format!(
+        "{}:{}",
+        parsed.host_str().unwrap_or("127.0.0.1"),
+        parsed.port_or_known_default().unwrap_or(80)
+    );
     let deadline = Instant::now() + timeout;
     let mut last = String::from("not tried");
     while Instant::now() < deadline {
@@ -102,7 +107,9 @@ pub fn shared_endpoint() -> Result<String, String> {
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(LOCAL_REGION))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("testing", "testing", None, None, "local"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "testing", "testing", None, None, "local",
+        ))
         .endpoint_url(endpoint)
         .load()
         .await
@@ -113,7 +120,9 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Resu
     if client.describe_table().table_name(name).send().await.is_ok() {
         return Ok(());
     }
-    let key = |b: aws_sdk_dynamodb::types::builders::KeySchemaElementBuilder| b.build().map_err(|e| e.to_string());
+    let key = |b: aws_sdk_dynamodb::types::builders::KeySchemaElementBuilder| {
+        b.build().map_err(|e| e.to_string())
+    };
     client
         .create_table()
         .table_name(name)
@@ -125,7 +134,9 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Resu
                 .build()
                 .map_err(|e| e.to_string())?,
         )
-        .key_schema(key(KeySchemaElement::builder().attribute_name(ms_oauth::store::KEY_ATTRIBUTE).key_type(KeyType::Hash))?)
+        .key_schema(key(KeySchemaElement::builder()
+            .attribute_name(ms_oauth::store::KEY_ATTRIBUTE)
+            .key_type(KeyType::Hash))?)
         .send()
         .await
         .map_err(|e| format!("CreateTable: {}", ms_oauth::error::chain(&e)))?;

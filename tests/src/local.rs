@@ -53,14 +53,24 @@ async fn dispatch(
     let path = req.uri().path().to_owned();
     let route = match path.as_str() {
         START_PATH | REDIRECT_PATH => path.clone(),
-        _ => return plain(404, "Not found. This local server serves /oauth/start/microsoft and /oauth/redirect/microsoft.\n"),
+        _ => {
+            return plain(
+                404,
+                "Not found. This local server serves /oauth/start/microsoft and /oauth/redirect/microsoft.\n",
+            );
+        }
     };
     let event = api_gateway_event(&req, &route, peer, id);
     // Drain the body; the flow's routes take none.
     let _ = req.into_body().collect().await;
     let request = match lambda_http::request::from_str(&event.to_string()) {
         Ok(r) => r,
-        Err(e) => return plain(400, &format!("request could not be expressed as an API Gateway event: {e}\n")),
+        Err(e) => {
+            return plain(
+                400,
+                &format!("request could not be expressed as an API Gateway event: {e}\n"),
+            );
+        }
     };
     let response = if route == START_PATH {
         oauth_start::handle(&functions.start, request).await
@@ -71,7 +81,12 @@ async fn dispatch(
 }
 
 /// An API Gateway HTTP API (payload format 2.0) event for `req`.
-pub fn api_gateway_event<B>(req: &hyper::Request<B>, route: &str, peer: SocketAddr, id: u64) -> serde_json::Value {
+pub fn api_gateway_event<B>(
+    req: &hyper::Request<B>,
+    route: &str,
+    peer: SocketAddr,
+    id: u64,
+) -> serde_json::Value {
     let mut headers = serde_json::Map::new();
     let mut cookies = Vec::new();
     for (name, value) in req.headers() {
@@ -87,7 +102,8 @@ pub fn api_gateway_event<B>(req: &hyper::Request<B>, route: &str, peer: SocketAd
         };
         *entry = json!(joined);
     }
-    let host = req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let host =
+        req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let now = time::OffsetDateTime::now_utc();
     json!({
         "version": "2.0",
@@ -131,9 +147,11 @@ fn into_hyper(response: lambda_http::Response<Body>) -> hyper::Response<Full<Byt
 
 fn plain(status: u16, text: &str) -> hyper::Response<Full<Bytes>> {
     let mut response = hyper::Response::new(Full::new(Bytes::from(text.to_owned())));
-    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_REQUEST);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

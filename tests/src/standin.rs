@@ -136,7 +136,8 @@ impl Standin {
     /// Serves on `listener` in the background.
     pub fn spawn(listener: TcpListener, registration: Registration) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared { registration: Mutex::new(registration), inner: Mutex::default() });
+        let shared =
+            Arc::new(Shared { registration: Mutex::new(registration), inner: Mutex::default() });
         let app = Router::new()
             .route("/", get(index))
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_page).post(authorize_decision))
@@ -252,30 +253,32 @@ fn stand_in_error(status: StatusCode, aadsts: &str, message: &str) -> Response {
 fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
     let mut url = match url::Url::parse(redirect_uri) {
         Ok(u) => u,
-        Err(_) => return stand_in_error(StatusCode::BAD_REQUEST, "AADSTS50011", "bad redirect URI"),
+        Err(_) => {
+            return stand_in_error(StatusCode::BAD_REQUEST, "AADSTS50011", "bad redirect URI");
+        }
     };
     url.query_pairs_mut().extend_pairs(params);
     Redirect::to(url.as_str()).into_response()
 }
 
 /// Checks an authorize request the way the platform does before showing any page.
-fn check_authorize(shared: &Shared, params: &HashMap<String, String>) -> Result<(), Response> {
+fn check_authorize(shared: &Shared, params: &HashMap<String, String>) -> Result<(), Box<Response>> {
     let registration = shared.registration();
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
     if get("client_id") != registration.client_id {
-        return Err(stand_in_error(
+        return Err(Box::new(stand_in_error(
             StatusCode::BAD_REQUEST,
             "AADSTS700016",
             "Application with the given identifier was not found in the directory.",
-        ));
+        )));
     }
     if get("redirect_uri") != registration.redirect_uri {
         // The platform never redirects to an unregistered URI.
-        return Err(stand_in_error(
+        return Err(Box::new(stand_in_error(
             StatusCode::BAD_REQUEST,
             "AADSTS50011",
             "The redirect URI specified in the request does not match the redirect URIs configured for the application.",
-        ));
+        )));
     }
     let problem = if get("response_type") != "code" {
         Some("AADSTS900144: response_type must be code")
@@ -289,10 +292,10 @@ fn check_authorize(shared: &Shared, params: &HashMap<String, String>) -> Result<
         None
     };
     match problem {
-        Some(p) => Err(redirect_with(
+        Some(p) => Err(Box::new(redirect_with(
             get("redirect_uri"),
             &[("error", "invalid_request"), ("error_description", p), ("state", get("state"))],
-        )),
+        ))),
         None => Ok(()),
     }
 }
@@ -304,11 +307,13 @@ async fn authorize_page(
 ) -> Response {
     shared.inner().calls.authorize_tenants.push(tenant.clone());
     if let Err(r) = check_authorize(&shared, &params) {
-        return r;
+        return *r;
     }
     let hidden: String = params
         .iter()
-        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v)))
+        .map(|(k, v)| {
+            format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v))
+        })
         .collect();
     let buttons: String = accounts_for(&tenant)
         .iter()
@@ -342,7 +347,7 @@ async fn authorize_decision(
     Form(params): Form<HashMap<String, String>>,
 ) -> Response {
     if let Err(r) = check_authorize(&shared, &params) {
-        return r;
+        return *r;
     }
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
     let state = get("state");
@@ -357,8 +362,13 @@ async fn authorize_decision(
             ],
         );
     }
-    let Some(account) = accounts_for(&tenant).into_iter().find(|a| a.kind.as_str() == choice) else {
-        return stand_in_error(StatusCode::BAD_REQUEST, "AADSTS50020", "This account cannot sign in to this tenant.");
+    let Some(account) = accounts_for(&tenant).into_iter().find(|a| a.kind.as_str() == choice)
+    else {
+        return stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS50020",
+            "This account cannot sign in to this tenant.",
+        );
     };
     let code = format!("M.C5_{}", random(96));
     let mut inner = shared.inner();
@@ -406,20 +416,31 @@ async fn apply_fault(fault: Option<Fault>) -> Option<Response> {
             None
         }
         Fault::Malformed => Some(
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"access_token\": ").into_response(),
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"access_token\": ")
+                .into_response(),
         ),
     }
 }
 
 /// Client id and secret from HTTP Basic or the form body (never both).
-fn client_credentials(headers: &HeaderMap, form: &HashMap<String, String>) -> Option<(String, String)> {
-    let basic = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Basic "));
+fn client_credentials(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Option<(String, String)> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Basic "));
     match (basic, form.get("client_secret")) {
         (Some(_), Some(_)) => None,
         (Some(b), None) => {
             let decoded = String::from_utf8(STANDARD.decode(b).ok()?).ok()?;
             let (id, secret) = decoded.split_once(':')?;
-            let dec = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+            let dec = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
             Some((dec(id)?, dec(secret)?))
         }
         (None, Some(secret)) => Some((form.get("client_id")?.clone(), secret.clone())),
@@ -444,41 +465,91 @@ async fn token(
     }
     let registration = shared.registration();
     let Some((client_id, secret)) = client_credentials(&headers, &form) else {
-        return token_error(StatusCode::UNAUTHORIZED, "invalid_client", 7_000_215, "Invalid client secret provided.");
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7_000_215,
+            "Invalid client secret provided.",
+        );
     };
     if client_id != registration.client_id {
-        return token_error(StatusCode::BAD_REQUEST, "unauthorized_client", 700_016, "Application not found.");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700_016,
+            "Application not found.",
+        );
     }
     if secret != registration.client_secret {
-        return token_error(StatusCode::UNAUTHORIZED, "invalid_client", 7_000_215, "Invalid client secret provided.");
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7_000_215,
+            "Invalid client secret provided.",
+        );
     }
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     if get("grant_type") != "authorization_code" {
-        return token_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", 70003, "Unsupported grant type.");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            70003,
+            "Unsupported grant type.",
+        );
     }
     let mut inner = shared.inner();
     let code_ttl = inner.code_ttl.unwrap_or(CODE_TTL);
     let Some(code) = inner.codes.get_mut(get("code")) else {
-        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 9_002_313, "Invalid request. Malformed or unknown code.");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            9_002_313,
+            "Invalid request. Malformed or unknown code.",
+        );
     };
     // A presented code is spent, whatever happens next.
     let was_used = std::mem::replace(&mut code.used, true);
     if was_used {
-        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 54005, "OAuth2 Authorization code was already redeemed.");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            54005,
+            "OAuth2 Authorization code was already redeemed.",
+        );
     }
     if code.issued.elapsed() > code_ttl {
-        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 70008, "The provided authorization code has expired.");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            70008,
+            "The provided authorization code has expired.",
+        );
     }
     if code.client_id != client_id || code.tenant != tenant {
-        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 9_002_313, "The code was issued to another client or tenant.");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            9_002_313,
+            "The code was issued to another client or tenant.",
+        );
     }
     if get("redirect_uri") != code.redirect_uri {
-        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 500_112, "The reply address does not match.");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            500_112,
+            "The reply address does not match.",
+        );
     }
     let verifier = get("code_verifier");
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     if verifier.len() < 43 || challenge != code.challenge {
-        return token_error(StatusCode::BAD_REQUEST, "invalid_grant", 501_481, "The Code_Verifier does not match the code_challenge.");
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            501_481,
+            "The Code_Verifier does not match the code_challenge.",
+        );
     }
     let account = code.account.clone();
     let scope = code.scope.clone();
@@ -534,7 +605,11 @@ async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         return response;
     }
     let Some(a) = bearer_account(&shared, &headers) else {
-        return graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token is empty or invalid.");
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token is empty or invalid.",
+        );
     };
     Json(json!({
         "id": a.oid,
@@ -562,10 +637,21 @@ async fn organization(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
         return response;
     }
     let Some(a) = bearer_account(&shared, &headers) else {
-        return graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token is empty or invalid.");
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Access token is empty or invalid.",
+        );
     };
     if a.kind == AccountKind::Personal {
-        return graph_error(StatusCode::FORBIDDEN, "Authorization_RequestDenied", "Personal accounts have no organization.");
+        return graph_error(
+            StatusCode::FORBIDDEN,
+            "Authorization_RequestDenied",
+            "Personal accounts have no organization.",
+        );
     }
-    Json(json!({"value": [{"id": a.tid, "displayName": "Contoso (stand-in)", "tenantType": "AAD"}]})).into_response()
+    Json(
+        json!({"value": [{"id": a.tid, "displayName": "Contoso (stand-in)", "tenantType": "AAD"}]}),
+    )
+    .into_response()
 }

@@ -9,12 +9,16 @@ use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
-use ms_oauth::microsoft::{GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError, Tokens};
+use ms_oauth::microsoft::{
+    GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError, Tokens,
+};
 use ms_oauth::pages::{self, Page};
 use ms_oauth::request::{Query, clear_cookie, cookie};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::state::{MAX_STATE_LEN, StateKey, browser_hash};
-use ms_oauth::store::{AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, Store};
+use ms_oauth::store::{
+    AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, Store,
+};
 use oauth2::{AuthorizationCode, PkceCodeVerifier};
 use secrecy::{ExposeSecret, SecretSlice};
 use time::format_description::well_known::Rfc3339;
@@ -72,7 +76,10 @@ impl RedirectService {
             problem: format!("cannot build the HTTP client: {e}"),
         })?;
         let microsoft = Microsoft::new(&config, http);
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name.clone()));
+        let store = Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            config.table_name.clone(),
+        ));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
         Ok(Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret))
     }
@@ -106,15 +113,18 @@ async fn finish(
     let cookie_name = key.cookie_name();
     // Whatever happens next, this flow is over for this browser.
     cookies.push(clear_cookie(&cookie_name));
-    let nonce = cookie(req, &cookie_name).ok_or(FlowError::State(ms_oauth::store::ConsumeError::WrongBrowser))?;
+    // Without the cookie the consume still runs, with a hash no nonce has: the answer then
+    // tells a used or unknown state (a reload) from a live one opened in another browser.
+    let nonce = cookie(req, &cookie_name).unwrap_or_default();
 
     let now = service.clock.now();
-    let flow = service.store.consume_state(&key, &browser_hash(nonce), now.unix_timestamp()).await?;
+    let flow =
+        service.store.consume_state(&key, &browser_hash(nonce), now.unix_timestamp()).await?;
 
     if let Some(error) = error {
         let error = MicrosoftError::from_callback(error, error_description);
         tracing::info!(cid = %flow.connection_id, error = %error, "Microsoft ended the flow with an error");
-        return Err(FlowError::Microsoft(error));
+        return Err(FlowError::Microsoft(Box::new(error)));
     }
     let code = code.filter(|c| !c.is_empty()).ok_or(FlowError::BadQuery("the code is missing"))?;
     let tokens = exchange(service, code, &flow).await?;
@@ -124,7 +134,11 @@ async fn finish(
     let (user, organization, data_key) = tokio::join!(
         service.microsoft.me(&tokens.access_token),
         async {
-            if personal { Ok(None) } else { service.microsoft.organization(&tokens.access_token).await }
+            if personal {
+                Ok(None)
+            } else {
+                service.microsoft.organization(&tokens.access_token).await
+            }
         },
         service.keys.generate(&context),
     );
@@ -158,24 +172,35 @@ async fn finish(
         version,
         "connection authorized"
     );
-    Ok(finish_browser(&flow.connection_id, flow.origin, &account_name(&tokens.claims, &user), cookies))
+    Ok(finish_browser(
+        &flow.connection_id,
+        flow.origin,
+        &account_name(&tokens.claims, &user),
+        cookies,
+    ))
 }
 
 /// Redeems the code. A refused client secret is read again once, so a rotation reaches
 /// warm instances at once; the code is still unused then, as Microsoft checks the client
 /// before the grant.
-async fn exchange(service: &RedirectService, code: &str, flow: &PendingFlow) -> Result<Tokens, FlowError> {
+async fn exchange(
+    service: &RedirectService,
+    code: &str,
+    flow: &PendingFlow,
+) -> Result<Tokens, FlowError> {
     let verifier = || PkceCodeVerifier::new(flow.pkce_verifier.expose_secret().to_owned());
     let code = AuthorizationCode::new(code.to_owned());
     let secret = service.client_secret.get().await?;
     match service.microsoft.exchange_code(code.clone(), verifier(), &secret).await {
-        Err(e) if e.is_invalid_client() => match service.client_secret.refresh_if_changed(&secret).await? {
-            Some(fresh) => {
-                tracing::warn!(cid = %flow.connection_id, "client secret refused; retrying with the rotated one");
-                Ok(service.microsoft.exchange_code(code, verifier(), &fresh).await?)
+        Err(e) if e.is_invalid_client() => {
+            match service.client_secret.refresh_if_changed(&secret).await? {
+                Some(fresh) => {
+                    tracing::warn!(cid = %flow.connection_id, "client secret refused; retrying with the rotated one");
+                    Ok(service.microsoft.exchange_code(code, verifier(), &fresh).await?)
+                }
+                None => Err(e.into()),
             }
-            None => Err(e.into()),
-        },
+        }
         other => Ok(other?),
     }
 }
@@ -192,7 +217,9 @@ fn secret_vars(tokens: &Tokens) -> Result<SecretSlice<u8>, FlowError> {
         oauth_access_token: tokens.access_token.secret(),
         oauth_refresh_token: tokens.refresh_token.as_ref().map(|t| t.secret().as_str()),
     };
-    serde_json::to_vec(&vars).map(SecretSlice::from).map_err(|_| FlowError::Internal("cannot encode tokens"))
+    serde_json::to_vec(&vars)
+        .map(SecretSlice::from)
+        .map_err(|_| FlowError::Internal("cannot encode tokens"))
 }
 
 fn vars(
@@ -219,10 +246,16 @@ fn vars(
 }
 
 fn account_name(claims: &IdClaims, user: &GraphUser) -> String {
-    [&claims.preferred_username, &user.user_principal_name, &user.mail, &user.display_name, &claims.name]
-        .into_iter()
-        .find_map(|v| v.clone().filter(|v| !v.is_empty()))
-        .unwrap_or_else(|| "your Microsoft account".to_owned())
+    [
+        &claims.preferred_username,
+        &user.user_principal_name,
+        &user.mail,
+        &user.display_name,
+        &claims.name,
+    ]
+    .into_iter()
+    .find_map(|v| v.clone().filter(|v| !v.is_empty()))
+    .unwrap_or_else(|| "your Microsoft account".to_owned())
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {
@@ -231,11 +264,19 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 
 /// Sends the browser where AutoKitteh expects it for each origin. None of these URLs carries
 /// a token.
-fn finish_browser(cid: &ConnectionId, origin: Origin, account: &str, cookies: &[String]) -> Response<Body> {
+fn finish_browser(
+    cid: &ConnectionId,
+    origin: Origin,
+    account: &str,
+    cookies: &[String],
+) -> Response<Body> {
     match origin {
         Origin::Web | Origin::Cli => Page::connected(account, None).into_response(cookies),
-        Origin::Vscode => pages::redirect(&format!("vscode://autokitteh.autokitteh?cid={cid}"), cookies),
-        Origin::Dash => pages::redirect(&format!("/internal/dashboard/connections/{cid}?msg=Success"), cookies),
+        Origin::Vscode => {
+            pages::redirect(&format!("vscode://autokitteh.autokitteh?cid={cid}"), cookies)
+        }
+        Origin::Dash => {
+            pages::redirect(&format!("/internal/dashboard/connections/{cid}?msg=Success"), cookies)
+        }
     }
 }
-

@@ -51,15 +51,23 @@ impl StartService {
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
         let config = Config::from_lookup(lookup)?;
-        let start_key =
-            ms_oauth::runtime::secret_from_env(sdk, lookup, config::START_LINK_KEY, config::START_LINK_KEY_ARN)?;
+        let start_key = ms_oauth::runtime::secret_from_env(
+            sdk,
+            lookup,
+            config::START_LINK_KEY,
+            config::START_LINK_KEY_ARN,
+        )?;
         if let Some(value) = start_key.local_value() {
-            GrantKey::new(value).map_err(|e| ConfigError { var: config::START_LINK_KEY, problem: e.to_string() })?;
+            GrantKey::new(value)
+                .map_err(|e| ConfigError { var: config::START_LINK_KEY, problem: e.to_string() })?;
         }
         // The start function makes no outbound HTTP call; the client only builds URLs.
         let http = reqwest::Client::new();
         let microsoft = Microsoft::new(&config, http);
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), config.table_name.clone()));
+        let store = Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            config.table_name.clone(),
+        ));
         Ok(Self::new(config, microsoft, store, Arc::new(SystemClock), start_key))
     }
 

@@ -1,1 +1,100 @@
-fn main(){}
+//! `akoauth`: operator tool for the Microsoft OAuth functions.
+//!
+//! `akoauth start-link --cid con_… --origin web` prints a signed start URL, read from the
+//! same environment variables as the functions (`WEBHOOK_ADDRESS`, `START_LINK_KEY` or
+//! `START_LINK_KEY_ARN`).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ms_oauth::config::{self, PublicAddress};
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::grant::{GrantKey, MAX_GRANT_LIFETIME_SECS};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "akoauth",
+    version,
+    about = "Operator tool for AutoKitteh's Microsoft OAuth functions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print a signed start link for a connection (what the AutoKitteh platform hands the browser).
+    StartLink {
+        /// The AutoKitteh connection id (con_ followed by 26 characters of [0-9a-z]).
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+        /// Where the user started: web, cli, vscode or dash.
+        #[arg(long, value_parser = parse_origin, default_value = "web")]
+        origin: Origin,
+        /// How long the link is valid, in seconds (at most 600).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(i64).range(1..=MAX_GRANT_LIFETIME_SECS))]
+        ttl: i64,
+    },
+}
+
+fn parse_cid(s: &str) -> Result<ConnectionId, String> {
+    s.parse().map_err(|e: ms_oauth::domain::InvalidInput| e.to_string())
+}
+
+fn parse_origin(s: &str) -> Result<Origin, String> {
+    s.parse().map_err(|e: ms_oauth::domain::InvalidInput| e.to_string())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("akoauth: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<String, String> {
+    match cli.command {
+        Command::StartLink { cid, origin, ttl } => start_link(&cid, origin, ttl).await,
+    }
+}
+
+async fn start_link(cid: &ConnectionId, origin: Origin, ttl: i64) -> Result<String, String> {
+    let lookup = config::env_lookup;
+    let address =
+        config::required(&lookup, config::WEBHOOK_ADDRESS).map_err(|e| e.to_string()).and_then(
+            |a| PublicAddress::parse(&a).map_err(|p| format!("{} {p}", config::WEBHOOK_ADDRESS)),
+        )?;
+    let source = config::secret_source(&lookup, config::START_LINK_KEY, config::START_LINK_KEY_ARN)
+        .map_err(|e| e.to_string())?;
+    let client = match source {
+        config::SecretSource::SecretsManager { .. } => {
+            Some(aws_sdk_secretsmanager::Client::new(&ms_oauth::runtime::aws_config().await))
+        }
+        config::SecretSource::Value(_) => None,
+    };
+    let secret = ms_oauth::secrets::CachedSecret::new(source, client)
+        .get()
+        .await
+        .map_err(|e| ms_oauth::error::chain(&e))?;
+    let key = GrantKey::new(secret).map_err(|e| format!("{}: {e}", config::START_LINK_KEY))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let grant =
+        key.sign(cid, origin, now, ttl).map_err(|e| format!("cannot sign the grant: {e}"))?;
+    let mut url = address.start_uri();
+    url.query_pairs_mut()
+        .append_pair("cid", cid.as_str())
+        .append_pair("origin", origin.as_str())
+        .append_pair("grant", &grant);
+    Ok(url.to_string())
+}

@@ -1,1 +1,225 @@
-fn main(){}
+//! `make run`: the whole product on this machine with no AWS account and no Azure app.
+//!
+//! Brings up (unless pointed elsewhere) moto for DynamoDB/Secrets Manager/KMS and the
+//! stand-in identity platform, creates the table, key and secrets idempotently, serves both
+//! functions on their API paths and prints a signed start link.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use ms_oauth::config::{self, PublicAddress};
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::grant::GrantKey;
+use ms_oauth_tests::aws;
+use ms_oauth_tests::local::{self, Functions};
+use ms_oauth_tests::standin::{Registration, Standin};
+use oauth_redirect::RedirectService;
+use oauth_start::StartService;
+use tokio::net::TcpListener;
+
+const DEFAULT_WEBHOOK_ADDRESS: &str = "http://localhost:9000";
+const LOCAL_CLIENT_ID: &str = "00000000-0000-0000-0000-0000000a11ce";
+const LOCAL_TABLE: &str = "autokitteh-oauth-local";
+const LOCAL_KMS_ALIAS: &str = "alias/autokitteh-oauth-local";
+const LOCAL_CLIENT_SECRET_NAME: &str = "autokitteh-oauth-local/microsoft-client-secret";
+const LOCAL_START_KEY_NAME: &str = "autokitteh-oauth-local/start-link-key";
+/// Used only when `START_LINK_KEY` is unset, so local start links are reproducible.
+const LOCAL_START_LINK_KEY: &str = "local-development-start-link-key-do-not-use-in-production";
+const LOCAL_CLIENT_SECRET: &str = "local-stand-in-client-secret~not-a-real-one";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("local-stack: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn port_var(name: &str, default: u16) -> Result<u16, String> {
+    env(name)
+        .map_or(Ok(default), |v| v.parse().map_err(|_| format!("{name} must be a port number")))
+}
+
+async fn run() -> Result<(), String> {
+    let filter =
+        env("RUST_LOG").unwrap_or_else(|| "info,aws_config=warn,aws_smithy_runtime=warn".into());
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
+
+    let mut vars: HashMap<&'static str, String> = HashMap::new();
+    let webhook = env(config::WEBHOOK_ADDRESS).unwrap_or_else(|| DEFAULT_WEBHOOK_ADDRESS.into());
+    let public =
+        PublicAddress::parse(&webhook).map_err(|p| format!("{} {p}", config::WEBHOOK_ADDRESS))?;
+    let listen_port = match env("LOCAL_PORT") {
+        Some(_) => port_var("LOCAL_PORT", 9000)?,
+        None => url::Url::parse(&public.origin())
+            .ok()
+            .and_then(|u| u.port_or_known_default())
+            .unwrap_or(9000),
+    };
+    vars.insert(config::WEBHOOK_ADDRESS, webhook);
+
+    // AWS: an endpoint given by the user, or moto started here.
+    let endpoint = match env("AWS_ENDPOINT_URL") {
+        Some(url) => {
+            println!("AWS emulator:       {url} (from AWS_ENDPOINT_URL)");
+            url
+        }
+        None => {
+            let port = port_var("MOTO_PORT", 4566)?;
+            let url = aws::spawn_moto(port).map_err(|e| e.to_string())?;
+            println!("AWS emulator:       {url} (moto, started here)");
+            url
+        }
+    };
+    let sdk = if env("AWS_ACCESS_KEY_ID").is_some() {
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&endpoint);
+        if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
+            loader = loader.region(aws_config::Region::new(aws::LOCAL_REGION));
+        }
+        loader.load().await
+    } else {
+        aws::sdk_config(&endpoint).await
+    };
+
+    let table = env(config::OAUTH_TABLE_NAME).unwrap_or_else(|| LOCAL_TABLE.into());
+    aws::ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &table).await?;
+    vars.insert(config::OAUTH_TABLE_NAME, table.clone());
+    let kms_key = match env(config::TOKEN_KMS_KEY_ID) {
+        Some(k) => k,
+        None => aws::ensure_kms_key(&aws_sdk_kms::Client::new(&sdk), LOCAL_KMS_ALIAS).await?,
+    };
+    vars.insert(config::TOKEN_KMS_KEY_ID, kms_key.clone());
+
+    // Microsoft: a real authority when given, otherwise the stand-in.
+    let client_id = env(config::MICROSOFT_CLIENT_ID).unwrap_or_else(|| LOCAL_CLIENT_ID.into());
+    vars.insert(config::MICROSOFT_CLIENT_ID, client_id.clone());
+    let client_secret =
+        env(config::MICROSOFT_CLIENT_SECRET).unwrap_or_else(|| LOCAL_CLIENT_SECRET.into());
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    match env(config::MICROSOFT_CLIENT_SECRET_ARN) {
+        Some(arn) => {
+            vars.insert(config::MICROSOFT_CLIENT_SECRET_ARN, arn);
+        }
+        None => {
+            // Keep the secret where production keeps it, so the Secrets Manager path runs too.
+            let arn =
+                aws::ensure_secret(&secrets, LOCAL_CLIENT_SECRET_NAME, &client_secret).await?;
+            vars.insert(config::MICROSOFT_CLIENT_SECRET_ARN, arn);
+        }
+    }
+    if let Some(tenant) = env(config::MICROSOFT_TENANT_ID) {
+        vars.insert(config::MICROSOFT_TENANT_ID, tenant);
+    }
+    if let Some(scopes) = env(config::MICROSOFT_SCOPES) {
+        vars.insert(config::MICROSOFT_SCOPES, scopes);
+    }
+    match env(config::MICROSOFT_AUTHORITY_HOST) {
+        Some(authority) => {
+            println!("Identity platform:  {authority} (from {})", config::MICROSOFT_AUTHORITY_HOST);
+            vars.insert(config::MICROSOFT_AUTHORITY_HOST, authority);
+            if let Some(graph) = env(config::MICROSOFT_GRAPH_URL) {
+                vars.insert(config::MICROSOFT_GRAPH_URL, graph);
+            }
+        }
+        None => {
+            let port = port_var("STANDIN_PORT", 9100)?;
+            let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+                format!(
+                    "cannot listen on 127.0.0.1:{port} for the stand-in ({e}); set STANDIN_PORT"
+                )
+            })?;
+            let standin = Standin::spawn(
+                listener,
+                Registration {
+                    client_id: client_id.clone(),
+                    client_secret: client_secret.clone(),
+                    redirect_uri: public.redirect_uri().to_string(),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            println!("Identity platform:  {} (local stand-in, NOT Microsoft)", standin.url());
+            vars.insert(config::MICROSOFT_AUTHORITY_HOST, standin.url());
+            vars.insert(
+                config::MICROSOFT_GRAPH_URL,
+                env(config::MICROSOFT_GRAPH_URL).unwrap_or_else(|| standin.url()),
+            );
+        }
+    }
+
+    let start_key = match (env(config::START_LINK_KEY), env(config::START_LINK_KEY_ARN)) {
+        (_, Some(arn)) => {
+            vars.insert(config::START_LINK_KEY_ARN, arn);
+            None
+        }
+        (key, None) => {
+            let key = key.unwrap_or_else(|| LOCAL_START_LINK_KEY.into());
+            let arn = aws::ensure_secret(&secrets, LOCAL_START_KEY_NAME, &key).await?;
+            vars.insert(config::START_LINK_KEY_ARN, arn);
+            Some(key)
+        }
+    };
+
+    let lookup = |k: &str| vars.get(k).cloned();
+    let start = StartService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
+    let redirect = RedirectService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind(("127.0.0.1", listen_port)).await.map_err(|e| {
+        format!("cannot listen on 127.0.0.1:{listen_port} ({e}); set WEBHOOK_ADDRESS or LOCAL_PORT")
+    })?;
+
+    println!(
+        "Functions:          {} → oauth-start, {} → oauth-redirect",
+        public.start_uri(),
+        public.redirect_uri()
+    );
+    println!(
+        "Redirect URI:       {} (register this in Azure to use real Microsoft)",
+        public.redirect_uri()
+    );
+    println!("Table / KMS key:    {table} / {kms_key}");
+    if let Some(key) = start_key {
+        let cid: ConnectionId =
+            format!("con_{}", random_base32(26)).parse().map_err(|_| "cid".to_owned())?;
+        let key = GrantKey::new(key.into()).map_err(|e| e.to_string())?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let grant = key.sign(&cid, Origin::Web, now, 600).map_err(|e| e.to_string())?;
+        let mut link = public.start_uri();
+        link.query_pairs_mut()
+            .append_pair("cid", cid.as_str())
+            .append_pair("origin", "web")
+            .append_pair("grant", &grant);
+        println!(
+            "\nOpen this start link in a browser (valid 10 minutes; `make link` makes a new one):"
+        );
+        println!("START_LINK={link}");
+    }
+    println!("\nReady. Press Ctrl-C to stop.");
+
+    let functions = Functions { start: Arc::new(start), redirect: Arc::new(redirect) };
+    tokio::select! {
+        () = local::serve(listener, functions) => Ok(()),
+        _ = tokio::signal::ctrl_c() => {
+            println!("Stopping.");
+            Ok(())
+        }
+    }
+}
+
+fn random_base32(n: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let mut bytes = vec![0u8; n];
+    if getrandom::fill(&mut bytes).is_err() {
+        return "0".repeat(n);
+    }
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}

@@ -15,15 +15,27 @@ async fn missing_or_garbled_start_parameters_are_refused() {
     let base = format!("{}/oauth/start/microsoft", app.address);
     let long = "a".repeat(20_000);
     let cases = [
-        (format!("{base}"), 400, "connection id is missing"),
+        (base.clone(), 400, "connection id is missing"),
         (format!("{base}?origin=web&grant={grant}"), 400, "connection id is missing"),
-        (format!("{base}?cid=con_NOTVALID&origin=web&grant={grant}"), 400, "not a valid AutoKitteh connection id"),
+        (
+            format!("{base}?cid=con_NOTVALID&origin=web&grant={grant}"),
+            400,
+            "not a valid AutoKitteh connection id",
+        ),
         (format!("{base}?cid={cid}&origin=evil&grant={grant}"), 400, "origin must be one of"),
         (format!("{base}?cid={cid}&grant={grant}"), 400, "origin is missing"),
-        (format!("{base}?cid={cid}&cid={cid}&origin=web&grant={grant}"), 400, "given more than once"),
+        (
+            format!("{base}?cid={cid}&cid={cid}&origin=web&grant={grant}"),
+            400,
+            "given more than once",
+        ),
         (format!("{base}?cid={cid}&origin=web"), 403, "not issued by AutoKitteh"),
         (format!("{base}?cid={cid}&origin=web&grant=%00%ff"), 403, "not issued by AutoKitteh"),
-        (format!("{base}?cid={cid}&origin=web&grant={}", "x".repeat(2000)), 400, "start grant is too long"),
+        (
+            format!("{base}?cid={cid}&origin=web&grant={}", "x".repeat(2000)),
+            400,
+            "start grant is too long",
+        ),
         (format!("{base}?cid={cid}&origin=web&grant={grant}&x={long}"), 400, "too long"),
     ];
     for (url, status, words) in cases {
@@ -49,13 +61,25 @@ async fn forged_expired_and_mismatched_grants_are_refused() {
     let url = |cid: &ms_oauth::domain::ConnectionId, origin: &str, grant: &str| {
         format!("{}/oauth/start/microsoft?cid={cid}&origin={origin}&grant={grant}", app.address)
     };
-    assert_page(&Browser::new().get(&url(&cid, "web", &forged)).await, 403, "not issued by AutoKitteh");
+    assert_page(
+        &Browser::new().get(&url(&cid, "web", &forged)).await,
+        403,
+        "not issued by AutoKitteh",
+    );
 
     // Issued for another connection, or another origin.
     let link = app.start_link(&other, Origin::Web);
     let grant = link.split("grant=").nth(1).unwrap();
-    assert_page(&Browser::new().get(&url(&cid, "web", grant)).await, 403, "belongs to another connection");
-    assert_page(&Browser::new().get(&url(&other, "cli", grant)).await, 403, "belongs to another connection");
+    assert_page(
+        &Browser::new().get(&url(&cid, "web", grant)).await,
+        403,
+        "belongs to another connection",
+    );
+    assert_page(
+        &Browser::new().get(&url(&other, "cli", grant)).await,
+        403,
+        "belongs to another connection",
+    );
 
     // Expired: the link is opened 6 minutes after a 5-minute grant was minted.
     let link = app.start_link(&cid, Origin::Web);
@@ -70,7 +94,11 @@ async fn forged_expired_and_mismatched_grants_are_refused() {
         &jsonwebtoken::EncodingKey::from_secret(app.start_key.as_bytes()),
     )
     .unwrap();
-    assert_page(&Browser::new().get(&url(&cid, "web", &token)).await, 403, "not issued by AutoKitteh");
+    assert_page(
+        &Browser::new().get(&url(&cid, "web", &token)).await,
+        403,
+        "not issued by AutoKitteh",
+    );
 
     assert_eq!(app.items().await.len(), 0);
 }
@@ -94,7 +122,10 @@ async fn callbacks_with_missing_garbled_or_unknown_state_are_refused() {
     let state = "u".repeat(43);
     let key = ms_oauth::state::StateKey::from_state(&state);
     let page = Browser::new()
-        .get_with_cookie(&format!("{base}?code=abc&state={state}"), &format!("{}=nonce", key.cookie_name()))
+        .get_with_cookie(
+            &format!("{base}?code=abc&state={state}"),
+            &format!("{}=nonce", key.cookie_name()),
+        )
         .await;
     assert_page(&page, 400, "unknown or already finished");
     assert_eq!(app.standin.calls().token_requests, 0);
@@ -163,7 +194,11 @@ async fn a_callback_in_another_browser_is_refused_and_the_right_browser_can_stil
     for value in wrong.values_mut() {
         *value = "attacker-nonce".into();
     }
-    assert_page(&Browser::with_cookies(wrong).get(&callback).await, 400, "browser where you started");
+    assert_page(
+        &Browser::with_cookies(wrong).get(&callback).await,
+        400,
+        "browser where you started",
+    );
     assert_eq!(app.standin.calls().token_requests, 0);
     assert_eq!(app.pending_states().await, 1, "the pending sign-in is untouched");
 
@@ -195,8 +230,7 @@ async fn an_aadsts_error_callback_gets_its_specific_advice() {
     let state = authorize.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
     let callback = format!(
         "{}/oauth/redirect/microsoft?error=invalid_request&error_description={}&state={state}",
-        app.address,
-        "AADSTS50194%3A+Application+is+not+configured+as+a+multi-tenant+application."
+        app.address, "AADSTS50194%3A+Application+is+not+configured+as+a+multi-tenant+application."
     );
     let page = browser.get(&callback).await;
     assert_page(&page, 400, "single-tenant");

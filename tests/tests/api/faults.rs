@@ -55,7 +55,11 @@ async fn token_endpoint_outages_and_garbage_end_on_a_try_again_page() {
         (Fault::Malformed, 502, "unexpected answer"),
     ];
     for (fault, status, words) in cases {
-        let app = spawn_app_with(AppOptions { http_timeout: Duration::from_secs(1), ..AppOptions::default() }).await;
+        let app = spawn_app_with(AppOptions {
+            http_timeout: Duration::from_secs(1),
+            ..AppOptions::default()
+        })
+        .await;
         app.standin.set_token_fault(Some(fault.clone()));
         let cid = new_cid();
         let page = callback_with(&app, &cid).await;
@@ -110,7 +114,8 @@ async fn kms_unavailable_saves_nothing() {
 
 #[tokio::test]
 async fn secrets_manager_unavailable_saves_nothing_and_spends_no_code() {
-    let app = spawn_app_with(AppOptions { dead_secrets_manager: true, ..AppOptions::default() }).await;
+    let app =
+        spawn_app_with(AppOptions { dead_secrets_manager: true, ..AppOptions::default() }).await;
     let cid = new_cid();
     assert_page(&callback_with(&app, &cid).await, 503, "temporarily unavailable");
     assert_eq!(app.standin.calls().token_requests, 0);
@@ -126,7 +131,10 @@ async fn dynamodb_unavailable_at_the_callback_is_a_try_again_page() {
     let state = "s".repeat(43);
     let key = ms_oauth::state::StateKey::from_state(&state);
     let page = Browser::new()
-        .get_with_cookie(&format!("{base}?code=abc&state={state}"), &format!("{}=nonce", key.cookie_name()))
+        .get_with_cookie(
+            &format!("{base}?code=abc&state={state}"),
+            &format!("{}=nonce", key.cookie_name()),
+        )
         .await;
     assert_page(&page, 503, "temporarily unavailable");
     assert_eq!(app.standin.calls().token_requests, 0);

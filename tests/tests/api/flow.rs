@@ -20,8 +20,14 @@ async fn every_origin_connects_and_finishes_where_autokitteh_expects() {
                 assert!(flow.finish.body.contains("window.close"));
             }
             Origin::Vscode => {
-                assert_redirects_to(&flow.finish, &format!("vscode://autokitteh.autokitteh?cid={cid}"));
-                assert_eq!(flow.finish.location.as_deref(), Some(format!("vscode://autokitteh.autokitteh?cid={cid}").as_str()));
+                assert_redirects_to(
+                    &flow.finish,
+                    &format!("vscode://autokitteh.autokitteh?cid={cid}"),
+                );
+                assert_eq!(
+                    flow.finish.location.as_deref(),
+                    Some(format!("vscode://autokitteh.autokitteh?cid={cid}").as_str())
+                );
             }
             Origin::Dash => assert_eq!(
                 flow.finish.location.as_deref(),
@@ -46,15 +52,27 @@ async fn every_origin_connects_and_finishes_where_autokitteh_expects() {
         assert_eq!(c.vars.org_id.as_deref(), Some(WORK_TENANT));
         assert_eq!(c.vars.org_display_name.as_deref(), Some("Contoso (stand-in)"));
         assert_eq!(c.vars.org_tenant_type.as_deref(), Some("AAD"));
-        let expiry = time::OffsetDateTime::parse(&c.vars.oauth_expiry, &time::format_description::well_known::Rfc3339).unwrap();
+        let expiry = time::OffsetDateTime::parse(
+            &c.vars.oauth_expiry,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
         let lifetime = expiry - time::OffsetDateTime::now_utc();
-        assert!(lifetime > time::Duration::minutes(55) && lifetime <= time::Duration::minutes(60), "{lifetime}");
+        assert!(
+            lifetime > time::Duration::minutes(55) && lifetime <= time::Duration::minutes(60),
+            "{lifetime}"
+        );
 
         // The sealed tokens are exactly what the identity platform issued to this account.
         let secrets = app.secret_vars(&stored).await;
         let access = secrets["oauth_access_token"].as_str().unwrap();
-        assert_eq!(app.standin.account_for(access).map(|a| a.upn).as_deref(), Some("adele.vance@contoso.example"));
-        assert!(secrets["oauth_refresh_token"].as_str().unwrap().starts_with("0.stand-in-refresh."));
+        assert_eq!(
+            app.standin.account_for(access).map(|a| a.upn).as_deref(),
+            Some("adele.vance@contoso.example")
+        );
+        assert!(
+            secrets["oauth_refresh_token"].as_str().unwrap().starts_with("0.stand-in-refresh.")
+        );
     }
     assert_eq!(app.pending_states().await, 0);
     assert_eq!(app.connections().await, 4);
@@ -77,7 +95,9 @@ async fn the_authorize_request_carries_pkce_exact_redirect_and_required_scopes()
     assert_eq!(q["code_challenge"].len(), 43);
     assert!(q["state"].len() >= 43);
     let scopes: Vec<&str> = q["scope"].split(' ').collect();
-    for required in ["offline_access", "openid", "profile", "email", "User.Read", "Chat.ReadWrite.All"] {
+    for required in
+        ["offline_access", "openid", "profile", "email", "User.Read", "Chat.ReadWrite.All"]
+    {
         assert!(scopes.contains(&required), "{required} missing from {scopes:?}");
     }
     // One binding cookie, locked down.
@@ -107,14 +127,20 @@ async fn a_personal_account_connects_without_an_organization() {
     assert_eq!(stored.connection.vars.org_id, None);
     assert_eq!(stored.connection.vars.org_display_name, None);
     assert_eq!(stored.connection.vars.user_mail, None);
-    assert_eq!(app.standin.calls().graph_organization, 0, "personal accounts have no organization to read");
+    assert_eq!(
+        app.standin.calls().graph_organization,
+        0,
+        "personal accounts have no organization to read"
+    );
 }
 
 #[tokio::test]
 async fn tenant_settings_reach_the_matching_endpoints() {
     let guid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
     for tenant in ["common", "organizations", guid] {
-        let app = spawn_app_with(AppOptions { tenant: Some(tenant.into()), ..AppOptions::default() }).await;
+        let app =
+            spawn_app_with(AppOptions { tenant: Some(tenant.into()), ..AppOptions::default() })
+                .await;
         let cid = new_cid();
         let flow = app.connect(&Browser::new(), &cid, Origin::Cli, "work").await;
         assert_page(&flow.finish, 200, "connected");
@@ -141,7 +167,10 @@ async fn reconnecting_replaces_tokens_and_identity_in_one_write() {
     let second = app.connection(&cid).await.unwrap();
     assert_eq!(second.version, 2);
     assert_eq!(second.created_at, first.created_at);
-    assert_eq!(second.connection.vars.user_principal_name.as_deref(), Some("sam.taylor@outlook.example"));
+    assert_eq!(
+        second.connection.vars.user_principal_name.as_deref(),
+        Some("sam.taylor@outlook.example")
+    );
     // Nothing of the previous account is left behind.
     assert_eq!(second.connection.vars.org_id, None);
     assert_eq!(second.connection.vars.user_mobile_phone, None);
@@ -159,7 +188,9 @@ async fn a_rotated_client_secret_is_picked_up_without_a_restart() {
 
     let rotated = "rotated~secret~value~0123456789";
     app.standin.rotate_secret(rotated);
-    ms_oauth_tests::aws::ensure_secret(&app.secretsmanager, &app.client_secret_arn, rotated).await.unwrap();
+    ms_oauth_tests::aws::ensure_secret(&app.secretsmanager, &app.client_secret_arn, rotated)
+        .await
+        .unwrap();
 
     let cid = new_cid();
     let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;

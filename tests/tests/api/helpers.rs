@@ -14,7 +14,7 @@ use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::grant::GrantKey;
 use ms_oauth::microsoft::Microsoft;
 use ms_oauth::secrets::CachedSecret;
-use ms_oauth::store::{DynamoStore, StoredConnection, Store};
+use ms_oauth::store::{DynamoStore, Store, StoredConnection};
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
 use ms_oauth_tests::standin::{Registration, Standin};
@@ -58,7 +58,9 @@ fn init_logs() {
 
 /// Everything logged so far by this test binary.
 pub fn captured_logs() -> String {
-    LOGS.get().and_then(|b| b.lock().ok().map(|b| String::from_utf8_lossy(&b).into_owned())).unwrap_or_default()
+    LOGS.get()
+        .and_then(|b| b.lock().ok().map(|b| String::from_utf8_lossy(&b).into_owned()))
+        .unwrap_or_default()
 }
 
 /// A clock tests can move forward.
@@ -145,12 +147,16 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let suffix = random_suffix(10);
     let table = format!("oauth-test-{suffix}");
     aws::ensure_table(&dynamodb, &table).await.expect("table");
-    let kms_key = aws::ensure_kms_key(&kms, &format!("alias/oauth-test-{suffix}")).await.expect("kms key");
+    let kms_key =
+        aws::ensure_kms_key(&kms, &format!("alias/oauth-test-{suffix}")).await.expect("kms key");
     let client_secret = format!("cs~{}", random_suffix(32));
-    let client_secret_arn =
-        aws::ensure_secret(&secretsmanager, &format!("oauth-test/{suffix}/client-secret"), &client_secret)
-            .await
-            .expect("secret");
+    let client_secret_arn = aws::ensure_secret(
+        &secretsmanager,
+        &format!("oauth-test/{suffix}/client-secret"),
+        &client_secret,
+    )
+    .await
+    .expect("secret");
     let start_key = random_suffix(40);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
@@ -180,13 +186,17 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 
     let dead = |yes: bool| if yes { DEAD_ENDPOINT.to_owned() } else { endpoint.clone() };
     let dynamo_for_app = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(dead(options.dead_dynamodb)).build(),
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .endpoint_url(dead(options.dead_dynamodb))
+            .build(),
     );
     let kms_for_app = aws_sdk_kms::Client::from_conf(
         aws_sdk_kms::config::Builder::from(&sdk).endpoint_url(dead(options.dead_kms)).build(),
     );
     let sm_for_app = aws_sdk_secretsmanager::Client::from_conf(
-        aws_sdk_secretsmanager::config::Builder::from(&sdk).endpoint_url(dead(options.dead_secrets_manager)).build(),
+        aws_sdk_secretsmanager::config::Builder::from(&sdk)
+            .endpoint_url(dead(options.dead_secrets_manager))
+            .build(),
     );
 
     let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
@@ -206,9 +216,15 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         store,
         Arc::new(KmsDataKeys::new(kms_for_app, kms_key)),
         clock.clone(),
-        CachedSecret::new(config::SecretSource::SecretsManager { arn: client_secret_arn.clone() }, Some(sm_for_app)),
+        CachedSecret::new(
+            config::SecretSource::SecretsManager { arn: client_secret_arn.clone() },
+            Some(sm_for_app),
+        ),
     );
-    tokio::spawn(local::serve(listener, Functions { start: Arc::new(start), redirect: Arc::new(redirect) }));
+    tokio::spawn(local::serve(
+        listener,
+        Functions { start: Arc::new(start), redirect: Arc::new(redirect) },
+    ));
 
     TestApp {
         address,
@@ -265,8 +281,13 @@ impl Browser {
 
     /// A GET with a hand-made `Cookie` header and no jar.
     pub async fn get_with_cookie(&self, url: &str, cookie: &str) -> Page {
-        let response =
-            self.http.get(url).header(reqwest::header::COOKIE, cookie).send().await.expect("request");
+        let response = self
+            .http
+            .get(url)
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+            .await
+            .expect("request");
         self.read(url, response).await
     }
 
@@ -276,13 +297,10 @@ impl Browser {
 
     pub async fn get(&self, url: &str) -> Page {
         let mut request = self.http.get(url);
-        let is_oauth = url::Url::parse(url).map(|u| u.path().starts_with("/oauth/")).unwrap_or(false);
-        let cookie_header = self
-            .cookies()
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let is_oauth =
+            url::Url::parse(url).map(|u| u.path().starts_with("/oauth/")).unwrap_or(false);
+        let cookie_header =
+            self.cookies().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
         if is_oauth && !cookie_header.is_empty() {
             request = request.header(reqwest::header::COOKIE, cookie_header);
         }
@@ -315,7 +333,9 @@ impl Browser {
                 jar.insert(name.trim().to_owned(), value.trim().to_owned());
             }
         }
-        let location = headers.get(reqwest::header::LOCATION).map(|l| l.to_str().expect("location").to_owned());
+        let location = headers
+            .get(reqwest::header::LOCATION)
+            .map(|l| l.to_str().expect("location").to_owned());
         let body = response.text().await.expect("body");
         Page { status, url: url.to_owned(), location, headers, body }
     }
@@ -356,7 +376,13 @@ impl TestApp {
     }
 
     /// Runs a whole flow in `browser` for `cid`, choosing `choice` at the consent page.
-    pub async fn connect(&self, browser: &Browser, cid: &ConnectionId, origin: Origin, choice: &str) -> Flow {
+    pub async fn connect(
+        &self,
+        browser: &Browser,
+        cid: &ConnectionId,
+        origin: Origin,
+        choice: &str,
+    ) -> Flow {
         let start = self.start(browser, &self.start_link(cid, origin)).await;
         assert_eq!(start.status, 302, "start: {}", start.body);
         let authorize_url = start.location.clone().expect("authorize location");
@@ -367,30 +393,51 @@ impl TestApp {
 
     /// The stored connection, if any.
     pub async fn connection(&self, cid: &ConnectionId) -> Option<StoredConnection> {
-        DynamoStore::new(self.dynamodb.clone(), self.table.clone()).get_connection(cid).await.expect("get connection")
+        DynamoStore::new(self.dynamodb.clone(), self.table.clone())
+            .get_connection(cid)
+            .await
+            .expect("get connection")
     }
 
     /// The decrypted secret vars of a stored connection.
     pub async fn secret_vars(&self, stored: &StoredConnection) -> serde_json::Value {
         let keys = KmsDataKeys::new(self.kms.clone(), "unused-for-decrypt");
         let context = connection_context(&self.table, stored.connection.connection_id.as_str());
-        let plaintext = open(&keys as &dyn DataKeys, &context, &stored.connection.secrets).await.expect("open");
+        let plaintext =
+            open(&keys as &dyn DataKeys, &context, &stored.connection.secrets).await.expect("open");
         serde_json::from_slice(plaintext.expose_secret()).expect("json")
     }
 
     /// Every raw item in the table.
     pub async fn items(&self) -> Vec<HashMap<String, AttributeValue>> {
-        self.dynamodb.scan().table_name(&self.table).send().await.expect("scan").items.unwrap_or_default()
+        self.dynamodb
+            .scan()
+            .table_name(&self.table)
+            .send()
+            .await
+            .expect("scan")
+            .items
+            .unwrap_or_default()
     }
 
     /// Number of pending flow states.
     pub async fn pending_states(&self) -> usize {
-        self.items().await.iter().filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).is_some_and(|k| k == "state")).count()
+        self.items()
+            .await
+            .iter()
+            .filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).is_some_and(|k| k == "state"))
+            .count()
     }
 
     /// Number of connection items.
     pub async fn connections(&self) -> usize {
-        self.items().await.iter().filter(|i| i.get("kind").and_then(|k| k.as_s().ok()).is_some_and(|k| k == "connection")).count()
+        self.items()
+            .await
+            .iter()
+            .filter(|i| {
+                i.get("kind").and_then(|k| k.as_s().ok()).is_some_and(|k| k == "connection")
+            })
+            .count()
     }
 }
 

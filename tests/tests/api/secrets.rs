@@ -28,8 +28,13 @@ async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
     assert_eq!(failed.finish.status, 503);
 
     let issued = app.standin.issued_secrets();
-    assert!(issued.len() >= 3 + 3, "codes, access and refresh tokens of both flows: {}", issued.len());
-    let mut secrets: Vec<(&str, String)> = issued.iter().map(|s| ("issued by the identity platform", s.clone())).collect();
+    assert!(
+        issued.len() >= 3 + 3,
+        "codes, access and refresh tokens of both flows: {}",
+        issued.len()
+    );
+    let mut secrets: Vec<(&str, String)> =
+        issued.iter().map(|s| ("issued by the identity platform", s.clone())).collect();
     secrets.push(("state", state.clone()));
     secrets.push(("PKCE verifier", verifier));
     secrets.push(("browser nonce", nonce));
@@ -45,13 +50,24 @@ async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
         assert!(!finish.body.contains(secret.as_str()), "{what} found in the success page");
         assert!(!failed.finish.body.contains(secret.as_str()), "{what} found in the error page");
         for header in [&finish.headers, &failed.finish.headers] {
-            assert!(!format!("{header:?}").contains(secret.as_str()), "{what} found in response headers");
+            assert!(
+                !format!("{header:?}").contains(secret.as_str()),
+                "{what} found in response headers"
+            );
         }
         assert!(!raw_item.contains(secret.as_str()), "{what} found in the raw table");
     }
     // The two secrets that must never leave our side are not even in the authorize URL.
     assert!(!authorize_url.contains(&app.client_secret));
-    assert!(!start.headers.get("location").unwrap().to_str().unwrap().contains(secrets[secrets.len() - 4].1.as_str()));
+    assert!(
+        !start
+            .headers
+            .get("location")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains(secrets[secrets.len() - 4].1.as_str())
+    );
 
     // The raw item holds tokens only as ciphertext, yet they decrypt to what was issued.
     let decrypted = app.secret_vars(&stored).await;

@@ -1,0 +1,131 @@
+// Real-browser test: headless Chromium goes through `make run`'s stack (the local-stack
+// binary) from the start link to the success page, as a popup opened by the AutoKitteh UI
+// would, and through a declined consent to its error page.
+//
+// Env: LOCAL_STACK_BIN (default target/debug/local-stack), CHROMIUM (default
+// /usr/bin/chromium), AWS_ENDPOINT_URL (optional: reuse a running moto).
+
+import { spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const bin = process.env.LOCAL_STACK_BIN ?? path.join(root, "target/debug/local-stack");
+const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const artifacts = path.join(root, "target/browser");
+mkdirSync(artifacts, { recursive: true });
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on("error", reject);
+  });
+}
+
+function fail(message) {
+  throw new Error(message);
+}
+
+async function startStack() {
+  const [appPort, standinPort, motoPort] = [await freePort(), await freePort(), await freePort()];
+  const env = {
+    ...process.env,
+    WEBHOOK_ADDRESS: `http://localhost:${appPort}`,
+    STANDIN_PORT: String(standinPort),
+    MOTO_PORT: String(motoPort),
+    OAUTH_TABLE_NAME: `autokitteh-oauth-browser-${Date.now()}`,
+    RUST_LOG: "warn",
+  };
+  const child = spawn(bin, [], { env, stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  const link = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`local stack did not print a start link:\n${output}`)), 90_000);
+    const onData = (chunk) => {
+      output += chunk.toString();
+      const match = output.match(/^START_LINK=(\S+)$/m);
+      if (match && output.includes("Ready.")) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.on("exit", (code) => reject(new Error(`local stack exited (${code}):\n${output}`)));
+  });
+  return { child, link, appPort };
+}
+
+async function main() {
+  const { child, link } = await startStack();
+  const browser = await chromium.launch({
+    executablePath: browserPath,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+    // Playwright gives every launch a fresh, empty profile of its own.
+  });
+  const violations = [];
+  try {
+    const context = await browser.newContext();
+    context.on("console", (msg) => {
+      if (/Content Security Policy|Refused to/i.test(msg.text())) violations.push(msg.text());
+    });
+
+    // 1. Success, in a popup opened by an "AutoKitteh" page, which closes itself at the end.
+    const opener = await context.newPage();
+    await opener.goto("about:blank");
+    const [popup] = await Promise.all([
+      context.waitForEvent("page"),
+      opener.evaluate((url) => window.open(url, "ms-oauth", "width=600,height=700"), link),
+    ]);
+    popup.on("console", (msg) => {
+      if (/Content Security Policy|Refused to/i.test(msg.text())) violations.push(msg.text());
+    });
+    await popup.waitForSelector("#accept-work", { timeout: 15_000 });
+    (await popup.textContent("body")).includes("not Microsoft") || fail("the stand-in page must say it is not Microsoft");
+    const closed = popup.waitForEvent("close", { timeout: 15_000 });
+    await popup.click("#accept-work");
+    await popup.waitForSelector("text=Microsoft account connected", { timeout: 15_000 });
+    const text = await popup.textContent("main");
+    text.includes("adele.vance@contoso.example") || fail(`success page does not name the account: ${text}`);
+    /[?&](code|state|access_token)=/.test(popup.url()) && !popup.url().includes("/oauth/redirect/microsoft")
+      && fail(`unexpected URL ${popup.url()}`);
+    await popup.screenshot({ path: path.join(artifacts, "success.png") });
+    await closed;
+    console.log("ok - start link → stand-in consent → success page; the popup closed itself");
+
+    // 2. Declined consent, in a plain tab: a clear error page.
+    const stackLink = link; // one-time grants are not one-time links; a second flow is allowed
+    const tab = await context.newPage();
+    await tab.goto(stackLink);
+    await tab.click("#cancel");
+    await tab.waitForSelector("text=You declined the permissions", { timeout: 15_000 });
+    const response = await tab.reload();
+    (response && response.status() === 400) || fail(`reloading the finished callback must be refused, got ${response && response.status()}`);
+    await tab.waitForSelector("text=unknown or already finished", { timeout: 15_000 });
+    await tab.screenshot({ path: path.join(artifacts, "reload-refused.png") });
+    console.log("ok - declined consent shows what happened; reloading the used callback is refused");
+
+    violations.length === 0 || fail(`CSP violations: ${violations.join("\n")}`);
+    console.log("ok - no Content-Security-Policy violations");
+  } finally {
+    await browser.close();
+    child.kill("SIGINT");
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e) => {
+    console.error(`not ok - ${e.stack ?? e}`);
+    process.exit(1);
+  },
+);

@@ -116,3 +116,79 @@ async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, 
     tracing::info!(cid = %cid, origin = %origin, tenant = %service.config.tenant, "flow started");
     Ok(pages::redirect(location.as_str(), &[cookie]))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ms_oauth::config::SecretSource;
+    use ms_oauth::store::MemoryStore;
+
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    const CID: &str = "con_01h9x3k6rtv2d9yb3pfcw6qz7m";
+
+    fn service(store: Arc<MemoryStore>) -> StartService {
+        let vars = [
+            (config::WEBHOOK_ADDRESS, "api.example.com"),
+            (config::MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
+            (config::MICROSOFT_TENANT_ID, "organizations"),
+            (config::OAUTH_TABLE_NAME, "t"),
+        ];
+        let config = Config::from_lookup(&|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()))
+            .unwrap();
+        let microsoft = Microsoft::new(&config, reqwest::Client::new());
+        StartService::new(
+            config,
+            microsoft,
+            store,
+            Arc::new(SystemClock),
+            CachedSecret::new(SecretSource::Value(KEY.to_owned().into()), None),
+        )
+    }
+
+    fn event(fixture: &str, grant: &str) -> Request {
+        lambda_http::request::from_str(&fixture.replace("GRANT", grant)).unwrap()
+    }
+
+    fn grant(origin: Origin) -> String {
+        let key = GrantKey::new(KEY.to_owned().into()).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        key.sign(&CID.parse().unwrap(), origin, now, 60).unwrap()
+    }
+
+    async fn assert_starts(fixture: &str) {
+        let store = Arc::new(MemoryStore::default());
+        let service = service(store.clone());
+        let response = handle(&service, event(fixture, &grant(Origin::Vscode))).await;
+        assert_eq!(response.status(), 302);
+        let location = response.headers()["location"].to_str().unwrap();
+        assert!(location.starts_with("https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?"));
+        assert!(location.contains("redirect_uri=https%3A%2F%2Fapi.example.com%2Foauth%2Fredirect%2Fmicrosoft"));
+        assert!(response.headers()["set-cookie"].to_str().unwrap().contains("HttpOnly"));
+        assert_eq!(store.pending(), 1);
+        assert_eq!(service.config.state_ttl, Duration::from_secs(600));
+    }
+
+    #[tokio::test]
+    async fn an_http_api_event_starts_a_flow() {
+        assert_starts(include_str!("../tests/data/apigw-v2-start.json")).await;
+    }
+
+    #[tokio::test]
+    async fn a_rest_api_event_starts_a_flow() {
+        assert_starts(include_str!("../tests/data/apigw-v1-start.json")).await;
+    }
+
+    #[tokio::test]
+    async fn a_grant_for_another_origin_is_refused_and_stores_nothing() {
+        let store = Arc::new(MemoryStore::default());
+        let service = service(store.clone());
+        let fixture = include_str!("../tests/data/apigw-v2-start.json");
+        let response = handle(&service, event(fixture, &grant(Origin::Web))).await;
+        assert_eq!(response.status(), 403);
+        assert!(response.headers().get("set-cookie").is_none());
+        assert_eq!(store.pending(), 0);
+    }
+}

@@ -175,7 +175,7 @@ impl Config {
             parse_scopes(optional(lookup, MICROSOFT_SCOPES).as_deref().unwrap_or(DEFAULT_SCOPES))
                 .map_err(|p| ConfigError::new(MICROSOFT_SCOPES, p))?;
         let table_name = required(lookup, OAUTH_TABLE_NAME)?;
-        let config = Self {
+        Ok(Self {
             public_address,
             client_id: ClientId::new(client_id),
             tenant,
@@ -185,11 +185,7 @@ impl Config {
             table_name,
             http_timeout: Duration::from_secs(10),
             state_ttl: Duration::from_secs(600),
-        };
-        // Build the endpoint URLs once so a bad combination fails at init, not per request.
-        config.authorize_endpoint();
-        config.token_endpoint();
-        Ok(config)
+        })
     }
 
     /// `{authority}/{tenant}/oauth2/v2.0/authorize`

@@ -209,20 +209,20 @@ struct OrganizationList {
     value: Vec<GraphOrganization>,
 }
 
-/// Client of the Microsoft identity platform and Graph, built once per instance.
+/// The app's endpoints and request parameters, validated once at init. Enough to send a
+/// browser to Microsoft; makes no HTTP call itself (so the start function needs no client).
 #[derive(Debug, Clone)]
-pub struct Microsoft {
+pub struct Endpoints {
     client_id: ClientId,
     auth_url: AuthUrl,
     token_url: TokenUrl,
     redirect_url: RedirectUrl,
     scopes: Vec<Scope>,
     graph_url: Url,
-    http: reqwest::Client,
 }
 
-impl Microsoft {
-    pub fn new(config: &Config, http: reqwest::Client) -> Self {
+impl Endpoints {
+    pub fn new(config: &Config) -> Self {
         Self {
             client_id: config.client_id.clone(),
             auth_url: config.authorize_endpoint(),
@@ -230,7 +230,6 @@ impl Microsoft {
             redirect_url: config.redirect_url(),
             scopes: config.scopes.iter().cloned().map(Scope::new).collect(),
             graph_url: config.graph_url.clone(),
-            http,
         }
     }
 
@@ -261,6 +260,24 @@ impl Microsoft {
             .url();
         url
     }
+}
+
+/// Client of the token endpoint and Graph, built once per instance.
+#[derive(Debug, Clone)]
+pub struct Microsoft {
+    endpoints: Endpoints,
+    http: reqwest::Client,
+}
+
+impl Microsoft {
+    pub fn new(endpoints: Endpoints, http: reqwest::Client) -> Self {
+        Self { endpoints, http }
+    }
+
+    /// The endpoints this client talks to.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
 
     /// Redeems an authorization code with its PKCE verifier and the client secret.
     pub async fn exchange_code(
@@ -270,6 +287,7 @@ impl Microsoft {
         client_secret: &SecretString,
     ) -> Result<Tokens, TokenError> {
         let response = self
+            .endpoints
             .oauth(Some(client_secret))
             .exchange_code(code)
             .set_pkce_verifier(verifier)
@@ -288,7 +306,7 @@ impl Microsoft {
             .as_deref()
             .ok_or(TokenError::Incomplete("no id_token"))?;
         let claims = read_id_token(id_token)?;
-        if claims.aud != *self.client_id {
+        if claims.aud != *self.endpoints.client_id {
             return Err(TokenError::Incomplete("id_token was issued for another application"));
         }
         Ok(Tokens {
@@ -319,7 +337,7 @@ impl Microsoft {
         token: &AccessToken,
         resource: &str,
     ) -> Result<T, GraphError> {
-        let mut url = self.graph_url.clone();
+        let mut url = self.endpoints.graph_url.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.pop_if_empty().push("v1.0").push(resource);
         }

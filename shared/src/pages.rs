@@ -37,13 +37,6 @@ pub enum Tone {
     Error,
 }
 
-/// A link shown on a page.
-#[derive(Debug, Clone)]
-pub struct Link {
-    pub href: String,
-    pub label: String,
-}
-
 /// Content of a page; rendering escapes every field.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -52,7 +45,6 @@ pub struct Page {
     pub title: String,
     pub message: Vec<String>,
     pub action: Option<String>,
-    pub link: Option<Link>,
     pub reference: Option<String>,
     pub close_popup: bool,
 }
@@ -64,7 +56,6 @@ struct PageTemplate<'a> {
     title: &'a str,
     message: &'a [String],
     action: Option<&'a str>,
-    link: Option<&'a Link>,
     reference: Option<&'a str>,
     close_popup: bool,
     style: &'static str,
@@ -73,7 +64,7 @@ struct PageTemplate<'a> {
 
 impl Page {
     /// The success page, naming the Microsoft account that was connected.
-    pub fn connected(account: &str, link: Option<Link>) -> Self {
+    pub fn connected(account: &str) -> Self {
         Self {
             status: StatusCode::OK,
             tone: Tone::Ok,
@@ -83,7 +74,6 @@ impl Page {
                 "You can close this tab and return to AutoKitteh.".into(),
             ],
             action: None,
-            link,
             reference: None,
             close_popup: true,
         }
@@ -97,7 +87,6 @@ impl Page {
             title: title.into(),
             message: vec![message.into()],
             action: action.map(str::to_owned),
-            link: None,
             reference: None,
             close_popup: false,
         }
@@ -119,7 +108,6 @@ impl Page {
             title: &self.title,
             message: &self.message,
             action: self.action.as_deref(),
-            link: self.link.as_ref(),
             reference: self.reference.as_deref(),
             close_popup: self.close_popup,
             style: STYLE,
@@ -209,8 +197,7 @@ mod tests {
 
     #[test]
     fn pages_carry_the_security_headers() {
-        let response =
-            Page::connected("adele@contoso.com", None).into_response(&["a=b; Path=/".into()]);
+        let response = Page::connected("adele@contoso.com").into_response(&["a=b; Path=/".into()]);
         let h = response.headers();
         assert_eq!(h[header::CACHE_CONTROL], "no-store");
         assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
@@ -223,7 +210,7 @@ mod tests {
 
     #[test]
     fn the_success_page_names_the_account_and_closes_popups() {
-        let response = Page::connected("adele@contoso.com", None).into_response(&[]);
+        let response = Page::connected("adele@contoso.com").into_response(&[]);
         let html = body(&response);
         assert!(html.contains("adele@contoso.com"));
         assert!(html.contains(CLOSE_POPUP_SCRIPT));

@@ -10,7 +10,7 @@ use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
 use ms_oauth::microsoft::{
-    GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError, Tokens,
+    Endpoints, GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError, Tokens,
 };
 use ms_oauth::pages::{self, Page};
 use ms_oauth::request::{Query, clear_cookie, cookie};
@@ -20,7 +20,7 @@ use ms_oauth::store::{
     AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, Store,
 };
 use oauth2::{AuthorizationCode, PkceCodeVerifier};
-use secrecy::{ExposeSecret, SecretSlice};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use time::format_description::well_known::Rfc3339;
 
 /// Longest authorization code we accept (Microsoft's are around 1–2 KB).
@@ -75,7 +75,7 @@ impl RedirectService {
             var: config::MICROSOFT_AUTHORITY_HOST,
             problem: format!("cannot build the HTTP client: {e}"),
         })?;
-        let microsoft = Microsoft::new(&config, http);
+        let microsoft = Microsoft::new(Endpoints::new(&config), http);
         let store = Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
             config.table_name.clone(),
@@ -118,8 +118,14 @@ async fn finish(
     let nonce = cookie(req, &cookie_name).unwrap_or_default();
 
     let now = service.clock.now();
-    let flow =
-        service.store.consume_state(&key, &browser_hash(nonce), now.unix_timestamp()).await?;
+    // The client secret is read alongside the consume (it is cached after the first
+    // request), so a cold instance adds no sequential Secrets Manager hop.
+    let browser = browser_hash(nonce);
+    let (flow, secret) = tokio::join!(
+        service.store.consume_state(&key, &browser, now.unix_timestamp()),
+        service.client_secret.get(),
+    );
+    let flow = flow?;
 
     if let Some(error) = error {
         let error = MicrosoftError::from_callback(error, error_description);
@@ -127,7 +133,7 @@ async fn finish(
         return Err(FlowError::Microsoft(Box::new(error)));
     }
     let code = code.filter(|c| !c.is_empty()).ok_or(FlowError::BadQuery("the code is missing"))?;
-    let tokens = exchange(service, code, &flow).await?;
+    let tokens = exchange(service, code, &flow, secret?).await?;
 
     let context = connection_context(&service.config.table_name, flow.connection_id.as_str());
     let personal = tokens.claims.is_personal_account();
@@ -187,10 +193,10 @@ async fn exchange(
     service: &RedirectService,
     code: &str,
     flow: &PendingFlow,
+    secret: SecretString,
 ) -> Result<Tokens, FlowError> {
     let verifier = || PkceCodeVerifier::new(flow.pkce_verifier.expose_secret().to_owned());
     let code = AuthorizationCode::new(code.to_owned());
-    let secret = service.client_secret.get().await?;
     match service.microsoft.exchange_code(code.clone(), verifier(), &secret).await {
         Err(e) if e.is_invalid_client() => {
             match service.client_secret.refresh_if_changed(&secret).await? {
@@ -271,7 +277,7 @@ fn finish_browser(
     cookies: &[String],
 ) -> Response<Body> {
     match origin {
-        Origin::Web | Origin::Cli => Page::connected(account, None).into_response(cookies),
+        Origin::Web | Origin::Cli => Page::connected(account).into_response(cookies),
         Origin::Vscode => {
             pages::redirect(&format!("vscode://autokitteh.autokitteh?cid={cid}"), cookies)
         }

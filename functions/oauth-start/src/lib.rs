@@ -9,7 +9,7 @@ use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
 use ms_oauth::grant::{GrantKey, MAX_GRANT_LEN};
-use ms_oauth::microsoft::Microsoft;
+use ms_oauth::microsoft::Endpoints;
 use ms_oauth::pages;
 use ms_oauth::request::{Query, binding_cookie};
 use ms_oauth::secrets::CachedSecret;
@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Debug)]
 pub struct StartService {
     pub config: Config,
-    pub microsoft: Microsoft,
+    pub endpoints: Endpoints,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub start_key: CachedSecret,
@@ -31,13 +31,13 @@ pub struct StartService {
 impl StartService {
     pub fn new(
         config: Config,
-        microsoft: Microsoft,
+        endpoints: Endpoints,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         start_key: CachedSecret,
     ) -> Self {
         let page_context = PageContext { redirect_uri: config.redirect_url().to_string() };
-        Self { config, microsoft, store, clock, start_key, page_context }
+        Self { config, endpoints, store, clock, start_key, page_context }
     }
 
     /// Builds the service from the environment. Never touches the client secret.
@@ -61,14 +61,13 @@ impl StartService {
             GrantKey::new(value)
                 .map_err(|e| ConfigError { var: config::START_LINK_KEY, problem: e.to_string() })?;
         }
-        // The start function makes no outbound HTTP call; the client only builds URLs.
-        let http = reqwest::Client::new();
-        let microsoft = Microsoft::new(&config, http);
+        // No HTTP client: the start function makes no outbound call to Microsoft.
+        let endpoints = Endpoints::new(&config);
         let store = Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
             config.table_name.clone(),
         ));
-        Ok(Self::new(config, microsoft, store, Arc::new(SystemClock), start_key))
+        Ok(Self::new(config, endpoints, store, Arc::new(SystemClock), start_key))
     }
 
     async fn grant_key(&self) -> Result<GrantKey, FlowError> {
@@ -111,7 +110,7 @@ async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, 
     };
     service.store.put_state(&key, &flow).await?;
 
-    let location = service.microsoft.authorize_url(&secrets);
+    let location = service.endpoints.authorize_url(&secrets);
     let cookie = binding_cookie(&key.cookie_name(), secrets.browser_nonce.expose_secret(), ttl);
     tracing::info!(cid = %cid, origin = %origin, tenant = %service.config.tenant, "flow started");
     Ok(pages::redirect(location.as_str(), &[cookie]))
@@ -136,12 +135,14 @@ mod tests {
             (config::MICROSOFT_TENANT_ID, "organizations"),
             (config::OAUTH_TABLE_NAME, "t"),
         ];
-        let config = Config::from_lookup(&|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()))
-            .unwrap();
-        let microsoft = Microsoft::new(&config, reqwest::Client::new());
+        let config = Config::from_lookup(&|k| {
+            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        let endpoints = Endpoints::new(&config);
         StartService::new(
             config,
-            microsoft,
+            endpoints,
             store,
             Arc::new(SystemClock),
             CachedSecret::new(SecretSource::Value(KEY.to_owned().into()), None),
@@ -164,8 +165,16 @@ mod tests {
         let response = handle(&service, event(fixture, &grant(Origin::Vscode))).await;
         assert_eq!(response.status(), 302);
         let location = response.headers()["location"].to_str().unwrap();
-        assert!(location.starts_with("https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?"));
-        assert!(location.contains("redirect_uri=https%3A%2F%2Fapi.example.com%2Foauth%2Fredirect%2Fmicrosoft"));
+        assert!(
+            location.starts_with(
+                "https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?"
+            )
+        );
+        assert!(
+            location.contains(
+                "redirect_uri=https%3A%2F%2Fapi.example.com%2Foauth%2Fredirect%2Fmicrosoft"
+            )
+        );
         assert!(response.headers()["set-cookie"].to_str().unwrap().contains("HttpOnly"));
         assert_eq!(store.pending(), 1);
         assert_eq!(service.config.state_ttl, Duration::from_secs(600));

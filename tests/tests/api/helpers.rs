@@ -12,7 +12,7 @@ use ms_oauth::config::{self, Config};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, open};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::grant::GrantKey;
-use ms_oauth::microsoft::Microsoft;
+use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::store::{DynamoStore, Store, StoredConnection};
 use ms_oauth_tests::aws;
@@ -202,10 +202,11 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
     let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamo_for_app, table.clone()));
     let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
-    let microsoft = Microsoft::new(&config, http);
+    let endpoints = Endpoints::new(&config);
+    let microsoft = Microsoft::new(endpoints.clone(), http);
     let start = StartService::new(
         config.clone(),
-        microsoft.clone(),
+        endpoints,
         store.clone(),
         clock.clone(),
         CachedSecret::new(config::SecretSource::Value(SecretString::from(start_key.clone())), None),

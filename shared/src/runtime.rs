@@ -32,7 +32,8 @@ pub fn secret_from_env(
     Ok(crate::secrets::CachedSecret::new(source, client))
 }
 
-/// The HTTP method guard both functions share: the flow is navigations only.
+/// The HTTP method guard both functions share: the flow is browser navigations (GET) only;
+/// a HEAD from a link previewer must not start or consume anything.
 pub fn is_navigation(method: &http::Method) -> bool {
-    method == http::Method::GET || method == http::Method::HEAD
+    method == http::Method::GET
 }

@@ -43,8 +43,12 @@ async fn missing_or_garbled_start_parameters_are_refused() {
         assert_page(&page, status, words);
         assert!(page.header("set-cookie").is_empty(), "{url}");
     }
-    let post = Browser::new().request(reqwest::Method::POST, &good).await;
-    assert_page(&post, 405, "only takes links");
+    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let page = Browser::new().request(method, &good).await;
+        assert_page(&page, 405, "only takes links");
+    }
+    let head = Browser::new().request(reqwest::Method::HEAD, &good).await;
+    assert_eq!(head.status, 405);
     assert_eq!(app.items().await.len(), 0, "nothing may be stored for refused requests");
 }
 

@@ -595,21 +595,33 @@ fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
 }
 
-async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let fault = {
-        let mut inner = shared.inner();
-        inner.calls.graph_me += 1;
-        inner.me_fault.clone()
-    };
+/// What every Graph call does first: count it, apply its fault, check the bearer token.
+async fn graph_call(
+    shared: &Shared,
+    headers: &HeaderMap,
+    record: fn(&mut Inner) -> Option<Fault>,
+) -> Result<Account, Response> {
+    let fault = record(&mut shared.inner());
     if let Some(response) = apply_fault(fault).await {
-        return response;
+        return Err(response);
     }
-    let Some(a) = bearer_account(&shared, &headers) else {
-        return graph_error(
+    bearer_account(shared, headers).ok_or_else(|| {
+        graph_error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
             "Access token is empty or invalid.",
-        );
+        )
+    })
+}
+
+async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let record = |inner: &mut Inner| {
+        inner.calls.graph_me += 1;
+        inner.me_fault.clone()
+    };
+    let a = match graph_call(&shared, &headers, record).await {
+        Ok(a) => a,
+        Err(response) => return response,
     };
     Json(json!({
         "id": a.oid,
@@ -628,20 +640,13 @@ async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
 }
 
 async fn organization(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let fault = {
-        let mut inner = shared.inner();
+    let record = |inner: &mut Inner| {
         inner.calls.graph_organization += 1;
         inner.organization_fault.clone()
     };
-    if let Some(response) = apply_fault(fault).await {
-        return response;
-    }
-    let Some(a) = bearer_account(&shared, &headers) else {
-        return graph_error(
-            StatusCode::UNAUTHORIZED,
-            "InvalidAuthenticationToken",
-            "Access token is empty or invalid.",
-        );
+    let a = match graph_call(&shared, &headers, record).await {
+        Ok(a) => a,
+        Err(response) => return response,
     };
     if a.kind == AccountKind::Personal {
         return graph_error(

@@ -123,14 +123,7 @@ async fn callbacks_with_missing_garbled_or_unknown_state_are_refused() {
         assert_page(&Browser::new().get(&url).await, status, words);
     }
     // A well-formed but unknown state, with a cookie of the right name.
-    let state = "u".repeat(43);
-    let key = ms_oauth::state::StateKey::from_state(&state);
-    let page = Browser::new()
-        .get_with_cookie(
-            &format!("{base}?code=abc&state={state}"),
-            &format!("{}=nonce", key.cookie_name()),
-        )
-        .await;
+    let page = app.callback_for_unknown_state(&"u".repeat(43)).await;
     assert_page(&page, 400, "unknown or already finished");
     assert_eq!(app.standin.calls().token_requests, 0);
     assert_eq!(app.items().await.len(), 0);

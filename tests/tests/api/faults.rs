@@ -124,18 +124,8 @@ async fn secrets_manager_unavailable_saves_nothing_and_spends_no_code() {
 
 #[tokio::test]
 async fn dynamodb_unavailable_at_the_callback_is_a_try_again_page() {
-    // Start against a working table, then lose DynamoDB for the callback: a second app
-    // shares the stand-in registration but not the table endpoint.
     let app = spawn_app_with(AppOptions { dead_dynamodb: true, ..AppOptions::default() }).await;
-    let base = format!("{}/oauth/redirect/microsoft", app.address);
-    let state = "s".repeat(43);
-    let key = ms_oauth::state::StateKey::from_state(&state);
-    let page = Browser::new()
-        .get_with_cookie(
-            &format!("{base}?code=abc&state={state}"),
-            &format!("{}=nonce", key.cookie_name()),
-        )
-        .await;
+    let page = app.callback_for_unknown_state(&"s".repeat(43)).await;
     assert_page(&page, 503, "temporarily unavailable");
     assert_eq!(app.standin.calls().token_requests, 0);
 }

@@ -392,6 +392,14 @@ impl TestApp {
         Flow { authorize_url, finish }
     }
 
+    /// A callback for `state` from a browser holding a cookie of the right name (but no
+    /// pending sign-in behind it).
+    pub async fn callback_for_unknown_state(&self, state: &str) -> Page {
+        let key = ms_oauth::state::StateKey::from_state(state);
+        let url = format!("{}{}?code=abc&state={state}", self.address, config::REDIRECT_PATH);
+        Browser::new().get_with_cookie(&url, &format!("{}=nonce", key.cookie_name())).await
+    }
+
     /// The stored connection, if any.
     pub async fn connection(&self, cid: &ConnectionId) -> Option<StoredConnection> {
         DynamoStore::new(self.dynamodb.clone(), self.table.clone())

@@ -1,4 +1,4 @@
-.PHONY: help run link test test-rust test-browser lint build deps deps-moto deps-browser clean-local
+.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build deps deps-moto deps-browser deps-infra deps-build clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -8,13 +8,17 @@ CHROMIUM ?= /usr/bin/chromium
 # Local defaults shared by `make run` and `make link` (see README, "Local run").
 LOCAL_WEBHOOK_ADDRESS ?= http://localhost:9000
 LOCAL_START_LINK_KEY ?= local-development-start-link-key-do-not-use-in-production
+# Offline validation of the template needs a region and credentials, never real ones.
+SAM_ENV := SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=placeholder AWS_SECRET_ACCESS_KEY=placeholder
+LAMBDA_TARGET := aarch64-unknown-linux-gnu
 
 help:
 	@echo "make run    - run both functions locally with moto and the stand-in identity platform"
 	@echo "make link   - print a new start link for the local stack (CID=con_… ORIGIN=web|cli|vscode|dash)"
 	@echo "make test   - install test dependencies and run every test (unit, integration, browser)"
-	@echo "make lint   - rustfmt and clippy, warnings are errors"
-	@echo "make build  - release build of the function binaries, with their sizes"
+	@echo "make lint   - rustfmt, clippy (warnings are errors), cfn-lint and sam validate --lint"
+	@echo "make build  - arm64 release build of the functions for Lambda, with their sizes"
+	@echo "make sam-build - sam build of the stack (what sam deploy uploads)"
 
 ## Dependencies, installed into project-local folders on first use.
 deps: deps-moto deps-browser
@@ -56,13 +60,34 @@ test-browser: deps-moto deps-browser
 	cargo build --bin local-stack
 	MOTO_SERVER=$(abspath $(MOTO)) CHROMIUM=$(CHROMIUM) node $(BROWSER_DIR)/e2e.mjs
 
-lint:
+deps-infra: $(VENV)/bin/sam
+$(VENV)/bin/sam: $(MOTO)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'aws-sam-cli>=1.140,<2' 'cfn-lint>=1.20,<2'
+
+deps-build: $(VENV)/bin/cargo-lambda
+	rustup target add $(LAMBDA_TARGET)
+$(VENV)/bin/cargo-lambda: $(MOTO)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'cargo-lambda>=1.8,<2'
+
+lint: lint-rust lint-infra
+
+lint-rust:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-build:
-	cargo build --release -p oauth-start -p oauth-redirect
-	@ls -l target/release/oauth-start target/release/oauth-redirect | awk '{ printf "%-32s %6.2f MiB\n", $$9, $$5/1048576 }'
+lint-infra: deps-infra
+	cd infra && $(SAM_ENV) ../$(VENV)/bin/cfn-lint template.yaml
+	cd infra && $(SAM_ENV) ../$(VENV)/bin/sam validate --lint --template template.yaml
+	cd infra && $(SAM_ENV) ../$(VENV)/bin/python check_sam_local.py
+
+## Release builds for Lambda (Graviton, arm64).
+build: deps-build
+	PATH=$(abspath $(VENV))/bin:$$PATH cargo lambda build --release --arm64 --bin oauth-start --bin oauth-redirect
+	@du -b target/lambda/oauth-start/bootstrap target/lambda/oauth-redirect/bootstrap | awk '{ printf "%-44s %6.2f MiB (arm64)\n", $$2, $$1/1048576 }'
+
+sam-build: deps-infra deps-build
+	cd infra && PATH=$(abspath $(VENV))/bin:$$PATH $(SAM_ENV) sam build --beta-features
+	@du -b infra/.aws-sam/build/*/bootstrap | awk '{ printf "%-48s %6.2f MiB\n", $$2, $$1/1048576 }'
 
 clean-local:
 	rm -rf $(VENV) $(BROWSER_DIR)/node_modules

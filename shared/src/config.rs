@@ -212,7 +212,7 @@ impl Config {
     }
 }
 
-/// Reads a secret given either as a value (`value_var`) or as a Secrets Manager ARN
+/// Reads a secret given either as a value (`value_var`) or as a Secrets Manager ARN or name
 /// (`arn_var`). Exactly one must be set.
 pub fn secret_source(
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -224,8 +224,8 @@ pub fn secret_source(
             Err(ConfigError::new(arn_var, format!("and {value_var} are both set; set one")))
         }
         (Some(value), None) => Ok(SecretSource::Value(SecretString::from(value))),
-        (None, Some(arn)) if arn.starts_with("arn:") => Ok(SecretSource::SecretsManager { arn }),
-        (None, Some(_)) => Err(ConfigError::new(arn_var, "is not an ARN")),
+        // Secrets Manager also accepts a secret's name, which local runs use.
+        (None, Some(arn)) => Ok(SecretSource::SecretsManager { arn }),
         (None, None) => Err(ConfigError::new(value_var, format!("is not set (nor {arn_var})"))),
     }
 }
@@ -387,6 +387,11 @@ mod tests {
         let arn = lookup(&[(START_LINK_KEY_ARN, "arn:aws:secretsmanager:us-east-1:1:secret:k")]);
         assert!(matches!(
             secret_source(&arn, START_LINK_KEY, START_LINK_KEY_ARN),
+            Ok(SecretSource::SecretsManager { .. })
+        ));
+        let name = lookup(&[(START_LINK_KEY_ARN, "autokitteh-oauth-local/start-link-key")]);
+        assert!(matches!(
+            secret_source(&name, START_LINK_KEY, START_LINK_KEY_ARN),
             Ok(SecretSource::SecretsManager { .. })
         ));
         let none = lookup(&[]);

@@ -1,0 +1,47 @@
+"""Checks, without Docker, that `sam local start-api` would serve both routes.
+
+SAM CLI's own providers read the template the way `sam local` does; this prints the routes
+and functions they find and fails if a route or a function is missing or misconfigured.
+Run from infra/ with the project's virtualenv: ../.venv/bin/python check_sam_local.py
+"""
+
+import sys
+
+from samcli.lib.providers.api_provider import ApiProvider
+from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+EXPECTED = {
+    ("GET", "/oauth/start/microsoft"): "StartFunction",
+    ("GET", "/oauth/redirect/microsoft"): "RedirectFunction",
+}
+
+
+def main() -> int:
+    stacks, _ = SamLocalStackProvider.get_stacks(
+        "template.yaml",
+        parameter_overrides={"MicrosoftClientId": "00000000-0000-0000-0000-0000000a11ce"},
+    )
+    found = {}
+    for route in ApiProvider(stacks).routes:
+        for method in route.methods:
+            found[(method, route.path)] = route.function_name
+            print(f"route    {method} {route.path} -> {route.function_name} (payload {route.payload_format_version})")
+            if route.payload_format_version != "2.0":
+                print(f"error: {route.path} must use payload format 2.0", file=sys.stderr)
+                return 1
+    functions = {f.function_id: f for f in SamFunctionProvider(stacks).get_all()}
+    for fid, f in sorted(functions.items()):
+        print(f"function {fid}: {f.runtime} {f.architectures} handler={f.handler}")
+    if found != EXPECTED:
+        print(f"error: sam local would serve {found}, expected {EXPECTED}", file=sys.stderr)
+        return 1
+    missing = set(EXPECTED.values()) - set(functions)
+    if missing:
+        print(f"error: functions not found: {missing}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+//! Keeps `infra/template.yaml` and the code in step: every environment variable the template
+//! sets is read by the function it is set on, the functions start from exactly what the
+//! template gives them, and every route in the template reaches the handler that serves it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use ms_oauth::config::{self, REDIRECT_PATH, START_PATH};
+use ms_oauth_tests::aws::workspace_root;
+use ms_oauth_tests::local::{self, Functions};
+use oauth_redirect::RedirectService;
+use oauth_start::StartService;
+use serde_yaml_ng::Value;
+
+/// Variables read by the AWS SDK rather than by our configuration.
+const SDK_VARIABLES: [&str; 1] = ["AWS_ENDPOINT_URL"];
+/// Secrets may reach deployed functions only through Secrets Manager.
+const PLAIN_SECRET_VARIABLES: [&str; 2] = [config::MICROSOFT_CLIENT_SECRET, config::START_LINK_KEY];
+
+fn template() -> Value {
+    let path = workspace_root().join("infra/template.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).expect("template is YAML")
+}
+
+fn resources(template: &Value) -> &serde_yaml_ng::Mapping {
+    template["Resources"].as_mapping().expect("Resources")
+}
+
+fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Value)> {
+    resources(template)
+        .iter()
+        .filter(|(_, r)| r["Type"].as_str() == Some(kind))
+        .map(|(k, r)| (k.as_str().unwrap().to_owned(), r))
+        .collect()
+}
+
+/// A plausible value for each variable the code reads (the template's are intrinsics).
+fn placeholder(var: &str) -> Option<&'static str> {
+    Some(match var {
+        config::WEBHOOK_ADDRESS => "api.example.com",
+        config::MICROSOFT_CLIENT_ID => "11111111-2222-3333-4444-555555555555",
+        config::MICROSOFT_TENANT_ID => "common",
+        config::MICROSOFT_AUTHORITY_HOST => "https://login.microsoftonline.com",
+        config::MICROSOFT_GRAPH_URL => "https://graph.microsoft.com",
+        config::MICROSOFT_SCOPES => "User.Read",
+        config::OAUTH_TABLE_NAME => "oauth",
+        config::TOKEN_KMS_KEY_ID => {
+            "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"
+        }
+        config::MICROSOFT_CLIENT_SECRET_ARN | config::START_LINK_KEY_ARN => {
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:oauth-AbCdEf"
+        }
+        _ => return None,
+    })
+}
+
+/// A lookup offering exactly `vars`, recording every name the code asks for.
+struct Recorder {
+    vars: BTreeSet<String>,
+    asked: Mutex<BTreeSet<String>>,
+}
+
+impl Recorder {
+    fn new(vars: &BTreeSet<String>) -> Self {
+        Self { vars: vars.clone(), asked: Mutex::default() }
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.asked.lock().unwrap().insert(name.to_owned());
+        if self.vars.contains(name) { placeholder(name).map(str::to_owned) } else { None }
+    }
+
+    fn asked(&self) -> BTreeSet<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+fn sdk() -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .build()
+}
+
+/// Function logical id → (binary, environment variable names).
+fn functions(template: &Value) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    resources_of_type(template, "AWS::Serverless::Function")
+        .into_iter()
+        .map(|(id, f)| {
+            let binary =
+                f["Metadata"]["BuildProperties"]["Binary"].as_str().expect("Binary").to_owned();
+            assert_eq!(f["Metadata"]["BuildMethod"].as_str(), Some("rust-cargolambda"), "{id}");
+            let vars = f["Properties"]["Environment"]["Variables"]
+                .as_mapping()
+                .map(|m| m.keys().map(|k| k.as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            (id, (binary, vars))
+        })
+        .collect()
+}
+
+fn build(binary: &str, recorder: &Recorder) -> Result<(), String> {
+    let lookup = |name: &str| recorder.lookup(name);
+    match binary {
+        "oauth-start" => {
+            StartService::from_sdk(&lookup, &sdk()).map(drop).map_err(|e| e.to_string())
+        }
+        "oauth-redirect" => {
+            RedirectService::from_sdk(&lookup, &sdk()).map(drop).map_err(|e| e.to_string())
+        }
+        other => Err(format!("no function binary named {other}")),
+    }
+}
+
+#[test]
+fn every_function_is_a_workspace_binary_with_settings_for_lambda() {
+    let template = template();
+    let functions = functions(&template);
+    assert_eq!(functions.len(), 2, "{functions:?}");
+    for (binary, _) in functions.values() {
+        assert!(
+            workspace_root().join("functions").join(binary).join("Cargo.toml").exists(),
+            "{binary}"
+        );
+    }
+    let globals = &template["Globals"]["Function"];
+    assert_eq!(globals["Runtime"].as_str(), Some("provided.al2023"));
+    assert_eq!(globals["Handler"].as_str(), Some("bootstrap"));
+    assert_eq!(globals["Architectures"][0].as_str(), Some("arm64"));
+}
+
+#[test]
+fn the_template_sets_exactly_the_variables_each_function_reads() {
+    for (id, (binary, vars)) in functions(&template()) {
+        for secret in PLAIN_SECRET_VARIABLES {
+            assert!(
+                !vars.contains(secret),
+                "{id} must read {secret} from Secrets Manager, not the environment"
+            );
+        }
+        let ours: BTreeSet<String> =
+            vars.iter().filter(|v| !SDK_VARIABLES.contains(&v.as_str())).cloned().collect();
+        for var in &ours {
+            assert!(placeholder(var).is_some(), "{id} sets {var}, which the code does not know");
+        }
+        // The function starts from the template's variables alone…
+        let recorder = Recorder::new(&ours);
+        build(&binary, &recorder)
+            .unwrap_or_else(|e| panic!("{id} ({binary}) cannot start from the template: {e}"));
+        // …and reads every one of them.
+        let asked = recorder.asked();
+        let stale: Vec<&String> = ours.difference(&asked).collect();
+        assert!(stale.is_empty(), "{id} sets variables {binary} never reads: {stale:?}");
+        // Taking any one away either breaks start-up or falls back to a documented default.
+        for var in &ours {
+            let mut fewer = ours.clone();
+            fewer.remove(var);
+            let optional = [
+                config::MICROSOFT_TENANT_ID,
+                config::MICROSOFT_AUTHORITY_HOST,
+                config::MICROSOFT_GRAPH_URL,
+                config::MICROSOFT_SCOPES,
+            ];
+            if !optional.contains(&var.as_str()) {
+                assert!(
+                    build(&binary, &Recorder::new(&fewer)).is_err(),
+                    "{id}: {var} looks unnecessary"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_route_in_the_template_reaches_its_handler() {
+    let template = template();
+    let functions = functions(&template);
+    let integrations: BTreeMap<String, String> =
+        resources_of_type(&template, "AWS::ApiGatewayV2::Integration")
+            .into_iter()
+            .map(|(id, i)| {
+                let uri = &i["Properties"]["IntegrationUri"];
+                let target = match uri {
+                    Value::Tagged(t) => {
+                        t.value.as_str().expect("GetAtt target").trim_end_matches(".Arn").to_owned()
+                    }
+                    other => panic!("{id}: unexpected IntegrationUri {other:?}"),
+                };
+                assert_eq!(i["Properties"]["PayloadFormatVersion"].as_str(), Some("2.0"), "{id}");
+                (id, target)
+            })
+            .collect();
+
+    let routes = resources_of_type(&template, "AWS::ApiGatewayV2::Route");
+    assert_eq!(routes.len(), functions.len(), "one route per function");
+
+    // Serve the real handlers the way `make run` does, configured from placeholders.
+    let all: BTreeSet<String> = functions.values().flat_map(|(_, v)| v.iter().cloned()).collect();
+    let recorder = Recorder::new(&all);
+    let lookup = |name: &str| recorder.lookup(name);
+    let served = Functions {
+        start: Arc::new(StartService::from_sdk(&lookup, &sdk()).unwrap()),
+        redirect: Arc::new(RedirectService::from_sdk(&lookup, &sdk()).unwrap()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(local::serve(listener, served));
+
+    let mut paths = BTreeSet::new();
+    for (id, route) in routes {
+        let key = route["Properties"]["RouteKey"].as_str().expect("RouteKey");
+        let (method, path) = key.split_once(' ').expect("METHOD /path");
+        assert_eq!(method, "GET", "{id}");
+        let target = match &route["Properties"]["Target"] {
+            Value::Tagged(t) => t
+                .value
+                .as_str()
+                .unwrap()
+                .trim_start_matches("integrations/${")
+                .trim_end_matches('}')
+                .to_owned(),
+            other => panic!("{id}: unexpected Target {other:?}"),
+        };
+        let function = &integrations[&target];
+        let (binary, _) = &functions[function];
+        let expected = match binary.as_str() {
+            "oauth-start" => START_PATH,
+            "oauth-redirect" => REDIRECT_PATH,
+            other => panic!("{other} serves no known path"),
+        };
+        assert_eq!(path, expected, "{id} routes {path} to {binary}");
+        paths.insert(path.to_owned());
+
+        // The handler answers (a page about the missing parameters), not the 404 of an unknown path.
+        let response = reqwest::get(format!("http://{address}{path}")).await.unwrap();
+        assert_eq!(response.status(), 400, "{key}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("AutoKitteh"), "{key}: {body}");
+    }
+    assert_eq!(paths, BTreeSet::from([START_PATH.to_owned(), REDIRECT_PATH.to_owned()]));
+}
+
+#[test]
+fn the_sam_local_environment_only_overrides_variables_the_template_defines() {
+    let functions = functions(&template());
+    let path = workspace_root().join("infra/env.json");
+    let env: BTreeMap<String, BTreeMap<String, String>> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for (id, vars) in env {
+        let (_, defined) =
+            functions.get(&id).unwrap_or_else(|| panic!("env.json names unknown function {id}"));
+        for var in vars.keys() {
+            assert!(
+                defined.contains(var),
+                "env.json sets {var} on {id}, which the template does not define"
+            );
+        }
+    }
+}

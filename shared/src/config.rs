@@ -22,6 +22,8 @@ pub const OAUTH_TABLE_NAME: &str = "OAUTH_TABLE_NAME";
 pub const TOKEN_KMS_KEY_ID: &str = "TOKEN_KMS_KEY_ID";
 pub const START_LINK_KEY: &str = "START_LINK_KEY";
 pub const START_LINK_KEY_ARN: &str = "START_LINK_KEY_ARN";
+pub const EVENT_BUS_NAME: &str = "EVENT_BUS_NAME";
+pub const TOKEN_REFRESH_MARGIN_SECONDS: &str = "TOKEN_REFRESH_MARGIN_SECONDS";
 
 /// Microsoft's global authority; national clouds and tests override it.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";

@@ -136,6 +136,23 @@ impl TokenError {
     pub fn is_invalid_client(&self) -> bool {
         matches!(self, TokenError::Rejected(e) if e.error == "invalid_client")
     }
+
+    /// True when the grant itself is dead (`invalid_grant`: expired, revoked, or a policy
+    /// demands a new sign-in); retrying cannot help, the user must sign in again.
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, TokenError::Rejected(e) if e.error == "invalid_grant" || e.error == "interaction_required")
+    }
+
+    /// True when trying again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TokenError::Unavailable(_) => true,
+            TokenError::Rejected(e) => {
+                e.error == "temporarily_unavailable" || e.error == "server_error"
+            }
+            TokenError::Malformed | TokenError::Incomplete(_) => false,
+        }
+    }
 }
 
 /// The identity claims we read from the id_token.
@@ -167,6 +184,15 @@ pub struct Tokens {
     pub token_type: String,
     pub expires_in: Option<Duration>,
     pub claims: IdClaims,
+}
+
+/// Tokens from a refresh. Microsoft normally rotates the refresh token; when a response
+/// carries none, the caller keeps the one it has.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
+    pub expires_in: Option<Duration>,
 }
 
 /// A Graph read failed.
@@ -318,6 +344,26 @@ impl Microsoft {
         })
     }
 
+    /// Redeems a refresh token for new tokens.
+    pub async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        client_secret: &SecretString,
+    ) -> Result<Refreshed, TokenError> {
+        let response = self
+            .endpoints
+            .oauth(Some(client_secret))
+            .exchange_refresh_token(refresh_token)
+            .request_async(&OAuthHttp(&self.http))
+            .await
+            .map_err(token_error)?;
+        Ok(Refreshed {
+            access_token: response.access_token().clone(),
+            refresh_token: response.refresh_token().cloned(),
+            expires_in: response.expires_in(),
+        })
+    }
+
     /// Graph `/v1.0/me`.
     pub async fn me(&self, token: &AccessToken) -> Result<GraphUser, GraphError> {
         self.graph_get(token, "me").await
@@ -358,6 +404,15 @@ impl Microsoft {
             .await
             .map_err(|e| GraphError::Unavailable(HttpError::from_reqwest(e)))?;
         serde_json::from_slice(&body).map_err(GraphError::Malformed)
+    }
+}
+
+fn token_error(e: RequestTokenError<HttpError, MicrosoftError>) -> TokenError {
+    match e {
+        RequestTokenError::ServerResponse(err) => TokenError::Rejected(Box::new(err)),
+        RequestTokenError::Request(err) => TokenError::Unavailable(err),
+        // The body of an unreadable answer is dropped here: it may hold tokens.
+        RequestTokenError::Parse(_, _) | RequestTokenError::Other(_) => TokenError::Malformed,
     }
 }
 

@@ -37,3 +37,17 @@ pub fn secret_from_env(
 pub fn is_navigation(method: &http::Method) -> bool {
     method == http::Method::GET
 }
+
+/// The event sink named by `EVENT_BUS_NAME`, or none when it is unset.
+pub fn events_from_env(
+    sdk: &aws_config::SdkConfig,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> std::sync::Arc<dyn crate::events::Events> {
+    match lookup(crate::config::EVENT_BUS_NAME).filter(|b| !b.trim().is_empty()) {
+        Some(bus) => std::sync::Arc::new(crate::events::EventBridgeEvents::new(
+            aws_sdk_eventbridge::Client::new(sdk),
+            bus.trim(),
+        )),
+        None => std::sync::Arc::new(crate::events::NoEvents),
+    }
+}

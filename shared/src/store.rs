@@ -18,6 +18,14 @@ pub const KEY_ATTRIBUTE: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// `auth_type` of connections made with the server-wide app.
 pub const AUTH_TYPE_DEFAULT: &str = "oauthDefault";
+/// Name of the sparse index of connections by refresh time.
+pub const REFRESH_INDEX: &str = "refresh-due";
+/// The one partition of the refresh index.
+pub const REFRESH_QUEUE: &str = "due";
+/// `status` of a usable connection.
+pub const STATUS_OK: &str = "ok";
+/// `status` of a connection whose grant is dead until the user signs in again.
+pub const STATUS_NEEDS_REAUTH: &str = "needs_reauth";
 
 /// A started flow, waiting for Microsoft's redirect.
 #[derive(Debug, Clone)]
@@ -102,6 +110,19 @@ pub struct Connection {
     /// `oauth_access_token` and `oauth_refresh_token`, sealed together.
     pub secrets: Sealed,
     pub updated_at: String,
+    /// Why the connection needs a new sign-in (with `status = needs_reauth`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_reason: Option<String>,
+    /// Access-token expiry in epoch seconds. Not `expires_at`: that is the table's TTL
+    /// attribute, and a connection must never expire.
+    pub token_expires_at: i64,
+    /// When the tokens were last obtained (sign-in or refresh), RFC 3339.
+    pub last_refresh_at: String,
+    /// When the refresher should renew the tokens next, epoch seconds.
+    pub refresh_due_at: i64,
+    /// Partition key of the refresh index; present only while the connection can refresh.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refresh_queue: Option<String>,
 }
 
 /// A connection as read back, with the fields the store maintains.
@@ -133,6 +154,50 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         &self,
         id: &ConnectionId,
     ) -> Result<Option<StoredConnection>, StoreError>;
+    /// Takes the refresh lease of a connection still at `version`, unless another holder's
+    /// lease runs past `now`. `Ok(false)` when someone else holds it or the item changed.
+    async fn acquire_lease(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Writes refreshed tokens if `owner` still holds the lease on `version`; releases the
+    /// lease. `Ok(None)` when the lease was lost (nothing written).
+    async fn save_refresh(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        update: &RefreshUpdate,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Marks the connection as needing a new sign-in (if `owner` holds the lease) and takes
+    /// it off the refresh index.
+    async fn mark_needs_reauth(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<bool, StoreError>;
+    /// Gives the lease back without writing tokens.
+    async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError>;
+    /// Deletes the connection (tokens and all vars). `Ok(false)` if there was none.
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError>;
+    /// Connections whose refresh is due at `now`, oldest first, at most `limit`.
+    async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError>;
+}
+
+/// What a refresh writes.
+#[derive(Debug, Clone)]
+pub struct RefreshUpdate {
+    pub secrets: Sealed,
+    pub oauth_expiry: String,
+    pub token_expires_at: i64,
+    pub last_refresh_at: String,
+    pub refresh_due_at: i64,
 }
 
 /// Key of a connection item.
@@ -308,12 +373,20 @@ impl Store for DynamoStore {
             attribute_values.insert(format!(":a{i}"), value);
             sets.push(format!("#a{i} = :a{i}"));
         }
+        // A new sign-in clears what the previous grant left: a re-auth reason and any lease.
+        let mut removes = vec!["#lease_owner".to_owned(), "#lease_until".to_owned()];
+        names.insert("#lease_owner".into(), "lease_owner".into());
+        names.insert("#lease_until".into(), "lease_until".into());
+        if connection.status_reason.is_none() {
+            removes.push("#status_reason".into());
+            names.insert("#status_reason".into(), "status_reason".into());
+        }
         let out = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(&connection.connection_id)))
-            .update_expression(format!("SET {}", sets.join(", ")))
+            .update_expression(format!("SET {} REMOVE {}", sets.join(", "), removes.join(", ")))
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(attribute_values))
             .return_values(ReturnValue::UpdatedNew)
@@ -342,6 +415,170 @@ impl Store for DynamoStore {
             .map_err(|e| unavailable("GetItem")(e.into_service_error()))?;
         out.item.map(serde_dynamo::from_item).transpose().map_err(StoreError::from)
     }
+
+    async fn acquire_lease(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .update_expression("SET lease_owner = :owner, lease_until = :until")
+            .condition_expression(
+                "version = :version AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            )
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
+            .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .send()
+            .await;
+        conditional(result.map(drop), "UpdateItem")
+    }
+
+    async fn save_refresh(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        update: &RefreshUpdate,
+    ) -> Result<Option<u64>, StoreError> {
+        let secrets = serde_dynamo::to_attribute_value(&update.secrets)?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .update_expression(
+                "SET secrets = :secrets, vars.oauth_expiry = :expiry, token_expires_at = :exp, \
+                 last_refresh_at = :at, updated_at = :at, refresh_due_at = :due, \
+                 version = version + :one REMOVE lease_owner, lease_until",
+            )
+            .condition_expression("lease_owner = :owner AND version = :version")
+            .expression_attribute_values(":secrets", secrets)
+            .expression_attribute_values(":expiry", AttributeValue::S(update.oauth_expiry.clone()))
+            .expression_attribute_values(
+                ":exp",
+                AttributeValue::N(update.token_expires_at.to_string()),
+            )
+            .expression_attribute_values(":at", AttributeValue::S(update.last_refresh_at.clone()))
+            .expression_attribute_values(
+                ":due",
+                AttributeValue::N(update.refresh_due_at.to_string()),
+            )
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
+            .send()
+            .await;
+        Ok(conditional(result.map(drop), "UpdateItem")?.then_some(version + 1))
+    }
+
+    async fn mark_needs_reauth(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .update_expression(
+                "SET #status = :status, status_reason = :reason, updated_at = :now, \
+                 version = version + :one REMOVE refresh_queue, lease_owner, lease_until",
+            )
+            .condition_expression("lease_owner = :owner")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":status", AttributeValue::S(STATUS_NEEDS_REAUTH.into()))
+            .expression_attribute_values(":reason", AttributeValue::S(reason.to_owned()))
+            .expression_attribute_values(":now", AttributeValue::S(now.to_owned()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .send()
+            .await;
+        conditional(result.map(drop), "UpdateItem")
+    }
+
+    async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .update_expression("REMOVE lease_owner, lease_until")
+            .condition_expression("lease_owner = :owner")
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .send()
+            .await;
+        conditional(result.map(drop), "UpdateItem").map(drop)
+    }
+
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| unavailable("DeleteItem")(e.into_service_error()))?;
+        Ok(out.attributes.is_some())
+    }
+
+    async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
+        #[derive(Deserialize)]
+        struct Due {
+            connection_id: ConnectionId,
+        }
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(REFRESH_INDEX)
+            .key_condition_expression("refresh_queue = :queue AND refresh_due_at <= :now")
+            .expression_attribute_values(":queue", AttributeValue::S(REFRESH_QUEUE.into()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| unavailable("Query")(e.into_service_error()))?;
+        let items: Vec<Due> = serde_dynamo::from_items(out.items.unwrap_or_default())?;
+        Ok(items.into_iter().map(|d| d.connection_id).collect())
+    }
+}
+
+/// `Ok(true)` on success, `Ok(false)` when the condition failed, an error otherwise.
+fn conditional(
+    result: Result<
+        (),
+        aws_sdk_dynamodb::error::SdkError<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+            aws_sdk_dynamodb::config::http::HttpResponse,
+        >,
+    >,
+    operation: &'static str,
+) -> Result<bool, StoreError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            let e = e.into_service_error();
+            if e.is_conditional_check_failed_exception() {
+                Ok(false)
+            } else {
+                Err(unavailable(operation)(e))
+            }
+        }
+    }
 }
 
 fn classify_failed_consume(flow: &PendingFlow, now: i64) -> ConsumeError {
@@ -354,6 +591,7 @@ fn classify_failed_consume(flow: &PendingFlow, now: i64) -> ConsumeError {
 pub struct MemoryStore {
     states: Mutex<HashMap<String, PendingFlow>>,
     connections: Mutex<HashMap<String, StoredConnection>>,
+    leases: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl MemoryStore {
@@ -408,6 +646,102 @@ impl Store for MemoryStore {
     ) -> Result<Option<StoredConnection>, StoreError> {
         let connections = self.connections.lock().map_err(|_| poisoned())?;
         Ok(connections.get(&connection_key(id)).cloned())
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        let current = connections.get(&key).map(|c| c.version);
+        let free = leases.get(&key).is_none_or(|(_, held_until)| *held_until < now);
+        if current == Some(version) && free {
+            leases.insert(key, (owner.to_owned(), until));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn save_refresh(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        update: &RefreshUpdate,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        let holds = leases.get(&key).is_some_and(|(o, _)| o == owner);
+        match connections.get_mut(&key) {
+            Some(stored) if holds && stored.version == version => {
+                let c = &mut stored.connection;
+                c.secrets = update.secrets.clone();
+                c.vars.oauth_expiry = update.oauth_expiry.clone();
+                c.token_expires_at = update.token_expires_at;
+                c.last_refresh_at = update.last_refresh_at.clone();
+                c.updated_at = update.last_refresh_at.clone();
+                c.refresh_due_at = update.refresh_due_at;
+                stored.version += 1;
+                leases.remove(&key);
+                Ok(Some(stored.version))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn mark_needs_reauth(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        if leases.get(&key).is_none_or(|(o, _)| o != owner) {
+            return Ok(false);
+        }
+        let Some(stored) = connections.get_mut(&key) else { return Ok(false) };
+        stored.connection.status = STATUS_NEEDS_REAUTH.to_owned();
+        stored.connection.status_reason = Some(reason.to_owned());
+        stored.connection.refresh_queue = None;
+        stored.connection.updated_at = now.to_owned();
+        stored.version += 1;
+        leases.remove(&key);
+        Ok(true)
+    }
+
+    async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        if leases.get(&key).is_some_and(|(o, _)| o == owner) {
+            leases.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        Ok(connections.remove(&connection_key(id)).is_some())
+    }
+
+    async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
+        let connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut due: Vec<_> = connections
+            .values()
+            .filter(|c| c.connection.refresh_queue.is_some() && c.connection.refresh_due_at <= now)
+            .map(|c| (c.connection.refresh_due_at, c.connection.connection_id.clone()))
+            .collect();
+        due.sort_by_key(|(at, _)| *at);
+        Ok(due.into_iter().take(usize::try_from(limit).unwrap_or(0)).map(|(_, id)| id).collect())
     }
 }
 

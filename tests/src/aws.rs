@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
 };
 
 /// Region used against emulators.
@@ -120,23 +120,42 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Resu
     if client.describe_table().table_name(name).send().await.is_ok() {
         return Ok(());
     }
-    let key = |b: aws_sdk_dynamodb::types::builders::KeySchemaElementBuilder| {
-        b.build().map_err(|e| e.to_string())
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(|e| e.to_string())
     };
+    let attribute = |name: &str, kind: ScalarAttributeType| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(kind)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    // The sparse index the refresher queries: only refreshable connections carry its key.
+    let refresh_index = GlobalSecondaryIndex::builder()
+        .index_name(ms_oauth::store::REFRESH_INDEX)
+        .key_schema(key("refresh_queue", KeyType::Hash)?)
+        .key_schema(key("refresh_due_at", KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::Include)
+                .non_key_attributes("connection_id")
+                .build(),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
     client
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(ms_oauth::store::KEY_ATTRIBUTE)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(|e| e.to_string())?,
-        )
-        .key_schema(key(KeySchemaElement::builder()
-            .attribute_name(ms_oauth::store::KEY_ATTRIBUTE)
-            .key_type(KeyType::Hash))?)
+        .attribute_definitions(attribute(ms_oauth::store::KEY_ATTRIBUTE, ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("refresh_queue", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("refresh_due_at", ScalarAttributeType::N)?)
+        .key_schema(key(ms_oauth::store::KEY_ATTRIBUTE, KeyType::Hash)?)
+        .global_secondary_indexes(refresh_index)
         .send()
         .await
         .map_err(|e| format!("CreateTable: {}", ms_oauth::error::chain(&e)))?;

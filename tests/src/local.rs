@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use connection_api::ConnectionApi;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -24,6 +25,8 @@ use tokio::net::TcpListener;
 pub struct Functions {
     pub start: Arc<StartService>,
     pub redirect: Arc<RedirectService>,
+    /// The connection API (IAM-authorized in AWS; open on this local address).
+    pub api: Arc<ConnectionApi>,
 }
 
 /// Accepts connections on `listener` until the runtime stops.
@@ -53,15 +56,16 @@ async fn dispatch(
     let path = req.uri().path().to_owned();
     let route = match path.as_str() {
         START_PATH | REDIRECT_PATH => path.clone(),
+        p if p.starts_with("/connections/") => "/connections/{proxy+}".to_owned(),
         _ => {
             return plain(
                 404,
-                "Not found. This local server serves /oauth/start/microsoft and /oauth/redirect/microsoft.\n",
+                "Not found. This local server serves /oauth/start/microsoft, /oauth/redirect/microsoft and /connections/….\n",
             );
         }
     };
     let event = api_gateway_event(&req, &route, peer, id);
-    // Drain the body; the flow's routes take none.
+    // Drain the body; the routes take none.
     let _ = req.into_body().collect().await;
     let request = match lambda_http::request::from_str(&event.to_string()) {
         Ok(r) => r,
@@ -72,10 +76,10 @@ async fn dispatch(
             );
         }
     };
-    let response = if route == START_PATH {
-        oauth_start::handle(&functions.start, request).await
-    } else {
-        oauth_redirect::handle(&functions.redirect, request).await
+    let response = match route.as_str() {
+        START_PATH => oauth_start::handle(&functions.start, request).await,
+        REDIRECT_PATH => oauth_redirect::handle(&functions.redirect, request).await,
+        _ => connection_api::handle(&functions.api, request).await,
     };
     into_hyper(response)
 }
@@ -107,7 +111,7 @@ pub fn api_gateway_event<B>(
     let now = time::OffsetDateTime::now_utc();
     json!({
         "version": "2.0",
-        "routeKey": format!("GET {route}"),
+        "routeKey": format!("{} {route}", req.method()),
         "rawPath": req.uri().path(),
         "rawQueryString": req.uri().query().unwrap_or(""),
         "cookies": cookies,
@@ -125,7 +129,7 @@ pub fn api_gateway_event<B>(
                 "userAgent": req.headers().get(hyper::header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or(""),
             },
             "requestId": format!("local-{id}"),
-            "routeKey": format!("GET {route}"),
+            "routeKey": format!("{} {route}", req.method()),
             "stage": "$default",
             "time": now.unix_timestamp().to_string(),
             "timeEpoch": now.unix_timestamp() * 1000,

@@ -80,6 +80,8 @@ pub struct Calls {
     pub token_requests: usize,
     pub graph_me: usize,
     pub graph_organization: usize,
+    /// Token requests with `grant_type=refresh_token` that reached the grant checks.
+    pub refreshes: usize,
 }
 
 #[derive(Debug)]
@@ -94,9 +96,26 @@ struct Code {
     used: bool,
 }
 
+#[derive(Debug)]
+struct RefreshGrant {
+    client_id: String,
+    tenant: String,
+    scope: String,
+    account: Account,
+    used: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     codes: HashMap<String, Code>,
+    refresh_tokens: HashMap<String, RefreshGrant>,
+    /// Reject a refresh token presented a second time (Microsoft keeps old ones valid; this
+    /// mode makes refresh races visible).
+    strict_rotation: bool,
+    /// Answer refreshes without a new refresh token.
+    omit_rotated_refresh_token: bool,
+    /// Reject every refresh token with `invalid_grant` and this AADSTS code.
+    revoked: Option<u32>,
     access_tokens: HashMap<String, Account>,
     issued_secrets: Vec<String>,
     calls: Calls,
@@ -178,6 +197,25 @@ impl Standin {
     /// Makes every code issued from now on expire after `ttl`.
     pub fn set_code_ttl(&self, ttl: Duration) {
         self.shared.inner().code_ttl = Some(ttl);
+    }
+
+    pub fn set_strict_rotation(&self, on: bool) {
+        self.shared.inner().strict_rotation = on;
+    }
+
+    pub fn set_omit_rotated_refresh_token(&self, on: bool) {
+        self.shared.inner().omit_rotated_refresh_token = on;
+    }
+
+    /// Makes every refresh token invalid, as after a revocation (50173) or 90 days of
+    /// inactivity (700082).
+    pub fn revoke_refresh_tokens(&self, aadsts: u32) {
+        self.shared.inner().revoked = Some(aadsts);
+    }
+
+    /// True if `refresh_token` was issued and not yet presented.
+    pub fn refresh_token_is_fresh(&self, refresh_token: &str) -> bool {
+        self.shared.inner().refresh_tokens.get(refresh_token).is_some_and(|g| !g.used)
     }
 
     pub fn calls(&self) -> Calls {
@@ -390,6 +428,11 @@ async fn authorize_decision(
     redirect_with(get("redirect_uri"), &[("code", &code), ("state", state)])
 }
 
+/// A refused token request, boxed to keep `Result`s small.
+fn refuse(status: StatusCode, error: &str, code: u32, description: &str) -> Box<Response> {
+    Box::new(token_error(status, error, code, description))
+}
+
 fn token_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
     let body = json!({
         "error": error,
@@ -489,75 +532,164 @@ async fn token(
         );
     }
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
-    if get("grant_type") != "authorization_code" {
-        return token_error(
+    let grant = match get("grant_type") {
+        "authorization_code" => redeem_code(&shared, &client_id, &tenant, &form),
+        "refresh_token" => redeem_refresh_token(&shared, &client_id, &tenant, &form),
+        _ => Err(refuse(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             70003,
             "Unsupported grant type.",
-        );
+        )),
+    };
+    match grant {
+        Ok((account, scope, rotate)) => {
+            issue_tokens(&shared, &registration, &tenant, account, &scope, rotate)
+        }
+        Err(response) => *response,
     }
+}
+
+/// Checks an authorization code; returns its account and scope.
+fn redeem_code(
+    shared: &Shared,
+    client_id: &str,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Result<(Account, String, bool), Box<Response>> {
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     let mut inner = shared.inner();
     let code_ttl = inner.code_ttl.unwrap_or(CODE_TTL);
     let Some(code) = inner.codes.get_mut(get("code")) else {
-        return token_error(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
             9_002_313,
             "Invalid request. Malformed or unknown code.",
-        );
+        ));
     };
     // A presented code is spent, whatever happens next.
     let was_used = std::mem::replace(&mut code.used, true);
     if was_used {
-        return token_error(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
             54005,
             "OAuth2 Authorization code was already redeemed.",
-        );
+        ));
     }
     if code.issued.elapsed() > code_ttl {
-        return token_error(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
             70008,
             "The provided authorization code has expired.",
-        );
+        ));
     }
     if code.client_id != client_id || code.tenant != tenant {
-        return token_error(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
             9_002_313,
             "The code was issued to another client or tenant.",
-        );
+        ));
     }
     if get("redirect_uri") != code.redirect_uri {
-        return token_error(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
             500_112,
             "The reply address does not match.",
-        );
+        ));
     }
     let verifier = get("code_verifier");
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     if verifier.len() < 43 || challenge != code.challenge {
-        return token_error(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
             501_481,
             "The Code_Verifier does not match the code_challenge.",
-        );
+        ));
     }
-    let account = code.account.clone();
-    let scope = code.scope.clone();
+    Ok((code.account.clone(), code.scope.clone(), true))
+}
+
+/// Checks a refresh token; returns its account, scope and whether to issue a new one.
+fn redeem_refresh_token(
+    shared: &Shared,
+    client_id: &str,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Result<(Account, String, bool), Box<Response>> {
+    let mut inner = shared.inner();
+    inner.calls.refreshes += 1;
+    let strict = inner.strict_rotation;
+    let rotate = !inner.omit_rotated_refresh_token;
+    if let Some(code) = inner.revoked {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            code,
+            "The refresh token has expired or was revoked.",
+        ));
+    }
+    let presented = form.get("refresh_token").map(String::as_str).unwrap_or("");
+    let Some(grant) = inner.refresh_tokens.get_mut(presented) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            9_002_313,
+            "Invalid request. Malformed or unknown refresh token.",
+        ));
+    };
+    let was_used = std::mem::replace(&mut grant.used, true);
+    if strict && was_used {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            70000,
+            "The provided grant is invalid: this refresh token was already used (strict rotation).",
+        ));
+    }
+    if grant.client_id != client_id || grant.tenant != tenant {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            9_002_313,
+            "The refresh token was issued to another client or tenant.",
+        ));
+    }
+    Ok((grant.account.clone(), grant.scope.clone(), rotate))
+}
+
+fn issue_tokens(
+    shared: &Shared,
+    registration: &Registration,
+    tenant: &str,
+    account: Account,
+    scope: &str,
+    rotate: bool,
+) -> Response {
     let access_token = format!("eyJ0eXAi.stand-in-access.{}", random(48));
-    let refresh_token = format!("0.stand-in-refresh.{}", random(48));
+    let offline = scope.split(' ').any(|s| s == "offline_access");
+    let refresh_token = (offline && rotate).then(|| format!("0.stand-in-refresh.{}", random(48)));
+    let mut inner = shared.inner();
     inner.access_tokens.insert(access_token.clone(), account.clone());
     inner.issued_secrets.push(access_token.clone());
-    inner.issued_secrets.push(refresh_token.clone());
+    if let Some(rt) = &refresh_token {
+        inner.issued_secrets.push(rt.clone());
+        inner.refresh_tokens.insert(
+            rt.clone(),
+            RefreshGrant {
+                client_id: registration.client_id.clone(),
+                tenant: tenant.to_owned(),
+                scope: scope.to_owned(),
+                account: account.clone(),
+                used: false,
+            },
+        );
+    }
     drop(inner);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = json!({
@@ -580,7 +712,7 @@ async fn token(
         "expires_in": 3599,
         "ext_expires_in": 3599,
         "access_token": access_token,
-        "refresh_token": if scope.split(' ').any(|s| s == "offline_access") { Some(refresh_token) } else { None },
+        "refresh_token": refresh_token,
         "id_token": id_token,
     }))
     .into_response()

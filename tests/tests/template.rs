@@ -112,6 +112,9 @@ fn build(binary: &str, recorder: &Recorder) -> Result<(), String> {
         "oauth-redirect" => {
             RedirectService::from_sdk(&lookup, &sdk()).map(drop).map_err(|e| e.to_string())
         }
+        "connection-api" => connection_api::ConnectionApi::from_sdk(&lookup, &sdk())
+            .map(drop)
+            .map_err(|e| e.to_string()),
         other => Err(format!("no function binary named {other}")),
     }
 }
@@ -205,6 +208,7 @@ async fn every_route_in_the_template_reaches_its_handler() {
     let served = Functions {
         start: Arc::new(StartService::from_sdk(&lookup, &sdk()).unwrap()),
         redirect: Arc::new(RedirectService::from_sdk(&lookup, &sdk()).unwrap()),
+        api: Arc::new(connection_api::ConnectionApi::from_sdk(&lookup, &sdk()).unwrap()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

@@ -9,6 +9,7 @@ use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
+use ms_oauth::events::{ConnectionEvent, EventKind, Events};
 use ms_oauth::microsoft::{
     Endpoints, GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError, Tokens,
 };
@@ -17,16 +18,16 @@ use ms_oauth::request::{Query, clear_cookie, cookie};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::state::{MAX_STATE_LEN, StateKey, browser_hash};
 use ms_oauth::store::{
-    AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, Store,
+    AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, REFRESH_QUEUE,
+    STATUS_OK, Store,
 };
+use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, refresh_due_at};
 use oauth2::{AuthorizationCode, PkceCodeVerifier};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use time::format_description::well_known::Rfc3339;
 
 /// Longest authorization code we accept (Microsoft's are around 1–2 KB).
 pub const MAX_CODE_LEN: usize = 8 * 1024;
-/// Connection status after a successful flow.
-pub const STATUS_OK: &str = "ok";
 
 /// Everything the redirect function builds once per instance.
 #[derive(Debug)]
@@ -37,6 +38,7 @@ pub struct RedirectService {
     pub keys: Arc<dyn DataKeys>,
     pub clock: Arc<dyn Clock>,
     pub client_secret: CachedSecret,
+    pub events: Arc<dyn Events>,
     page_context: PageContext,
 }
 
@@ -48,9 +50,10 @@ impl RedirectService {
         keys: Arc<dyn DataKeys>,
         clock: Arc<dyn Clock>,
         client_secret: CachedSecret,
+        events: Arc<dyn Events>,
     ) -> Self {
         let page_context = PageContext { redirect_uri: config.redirect_url().to_string() };
-        Self { config, microsoft, store, keys, clock, client_secret, page_context }
+        Self { config, microsoft, store, keys, clock, client_secret, events, page_context }
     }
 
     /// Builds the service from the environment.
@@ -81,7 +84,8 @@ impl RedirectService {
             config.table_name.clone(),
         ));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
-        Ok(Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret))
+        let events = ms_oauth::runtime::events_from_env(sdk, lookup);
+        Ok(Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events))
     }
 }
 
@@ -168,8 +172,27 @@ async fn finish(
         vars: vars(&tokens, &user, organization.as_ref(), expiry),
         secrets: sealed,
         updated_at: rfc3339(now),
+        status_reason: None,
+        token_expires_at: expiry.unix_timestamp(),
+        last_refresh_at: rfc3339(now),
+        refresh_due_at: refresh_due_at(
+            expiry.unix_timestamp(),
+            now.unix_timestamp(),
+            DEFAULT_REFRESH_MARGIN,
+        ),
+        refresh_queue: Some(REFRESH_QUEUE.to_owned()),
     };
     let version = service.store.save_connection(&connection).await?;
+    service
+        .events
+        .publish(&ConnectionEvent {
+            kind: EventKind::Authorized,
+            connection_id: flow.connection_id.clone(),
+            tenant_id: Some(tokens.claims.tid.clone()),
+            reason: None,
+            at: rfc3339(now),
+        })
+        .await;
     tracing::info!(
         cid = %flow.connection_id,
         origin = %flow.origin,

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use connection_api::ConnectionApi;
 use ms_oauth::config::{self, PublicAddress};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::grant::GrantKey;
@@ -173,6 +174,7 @@ async fn run() -> Result<(), String> {
     let lookup = |k: &str| vars.get(k).cloned();
     let start = StartService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
     let redirect = RedirectService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
+    let api = ConnectionApi::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(("127.0.0.1", listen_port)).await.map_err(|e| {
         format!("cannot listen on 127.0.0.1:{listen_port} ({e}); set WEBHOOK_ADDRESS or LOCAL_PORT")
     })?;
@@ -205,7 +207,8 @@ async fn run() -> Result<(), String> {
     }
     println!("\nReady. Press Ctrl-C to stop.");
 
-    let functions = Functions { start: Arc::new(start), redirect: Arc::new(redirect) };
+    let functions =
+        Functions { start: Arc::new(start), redirect: Arc::new(redirect), api: Arc::new(api) };
     tokio::select! {
         () = local::serve(listener, functions) => Ok(()),
         _ = tokio::signal::ctrl_c() => {

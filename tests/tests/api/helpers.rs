@@ -7,14 +7,17 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use connection_api::ConnectionApi;
 use ms_oauth::clock::Clock;
 use ms_oauth::config::{self, Config};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, open};
 use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::events::RecordedEvents;
 use ms_oauth::grant::GrantKey;
 use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::store::{DynamoStore, Store, StoredConnection};
+use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
 use ms_oauth_tests::standin::{Registration, Standin};
@@ -116,6 +119,7 @@ pub struct TestApp {
     pub client_secret: String,
     pub client_secret_arn: String,
     pub start_key: String,
+    pub events: Arc<RecordedEvents>,
 }
 
 fn random_suffix(n: usize) -> String {
@@ -211,20 +215,37 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         clock.clone(),
         CachedSecret::new(config::SecretSource::Value(SecretString::from(start_key.clone())), None),
     );
+    let keys: Arc<dyn DataKeys> = Arc::new(KmsDataKeys::new(kms_for_app, kms_key));
+    let client_secret_source =
+        config::SecretSource::SecretsManager { arn: client_secret_arn.clone() };
+    let events = Arc::new(RecordedEvents::default());
     let redirect = RedirectService::new(
         config.clone(),
-        microsoft,
-        store,
-        Arc::new(KmsDataKeys::new(kms_for_app, kms_key)),
+        microsoft.clone(),
+        store.clone(),
+        keys.clone(),
         clock.clone(),
-        CachedSecret::new(
-            config::SecretSource::SecretsManager { arn: client_secret_arn.clone() },
-            Some(sm_for_app),
-        ),
+        CachedSecret::new(client_secret_source.clone(), Some(sm_for_app.clone())),
+        events.clone(),
     );
+    let tokens = TokenService {
+        store,
+        keys,
+        microsoft,
+        client_secret: Arc::new(CachedSecret::new(client_secret_source, Some(sm_for_app))),
+        clock: clock.clone(),
+        events: events.clone(),
+        table: table.clone(),
+        margin: DEFAULT_REFRESH_MARGIN,
+        backoff: Duration::from_millis(20),
+    };
     tokio::spawn(local::serve(
         listener,
-        Functions { start: Arc::new(start), redirect: Arc::new(redirect) },
+        Functions {
+            start: Arc::new(start),
+            redirect: Arc::new(redirect),
+            api: Arc::new(ConnectionApi { tokens }),
+        },
     ));
 
     TestApp {
@@ -238,6 +259,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         client_secret,
         client_secret_arn,
         start_key,
+        events,
     }
 }
 

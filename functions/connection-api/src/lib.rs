@@ -1,0 +1,213 @@
+//! The platform's API for connections, behind IAM authorization (SigV4):
+//!
+//! - `GET /connections/{cid}`: status, auth type, non-secret vars; never a token.
+//! - `GET /connections/{cid}/token[?force_refresh=true]`: a valid access token.
+//! - `DELETE /connections/{cid}`: deletes tokens and vars; idempotent.
+//!
+//! Documented in `openapi.yaml` beside this crate.
+
+use http::{HeaderValue, Method, StatusCode, header};
+use lambda_http::{Body, Request, RequestExt, Response};
+use ms_oauth::config::ConfigError;
+use ms_oauth::domain::ConnectionId;
+use ms_oauth::store::{ConnectionVars, STATUS_NEEDS_REAUTH};
+use ms_oauth::tokens::{TokenFailure, TokenService};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+
+/// The API's state, built once per instance.
+#[derive(Debug)]
+pub struct ConnectionApi {
+    pub tokens: TokenService,
+}
+
+impl ConnectionApi {
+    pub async fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_sdk(lookup, &ms_oauth::runtime::aws_config().await)
+    }
+
+    pub fn from_sdk(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self { tokens: TokenService::from_sdk(lookup, sdk)? })
+    }
+}
+
+/// `GET /connections/{cid}`
+#[derive(Debug, Serialize)]
+pub struct StatusResponse {
+    pub connection_id: String,
+    /// `ok`, `needs_reauth` or `init_required`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vars: Option<ConnectionVars>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_refresh_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+enum Route {
+    Status(ConnectionId),
+    Token(ConnectionId, bool),
+    Disconnect(ConnectionId),
+}
+
+/// A request the API refuses before doing anything.
+struct Refusal(StatusCode, &'static str, String);
+
+fn route(req: &Request) -> Result<Route, Refusal> {
+    let path = req.raw_http_path();
+    let path = if path.is_empty() { req.uri().path().to_owned() } else { path.to_owned() };
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (cid, tail) = match parts.as_slice() {
+        ["connections", cid] => (*cid, None),
+        ["connections", cid, "token"] => (*cid, Some("token")),
+        _ => return Err(Refusal(StatusCode::NOT_FOUND, "not_found", "no such resource".into())),
+    };
+    let cid: ConnectionId = cid.parse().map_err(|e: ms_oauth::domain::InvalidInput| {
+        Refusal(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+    })?;
+    match (req.method(), tail) {
+        (&Method::GET, None) => Ok(Route::Status(cid)),
+        (&Method::DELETE, None) => Ok(Route::Disconnect(cid)),
+        (&Method::GET, Some(_)) => {
+            let force =
+                match req.query_string_parameters_ref().and_then(|q| q.first("force_refresh")) {
+                    None | Some("false") => false,
+                    Some("true") => true,
+                    Some(_) => {
+                        return Err(Refusal(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request",
+                            "force_refresh must be true or false".into(),
+                        ));
+                    }
+                };
+            Ok(Route::Token(cid, force))
+        }
+        _ => Err(Refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed here".into(),
+        )),
+    }
+}
+
+/// Handles one request; every outcome is a JSON response.
+pub async fn handle(api: &ConnectionApi, req: Request) -> Response<Body> {
+    match route(&req) {
+        Err(Refusal(status, code, message)) => error(status, code, &message),
+        Ok(Route::Status(cid)) => status(api, &cid).await,
+        Ok(Route::Token(cid, force)) => token(api, &cid, force).await,
+        Ok(Route::Disconnect(cid)) => match api.tokens.disconnect(&cid).await {
+            Ok(_) => {
+                respond(StatusCode::OK, &json!({"connection_id": cid, "status": "init_required"}))
+            }
+            Err(e) => failure(&cid, e),
+        },
+    }
+}
+
+async fn status(api: &ConnectionApi, cid: &ConnectionId) -> Response<Body> {
+    match api.tokens.store.get_connection(cid).await {
+        Ok(None) => respond(
+            StatusCode::OK,
+            &StatusResponse {
+                connection_id: cid.to_string(),
+                status: "init_required".into(),
+                reason: None,
+                auth_type: None,
+                vars: None,
+                last_refresh_at: None,
+                updated_at: None,
+            },
+        ),
+        Ok(Some(stored)) => {
+            let c = stored.connection;
+            respond(
+                StatusCode::OK,
+                &StatusResponse {
+                    connection_id: cid.to_string(),
+                    status: c.status,
+                    reason: c.status_reason,
+                    auth_type: Some(c.auth_type),
+                    vars: Some(c.vars),
+                    last_refresh_at: Some(c.last_refresh_at),
+                    updated_at: Some(c.updated_at),
+                },
+            )
+        }
+        Err(e) => failure(cid, TokenFailure::Store(e)),
+    }
+}
+
+async fn token(api: &ConnectionApi, cid: &ConnectionId, force: bool) -> Response<Body> {
+    match api.tokens.token(cid, force).await {
+        Ok(grant) => respond(
+            StatusCode::OK,
+            &json!({
+                "access_token": grant.access_token.expose_secret(),
+                "token_type": grant.token_type,
+                "expires_at": grant.expires_at.format(&Rfc3339).unwrap_or_default(),
+                "refreshed": grant.refreshed,
+                "stale": grant.stale,
+            }),
+        ),
+        Err(e) => failure(cid, e),
+    }
+}
+
+fn failure(cid: &ConnectionId, e: TokenFailure) -> Response<Body> {
+    match e {
+        TokenFailure::NotConnected => error(
+            StatusCode::CONFLICT,
+            "init_required",
+            "the connection has no tokens; sign in first",
+        ),
+        TokenFailure::NeedsReauth { reason } => respond(
+            StatusCode::CONFLICT,
+            &json!({"error": STATUS_NEEDS_REAUTH, "message": "the connection needs a new sign-in", "reason": reason}),
+        ),
+        TokenFailure::Corrupt => {
+            tracing::error!(cid = %cid, error = %ms_oauth::error::chain(&e), "token request failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the connection's stored secrets are unreadable",
+            )
+        }
+        other => {
+            tracing::error!(cid = %cid, error = %ms_oauth::error::chain(&other), "token request failed");
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "a dependency is unavailable; retry shortly",
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    respond(status, &json!({"error": code, "message": message}))
+}
+
+fn respond<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{\"error\":\"internal\"}".into());
+    let mut response = Response::new(Body::Text(text));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}

@@ -1,0 +1,126 @@
+//! Connection lifecycle events on EventBridge, so the platform need not poll. Events never
+//! carry a secret.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use serde::Serialize;
+
+use crate::domain::ConnectionId;
+
+/// `source` of every event.
+pub const EVENT_SOURCE: &str = "autokitteh.oauth.microsoft";
+
+/// What happened to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Authorized,
+    NeedsReauth,
+    Disconnected,
+}
+
+impl EventKind {
+    /// The EventBridge `detail-type`.
+    pub fn detail_type(self) -> &'static str {
+        match self {
+            EventKind::Authorized => "Connection Authorized",
+            EventKind::NeedsReauth => "Connection Needs Reauthorization",
+            EventKind::Disconnected => "Connection Disconnected",
+        }
+    }
+}
+
+/// The event's `detail`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionEvent {
+    pub kind: EventKind,
+    pub connection_id: ConnectionId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// Where events go. Publishing is best effort: a failure is logged, never fatal, because the
+/// state it reports is already saved and readable through the API.
+#[async_trait]
+pub trait Events: Send + Sync + std::fmt::Debug {
+    async fn publish(&self, event: &ConnectionEvent);
+}
+
+/// No event bus configured.
+#[derive(Debug, Default)]
+pub struct NoEvents;
+
+#[async_trait]
+impl Events for NoEvents {
+    async fn publish(&self, _event: &ConnectionEvent) {}
+}
+
+/// Events on an EventBridge bus.
+#[derive(Debug, Clone)]
+pub struct EventBridgeEvents {
+    client: aws_sdk_eventbridge::Client,
+    bus: String,
+}
+
+impl EventBridgeEvents {
+    pub fn new(client: aws_sdk_eventbridge::Client, bus: impl Into<String>) -> Self {
+        Self { client, bus: bus.into() }
+    }
+}
+
+#[async_trait]
+impl Events for EventBridgeEvents {
+    async fn publish(&self, event: &ConnectionEvent) {
+        let detail = match serde_json::to_string(event) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "event not encoded");
+                return;
+            }
+        };
+        let entry = PutEventsRequestEntry::builder()
+            .event_bus_name(&self.bus)
+            .source(EVENT_SOURCE)
+            .detail_type(event.kind.detail_type())
+            .detail(detail)
+            .build();
+        match self.client.put_events().entries(entry).send().await {
+            Ok(out) if out.failed_entry_count() == 0 => {}
+            Ok(_) => {
+                tracing::error!(cid = %event.connection_id, kind = ?event.kind, "event rejected by EventBridge")
+            }
+            Err(e) => tracing::error!(
+                cid = %event.connection_id,
+                kind = ?event.kind,
+                error = %crate::error::chain(&e.into_service_error()),
+                "event not published"
+            ),
+        }
+    }
+}
+
+/// Keeps events in memory, for tests.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct RecordedEvents(Mutex<Vec<ConnectionEvent>>);
+
+impl RecordedEvents {
+    pub fn take(&self) -> Vec<ConnectionEvent> {
+        self.0.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Events for RecordedEvents {
+    async fn publish(&self, event: &ConnectionEvent) {
+        if let Ok(mut events) = self.0.lock() {
+            events.push(event.clone());
+        }
+    }
+}

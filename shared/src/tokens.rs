@@ -1,0 +1,426 @@
+//! Serving valid access tokens: refresh before expiry, one refresh at a time across every
+//! instance (a lease on the connection item), rotated refresh tokens always kept, dead grants
+//! reported as `needs_reauth`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oauth2::RefreshToken;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::clock::Clock;
+use crate::crypto::{CryptoError, DataKeys, connection_context, open, seal};
+use crate::domain::ConnectionId;
+use crate::events::{ConnectionEvent, EventKind, Events};
+use crate::microsoft::{Microsoft, Refreshed, TokenError};
+use crate::secrets::{CachedSecret, SecretError};
+use crate::store::{RefreshUpdate, STATUS_NEEDS_REAUTH, Store, StoreError, StoredConnection};
+
+/// Refresh when the access token expires within this margin.
+pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// Refresh at least this often, so refresh tokens never lapse from idleness (Microsoft's
+/// last 90 days and slide on use).
+pub const IDLE_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// How long a refresh lease is held at most. Longer than a refresh can take (three attempts
+/// of at most 10 s plus backoff), so a lease never lapses under a working holder.
+pub const LEASE_SECS: i64 = 60;
+/// How long a request waits for another instance's refresh before giving up.
+pub const WAIT_FOR_OTHER_REFRESH: Duration = Duration::from_secs(8);
+/// Attempts at the token endpoint for transient failures.
+pub const REFRESH_ATTEMPTS: u32 = 3;
+
+/// The decrypted secret vars of a connection.
+#[derive(Serialize, Deserialize)]
+pub struct SecretVars {
+    pub oauth_access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for SecretVars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretVars([redacted])")
+    }
+}
+
+/// A valid access token.
+#[derive(Debug)]
+pub struct AccessGrant {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub expires_at: OffsetDateTime,
+    /// True if this request caused (or waited for) a refresh.
+    pub refreshed: bool,
+    /// True if a due refresh failed transiently and the older, still valid token is served.
+    pub stale: bool,
+}
+
+/// Why no token could be served.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFailure {
+    #[error("the connection is not initialized")]
+    NotConnected,
+    #[error("the connection needs a new sign-in: {reason}")]
+    NeedsReauth { reason: String },
+    #[error("the token could not be refreshed now: {0}")]
+    Unavailable(&'static str),
+    #[error("token endpoint failed")]
+    Token(#[source] TokenError),
+    #[error("store failed")]
+    Store(#[from] StoreError),
+    #[error("decryption failed")]
+    Crypto(#[from] CryptoError),
+    #[error("client secret unavailable")]
+    Secret(#[from] SecretError),
+    #[error("the stored secrets are unreadable")]
+    Corrupt,
+}
+
+/// When a connection with these times should be refreshed next.
+pub fn refresh_due_at(token_expires_at: i64, last_refresh_at: i64, margin: Duration) -> i64 {
+    let margin = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX);
+    let idle = i64::try_from(IDLE_REFRESH_INTERVAL.as_secs()).unwrap_or(i64::MAX);
+    (token_expires_at.saturating_sub(margin)).min(last_refresh_at.saturating_add(idle))
+}
+
+/// Serves and refreshes tokens; shared by the API, the refresher and `akoauth`.
+#[derive(Debug)]
+pub struct TokenService {
+    pub store: Arc<dyn Store>,
+    pub keys: Arc<dyn DataKeys>,
+    pub microsoft: Microsoft,
+    pub client_secret: Arc<CachedSecret>,
+    pub clock: Arc<dyn Clock>,
+    pub events: Arc<dyn Events>,
+    pub table: String,
+    pub margin: Duration,
+    /// First backoff between attempts; doubles each time.
+    pub backoff: Duration,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn epoch_of(rfc: &str) -> i64 {
+    OffsetDateTime::parse(rfc, &Rfc3339).map(OffsetDateTime::unix_timestamp).unwrap_or(0)
+}
+
+impl TokenService {
+    /// Builds the service from the environment (the variables of the redirect function that
+    /// concern tokens, plus `EVENT_BUS_NAME` and `TOKEN_REFRESH_MARGIN_SECONDS`).
+    pub fn from_sdk(
+        lookup: &dyn Fn(&str) -> Option<String>,
+        sdk: &aws_config::SdkConfig,
+    ) -> Result<Self, crate::config::ConfigError> {
+        use crate::config::{self, Config, ConfigError};
+        let config = Config::from_lookup(lookup)?;
+        let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
+        let client_secret = crate::runtime::secret_from_env(
+            sdk,
+            lookup,
+            config::MICROSOFT_CLIENT_SECRET,
+            config::MICROSOFT_CLIENT_SECRET_ARN,
+        )?;
+        let margin =
+            match lookup(config::TOKEN_REFRESH_MARGIN_SECONDS).filter(|v| !v.trim().is_empty()) {
+                None => DEFAULT_REFRESH_MARGIN,
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| *s <= 3000)
+                    .map(Duration::from_secs)
+                    .ok_or_else(|| ConfigError {
+                        var: config::TOKEN_REFRESH_MARGIN_SECONDS,
+                        problem: "must be a number of seconds from 0 to 3000".into(),
+                    })?,
+            };
+        let http = crate::http::build_client(config.http_timeout).map_err(|e| ConfigError {
+            var: config::MICROSOFT_AUTHORITY_HOST,
+            problem: format!("cannot build the HTTP client: {e}"),
+        })?;
+        Ok(Self {
+            store: Arc::new(crate::store::DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                config.table_name.clone(),
+            )),
+            keys: Arc::new(crate::crypto::KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key)),
+            microsoft: Microsoft::new(crate::microsoft::Endpoints::new(&config), http),
+            client_secret: Arc::new(client_secret),
+            clock: Arc::new(crate::clock::SystemClock),
+            events: crate::runtime::events_from_env(sdk, lookup),
+            table: config.table_name,
+            margin,
+            backoff: Duration::from_millis(200),
+        })
+    }
+
+    /// A valid access token for `cid`, refreshed first when it expires within the margin or
+    /// when `force` is set.
+    pub async fn token(
+        &self,
+        cid: &ConnectionId,
+        force: bool,
+    ) -> Result<AccessGrant, TokenFailure> {
+        let asked_at = self.clock.now().unix_timestamp();
+        let deadline = Instant::now() + WAIT_FOR_OTHER_REFRESH;
+        let mut waited = false;
+        loop {
+            let stored = self.store.get_connection(cid).await?.ok_or(TokenFailure::NotConnected)?;
+            let c = &stored.connection;
+            if c.status == STATUS_NEEDS_REAUTH {
+                return Err(TokenFailure::NeedsReauth {
+                    reason: c.status_reason.clone().unwrap_or_default(),
+                });
+            }
+            let now = self.clock.now().unix_timestamp();
+            let margin = i64::try_from(self.margin.as_secs()).unwrap_or(0);
+            let fresh = c.token_expires_at > now + margin;
+            // A forced refresh is satisfied by any refresh that finished after it was asked.
+            let refreshed_since = epoch_of(&c.last_refresh_at) >= asked_at && waited;
+            if (!force && fresh) || refreshed_since {
+                return self.serve(&stored, waited, false).await;
+            }
+            let owner = lease_owner();
+            if self.store.acquire_lease(cid, stored.version, &owner, now + LEASE_SECS, now).await? {
+                return self.refresh_with_lease(&stored, &owner).await;
+            }
+            // Another instance is refreshing (or just wrote): wait for its result.
+            if Instant::now() >= deadline {
+                if c.token_expires_at > now {
+                    return self.serve(&stored, false, true).await;
+                }
+                return Err(TokenFailure::Unavailable("another refresh did not finish in time"));
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(50 + u64::from(jitter_ms()))).await;
+        }
+    }
+
+    /// Decrypts and returns the stored access token.
+    async fn serve(
+        &self,
+        stored: &StoredConnection,
+        refreshed: bool,
+        stale: bool,
+    ) -> Result<AccessGrant, TokenFailure> {
+        let secrets = self.open_secrets(stored).await?;
+        Ok(AccessGrant {
+            access_token: SecretString::from(secrets.oauth_access_token),
+            token_type: stored.connection.vars.oauth_token_type.clone(),
+            expires_at: OffsetDateTime::from_unix_timestamp(stored.connection.token_expires_at)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+            refreshed,
+            stale,
+        })
+    }
+
+    async fn open_secrets(&self, stored: &StoredConnection) -> Result<SecretVars, TokenFailure> {
+        let context = connection_context(&self.table, stored.connection.connection_id.as_str());
+        let plaintext = open(self.keys.as_ref(), &context, &stored.connection.secrets).await?;
+        serde_json::from_slice(plaintext.expose_secret()).map_err(|_| TokenFailure::Corrupt)
+    }
+
+    async fn refresh_with_lease(
+        &self,
+        stored: &StoredConnection,
+        owner: &str,
+    ) -> Result<AccessGrant, TokenFailure> {
+        let cid = &stored.connection.connection_id;
+        let result = self.refresh_locked(stored, owner).await;
+        if let Err(e) = &result
+            && !matches!(e, TokenFailure::NeedsReauth { .. })
+        {
+            // Give the lease back so the next request can try at once.
+            if let Err(release) = self.store.release_lease(cid, owner).await {
+                tracing::warn!(cid = %cid, error = %crate::error::chain(&release), "lease not released");
+            }
+        }
+        match result {
+            Err(
+                e @ (TokenFailure::Token(_)
+                | TokenFailure::Secret(_)
+                | TokenFailure::Unavailable(_)),
+            ) if stored.connection.token_expires_at > self.clock.now().unix_timestamp() => {
+                tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "refresh failed; serving the still valid token");
+                self.serve(stored, false, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn refresh_locked(
+        &self,
+        stored: &StoredConnection,
+        owner: &str,
+    ) -> Result<AccessGrant, TokenFailure> {
+        let c = &stored.connection;
+        let cid = &c.connection_id;
+        let secrets = self.open_secrets(stored).await?;
+        let Some(refresh_token) = secrets.oauth_refresh_token.clone() else {
+            return self
+                .needs_reauth(stored, owner, "no refresh token (offline_access not granted)")
+                .await;
+        };
+        let refresh_token = RefreshToken::new(refresh_token);
+        let client_secret = self.client_secret.get().await?;
+        let context = connection_context(&self.table, cid.as_str());
+        // The data key for the new tokens is made while Microsoft answers.
+        let (refreshed, data_key) = tokio::join!(
+            self.refresh_with_retries(&refresh_token, client_secret),
+            self.keys.generate(&context),
+        );
+        let refreshed = match refreshed {
+            Ok(r) => r,
+            Err(TokenFailure::Token(e)) if e.is_invalid_grant() => {
+                let reason = match &e {
+                    TokenError::Rejected(m) => m.to_string(),
+                    other => other.to_string(),
+                };
+                return self.needs_reauth(stored, owner, &reason).await;
+            }
+            Err(e) => return Err(e),
+        };
+        let data_key = data_key?;
+
+        // Microsoft rotates refresh tokens; when a response has none, the old one stays.
+        let kept = refreshed.refresh_token.as_ref().map_or(refresh_token.secret(), |t| t.secret());
+        let plaintext = serde_json::to_vec(&SecretVars {
+            oauth_access_token: refreshed.access_token.secret().clone(),
+            oauth_refresh_token: Some(kept.clone()),
+        })
+        .map_err(|_| TokenFailure::Corrupt)?;
+        let sealed = seal(&data_key, &context, &plaintext)?;
+        let now = self.clock.now();
+        let expires_at = refreshed.expires_in.map_or(now, |d| now + d);
+        let update = RefreshUpdate {
+            secrets: sealed,
+            oauth_expiry: rfc3339(expires_at),
+            token_expires_at: expires_at.unix_timestamp(),
+            last_refresh_at: rfc3339(now),
+            refresh_due_at: refresh_due_at(
+                expires_at.unix_timestamp(),
+                now.unix_timestamp(),
+                self.margin,
+            ),
+        };
+        match self.store.save_refresh(cid, stored.version, owner, &update).await? {
+            Some(version) => {
+                tracing::info!(cid = %cid, version, rotated = refreshed.refresh_token.is_some(), "tokens refreshed");
+            }
+            // The lease outlives any refresh; losing it means the item changed under us
+            // (a disconnect or a new sign-in), whose tokens must win.
+            None => {
+                tracing::warn!(cid = %cid, "refreshed tokens not saved: the connection changed meanwhile")
+            }
+        }
+        Ok(AccessGrant {
+            access_token: SecretString::from(refreshed.access_token.secret().clone()),
+            token_type: c.vars.oauth_token_type.clone(),
+            expires_at,
+            refreshed: true,
+            stale: false,
+        })
+    }
+
+    async fn refresh_with_retries(
+        &self,
+        refresh_token: &RefreshToken,
+        mut client_secret: SecretString,
+    ) -> Result<Refreshed, TokenFailure> {
+        let mut secret_reread = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.microsoft.refresh(refresh_token, &client_secret).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_invalid_client() && !secret_reread => {
+                    secret_reread = true;
+                    match self.client_secret.refresh_if_changed(&client_secret).await? {
+                        Some(fresh) => client_secret = fresh,
+                        None => return Err(TokenFailure::Token(e)),
+                    }
+                }
+                Err(e) if e.is_transient() && attempt < REFRESH_ATTEMPTS => {
+                    let backoff = self.backoff * 2u32.pow(attempt - 1);
+                    tracing::warn!(attempt, error = %crate::error::chain(&e), "refresh failed; retrying");
+                    tokio::time::sleep(backoff + Duration::from_millis(u64::from(jitter_ms())))
+                        .await;
+                }
+                Err(e) => return Err(TokenFailure::Token(e)),
+            }
+        }
+    }
+
+    async fn needs_reauth(
+        &self,
+        stored: &StoredConnection,
+        owner: &str,
+        reason: &str,
+    ) -> Result<AccessGrant, TokenFailure> {
+        let cid = &stored.connection.connection_id;
+        let now = rfc3339(self.clock.now());
+        if self.store.mark_needs_reauth(cid, owner, reason, &now).await? {
+            tracing::warn!(cid = %cid, reason, "connection needs a new sign-in");
+            self.events
+                .publish(&ConnectionEvent {
+                    kind: EventKind::NeedsReauth,
+                    connection_id: cid.clone(),
+                    tenant_id: Some(stored.connection.tenant_id.clone()),
+                    reason: Some(reason.to_owned()),
+                    at: now,
+                })
+                .await;
+        }
+        Err(TokenFailure::NeedsReauth { reason: reason.to_owned() })
+    }
+
+    /// Deletes a connection's tokens and vars. Idempotent; `true` if there was one.
+    pub async fn disconnect(&self, cid: &ConnectionId) -> Result<bool, TokenFailure> {
+        let existed = self.store.delete_connection(cid).await?;
+        if existed {
+            tracing::info!(cid = %cid, "connection disconnected");
+            self.events
+                .publish(&ConnectionEvent {
+                    kind: EventKind::Disconnected,
+                    connection_id: cid.clone(),
+                    tenant_id: None,
+                    reason: None,
+                    at: rfc3339(self.clock.now()),
+                })
+                .await;
+        }
+        Ok(existed)
+    }
+}
+
+/// A unique lease holder id.
+fn lease_owner() -> String {
+    let mut bytes = [0u8; 12];
+    let _ = getrandom::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn jitter_ms() -> u8 {
+    let mut b = [0u8; 1];
+    let _ = getrandom::fill(&mut b);
+    b[0] % 64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_is_due_before_expiry_or_after_a_day_idle() {
+        let hour = 3600;
+        // A fresh token: due 5 minutes before it expires.
+        assert_eq!(refresh_due_at(10 * hour, 9 * hour, DEFAULT_REFRESH_MARGIN), 10 * hour - 300);
+        // A long-lived token: due a day after the last refresh.
+        assert_eq!(refresh_due_at(100 * hour, 0, DEFAULT_REFRESH_MARGIN), 24 * hour);
+    }
+}

@@ -79,6 +79,16 @@ pub enum TokenFailure {
     Corrupt,
 }
 
+/// What the refresher did with one connection.
+#[derive(Debug)]
+pub enum RenewOutcome {
+    Refreshed,
+    NeedsReauth,
+    /// Not due any more, refreshing elsewhere, or gone.
+    Skipped,
+    Failed(TokenFailure),
+}
+
 /// When a connection with these times should be refreshed next.
 pub fn refresh_due_at(token_expires_at: i64, last_refresh_at: i64, margin: Duration) -> i64 {
     let margin = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX);
@@ -87,7 +97,7 @@ pub fn refresh_due_at(token_expires_at: i64, last_refresh_at: i64, margin: Durat
 }
 
 /// Serves and refreshes tokens; shared by the API, the refresher and `akoauth`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TokenService {
     pub store: Arc<dyn Store>,
     pub keys: Arc<dyn DataKeys>,
@@ -377,6 +387,38 @@ impl TokenService {
                 .await;
         }
         Err(TokenFailure::NeedsReauth { reason: reason.to_owned() })
+    }
+
+    /// Renews a connection's tokens if its refresh is due (the refresher's unit of work).
+    pub async fn renew_if_due(&self, cid: &ConnectionId) -> RenewOutcome {
+        let stored = match self.store.get_connection(cid).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return RenewOutcome::Skipped,
+            Err(e) => return RenewOutcome::Failed(e.into()),
+        };
+        let now = self.clock.now().unix_timestamp();
+        let c = &stored.connection;
+        if c.status == STATUS_NEEDS_REAUTH || c.refresh_due_at > now {
+            return RenewOutcome::Skipped;
+        }
+        let owner = lease_owner();
+        match self.store.acquire_lease(cid, stored.version, &owner, now + LEASE_SECS, now).await {
+            Ok(true) => {}
+            // Someone else is refreshing it, or it just changed: nothing to do.
+            Ok(false) => return RenewOutcome::Skipped,
+            Err(e) => return RenewOutcome::Failed(e.into()),
+        }
+        let result = self.refresh_locked(&stored, &owner).await;
+        match result {
+            Ok(_) => RenewOutcome::Refreshed,
+            Err(TokenFailure::NeedsReauth { .. }) => RenewOutcome::NeedsReauth,
+            Err(e) => {
+                if let Err(release) = self.store.release_lease(cid, &owner).await {
+                    tracing::warn!(cid = %cid, error = %crate::error::chain(&release), "lease not released");
+                }
+                RenewOutcome::Failed(e)
+            }
+        }
     }
 
     /// Deletes a connection's tokens and vars. Idempotent; `true` if there was one.

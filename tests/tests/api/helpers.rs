@@ -25,6 +25,7 @@ use oauth_redirect::RedirectService;
 use oauth_start::StartService;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
+use token_refresher::Refresher;
 use tokio::net::TcpListener;
 
 pub const CLIENT_ID: &str = "3f2b7c8e-1d4a-4b6f-9e0c-5a7d8b9c0e1f";
@@ -120,6 +121,7 @@ pub struct TestApp {
     pub client_secret_arn: String,
     pub start_key: String,
     pub events: Arc<RecordedEvents>,
+    pub refresher: Refresher,
 }
 
 fn random_suffix(n: usize) -> String {
@@ -244,7 +246,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         Functions {
             start: Arc::new(start),
             redirect: Arc::new(redirect),
-            api: Arc::new(ConnectionApi { tokens }),
+            api: Arc::new(ConnectionApi { tokens: tokens.clone() }),
         },
     ));
 
@@ -260,6 +262,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         client_secret_arn,
         start_key,
         events,
+        refresher: Refresher { tokens },
     }
 }
 

@@ -7,5 +7,6 @@ mod abuse;
 mod faults;
 mod flow;
 mod helpers;
+mod refresher;
 mod secrets;
 mod tokens;

@@ -1,8 +1,11 @@
 //! `akoauth`: operator tool for the Microsoft OAuth functions.
 //!
-//! `akoauth start-link --cid con_… --origin web` prints a signed start URL, read from the
-//! same environment variables as the functions (`WEBHOOK_ADDRESS`, `START_LINK_KEY` or
-//! `START_LINK_KEY_ARN`).
+//! Reads the same environment variables as the functions:
+//! - `akoauth start-link --cid con_… --origin web` prints a signed start URL;
+//! - `akoauth status --cid con_…` prints a connection's status and non-secret vars;
+//! - `akoauth token --cid con_… [--force-refresh]` prints a valid access token (refreshing
+//!   it first when due), exactly as the connection API would;
+//! - `akoauth disconnect --cid con_…` deletes a connection's tokens and vars.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -38,6 +41,24 @@ enum Command {
         #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(i64).range(1..=MAX_GRANT_LIFETIME_SECS))]
         ttl: i64,
     },
+    /// Print a connection's status, auth type and non-secret vars (never a token).
+    Status {
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+    },
+    /// Print a valid access token for a connection, refreshing it first when it is due.
+    Token {
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+        /// Refresh even if the stored token is still fresh.
+        #[arg(long)]
+        force_refresh: bool,
+    },
+    /// Delete a connection's tokens and vars (idempotent).
+    Disconnect {
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+    },
 }
 
 fn parse_cid(s: &str) -> Result<ConnectionId, String> {
@@ -66,7 +87,46 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::StartLink { cid, origin, ttl } => start_link(&cid, origin, ttl).await,
+        Command::Status { cid } => {
+            let tokens = token_service().await?;
+            let stored =
+                tokens.store.get_connection(&cid).await.map_err(|e| ms_oauth::error::chain(&e))?;
+            let json = match stored {
+                None => serde_json::json!({"connection_id": cid, "status": "init_required"}),
+                Some(s) => serde_json::json!({
+                    "connection_id": cid,
+                    "status": s.connection.status,
+                    "reason": s.connection.status_reason,
+                    "auth_type": s.connection.auth_type,
+                    "vars": s.connection.vars,
+                    "last_refresh_at": s.connection.last_refresh_at,
+                    "version": s.version,
+                }),
+            };
+            serde_json::to_string_pretty(&json).map_err(|e| e.to_string())
+        }
+        Command::Token { cid, force_refresh } => {
+            let tokens = token_service().await?;
+            let grant =
+                tokens.token(&cid, force_refresh).await.map_err(|e| ms_oauth::error::chain(&e))?;
+            use secrecy::ExposeSecret;
+            Ok(grant.access_token.expose_secret().to_owned())
+        }
+        Command::Disconnect { cid } => {
+            let tokens = token_service().await?;
+            let existed = tokens.disconnect(&cid).await.map_err(|e| ms_oauth::error::chain(&e))?;
+            Ok(if existed {
+                format!("{cid}: disconnected")
+            } else {
+                format!("{cid}: was not connected")
+            })
+        }
     }
+}
+
+async fn token_service() -> Result<ms_oauth::tokens::TokenService, String> {
+    let sdk = ms_oauth::runtime::aws_config().await;
+    ms_oauth::tokens::TokenService::from_sdk(&config::env_lookup, &sdk).map_err(|e| e.to_string())
 }
 
 async fn start_link(cid: &ConnectionId, origin: Origin, ttl: i64) -> Result<String, String> {

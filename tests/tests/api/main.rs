@@ -7,6 +7,7 @@ mod abuse;
 mod faults;
 mod flow;
 mod helpers;
+mod openapi;
 mod refresher;
 mod secrets;
 mod tokens;

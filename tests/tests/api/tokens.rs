@@ -23,14 +23,16 @@ async fn api(
     path: &str,
 ) -> (u16, Value, reqwest::header::HeaderMap) {
     let response = reqwest::Client::new()
-        .request(method, format!("{}{path}", app.address))
+        .request(method.clone(), format!("{}{path}", app.address))
         .send()
         .await
         .unwrap();
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["content-type"], "application/json");
     let body: Value = response.json().await.unwrap();
+    crate::openapi::assert_documented(method.as_str(), path, status, &body);
     (status, body, headers)
 }
 

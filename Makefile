@@ -11,6 +11,7 @@ LOCAL_START_LINK_KEY ?= local-development-start-link-key-do-not-use-in-productio
 # Offline validation of the template needs a region and credentials, never real ones.
 SAM_ENV := SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1 AWS_ACCESS_KEY_ID=placeholder AWS_SECRET_ACCESS_KEY=placeholder
 LAMBDA_TARGET := aarch64-unknown-linux-gnu
+FUNCTIONS := oauth-start oauth-redirect connection-api token-refresher
 
 help:
 	@echo "make run    - run both functions locally with moto and the stand-in identity platform"
@@ -82,8 +83,8 @@ lint-infra: deps-infra
 
 ## Release builds for Lambda (Graviton, arm64).
 build: deps-build
-	PATH=$(abspath $(VENV))/bin:$$PATH cargo lambda build --release --arm64 --bin oauth-start --bin oauth-redirect
-	@du -b target/lambda/oauth-start/bootstrap target/lambda/oauth-redirect/bootstrap | awk '{ printf "%-44s %6.2f MiB (arm64)\n", $$2, $$1/1048576 }'
+	PATH=$(abspath $(VENV))/bin:$$PATH cargo lambda build --release --arm64 $(foreach f,$(FUNCTIONS),--bin $(f))
+	@du -b $(foreach f,$(FUNCTIONS),target/lambda/$(f)/bootstrap) | awk '{ printf "%-44s %6.2f MiB (arm64)\n", $$2, $$1/1048576 }'
 
 sam-build: deps-infra deps-build
 	cd infra && PATH=$(abspath $(VENV))/bin:$$PATH $(SAM_ENV) sam build --beta-features

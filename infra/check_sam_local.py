@@ -1,4 +1,4 @@
-"""Checks, without Docker, that `sam local start-api` would serve both routes.
+"""Checks, without Docker, that `sam local start-api` would serve every route.
 
 SAM CLI's own providers read the template the way `sam local` does; this prints the routes
 and functions they find and fails if a route or a function is missing or misconfigured.
@@ -14,6 +14,9 @@ from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 EXPECTED = {
     ("GET", "/oauth/start/microsoft"): "StartFunction",
     ("GET", "/oauth/redirect/microsoft"): "RedirectFunction",
+    ("GET", "/connections/{cid}"): "ConnectionApiFunction",
+    ("GET", "/connections/{cid}/token"): "ConnectionApiFunction",
+    ("DELETE", "/connections/{cid}"): "ConnectionApiFunction",
 }
 
 

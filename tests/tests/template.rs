@@ -51,6 +51,8 @@ fn placeholder(var: &str) -> Option<&'static str> {
         config::TOKEN_KMS_KEY_ID => {
             "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"
         }
+        config::EVENT_BUS_NAME => "default",
+        config::TOKEN_REFRESH_MARGIN_SECONDS => "300",
         config::MICROSOFT_CLIENT_SECRET_ARN | config::START_LINK_KEY_ARN => {
             "arn:aws:secretsmanager:us-east-1:123456789012:secret:oauth-AbCdEf"
         }
@@ -115,6 +117,9 @@ fn build(binary: &str, recorder: &Recorder) -> Result<(), String> {
         "connection-api" => connection_api::ConnectionApi::from_sdk(&lookup, &sdk())
             .map(drop)
             .map_err(|e| e.to_string()),
+        "token-refresher" => token_refresher::Refresher::from_sdk(&lookup, &sdk())
+            .map(drop)
+            .map_err(|e| e.to_string()),
         other => Err(format!("no function binary named {other}")),
     }
 }
@@ -123,7 +128,7 @@ fn build(binary: &str, recorder: &Recorder) -> Result<(), String> {
 fn every_function_is_a_workspace_binary_with_settings_for_lambda() {
     let template = template();
     let functions = functions(&template);
-    assert_eq!(functions.len(), 2, "{functions:?}");
+    assert_eq!(functions.len(), 4, "{functions:?}");
     for (binary, _) in functions.values() {
         assert!(
             workspace_root().join("functions").join(binary).join("Cargo.toml").exists(),
@@ -167,6 +172,8 @@ fn the_template_sets_exactly_the_variables_each_function_reads() {
                 config::MICROSOFT_AUTHORITY_HOST,
                 config::MICROSOFT_GRAPH_URL,
                 config::MICROSOFT_SCOPES,
+                config::EVENT_BUS_NAME,
+                config::TOKEN_REFRESH_MARGIN_SECONDS,
             ];
             if !optional.contains(&var.as_str()) {
                 assert!(
@@ -199,7 +206,6 @@ async fn every_route_in_the_template_reaches_its_handler() {
             .collect();
 
     let routes = resources_of_type(&template, "AWS::ApiGatewayV2::Route");
-    assert_eq!(routes.len(), functions.len(), "one route per function");
 
     // Serve the real handlers the way `make run` does, configured from placeholders.
     let all: BTreeSet<String> = functions.values().flat_map(|(_, v)| v.iter().cloned()).collect();
@@ -214,11 +220,11 @@ async fn every_route_in_the_template_reaches_its_handler() {
     let address = listener.local_addr().unwrap();
     tokio::spawn(local::serve(listener, served));
 
-    let mut paths = BTreeSet::new();
+    let mut served_keys = BTreeSet::new();
+    let mut routed_functions = BTreeSet::new();
     for (id, route) in routes {
         let key = route["Properties"]["RouteKey"].as_str().expect("RouteKey");
         let (method, path) = key.split_once(' ').expect("METHOD /path");
-        assert_eq!(method, "GET", "{id}");
         let target = match &route["Properties"]["Target"] {
             Value::Tagged(t) => t
                 .value
@@ -230,22 +236,63 @@ async fn every_route_in_the_template_reaches_its_handler() {
             other => panic!("{id}: unexpected Target {other:?}"),
         };
         let function = &integrations[&target];
+        routed_functions.insert(function.clone());
         let (binary, _) = &functions[function];
-        let expected = match binary.as_str() {
-            "oauth-start" => START_PATH,
-            "oauth-redirect" => REDIRECT_PATH,
-            other => panic!("{other} serves no known path"),
+        let auth = route["Properties"]["AuthorizationType"].as_str().unwrap_or("NONE");
+        let (request_path, expected_words) = match binary.as_str() {
+            "oauth-start" => {
+                assert_eq!((method, path), ("GET", START_PATH), "{id}");
+                (path.to_owned(), "AutoKitteh")
+            }
+            "oauth-redirect" => {
+                assert_eq!((method, path), ("GET", REDIRECT_PATH), "{id}");
+                (path.to_owned(), "AutoKitteh")
+            }
+            "connection-api" => {
+                assert!(path.starts_with("/connections/{cid}"), "{id}: {path}");
+                (path.replace("{cid}", "not-a-connection-id"), "invalid_request")
+            }
+            other => panic!("{other} serves no route"),
         };
-        assert_eq!(path, expected, "{id} routes {path} to {binary}");
-        paths.insert(path.to_owned());
+        // Browsers reach the OAuth paths; only the platform, signed, reaches the API.
+        let expected_auth = if binary == "connection-api" { "AWS_IAM" } else { "NONE" };
+        assert_eq!(auth, expected_auth, "{id}");
 
-        // The handler answers (a page about the missing parameters), not the 404 of an unknown path.
-        let response = reqwest::get(format!("http://{address}{path}")).await.unwrap();
+        // The handler answers (a page or JSON about the bad request), not the local 404.
+        let response = reqwest::Client::new()
+            .request(method.parse().unwrap(), format!("http://{address}{request_path}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 400, "{key}");
         let body = response.text().await.unwrap();
-        assert!(body.contains("AutoKitteh"), "{key}: {body}");
+        assert!(body.contains(expected_words), "{key}: {body}");
+        served_keys.insert(key.to_owned());
     }
-    assert_eq!(paths, BTreeSet::from([START_PATH.to_owned(), REDIRECT_PATH.to_owned()]));
+    assert_eq!(
+        served_keys,
+        BTreeSet::from(
+            [
+                "GET /oauth/start/microsoft",
+                "GET /oauth/redirect/microsoft",
+                "GET /connections/{cid}",
+                "GET /connections/{cid}/token",
+                "DELETE /connections/{cid}",
+            ]
+            .map(str::to_owned)
+        )
+    );
+    // Every function but the scheduled refresher has a route; the refresher has a schedule.
+    for (id, (binary, _)) in &functions {
+        if binary == "token-refresher" {
+            let events = &resources(&template)[id.as_str()]["Properties"]["Events"];
+            let schedules =
+                events.as_mapping().unwrap().values().filter(|e| e["Type"] == "Schedule").count();
+            assert_eq!(schedules, 1, "{id} runs on one schedule");
+        } else {
+            assert!(routed_functions.contains(id), "{id} has no route");
+        }
+    }
 }
 
 #[test]

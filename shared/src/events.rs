@@ -74,33 +74,40 @@ impl EventBridgeEvents {
     }
 }
 
-#[async_trait]
-impl Events for EventBridgeEvents {
-    async fn publish(&self, event: &ConnectionEvent) {
-        let detail = match serde_json::to_string(event) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "event not encoded");
-                return;
-            }
-        };
+impl EventBridgeEvents {
+    /// Puts one event on the bus; an error says why it was not accepted.
+    pub async fn send(&self, event: &ConnectionEvent) -> Result<(), String> {
+        let detail = serde_json::to_string(event).map_err(|e| e.to_string())?;
         let entry = PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus)
             .source(EVENT_SOURCE)
             .detail_type(event.kind.detail_type())
             .detail(detail)
             .build();
-        match self.client.put_events().entries(entry).send().await {
-            Ok(out) if out.failed_entry_count() == 0 => {}
-            Ok(_) => {
-                tracing::error!(cid = %event.connection_id, kind = ?event.kind, "event rejected by EventBridge")
-            }
-            Err(e) => tracing::error!(
-                cid = %event.connection_id,
-                kind = ?event.kind,
-                error = %crate::error::chain(&e.into_service_error()),
-                "event not published"
-            ),
+        let out = self
+            .client
+            .put_events()
+            .entries(entry)
+            .send()
+            .await
+            .map_err(|e| crate::error::chain(&e.into_service_error()))?;
+        match out.failed_entry_count() {
+            0 => Ok(()),
+            _ => Err(out
+                .entries()
+                .iter()
+                .filter_map(|e| e.error_message())
+                .collect::<Vec<_>>()
+                .join("; ")),
+        }
+    }
+}
+
+#[async_trait]
+impl Events for EventBridgeEvents {
+    async fn publish(&self, event: &ConnectionEvent) {
+        if let Err(error) = self.send(event).await {
+            tracing::error!(cid = %event.connection_id, kind = ?event.kind, error, "event not published");
         }
     }
 }

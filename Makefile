@@ -1,4 +1,4 @@
-.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build deps deps-moto deps-browser deps-infra deps-build clean-local
+.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench-tokens deps deps-moto deps-browser deps-infra deps-build clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -20,6 +20,7 @@ help:
 	@echo "make lint   - rustfmt, clippy (warnings are errors), cfn-lint and sam validate --lint"
 	@echo "make build  - arm64 release build of the functions for Lambda, with their sizes"
 	@echo "make sam-build - sam build of the stack (what sam deploy uploads)"
+	@echo "make bench-tokens - token request latency through the local stack"
 
 ## Dependencies, installed into project-local folders on first use.
 deps: deps-moto deps-browser
@@ -89,6 +90,11 @@ build: deps-build
 sam-build: deps-infra deps-build
 	cd infra && PATH=$(abspath $(VENV))/bin:$$PATH $(SAM_ENV) sam build --beta-features
 	@du -b infra/.aws-sam/build/*/bootstrap | awk '{ printf "%-48s %6.2f MiB\n", $$2, $$1/1048576 }'
+
+## Measurements (they print numbers; nothing here is a test).
+bench-tokens: deps-moto
+	cargo build --bin local-stack
+	MOTO_SERVER=$(abspath $(MOTO)) python3 tests/bench/token_latency.py
 
 clean-local:
 	rm -rf $(VENV) $(BROWSER_DIR)/node_modules

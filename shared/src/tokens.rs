@@ -115,8 +115,8 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-fn epoch_of(rfc: &str) -> i64 {
-    OffsetDateTime::parse(rfc, &Rfc3339).map(OffsetDateTime::unix_timestamp).unwrap_or(0)
+fn parse_time(rfc: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(rfc, &Rfc3339).ok()
 }
 
 impl TokenService {
@@ -176,9 +176,9 @@ impl TokenService {
         cid: &ConnectionId,
         force: bool,
     ) -> Result<AccessGrant, TokenFailure> {
-        let asked_at = self.clock.now().unix_timestamp();
+        let asked_at = self.clock.now();
         let deadline = Instant::now() + WAIT_FOR_OTHER_REFRESH;
-        let mut waited = false;
+        let mut poll = Duration::from_millis(40);
         loop {
             let stored = self.store.get_connection(cid).await?.ok_or(TokenFailure::NotConnected)?;
             let c = &stored.connection;
@@ -190,10 +190,11 @@ impl TokenService {
             let now = self.clock.now().unix_timestamp();
             let margin = i64::try_from(self.margin.as_secs()).unwrap_or(0);
             let fresh = c.token_expires_at > now + margin;
-            // A forced refresh is satisfied by any refresh that finished after it was asked.
-            let refreshed_since = epoch_of(&c.last_refresh_at) >= asked_at && waited;
+            // A forced refresh is satisfied by any refresh that finished after it was asked
+            // (one already in flight included: concurrent forced requests share it).
+            let refreshed_since = parse_time(&c.last_refresh_at) > Some(asked_at);
             if (!force && fresh) || refreshed_since {
-                return self.serve(&stored, waited, false).await;
+                return self.serve(&stored, refreshed_since, false).await;
             }
             let owner = lease_owner();
             if self.store.acquire_lease(cid, stored.version, &owner, now + LEASE_SECS, now).await? {
@@ -206,8 +207,8 @@ impl TokenService {
                 }
                 return Err(TokenFailure::Unavailable("another refresh did not finish in time"));
             }
-            waited = true;
-            tokio::time::sleep(Duration::from_millis(50 + u64::from(jitter_ms()))).await;
+            tokio::time::sleep(poll + Duration::from_millis(u64::from(jitter_ms()))).await;
+            poll = (poll * 2).min(Duration::from_millis(400));
         }
     }
 

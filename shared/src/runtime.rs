@@ -14,6 +14,18 @@ pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).load().await
 }
 
+/// How every function builds its state: from variables and one AWS SDK configuration.
+pub type FromSdk<T> = fn(
+    &dyn Fn(&str) -> Option<String>,
+    &aws_config::SdkConfig,
+) -> Result<T, crate::config::ConfigError>;
+
+/// Builds a function's state from the process environment and the default AWS SDK
+/// configuration; a bad variable fails here, at init, with its name.
+pub async fn from_process_env<T>(from_sdk: FromSdk<T>) -> Result<T, crate::config::ConfigError> {
+    from_sdk(&crate::config::env_lookup, &aws_config().await)
+}
+
 /// Reads the start-link key source (`START_LINK_KEY` or `START_LINK_KEY_ARN`) and, for an
 /// ARN, builds the Secrets Manager client that will read it.
 pub fn secret_from_env(

@@ -6,7 +6,7 @@ use lambda_http::{Error, run, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ms_oauth::runtime::init_tracing();
-    let api = ConnectionApi::from_env(&ms_oauth::config::env_lookup).await?;
+    let api = ms_oauth::runtime::from_process_env(ConnectionApi::from_sdk).await?;
     let api = &api;
     run(service_fn(move |req| async move { Ok::<_, Infallible>(handle(api, req).await) })).await
 }

@@ -56,11 +56,6 @@ impl RedirectService {
         Self { config, microsoft, store, keys, clock, client_secret, events, page_context }
     }
 
-    /// Builds the service from the environment.
-    pub async fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::from_sdk(lookup, &ms_oauth::runtime::aws_config().await)
-    }
-
     /// Builds the service from `lookup` with AWS clients made from `sdk`.
     pub fn from_sdk(
         lookup: &dyn Fn(&str) -> Option<String>,

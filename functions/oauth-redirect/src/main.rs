@@ -6,7 +6,7 @@ use oauth_redirect::{RedirectService, handle};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ms_oauth::runtime::init_tracing();
-    let service = RedirectService::from_env(&ms_oauth::config::env_lookup).await?;
+    let service = ms_oauth::runtime::from_process_env(RedirectService::from_sdk).await?;
     let service = &service;
     run(service_fn(move |req| async move { Ok::<_, Infallible>(handle(service, req).await) })).await
 }

@@ -40,12 +40,8 @@ impl StartService {
         Self { config, endpoints, store, clock, start_key, page_context }
     }
 
-    /// Builds the service from the environment. Never touches the client secret.
-    pub async fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::from_sdk(lookup, &ms_oauth::runtime::aws_config().await)
-    }
-
-    /// Builds the service from `lookup` with AWS clients made from `sdk`.
+    /// Builds the service from `lookup` with AWS clients made from `sdk`. Never touches the
+    /// client secret.
     pub fn from_sdk(
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,

@@ -29,10 +29,6 @@ pub struct Report {
 }
 
 impl Refresher {
-    pub async fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::from_sdk(lookup, &ms_oauth::runtime::aws_config().await)
-    }
-
     pub fn from_sdk(
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,

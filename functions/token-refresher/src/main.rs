@@ -4,7 +4,7 @@ use token_refresher::Refresher;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let refresher = Refresher::from_env(&ms_oauth::config::env_lookup).await?;
+    let refresher = ms_oauth::runtime::from_process_env(Refresher::from_sdk).await?;
     let refresher = &refresher;
     run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
         // A failed query fails the invocation, so the error alarm sees it.

@@ -1,4 +1,4 @@
-.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench-tokens deps deps-moto deps-browser deps-infra deps-build clean-local
+.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench-tokens bench-coldstart deps deps-moto deps-browser deps-infra deps-build clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -21,6 +21,7 @@ help:
 	@echo "make build  - arm64 release build of the functions for Lambda, with their sizes"
 	@echo "make sam-build - sam build of the stack (what sam deploy uploads)"
 	@echo "make bench-tokens - token request latency through the local stack"
+	@echo "make bench-coldstart - Init, first invocation and RSS of each function vs hello world"
 
 ## Dependencies, installed into project-local folders on first use.
 deps: deps-moto deps-browser
@@ -95,6 +96,10 @@ sam-build: deps-infra deps-build
 bench-tokens: deps-moto
 	cargo build --bin local-stack
 	MOTO_SERVER=$(abspath $(MOTO)) python3 tests/bench/token_latency.py
+
+bench-coldstart: deps-moto
+	cargo build --release $(foreach f,$(FUNCTIONS) hello-lambda coldstart,--bin $(f))
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/coldstart 15
 
 clean-local:
 	rm -rf $(VENV) $(BROWSER_DIR)/node_modules

@@ -17,3 +17,6 @@ pub mod secrets;
 pub mod state;
 pub mod store;
 pub mod tokens;
+
+#[cfg(test)]
+mod parser_properties;

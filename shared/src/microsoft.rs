@@ -94,7 +94,7 @@ impl fmt::Display for MicrosoftError {
 impl ErrorResponse for MicrosoftError {}
 
 /// The first `AADSTS<digits>` in a description.
-fn aadsts_code(description: &str) -> Option<u32> {
+pub(crate) fn aadsts_code(description: &str) -> Option<u32> {
     let rest = &description[description.find("AADSTS")? + 6..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).take(9).collect();
     digits.parse().ok()
@@ -418,7 +418,7 @@ fn token_error(e: RequestTokenError<HttpError, MicrosoftError>) -> TokenError {
 
 /// Reads the id_token's claims. Its signature is not checked: it came straight from the
 /// token endpoint over TLS, which OpenID Connect Core §3.1.3.7 accepts in place of one.
-fn read_id_token(id_token: &str) -> Result<IdClaims, TokenError> {
+pub(crate) fn read_id_token(id_token: &str) -> Result<IdClaims, TokenError> {
     let data = jsonwebtoken::dangerous::insecure_decode::<IdClaims>(id_token)
         .map_err(|_| TokenError::Incomplete("id_token is unreadable or lacks tid/oid"))?;
     let claims = data.claims;

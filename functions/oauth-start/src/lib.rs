@@ -197,3 +197,77 @@ mod tests {
         assert_eq!(store.pending(), 0);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::sync::Arc;
+
+    use ms_oauth::config::SecretSource;
+    use ms_oauth::store::MemoryStore;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn service(store: Arc<MemoryStore>) -> StartService {
+        let vars = [
+            (config::WEBHOOK_ADDRESS, "api.example.com"),
+            (config::MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
+            (config::OAUTH_TABLE_NAME, "t"),
+        ];
+        let config = Config::from_lookup(&|k| {
+            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        let endpoints = Endpoints::new(&config);
+        StartService::new(
+            config,
+            endpoints,
+            store,
+            Arc::new(SystemClock),
+            CachedSecret::new(SecretSource::Value("k".repeat(32).into()), None),
+        )
+    }
+
+    fn pair() -> impl Strategy<Value = String> {
+        (
+            "(cid|origin|grant|x|cid%00|)",
+            "\\PC{0,80}|con_[0-9a-z]{26}|web|cli|[A-Za-z0-9._-]{0,300}",
+        )
+            .prop_map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_query_gets_a_page_and_stores_nothing_unless_it_starts_a_flow(
+            pairs in proptest::collection::vec(pair(), 0..6),
+            raw in "\\PC{0,200}",
+            use_raw in any::<bool>(),
+        ) {
+            let query = if use_raw { raw } else { pairs.join("&") };
+            let mut event: serde_json::Value =
+                serde_json::from_str(include_str!("../tests/data/apigw-v2-start.json")).unwrap();
+            event["rawQueryString"] = serde_json::Value::String(query);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let store = Arc::new(MemoryStore::default());
+            let service = service(store.clone());
+            // lambda_http itself panics on a query that is not a valid URI; such events never
+            // reach a handler (the runtime turns the panic into an invocation error).
+            let text = event.to_string();
+            let parsed = std::panic::catch_unwind(|| lambda_http::request::from_str(&text));
+            prop_assume!(matches!(parsed, Ok(Ok(_))));
+            let Ok(Ok(request)) = parsed else { unreachable!() };
+            let response = runtime.block_on(handle(&service, request));
+            let status = response.status().as_u16();
+            prop_assert!([400, 403].contains(&status), "status {status}");
+            prop_assert_eq!(store.pending(), 0);
+            prop_assert!(response.headers().get("set-cookie").is_none());
+        }
+    }
+}

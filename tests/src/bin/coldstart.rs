@@ -236,6 +236,16 @@ async fn main() {
     let mut start_only = env.clone();
     start_only.remove("MICROSOFT_CLIENT_SECRET_ARN");
     start_only.remove("TOKEN_KMS_KEY_ID");
+    let malformed_env = start_only.clone();
+    let mut malformed: serde_json::Value = serde_json::from_str(&apigw_event(
+        "GET",
+        "/oauth/start/microsoft",
+        "/oauth/start/microsoft",
+        None,
+    ))
+    .unwrap();
+    malformed["rawQueryString"] = serde_json::Value::String("cid=\"quoted\"|pipe".into());
+    let malformed = malformed.to_string();
     let mut others = env.clone();
     others.remove("START_LINK_KEY_ARN");
 
@@ -276,6 +286,9 @@ async fn main() {
                 Some(&cookie),
             ),
         ),
+        // lambda_http cannot turn this query into a URI and panics; the instance must report
+        // an invocation error and survive, not abort.
+        ("oauth-start (query lambda_http cannot parse)", malformed_env, malformed),
         (
             "connection-api",
             others.clone(),
@@ -294,7 +307,7 @@ async fn main() {
     println!("|---|---|---|---|---|---|");
     let mut hello_init = None;
     for (name, env, event) in cases {
-        let binary = release.join(name);
+        let binary = release.join(name.split_whitespace().next().unwrap_or(name));
         let mut inits = Vec::new();
         let mut invokes = Vec::new();
         let mut rss = 0;

@@ -116,6 +116,8 @@ async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, 
 mod tests {
     use std::time::Duration;
 
+    use proptest::prelude::*;
+
     use ms_oauth::config::SecretSource;
     use ms_oauth::store::MemoryStore;
 
@@ -195,37 +197,6 @@ mod tests {
         assert_eq!(response.status(), 403);
         assert!(response.headers().get("set-cookie").is_none());
         assert_eq!(store.pending(), 0);
-    }
-}
-
-#[cfg(test)]
-mod properties {
-    use std::sync::Arc;
-
-    use ms_oauth::config::SecretSource;
-    use ms_oauth::store::MemoryStore;
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn service(store: Arc<MemoryStore>) -> StartService {
-        let vars = [
-            (config::WEBHOOK_ADDRESS, "api.example.com"),
-            (config::MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
-            (config::OAUTH_TABLE_NAME, "t"),
-        ];
-        let config = Config::from_lookup(&|k| {
-            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
-        })
-        .unwrap();
-        let endpoints = Endpoints::new(&config);
-        StartService::new(
-            config,
-            endpoints,
-            store,
-            Arc::new(SystemClock),
-            CachedSecret::new(SecretSource::Value("k".repeat(32).into()), None),
-        )
     }
 
     fn pair() -> impl Strategy<Value = String> {

@@ -232,6 +232,12 @@ async fn main() {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain(
+        // Knobs worth comparing: where the TLS stack looks for root certificates.
+        ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+            .into_iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_owned(), v))),
+    )
     .collect();
     let mut start_only = env.clone();
     start_only.remove("MICROSOFT_CLIENT_SECRET_ARN");

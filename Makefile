@@ -1,4 +1,4 @@
-.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench-tokens bench-coldstart deps deps-moto deps-browser deps-infra deps-build clean-local
+.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench-tokens bench-coldstart bench-critical-path deps deps-moto deps-browser deps-infra deps-build clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -22,6 +22,7 @@ help:
 	@echo "make sam-build - sam build of the stack (what sam deploy uploads)"
 	@echo "make bench-tokens - token request latency through the local stack"
 	@echo "make bench-coldstart - Init, first invocation and RSS of each function vs hello world"
+	@echo "make bench-critical-path - sequential hops of the redirect with latency added to every dependency"
 
 ## Dependencies, installed into project-local folders on first use.
 deps: deps-moto deps-browser
@@ -100,6 +101,11 @@ bench-tokens: deps-moto
 bench-coldstart: deps-moto
 	cargo build --release $(foreach f,$(FUNCTIONS) hello-lambda coldstart,--bin $(f))
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/coldstart 15
+
+bench-critical-path: deps-moto
+	cargo build --release --bin critical-path
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 50
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 200
 
 clean-local:
 	rm -rf $(VENV) $(BROWSER_DIR)/node_modules

@@ -1,0 +1,251 @@
+//! Critical path of the redirect: every dependency (DynamoDB, Secrets Manager, KMS through a
+//! delaying proxy in front of moto; the token endpoint and Graph at the stand-in) answers
+//! after the same added latency, and the redirect's total time is reported as a number of
+//! sequential hops. The design's floor is 4: consume state → token → (Graph ∥ Graph ∥ KMS)
+//! → save. Usage: critical-path [LATENCY_MS] (default 50).
+
+#![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use ms_oauth::clock::SystemClock;
+use ms_oauth::config::{self, Config, SecretSource};
+use ms_oauth::crypto::KmsDataKeys;
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::events::NoEvents;
+use ms_oauth::grant::GrantKey;
+use ms_oauth::microsoft::{Endpoints, Microsoft};
+use ms_oauth::secrets::CachedSecret;
+use ms_oauth::store::DynamoStore;
+use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
+use ms_oauth_tests::aws;
+use ms_oauth_tests::local::{self, Functions};
+use ms_oauth_tests::standin::{Fault, Registration, Standin};
+use tokio::net::TcpListener;
+
+const CLIENT_ID: &str = "3f2b7c8e-1d4a-4b6f-9e0c-5a7d8b9c0e1f";
+const START_KEY: &str = "critical-path-start-link-key-0123456789abcdef";
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    delay_ms: Arc<AtomicU64>,
+    http: reqwest::Client,
+}
+
+/// Forwards every request to moto after `delay`.
+async fn forward(State(p): State<Proxy>, req: Request) -> Response {
+    tokio::time::sleep(Duration::from_millis(p.delay_ms.load(Ordering::Relaxed))).await;
+    let (parts, body) = req.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let url = format!("{}{}", p.upstream, parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    let mut out = p.http.request(parts.method, url).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" && name != "content-length" {
+            out = out.header(name, value);
+        }
+    }
+    match out.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let headers = r.headers().clone();
+            let bytes = r.bytes().await.unwrap_or_default();
+            let mut response = (status, bytes).into_response();
+            for (name, value) in &headers {
+                if name != "content-length" && name != "transfer-encoding" {
+                    response.headers_mut().insert(name, value.clone());
+                }
+            }
+            response
+        }
+        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let latency_ms: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let delay = Duration::from_millis(latency_ms);
+    // Optional: delay only AWS (`aws`) or only Microsoft (`microsoft`), to locate a hop.
+    let only = std::env::args().nth(2).unwrap_or_default();
+    let aws_delay = if only == "microsoft" { Duration::ZERO } else { delay };
+    let ms_delay = if only == "aws" { Duration::ZERO } else { delay };
+    let moto = aws::spawn_moto(aws::free_port().unwrap()).expect("moto");
+    let setup = aws::sdk_config(&moto).await;
+    aws::ensure_table(&aws_sdk_dynamodb::Client::new(&setup), "critical-path").await.unwrap();
+    let kms_key = aws::ensure_kms_key(&aws_sdk_kms::Client::new(&setup), "alias/critical-path")
+        .await
+        .unwrap();
+    let secret = "critical-path-client-secret";
+    let secret_arn = aws::ensure_secret(
+        &aws_sdk_secretsmanager::Client::new(&setup),
+        "critical-path/cs",
+        secret,
+    )
+    .await
+    .unwrap();
+
+    let proxy_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy_listener.local_addr().unwrap());
+    let aws_delay_ms = Arc::new(AtomicU64::new(0));
+    let proxy = Router::new().fallback(forward).with_state(Proxy {
+        upstream: moto.clone(),
+        delay_ms: aws_delay_ms.clone(),
+        http: reqwest::Client::new(),
+    });
+    tokio::spawn(async move { axum::serve(proxy_listener, proxy).await });
+    let sdk = aws::sdk_config(&proxy_url).await;
+
+    let app_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", app_listener.local_addr().unwrap());
+    let standin = Standin::spawn(
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Registration {
+            client_id: CLIENT_ID.into(),
+            client_secret: secret.into(),
+            redirect_uri: format!("{address}{}", config::REDIRECT_PATH),
+        },
+    )
+    .unwrap();
+    let vars: HashMap<&str, String> = HashMap::from([
+        (config::WEBHOOK_ADDRESS, address.clone()),
+        (config::MICROSOFT_CLIENT_ID, CLIENT_ID.to_owned()),
+        (config::MICROSOFT_AUTHORITY_HOST, standin.url()),
+        (config::MICROSOFT_GRAPH_URL, standin.url()),
+        (config::OAUTH_TABLE_NAME, "critical-path".to_owned()),
+    ]);
+    let config = Config::from_lookup(&|k| vars.get(k).cloned()).unwrap();
+    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), "critical-path"));
+    let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(&sdk), kms_key));
+    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    let microsoft = Microsoft::new(
+        Endpoints::new(&config),
+        ms_oauth::http::build_client(config.http_timeout).unwrap(),
+    );
+    let start = oauth_start::StartService::new(
+        config.clone(),
+        Endpoints::new(&config),
+        store.clone(),
+        Arc::new(SystemClock),
+        CachedSecret::new(SecretSource::Value(START_KEY.to_owned().into()), None),
+    );
+    let client_secret = || {
+        CachedSecret::new(
+            SecretSource::SecretsManager { arn: secret_arn.clone() },
+            Some(sm.clone()),
+        )
+    };
+    let redirect = oauth_redirect::RedirectService::new(
+        config.clone(),
+        microsoft.clone(),
+        store.clone(),
+        keys.clone(),
+        Arc::new(SystemClock),
+        client_secret(),
+        Arc::new(NoEvents),
+    );
+    let tokens = TokenService {
+        store,
+        keys,
+        microsoft,
+        client_secret: Arc::new(client_secret()),
+        clock: Arc::new(SystemClock),
+        events: Arc::new(NoEvents),
+        table: "critical-path".into(),
+        margin: DEFAULT_REFRESH_MARGIN,
+        backoff: Duration::from_millis(200),
+    };
+    let api = connection_api::ConnectionApi { tokens };
+    tokio::spawn(local::serve(
+        app_listener,
+        Functions { start: Arc::new(start), redirect: Arc::new(redirect), api: Arc::new(api) },
+    ));
+    let set_delays = |aws: Duration, microsoft: Duration| {
+        aws_delay_ms.store(u64::try_from(aws.as_millis()).unwrap_or(0), Ordering::Relaxed);
+        let fault = Some(Fault::Delay(microsoft));
+        standin.set_token_fault(fault.clone());
+        standin.set_me_fault(fault.clone());
+        standin.set_organization_fault(fault);
+    };
+
+    let http =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // The first flow runs on a cold instance: the client secret is read from Secrets Manager
+    // (alongside the state consume). Then a baseline without added latency, then the runs.
+    println!(
+        "Critical path of the redirect, each dependency delayed by {latency_ms} ms (moto, stand-in, loopback):"
+    );
+    // Order: a cold instance first (the client secret is read from Secrets Manager, alongside
+    // the state consume), then runs without added latency (our code and the emulators), then
+    // warm runs with latency. Hops = (time − fastest baseline) / latency.
+    set_delays(aws_delay, ms_delay);
+    let cold = flow(&http, &address).await;
+    set_delays(Duration::ZERO, Duration::ZERO);
+    let mut baseline = Vec::new();
+    for _ in 0..5 {
+        baseline.push(flow(&http, &address).await);
+    }
+    set_delays(aws_delay, ms_delay);
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        warm.push(flow(&http, &address).await);
+    }
+    warm.sort();
+    let base = baseline.iter().min().copied().unwrap_or(Duration::ZERO);
+    let hops = |t: Duration| t.saturating_sub(base).as_secs_f64() / delay.as_secs_f64();
+    let ms = |t: Duration| t.as_secs_f64() * 1000.0;
+    println!("  baseline (no added latency, fastest of 5)   {:7.1} ms", ms(base));
+    for (label, t) in
+        [("cold instance", cold), ("warm instance (median of 5)", warm[warm.len() / 2])]
+    {
+        println!(
+            "  {label:<42} {:7.1} ms → {:.2} × {latency_ms} ms → {} sequential hops (design floor: 4)",
+            ms(t),
+            hops(t),
+            hops(t).round()
+        );
+    }
+}
+
+/// One full flow; returns how long the redirect request took.
+async fn flow(http: &reqwest::Client, address: &str) -> Duration {
+    let cid: ConnectionId =
+        format!("con_{}", "0".repeat(20) + &format!("{:06}", rand_suffix())).parse().unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let grant = GrantKey::new(START_KEY.to_owned().into())
+        .unwrap()
+        .sign(&cid, Origin::Web, now, 300)
+        .unwrap();
+    let start = http
+        .get(format!("{address}{}?cid={cid}&origin=web&grant={grant}", config::START_PATH))
+        .send()
+        .await
+        .unwrap();
+    let cookie =
+        start.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let authorize = url::Url::parse(start.headers()["location"].to_str().unwrap()).unwrap();
+    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    form.push(("account".into(), "work".into()));
+    let post = format!("{}{}", authorize.origin().ascii_serialization(), authorize.path());
+    let decision = http.post(post).form(&form).send().await.unwrap();
+    let callback = decision.headers()["location"].to_str().unwrap().to_owned();
+
+    let started = Instant::now();
+    let finish = http.get(&callback).header("cookie", cookie).send().await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(finish.status(), 200, "{}", finish.text().await.unwrap_or_default());
+    elapsed
+}
+
+fn rand_suffix() -> u32 {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    u32::from_le_bytes(b) % 1_000_000
+}

@@ -61,7 +61,8 @@ test-rust: deps-moto
 	MOTO_SERVER=$(abspath $(MOTO)) cargo test --workspace --all-targets
 
 test-browser: deps-moto deps-browser
-	cargo build --bin local-stack
+	# The same build as the Rust tests (features unified with dev-dependencies), so nothing is rebuilt.
+	cargo test --workspace --all-targets --no-run
 	MOTO_SERVER=$(abspath $(MOTO)) CHROMIUM=$(CHROMIUM) node $(BROWSER_DIR)/e2e.mjs
 
 deps-infra: $(VENV)/bin/sam

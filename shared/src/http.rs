@@ -1,9 +1,12 @@
-//! The one outbound HTTP client, and its adapter for the `oauth2` crate.
+//! The one outbound HTTP client, the transport seam behind it, and its adapter for the
+//! `oauth2` crate.
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 
 /// Builds the HTTP client every Microsoft call goes through: no redirect following (a
@@ -36,10 +39,33 @@ impl HttpError {
     }
 }
 
-/// Runs `oauth2` requests on our client. Server errors (5xx) become [`HttpError::Status`]
-/// so callers can tell an outage from a rejected request, which `oauth2` alone cannot.
+/// Sends one request to Microsoft and returns whatever status it answered with. Production
+/// uses [`reqwest::Client`]; benchmarks answer in-process to measure our own CPU cost.
+#[async_trait]
+pub trait Transport: Send + Sync + fmt::Debug {
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError>;
+}
+
+#[async_trait]
+impl Transport for reqwest::Client {
+    async fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+        let request = reqwest::Request::try_from(request).map_err(HttpError::Transport)?;
+        let response = self.execute(request).await.map_err(HttpError::from_reqwest)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(HttpError::from_reqwest)?;
+        let mut out = http::Response::new(body.to_vec());
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+}
+
+/// Runs `oauth2` requests on a [`Transport`]. Server errors (5xx) become
+/// [`HttpError::Status`] so callers can tell an outage from a rejected request, which
+/// `oauth2` alone cannot.
 #[derive(Debug, Clone, Copy)]
-pub struct OAuthHttp<'a>(pub &'a reqwest::Client);
+pub struct OAuthHttp<'a>(pub &'a dyn Transport);
 
 impl<'c> AsyncHttpClient<'c> for OAuthHttp<'_> {
     type Error = HttpError;
@@ -47,18 +73,11 @@ impl<'c> AsyncHttpClient<'c> for OAuthHttp<'_> {
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let request = reqwest::Request::try_from(request).map_err(HttpError::Transport)?;
-            let response = self.0.execute(request).await.map_err(HttpError::from_reqwest)?;
-            let status = response.status();
-            if status.is_server_error() {
-                return Err(HttpError::Status(status.as_u16()));
+            let response = self.0.send(request).await?;
+            if response.status().is_server_error() {
+                return Err(HttpError::Status(response.status().as_u16()));
             }
-            let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(HttpError::from_reqwest)?;
-            let mut out = http::Response::new(body.to_vec());
-            *out.status_mut() = status;
-            *out.headers_mut() = headers;
-            Ok(out)
+            Ok(response)
         })
     }
 }

@@ -1,6 +1,7 @@
 //! The Microsoft identity platform (authorize, token) and the two Graph reads we need.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use oauth2::basic::{
@@ -18,7 +19,7 @@ use url::Url;
 
 use crate::config::Config;
 use crate::domain::PERSONAL_ACCOUNT_TENANT;
-use crate::http::{HttpError, OAuthHttp};
+use crate::http::{HttpError, OAuthHttp, Transport};
 use crate::state::FlowSecrets;
 
 /// Fields of Microsoft's token response that the basic `oauth2` response drops.
@@ -204,6 +205,9 @@ pub enum GraphError {
     Status(u16),
     #[error("Graph answered with an unreadable response")]
     Malformed(#[source] serde_json::Error),
+    /// The token endpoint issued an access token that cannot be sent in a header.
+    #[error("the access token is not a valid header value")]
+    UnusableToken,
 }
 
 /// The user, from Graph `/v1.0/me`.
@@ -292,11 +296,16 @@ impl Endpoints {
 #[derive(Debug, Clone)]
 pub struct Microsoft {
     endpoints: Endpoints,
-    http: reqwest::Client,
+    http: Arc<dyn Transport>,
 }
 
 impl Microsoft {
     pub fn new(endpoints: Endpoints, http: reqwest::Client) -> Self {
+        Self::with_transport(endpoints, Arc::new(http))
+    }
+
+    /// A client whose requests go through `http` (benchmarks answer in-process).
+    pub fn with_transport(endpoints: Endpoints, http: Arc<dyn Transport>) -> Self {
         Self { endpoints, http }
     }
 
@@ -317,7 +326,7 @@ impl Microsoft {
             .oauth(Some(client_secret))
             .exchange_code(code)
             .set_pkce_verifier(verifier)
-            .request_async(&OAuthHttp(&self.http))
+            .request_async(&OAuthHttp(self.http.as_ref()))
             .await
             .map_err(|e| match e {
                 RequestTokenError::ServerResponse(err) => TokenError::Rejected(Box::new(err)),
@@ -354,7 +363,7 @@ impl Microsoft {
             .endpoints
             .oauth(Some(client_secret))
             .exchange_refresh_token(refresh_token)
-            .request_async(&OAuthHttp(&self.http))
+            .request_async(&OAuthHttp(self.http.as_ref()))
             .await
             .map_err(token_error)?;
         Ok(Refreshed {
@@ -387,22 +396,20 @@ impl Microsoft {
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.pop_if_empty().push("v1.0").push(resource);
         }
-        let response = self
-            .http
-            .get(url)
-            .bearer_auth(token.secret())
+        let mut bearer = http::HeaderValue::try_from(format!("Bearer {}", token.secret()))
+            .map_err(|_| GraphError::UnusableToken)?;
+        bearer.set_sensitive(true);
+        let request = http::Request::get(url.as_str())
+            .header(http::header::AUTHORIZATION, bearer)
             .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| GraphError::Unavailable(HttpError::from_reqwest(e)))?;
+            .body(Vec::new())
+            .map_err(|_| GraphError::UnusableToken)?;
+        let response = self.http.send(request).await.map_err(GraphError::Unavailable)?;
         let status = response.status();
         if !status.is_success() {
             return Err(GraphError::Status(status.as_u16()));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| GraphError::Unavailable(HttpError::from_reqwest(e)))?;
+        let body = response.into_body();
         serde_json::from_slice(&body).map_err(GraphError::Malformed)
     }
 }

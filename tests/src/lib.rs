@@ -3,5 +3,7 @@
 //! behind API Gateway events.
 
 pub mod aws;
+pub mod chaos;
+pub mod load;
 pub mod local;
 pub mod standin;

@@ -72,6 +72,15 @@ pub enum Fault {
     Malformed,
 }
 
+/// Faults drawn at random for a fraction of token and Graph requests (load runs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RandomFaults {
+    /// Share of requests that get a fault, 0.0–1.0.
+    pub fraction: f64,
+    /// Drawn from uniformly.
+    pub faults: Vec<Fault>,
+}
+
 /// Calls the stand-in received, for assertions.
 #[derive(Debug, Clone, Default)]
 pub struct Calls {
@@ -82,6 +91,11 @@ pub struct Calls {
     pub graph_organization: usize,
     /// Token requests with `grant_type=refresh_token` that reached the grant checks.
     pub refreshes: usize,
+    /// How many times each authorization code was presented at the token endpoint,
+    /// faulted requests included.
+    pub code_presentations: HashMap<String, usize>,
+    /// Requests answered with a randomly drawn fault.
+    pub random_faults: usize,
 }
 
 #[derive(Debug)]
@@ -92,6 +106,8 @@ struct Code {
     tenant: String,
     scope: String,
     account: Account,
+    /// The `state` of the authorize request the code answered.
+    state: String,
     issued: Instant,
     used: bool,
 }
@@ -102,7 +118,18 @@ struct RefreshGrant {
     tenant: String,
     scope: String,
     account: Account,
+    state: String,
     used: bool,
+}
+
+/// What a valid code or refresh token grants.
+struct Grant {
+    account: Account,
+    scope: String,
+    /// Issue a refresh token.
+    rotate: bool,
+    /// The authorize `state` the grant descends from.
+    state: String,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +144,9 @@ struct Inner {
     /// Reject every refresh token with `invalid_grant` and this AADSTS code.
     revoked: Option<u32>,
     access_tokens: HashMap<String, Account>,
+    /// The authorize `state` each access token descends from.
+    token_states: HashMap<String, String>,
+    random_faults: Option<RandomFaults>,
     issued_secrets: Vec<String>,
     calls: Calls,
     token_fault: Option<Fault>,
@@ -194,6 +224,12 @@ impl Standin {
         self.shared.inner().organization_fault = fault;
     }
 
+    /// Answers a random fraction of token and Graph requests with a fault (where no fixed
+    /// fault is set).
+    pub fn set_random_faults(&self, faults: Option<RandomFaults>) {
+        self.shared.inner().random_faults = faults;
+    }
+
     /// Makes every code issued from now on expire after `ttl`.
     pub fn set_code_ttl(&self, ttl: Duration) {
         self.shared.inner().code_ttl = Some(ttl);
@@ -225,6 +261,12 @@ impl Standin {
     /// Every code, access token and refresh token the stand-in has issued.
     pub fn issued_secrets(&self) -> Vec<String> {
         self.shared.inner().issued_secrets.clone()
+    }
+
+    /// The `state` of the sign-in an access token descends from (through its code and any
+    /// refreshes), to check that tokens reached the connection that asked for them.
+    pub fn state_for(&self, access_token: &str) -> Option<String> {
+        self.shared.inner().token_states.get(access_token).cloned()
     }
 
     /// The account an access token was issued to.
@@ -420,6 +462,7 @@ async fn authorize_decision(
             tenant,
             scope: get("scope").to_owned(),
             account,
+            state: state.to_owned(),
             issued: Instant::now(),
             used: false,
         },
@@ -443,6 +486,20 @@ fn token_error(status: StatusCode, error: &str, code: u32, description: &str) ->
         "correlation_id": "00000000-0000-0000-0000-000000000001",
     });
     (status, Json(body)).into_response()
+}
+
+/// A fault for this request, if the random plan draws one.
+fn draw_fault(inner: &mut Inner) -> Option<Fault> {
+    let plan = inner.random_faults.as_ref()?;
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).ok()?;
+    let draw = u64::from_le_bytes(bytes);
+    if (draw >> 11) as f64 / (1u64 << 53) as f64 >= plan.fraction || plan.faults.is_empty() {
+        return None;
+    }
+    let fault = plan.faults[(draw % plan.faults.len() as u64) as usize].clone();
+    inner.calls.random_faults += 1;
+    Some(fault)
 }
 
 async fn apply_fault(fault: Option<Fault>) -> Option<Response> {
@@ -501,7 +558,12 @@ async fn token(
         let mut inner = shared.inner();
         inner.calls.token_requests += 1;
         inner.calls.token_tenants.push(tenant.clone());
-        inner.token_fault.clone()
+        if form.get("grant_type").is_some_and(|g| g == "authorization_code") {
+            let code = form.get("code").cloned().unwrap_or_default();
+            *inner.calls.code_presentations.entry(code).or_default() += 1;
+        }
+        let fixed = inner.token_fault.clone();
+        fixed.or_else(|| draw_fault(&mut inner))
     };
     if let Some(response) = apply_fault(fault).await {
         return response;
@@ -543,9 +605,7 @@ async fn token(
         )),
     };
     match grant {
-        Ok((account, scope, rotate)) => {
-            issue_tokens(&shared, &registration, &tenant, account, &scope, rotate)
-        }
+        Ok(grant) => issue_tokens(&shared, &registration, &tenant, grant),
         Err(response) => *response,
     }
 }
@@ -556,7 +616,7 @@ fn redeem_code(
     client_id: &str,
     tenant: &str,
     form: &HashMap<String, String>,
-) -> Result<(Account, String, bool), Box<Response>> {
+) -> Result<Grant, Box<Response>> {
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     let mut inner = shared.inner();
     let code_ttl = inner.code_ttl.unwrap_or(CODE_TTL);
@@ -612,7 +672,12 @@ fn redeem_code(
             "The Code_Verifier does not match the code_challenge.",
         ));
     }
-    Ok((code.account.clone(), code.scope.clone(), true))
+    Ok(Grant {
+        account: code.account.clone(),
+        scope: code.scope.clone(),
+        rotate: true,
+        state: code.state.clone(),
+    })
 }
 
 /// Checks a refresh token; returns its account, scope and whether to issue a new one.
@@ -621,7 +686,7 @@ fn redeem_refresh_token(
     client_id: &str,
     tenant: &str,
     form: &HashMap<String, String>,
-) -> Result<(Account, String, bool), Box<Response>> {
+) -> Result<Grant, Box<Response>> {
     let mut inner = shared.inner();
     inner.calls.refreshes += 1;
     let strict = inner.strict_rotation;
@@ -660,22 +725,28 @@ fn redeem_refresh_token(
             "The refresh token was issued to another client or tenant.",
         ));
     }
-    Ok((grant.account.clone(), grant.scope.clone(), rotate))
+    Ok(Grant {
+        account: grant.account.clone(),
+        scope: grant.scope.clone(),
+        rotate,
+        state: grant.state.clone(),
+    })
 }
 
 fn issue_tokens(
     shared: &Shared,
     registration: &Registration,
     tenant: &str,
-    account: Account,
-    scope: &str,
-    rotate: bool,
+    grant: Grant,
 ) -> Response {
+    let Grant { account, scope, rotate, state } = grant;
+    let scope = scope.as_str();
     let access_token = format!("eyJ0eXAi.stand-in-access.{}", random(48));
     let offline = scope.split(' ').any(|s| s == "offline_access");
     let refresh_token = (offline && rotate).then(|| format!("0.stand-in-refresh.{}", random(48)));
     let mut inner = shared.inner();
     inner.access_tokens.insert(access_token.clone(), account.clone());
+    inner.token_states.insert(access_token.clone(), state.clone());
     inner.issued_secrets.push(access_token.clone());
     if let Some(rt) = &refresh_token {
         inner.issued_secrets.push(rt.clone());
@@ -686,6 +757,7 @@ fn issue_tokens(
                 tenant: tenant.to_owned(),
                 scope: scope.to_owned(),
                 account: account.clone(),
+                state,
                 used: false,
             },
         );
@@ -733,7 +805,11 @@ async fn graph_call(
     headers: &HeaderMap,
     record: fn(&mut Inner) -> Option<Fault>,
 ) -> Result<Account, Response> {
-    let fault = record(&mut shared.inner());
+    let fault = {
+        let mut inner = shared.inner();
+        let fixed = record(&mut inner);
+        fixed.or_else(|| draw_fault(&mut inner))
+    };
     if let Some(response) = apply_fault(fault).await {
         return Err(response);
     }

@@ -8,6 +8,7 @@ mod events;
 mod faults;
 mod flow;
 mod helpers;
+mod load;
 mod openapi;
 mod refresher;
 mod secrets;

@@ -1,0 +1,327 @@
+//! CPU cost per request of the start and redirect handlers, with every dependency answered
+//! in-process: the table in memory, KMS by a local key wrapper, the secrets as values, and
+//! the token endpoint and Graph by a transport that returns canned responses without a
+//! socket. What is timed is therefore our own work per request: query and cookie parsing,
+//! grant verification, CSPRNG, PKCE, the `oauth2` request building and response parsing,
+//! id_token decoding, AES-GCM sealing and page rendering.
+//!
+//! `cargo bench -p ms-oauth-tests --bench handlers` (or `make bench`). Each request runs on a
+//! single-threaded runtime with nothing to wait for, so wall time is CPU time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use criterion::{Criterion, criterion_group, criterion_main};
+use lambda_http::Request;
+use ms_oauth::clock::SystemClock;
+use ms_oauth::config::{self, Config, SecretSource};
+use ms_oauth::crypto::FakeDataKeys;
+use ms_oauth::domain::Origin;
+use ms_oauth::events::NoEvents;
+use ms_oauth::grant::GrantKey;
+use ms_oauth::http::{HttpError, Transport};
+use ms_oauth::microsoft::{Endpoints, Microsoft};
+use ms_oauth::secrets::CachedSecret;
+use ms_oauth::state::{StateKey, browser_hash};
+use ms_oauth::store::{MemoryStore, PendingFlow, Store};
+use oauth_redirect::RedirectService;
+use oauth_start::StartService;
+use secrecy::SecretString;
+use serde_json::json;
+
+const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+const START_KEY: &str = "0123456789abcdef0123456789abcdef";
+const CID: &str = "con_01h9x3k6rtv2d9yb3pfcw6qz7m";
+const TENANT: &str = "2f6a3d1c-5b4e-4c8a-9f17-0a1b2c3d4e5f";
+
+fn config() -> Config {
+    let vars = [
+        (config::WEBHOOK_ADDRESS, "api.example.com"),
+        (config::MICROSOFT_CLIENT_ID, CLIENT_ID),
+        (config::MICROSOFT_TENANT_ID, "organizations"),
+        (config::OAUTH_TABLE_NAME, "autokitteh-oauth"),
+    ];
+    Config::from_lookup(&|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()))
+        .unwrap()
+}
+
+fn value(secret: &str) -> CachedSecret {
+    CachedSecret::new(SecretSource::Value(secret.to_owned().into()), None)
+}
+
+/// Answers like the token endpoint and Graph, with responses of realistic size.
+#[derive(Debug)]
+struct CannedMicrosoft {
+    token: Vec<u8>,
+    me: Vec<u8>,
+    organization: Vec<u8>,
+}
+
+impl CannedMicrosoft {
+    fn new() -> Self {
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let id_token = format!(
+            "{}.{}.{}",
+            b64(json!({"typ": "JWT", "alg": "RS256", "kid": "bench"})),
+            b64(json!({
+                "aud": CLIENT_ID, "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+                "iat": 1_795_804_200, "nbf": 1_795_804_200, "exp": 1_795_808_100,
+                "name": "Adele Vance", "oid": "6f1d2c3b-4a59-4e68-8f70-91a2b3c4d5e6",
+                "preferred_username": "adele.vance@contoso.example", "tid": TENANT, "ver": "2.0",
+            })),
+            "s".repeat(342)
+        );
+        let token = json!({
+            "token_type": "Bearer",
+            "scope": config::DEFAULT_SCOPES,
+            "expires_in": 4437,
+            "ext_expires_in": 4437,
+            "access_token": format!("eyJ0eXAiOiJKV1Qi.{}", "a".repeat(1900)),
+            "refresh_token": format!("1.AXEA{}", "r".repeat(1100)),
+            "id_token": id_token,
+        });
+        let me = json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity",
+            "businessPhones": [], "displayName": "Adele Vance", "givenName": "Adele",
+            "jobTitle": null, "mail": "adele.vance@contoso.example", "mobilePhone": null,
+            "officeLocation": null, "preferredLanguage": "en-US", "surname": "Vance",
+            "userPrincipalName": "adele.vance@contoso.example",
+            "id": "6f1d2c3b-4a59-4e68-8f70-91a2b3c4d5e6",
+        });
+        let organization = json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#organization",
+            "value": [{"id": TENANT, "displayName": "Contoso", "tenantType": "AAD"}],
+        });
+        Self {
+            token: token.to_string().into_bytes(),
+            me: me.to_string().into_bytes(),
+            organization: organization.to_string().into_bytes(),
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for CannedMicrosoft {
+    async fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+    ) -> Result<http::Response<Vec<u8>>, HttpError> {
+        let path = request.uri().path();
+        let body = if path.ends_with("/oauth2/v2.0/token") {
+            &self.token
+        } else if path.ends_with("/v1.0/me") {
+            &self.me
+        } else if path.ends_with("/v1.0/organization") {
+            &self.organization
+        } else {
+            return Ok(http::Response::builder().status(404).body(Vec::new()).unwrap());
+        };
+        Ok(http::Response::builder()
+            .status(200)
+            .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .body(body.clone())
+            .unwrap())
+    }
+}
+
+fn start_service() -> StartService {
+    let config = config();
+    let endpoints = Endpoints::new(&config);
+    StartService::new(
+        config,
+        endpoints,
+        Arc::new(MemoryStore::default()),
+        Arc::new(SystemClock),
+        value(START_KEY),
+    )
+}
+
+fn redirect_service(store: Arc<MemoryStore>) -> RedirectService {
+    let config = config();
+    let microsoft =
+        Microsoft::with_transport(Endpoints::new(&config), Arc::new(CannedMicrosoft::new()));
+    RedirectService::new(
+        config,
+        microsoft,
+        store,
+        Arc::new(FakeDataKeys),
+        Arc::new(SystemClock),
+        value("bench-client-secret"),
+        Arc::new(NoEvents),
+    )
+}
+
+/// An API Gateway HTTP API (payload 2.0) event, as Lambda hands it to the runtime.
+fn event(path: &str, query: &[(&str, &str)], cookie: Option<String>) -> String {
+    let raw_query = serde_urlencoded::to_string(query).unwrap();
+    let params: serde_json::Map<String, serde_json::Value> =
+        query.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+    let mut event = json!({
+        "version": "2.0",
+        "routeKey": format!("GET {path}"),
+        "rawPath": path,
+        "rawQueryString": raw_query,
+        "headers": {
+            "accept": "text/html,application/xhtml+xml",
+            "host": "api.example.com",
+            "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0",
+            "x-forwarded-proto": "https",
+        },
+        "queryStringParameters": params,
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "abcdef1234", "domainName": "api.example.com",
+            "domainPrefix": "api",
+            "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "203.0.113.7", "userAgent": "Mozilla/5.0"},
+            "requestId": "JKJaXmPLvHcESHA=", "routeKey": format!("GET {path}"),
+            "stage": "$default", "time": "27/Nov/2026:18:30:00 +0000", "timeEpoch": 1_795_804_200_000u64,
+        },
+        "isBase64Encoded": false,
+    });
+    if let Some(cookie) = cookie {
+        event["cookies"] = json!([cookie]);
+    }
+    event.to_string()
+}
+
+fn start_event() -> String {
+    let key = GrantKey::new(START_KEY.to_owned().into()).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // Valid for the whole run.
+    let grant = key.sign(&CID.parse().unwrap(), Origin::Web, now, 600).unwrap();
+    event(config::START_PATH, &[("cid", CID), ("origin", "web"), ("grant", &grant)], None)
+}
+
+/// A pending flow in `store` and the redirect event that finishes it.
+async fn pending_redirect(store: &MemoryStore, n: u64) -> String {
+    let state = format!("bench-state-{n:020}-{}", "s".repeat(20));
+    let nonce = format!("bench-nonce-{n:020}");
+    let key = StateKey::from_state(&state);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let flow = PendingFlow {
+        connection_id: CID.parse().unwrap(),
+        origin: Origin::Web,
+        tenant: "organizations".parse().unwrap(),
+        pkce_verifier: SecretString::from("v".repeat(43)),
+        browser_hash: browser_hash(&nonce),
+        created_at: now,
+        expires_at: now + 600,
+    };
+    store.put_state(&key, &flow).await.unwrap();
+    let code = format!("M.C5_{}", "c".repeat(1000));
+    event(
+        config::REDIRECT_PATH,
+        &[("code", &code), ("state", &state), ("session_state", "0a1b2c3d")],
+        Some(format!("{}={nonce}", key.cookie_name())),
+    )
+}
+
+fn parse(event: &str) -> Request {
+    lambda_http::request::from_str(event).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn bench_start(c: &mut Criterion) {
+    let rt = runtime();
+    let event = start_event();
+    // The flow must really start, or the benchmark would time an error page.
+    let check = start_service();
+    let response = rt.block_on(oauth_start::handle(&check, parse(&event)));
+    assert_eq!(response.status(), 302, "the start benchmark must time a successful start");
+
+    let mut group = c.benchmark_group("oauth-start");
+    // A fresh service (and table) per sample keeps the in-memory table from growing.
+    group.bench_function("handler", |b| {
+        b.iter_custom(|iters| {
+            let service = start_service();
+            let requests: Vec<Request> = (0..iters).map(|_| parse(&event)).collect();
+            rt.block_on(async {
+                let begin = Instant::now();
+                for request in requests {
+                    std::hint::black_box(oauth_start::handle(&service, request).await);
+                }
+                begin.elapsed()
+            })
+        });
+    });
+    group.bench_function("event+handler", |b| {
+        b.iter_custom(|iters| {
+            let service = start_service();
+            rt.block_on(async {
+                let begin = Instant::now();
+                for _ in 0..iters {
+                    let request = parse(std::hint::black_box(&event));
+                    std::hint::black_box(oauth_start::handle(&service, request).await);
+                }
+                begin.elapsed()
+            })
+        });
+    });
+    group.finish();
+}
+
+fn bench_redirect(c: &mut Criterion) {
+    let rt = runtime();
+    {
+        let store = Arc::new(MemoryStore::default());
+        let service = redirect_service(store.clone());
+        let event = rt.block_on(pending_redirect(&store, 0));
+        let response = rt.block_on(oauth_redirect::handle(&service, parse(&event)));
+        assert_eq!(response.status(), 200, "the redirect benchmark must time a connected page");
+        assert_eq!(store.pending(), 0);
+    }
+
+    let mut group = c.benchmark_group("oauth-redirect");
+    group.bench_function("handler", |b| {
+        b.iter_custom(|iters| {
+            let store = Arc::new(MemoryStore::default());
+            let service = redirect_service(store.clone());
+            rt.block_on(async {
+                let mut requests = Vec::with_capacity(iters as usize);
+                for n in 0..iters {
+                    requests.push(parse(&pending_redirect(&store, n).await));
+                }
+                let begin = Instant::now();
+                for request in requests {
+                    std::hint::black_box(oauth_redirect::handle(&service, request).await);
+                }
+                begin.elapsed()
+            })
+        });
+    });
+    group.bench_function("event+handler", |b| {
+        b.iter_custom(|iters| {
+            let store = Arc::new(MemoryStore::default());
+            let service = redirect_service(store.clone());
+            rt.block_on(async {
+                let mut events = Vec::with_capacity(iters as usize);
+                for n in 0..iters {
+                    events.push(pending_redirect(&store, n).await);
+                }
+                let begin = Instant::now();
+                for event in &events {
+                    let request = parse(event);
+                    std::hint::black_box(oauth_redirect::handle(&service, request).await);
+                }
+                begin.elapsed()
+            })
+        });
+    });
+    group.finish();
+}
+
+fn settings() -> Criterion {
+    Criterion::default().sample_size(50).measurement_time(Duration::from_secs(5))
+}
+
+criterion_group! { name = benches; config = settings(); targets = bench_start, bench_redirect }
+criterion_main!(benches);

@@ -1,0 +1,39 @@
+//! Short load and fault runs (the long ones are `make bench-load`): many sign-ins at once
+//! through the local stack, each connection checked against what the stand-in issued.
+
+use ms_oauth_tests::aws;
+use ms_oauth_tests::load::{Faults, LoadOptions, LoadStack};
+
+async fn stack() -> LoadStack {
+    let moto = aws::shared_endpoint().expect("moto");
+    LoadStack::start(&moto).await.expect("load stack")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sign_ins_each_get_their_own_tokens_and_identity() {
+    let stack = stack().await;
+    let report =
+        stack.run(&LoadOptions { flows: 48, concurrency: 16, faults: None }).await.expect("run");
+    assert_eq!(report.violations(), Vec::<String>::new());
+    assert_eq!(report.connected, 48, "error pages: {:?}", report.error_pages);
+    assert_eq!(report.token_requests, 48, "one code exchange per sign-in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sign_ins_under_faults_end_on_clear_pages_and_never_mix_or_half_write() {
+    let stack = stack().await;
+    let faults = Faults { microsoft: 0.15, aws_refuse: 0.05, aws_cut: 0.05 };
+    let report = stack
+        .run(&LoadOptions { flows: 80, concurrency: 16, faults: Some(faults) })
+        .await
+        .expect("run");
+    // Every failure is a clear page; no connection is lost, mixed or half-written; no code
+    // is presented twice.
+    assert_eq!(report.violations(), Vec::<String>::new());
+    // The faults really happened, or this test would prove nothing.
+    assert!(report.microsoft_faults_injected > 0, "{report:?}");
+    assert!(report.aws.refused + report.aws.cut > 0, "{report:?}");
+    assert!(report.connected < report.flows, "{report:?}");
+    assert!(report.connected > 0, "{report:?}");
+    assert!(report.token_requests <= report.flows, "{report:?}");
+}

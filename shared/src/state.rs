@@ -27,6 +27,14 @@ fn random_token(n: usize) -> Result<SecretString, RandomError> {
     Ok(SecretString::from(URL_SAFE_NO_PAD.encode(&bytes)))
 }
 
+/// A random id (128 bits, hex) telling one attempt of an operation from any other. Not a
+/// secret.
+pub fn attempt_id() -> Result<String, RandomError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|_| RandomError)?;
+    Ok(hex(&bytes))
+}
+
 /// Fresh secrets for one flow.
 #[derive(Debug)]
 pub struct FlowSecrets {

@@ -139,14 +139,19 @@ pub struct StoredConnection {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Saves a new pending flow; fails if one already exists under `key`.
     async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError>;
-    /// Atomically removes and returns the pending flow, if it exists, has not expired at `now`
-    /// and was started by the browser holding `browser_hash`.
+    /// Atomically spends and returns the pending flow, if it exists, has not expired at `now`,
+    /// was started by the browser holding `browser_hash` and was not spent before. Safe to
+    /// retry: a repeat of the same call (the SDK retrying after a lost answer) gets the flow
+    /// again; any other call finds it spent.
     async fn consume_state(
         &self,
         key: &StateKey,
         browser_hash: &str,
         now: i64,
     ) -> Result<PendingFlow, ConsumeError>;
+    /// Deletes a spent flow (its PKCE verifier is no longer needed); what it misses, TTL
+    /// removes.
+    async fn discard_state(&self, key: &StateKey) -> Result<(), StoreError>;
     /// Creates or replaces a connection's tokens and vars in one write.
     async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError>;
     /// Reads a connection.
@@ -221,6 +226,9 @@ struct StateItem {
     browser_hash: String,
     created_at: i64,
     expires_at: i64,
+    /// Set once, by the consume that spent the flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consumed_by: Option<String>,
 }
 
 impl StateItem {
@@ -236,6 +244,7 @@ impl StateItem {
             browser_hash: flow.browser_hash.clone(),
             created_at: flow.created_at,
             expires_at: flow.expires_at,
+            consumed_by: None,
         }
     }
 
@@ -288,18 +297,23 @@ impl Store for DynamoStore {
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) => {
-                let e = e.into_service_error();
-                if e.is_conditional_check_failed_exception() {
-                    Err(StoreError::Duplicate)
-                } else {
-                    Err(unavailable("PutItem")(e))
+            Err(e) => match e.into_service_error() {
+                // The state is 256 random bits: an item already there is this very write,
+                // applied by an attempt whose answer was lost and retried by the SDK.
+                aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(failed)
+                    if failed.item.as_ref().and_then(|i| i.get("browser_hash")).and_then(|v| v.as_s().ok())
+                        == Some(&flow.browser_hash) =>
+                {
+                    Ok(())
                 }
-            }
+                e if e.is_conditional_check_failed_exception() => Err(StoreError::Duplicate),
+                e => Err(unavailable("PutItem")(e)),
+            },
         }
     }
 
@@ -311,18 +325,31 @@ impl Store for DynamoStore {
     ) -> Result<PendingFlow, ConsumeError> {
         // One request decides everything: a second consumer of the same state, a late
         // arrival after expiry (TTL deletion is lazy) or another browser all fail the
-        // condition and leave the item as it was.
+        // condition and leave the item as it was. The flow is marked spent rather than
+        // deleted, with a mark unique to this call: if the answer is lost and the SDK sends
+        // the same request again, the retry matches its own mark and gets the flow, where a
+        // delete would have found nothing and failed a sign-in that had succeeded.
+        let attempt = crate::state::attempt_id().map_err(|_| StoreError::Unavailable {
+            operation: "UpdateItem",
+            source: "no randomness for the consume mark".into(),
+        })?;
         let result = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(state_key(key)))
-            .condition_expression("attribute_exists(#pk) AND #exp > :now AND #bh = :bh")
+            .update_expression("SET #by = :attempt, #exp = :now")
+            .condition_expression(
+                "attribute_exists(#pk) AND (#by = :attempt OR \
+                 (attribute_not_exists(#by) AND #exp > :now AND #bh = :bh))",
+            )
             .expression_attribute_names("#pk", KEY_ATTRIBUTE)
             .expression_attribute_names("#exp", TTL_ATTRIBUTE)
             .expression_attribute_names("#bh", "browser_hash")
+            .expression_attribute_names("#by", "consumed_by")
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .expression_attribute_values(":bh", AttributeValue::S(browser_hash.to_owned()))
+            .expression_attribute_values(":attempt", AttributeValue::S(attempt))
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
@@ -335,19 +362,33 @@ impl Store for DynamoStore {
             }
             Err(e) => {
                 let e = e.into_service_error();
-                let aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(failed) = e else {
-                    return Err(unavailable("DeleteItem")(e).into());
+                let aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(failed) = e else {
+                    return Err(unavailable("UpdateItem")(e).into());
                 };
                 match failed.item {
                     None => Err(ConsumeError::NotFound),
                     Some(item) => {
                         let item: StateItem =
                             serde_dynamo::from_item(item).map_err(StoreError::from)?;
+                        if item.consumed_by.is_some() {
+                            return Err(ConsumeError::NotFound);
+                        }
                         Err(classify_failed_consume(&item.into_flow(), now))
                     }
                 }
             }
         }
+    }
+
+    async fn discard_state(&self, key: &StateKey) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(state_key(key)))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("DeleteItem")(e.into_service_error()))
     }
 
     async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError> {
@@ -626,6 +667,12 @@ impl Store for MemoryStore {
             return Err(classify_failed_consume(flow, now));
         }
         states.remove(&state_key(key)).ok_or(ConsumeError::NotFound)
+    }
+
+    async fn discard_state(&self, key: &StateKey) -> Result<(), StoreError> {
+        // `consume_state` already removed it: nothing here retries a lost answer.
+        self.states.lock().map_err(|_| poisoned())?.remove(&state_key(key));
+        Ok(())
     }
 
     async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError> {

@@ -4,8 +4,8 @@
 //! client of a real AWS endpoint sees on a bad network day.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 struct Plan {
     refuse_ppm: AtomicU64,
     cut_ppm: AtomicU64,
+    /// Cut the answer to the next request containing this text (once).
+    cut_next: Mutex<Option<Vec<u8>>>,
 }
 
 /// What the proxy did.
@@ -70,6 +72,15 @@ impl ChaosProxy {
         self.plan.cut_ppm.store(ppm(cut), Ordering::Relaxed);
     }
 
+    /// Cuts the answer to the next request that contains `marker` (for example the AWS
+    /// operation header `DynamoDB_20120810.UpdateItem`): the request is applied upstream,
+    /// its answer never arrives.
+    pub fn cut_next_answer_to(&self, marker: &str) {
+        if let Ok(mut next) = self.plan.cut_next.lock() {
+            *next = Some(marker.as_bytes().to_vec());
+        }
+    }
+
     pub fn counts(&self) -> ChaosCounts {
         ChaosCounts {
             connections: self.counters.connections.load(Ordering::Relaxed),
@@ -89,8 +100,26 @@ impl ChaosProxy {
         let Ok(server) = TcpStream::connect(upstream).await else { return };
         let (mut client_read, mut client_write) = client.into_split();
         let (mut server_read, mut server_write) = server.into_split();
+        let marked = Arc::new(AtomicBool::new(false));
+        let plan = self.plan.clone();
+        let mark = marked.clone();
         let upload = tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match client_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if let Ok(mut next) = plan.cut_next.lock()
+                    && next.as_ref().is_some_and(|m| contains(&buf[..n], m))
+                {
+                    *next = None;
+                    mark.store(true, Ordering::SeqCst);
+                }
+                if server_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
             let _ = server_write.shutdown().await;
         });
         let mut buf = vec![0u8; 64 * 1024];
@@ -99,7 +128,9 @@ impl ChaosProxy {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if draw(self.plan.cut_ppm.load(Ordering::Relaxed)) {
+            if marked.swap(false, Ordering::SeqCst)
+                || draw(self.plan.cut_ppm.load(Ordering::Relaxed))
+            {
                 self.counters.cut.fetch_add(1, Ordering::Relaxed);
                 break;
             }
@@ -118,4 +149,8 @@ fn draw(ppm: u64) -> bool {
     }
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).is_ok() && u64::from_le_bytes(bytes) % 1_000_000 < ppm
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -126,13 +126,25 @@ async fn finish(
     );
     let flow = flow?;
 
-    if let Some(error) = error {
-        let error = MicrosoftError::from_callback(error, error_description);
-        tracing::info!(cid = %flow.connection_id, error = %error, "Microsoft ended the flow with an error");
-        return Err(FlowError::Microsoft(Box::new(error)));
-    }
-    let code = code.filter(|c| !c.is_empty()).ok_or(FlowError::BadQuery("the code is missing"))?;
-    let tokens = exchange(service, code, &flow, secret?).await?;
+    // The flow is spent: its item (with the PKCE verifier) is deleted while the code is
+    // redeemed, so this adds no sequential hop. A failed delete only leaves it to TTL.
+    let discard = async {
+        if let Err(e) = service.store.discard_state(&key).await {
+            tracing::warn!(cid = %flow.connection_id, error = %ms_oauth::error::chain(&e), "spent flow not deleted; TTL will remove it");
+        }
+    };
+    let redeem = async {
+        if let Some(error) = error {
+            let error = MicrosoftError::from_callback(error, error_description);
+            tracing::info!(cid = %flow.connection_id, error = %error, "Microsoft ended the flow with an error");
+            return Err(FlowError::Microsoft(Box::new(error)));
+        }
+        let code =
+            code.filter(|c| !c.is_empty()).ok_or(FlowError::BadQuery("the code is missing"))?;
+        exchange(service, code, &flow, secret?).await
+    };
+    let (tokens, ()) = tokio::join!(redeem, discard);
+    let tokens = tokens?;
 
     let context = connection_context(&service.config.table_name, flow.connection_id.as_str());
     let personal = tokens.claims.is_personal_account();

@@ -37,3 +37,28 @@ async fn sign_ins_under_faults_end_on_clear_pages_and_never_mix_or_half_write() 
     assert!(report.connected > 0, "{report:?}");
     assert!(report.token_requests <= report.flows, "{report:?}");
 }
+
+/// One sign-in with the answer to one AWS request lost; the SDK retries it. The retry must
+/// find its own earlier write and carry on, not report a spent or duplicate state.
+async fn sign_in_with_lost_answer(operation: &str) {
+    let stack = stack().await;
+    let one = LoadOptions { flows: 1, concurrency: 1, faults: None };
+    // Warm: the client secret is cached, so the redirect's first AWS call is the consume.
+    assert_eq!(stack.run(&one).await.expect("warm-up").connected, 1);
+    let cut_before = stack.proxy.counts().cut;
+    stack.proxy.cut_next_answer_to(operation);
+    let report = stack.run(&one).await.expect("run");
+    assert_eq!(stack.proxy.counts().cut, cut_before + 1, "the answer was not cut");
+    assert_eq!(report.violations(), Vec::<String>::new());
+    assert_eq!(report.connected, 1, "error pages: {:?}", report.error_pages);
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_the_state_write_does_not_fail_the_start() {
+    sign_in_with_lost_answer("DynamoDB_20120810.PutItem").await;
+}
+
+#[tokio::test]
+async fn a_lost_answer_to_the_state_consume_does_not_fail_the_redirect() {
+    sign_in_with_lost_answer("DynamoDB_20120810.UpdateItem").await;
+}

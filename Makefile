@@ -1,4 +1,4 @@
-.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench-tokens bench-coldstart bench-critical-path deps deps-moto deps-browser deps-infra deps-build clean-local
+.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-browser deps-infra deps-build deps-bench clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -20,6 +20,9 @@ help:
 	@echo "make lint   - rustfmt, clippy (warnings are errors), cfn-lint and sam validate --lint"
 	@echo "make build  - arm64 release build of the functions for Lambda, with their sizes"
 	@echo "make sam-build - sam build of the stack (what sam deploy uploads)"
+	@echo "make bench  - every measurement below, then docs/benchmarks.md and docs/coldstart.svg"
+	@echo "make bench-handlers - CPU per request of the start and redirect handlers (criterion)"
+	@echo "make bench-load - 1,000 sign-ins, 64 at a time, clean and with faults, each connection checked"
 	@echo "make bench-tokens - token request latency through the local stack"
 	@echo "make bench-coldstart - Init, first invocation and RSS of each function vs hello world"
 	@echo "make bench-critical-path - sequential hops of the redirect with latency added to every dependency"
@@ -95,18 +98,37 @@ sam-build: deps-infra deps-build
 	@du -b infra/.aws-sam/build/*/bootstrap | awk '{ printf "%-48s %6.2f MiB\n", $$2, $$1/1048576 }'
 
 ## Measurements (they print numbers; nothing here is a test).
+BENCH_OUT := target/bench
+
+deps-bench: $(VENV)/.bench-deps
+$(VENV)/.bench-deps: $(MOTO)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
+	touch $@
+
+bench: deps-moto deps-bench bench-handlers bench-coldstart bench-critical-path bench-load build
+	$(VENV)/bin/python tests/bench/report.py
+
+bench-handlers:
+	cargo bench -p ms-oauth-tests --bench handlers
+
+bench-load: deps-moto
+	cargo build --release --bin load
+	@mkdir -p $(BENCH_OUT)
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/load 1000 64 --json $(BENCH_OUT)/load.json
 bench-tokens: deps-moto
 	cargo build --bin local-stack
 	MOTO_SERVER=$(abspath $(MOTO)) python3 tests/bench/token_latency.py
 
 bench-coldstart: deps-moto
 	cargo build --release $(foreach f,$(FUNCTIONS) hello-lambda coldstart,--bin $(f))
-	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/coldstart 15
+	@mkdir -p $(BENCH_OUT)
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/coldstart 15 --json $(BENCH_OUT)/coldstart.json
 
 bench-critical-path: deps-moto
 	cargo build --release --bin critical-path
-	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 50
-	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 200
+	@mkdir -p $(BENCH_OUT)
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 50 --json $(BENCH_OUT)/critical-path-50.json
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 200 --json $(BENCH_OUT)/critical-path-200.json
 
 clean-local:
 	rm -rf $(VENV) $(BROWSER_DIR)/node_modules

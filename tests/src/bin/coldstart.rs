@@ -186,7 +186,9 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(15);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
+    let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(15);
     let release = aws::workspace_root().join("target/release");
 
     // Dependencies on loopback, with their own latency measured.
@@ -312,6 +314,7 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|");
     let mut hello_init = None;
+    let mut rows = Vec::new();
     for (name, env, event) in cases {
         let binary = release.join(name.split_whitespace().next().unwrap_or(name));
         let mut inits = Vec::new();
@@ -334,6 +337,14 @@ async fn main() {
         }
         let init = median(inits);
         let ratio = *hello_init.get_or_insert(init);
+        rows.push(serde_json::json!({
+            "function": name,
+            "init_ms": ms(init),
+            "init_ratio": init.as_secs_f64() / ratio.as_secs_f64(),
+            "first_invocation_ms": ms(median(invokes.clone())),
+            "peak_rss_mib": rss as f64 / 1024.0,
+            "first_response": outcome,
+        }));
         println!(
             "| {name} | {:.2} ms | {:.2}× | {:.2} ms | {:.1} MiB | {outcome} |",
             ms(init),
@@ -341,5 +352,14 @@ async fn main() {
             ms(median(invokes)),
             rss as f64 / 1024.0
         );
+    }
+    if let Some(path) = json {
+        let report = serde_json::json!({
+            "runs": runs,
+            "arch": std::env::consts::ARCH,
+            "dependency_get_item_ms": ms(dependency),
+            "functions": rows,
+        });
+        std::fs::write(&path, report.to_string()).expect("write the JSON report");
     }
 }

@@ -71,10 +71,15 @@ async fn forward(State(p): State<Proxy>, req: Request) -> Response {
 
 #[tokio::main]
 async fn main() {
-    let latency_ms: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let json = match args.iter().position(|a| a == "--json") {
+        Some(i) if i + 1 < args.len() => Some(args.drain(i..=i + 1).nth(1).unwrap_or_default()),
+        _ => None,
+    };
+    let latency_ms: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(50);
     let delay = Duration::from_millis(latency_ms);
     // Optional: delay only AWS (`aws`) or only Microsoft (`microsoft`), to locate a hop.
-    let only = std::env::args().nth(2).unwrap_or_default();
+    let only = args.get(1).cloned().unwrap_or_default();
     let aws_delay = if only == "microsoft" { Duration::ZERO } else { delay };
     let ms_delay = if only == "aws" { Duration::ZERO } else { delay };
     let moto = aws::spawn_moto(aws::free_port().unwrap()).expect("moto");
@@ -202,6 +207,19 @@ async fn main() {
     let hops = |t: Duration| t.saturating_sub(base).as_secs_f64() / delay.as_secs_f64();
     let ms = |t: Duration| t.as_secs_f64() * 1000.0;
     println!("  baseline (no added latency, fastest of 5)   {:7.1} ms", ms(base));
+    if let Some(path) = json {
+        let warm_median = warm[warm.len() / 2];
+        let report = serde_json::json!({
+            "latency_ms": latency_ms,
+            "baseline_ms": ms(base),
+            "cold_ms": ms(cold),
+            "cold_hops": hops(cold),
+            "warm_ms": ms(warm_median),
+            "warm_hops": hops(warm_median),
+            "floor": 4,
+        });
+        std::fs::write(&path, report.to_string()).expect("write the JSON report");
+    }
     for (label, t) in
         [("cold instance", cold), ("warm instance (median of 5)", warm[warm.len() / 2])]
     {

@@ -14,7 +14,11 @@ fn key() -> GrantKey {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    // `PROPTEST_CASES` runs longer (see docs/benchmarks.md).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn connection_ids_accept_only_the_documented_shape(s in "\\PC{0,40}|con_[0-9a-z]{20,30}") {

@@ -305,9 +305,10 @@ def main():
         "queries lambda_http itself cannot parse), connection ids, origins and tenants, start "
         "grants of any shape, id_tokens of any shape, token and error responses of any shape, and "
         "configuration values (2,000 cases each), plus the redirect handler with any query and "
-        "cookie. Zero panics. A long run: `PROPTEST_CASES=200000 cargo test --release -p ms-oauth "
-        "-p oauth-start -p oauth-redirect proptest` (the environment variable overrides each "
-        "test's default).\n"
+        "cookie (500 cases: none may consume a live flow started by another browser). Zero "
+        "panics. A long run (every property test of the three crates, 200,000 cases each): "
+        "`PROPTEST_CASES=200000 cargo test --release -p ms-oauth -p oauth-start -p oauth-redirect`."
+        "\n"
     )
     (DOCS / "benchmarks.md").write_text("\n".join(out))
     print(f"wrote {DOCS / 'benchmarks.md'} and {DOCS / 'coldstart.svg'}")

@@ -316,3 +316,121 @@ fn finish_browser(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ms_oauth::config::SecretSource;
+    use ms_oauth::crypto::FakeDataKeys;
+    use ms_oauth::events::NoEvents;
+    use ms_oauth::store::MemoryStore;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const STATE: &str = "live-state-0123456789abcdefghijklmnopqrstuv";
+
+    /// A service whose store holds one live flow (state `STATE`) and whose Microsoft client
+    /// points at a closed port: nothing in these tests may get as far as calling it.
+    fn service(store: Arc<MemoryStore>) -> RedirectService {
+        let vars = [
+            (config::WEBHOOK_ADDRESS, "api.example.com"),
+            (config::MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
+            (config::MICROSOFT_AUTHORITY_HOST, "http://127.0.0.1:9"),
+            (config::MICROSOFT_GRAPH_URL, "http://127.0.0.1:9"),
+            (config::OAUTH_TABLE_NAME, "t"),
+        ];
+        let config = Config::from_lookup(&|k| {
+            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap();
+        let http = ms_oauth::http::build_client(config.http_timeout).unwrap();
+        let microsoft = Microsoft::new(Endpoints::new(&config), http);
+        RedirectService::new(
+            config,
+            microsoft,
+            store,
+            Arc::new(FakeDataKeys),
+            Arc::new(SystemClock),
+            CachedSecret::new(SecretSource::Value("s".to_owned().into()), None),
+            Arc::new(NoEvents),
+        )
+    }
+
+    fn live_flow() -> PendingFlow {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        PendingFlow {
+            connection_id: "con_01h9x3k6rtv2d9yb3pfcw6qz7m".parse().unwrap(),
+            origin: Origin::Web,
+            tenant: "organizations".parse().unwrap(),
+            pkce_verifier: SecretString::from("v".repeat(43)),
+            browser_hash: browser_hash("the-real-browser"),
+            created_at: now,
+            expires_at: now + 600,
+        }
+    }
+
+    fn pair() -> impl Strategy<Value = String> {
+        (
+            "(state|code|error|error_description|session_state|x|)",
+            "\\PC{0,80}|live-state-0123456789abcdefghijklmnopqrstuv|access_denied|[A-Za-z0-9._-]{0,300}",
+        )
+            .prop_map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500),
+            ..ProptestConfig::default()
+        })]
+
+        /// Any query and any cookies from a browser other than the one that started the live
+        /// flow get a page and leave that flow untouched.
+        #[test]
+        fn any_query_and_cookie_get_a_page_and_leave_the_live_flow_alone(
+            pairs in proptest::collection::vec(pair(), 0..6),
+            raw in "\\PC{0,200}",
+            use_raw in any::<bool>(),
+            cookie in "\\PC{0,120}|ms_oauth_[0-9a-f]{16}=[A-Za-z0-9_-]{0,60}",
+            method in "(GET|HEAD|POST)",
+        ) {
+            let query = if use_raw { raw } else { pairs.join("&") };
+            let mut event: serde_json::Value = serde_json::from_str(include_str!(
+                "../../oauth-start/tests/data/apigw-v2-start.json"
+            ))
+            .unwrap();
+            event["rawPath"] = serde_json::json!(config::REDIRECT_PATH);
+            event["requestContext"]["http"]["path"] = serde_json::json!(config::REDIRECT_PATH);
+            event["requestContext"]["http"]["method"] = serde_json::json!(method);
+            event["rawQueryString"] = serde_json::json!(query);
+            event["queryStringParameters"] = serde_json::json!({});
+            event["cookies"] = serde_json::json!([cookie]);
+            let text = event.to_string();
+            // lambda_http itself panics on a query that is not a valid URI; such events never
+            // reach a handler (the runtime turns the panic into an invocation error).
+            let parsed = std::panic::catch_unwind(|| lambda_http::request::from_str(&text));
+            prop_assume!(matches!(parsed, Ok(Ok(_))));
+            let Ok(Ok(request)) = parsed else { unreachable!() };
+
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let store = Arc::new(MemoryStore::default());
+            let key = StateKey::from_state(STATE);
+            runtime.block_on(store.put_state(&key, &live_flow())).unwrap();
+            let service = service(store.clone());
+            let response = runtime.block_on(handle(&service, request));
+            let status = response.status().as_u16();
+            prop_assert!([400, 405].contains(&status), "status {status}");
+            prop_assert_eq!(store.pending(), 1, "the live flow was consumed");
+            let body = match response.body() {
+                Body::Text(t) => t.clone(),
+                _ => String::new(),
+            };
+            prop_assert!(body.contains("<h1>"), "no page");
+        }
+    }
+}

@@ -199,6 +199,22 @@ mod tests {
         assert_eq!(store.pending(), 0);
     }
 
+    /// What API Gateway puts in `queryStringParameters` for `query` (repeated names joined
+    /// with commas), or nothing, so both ways the handler reads a query are exercised.
+    fn query_map(query: &str, with_map: bool) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        if with_map {
+            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                let joined = match map.get(k.as_ref()).and_then(|p| p.as_str()) {
+                    Some(prev) => format!("{prev},{v}"),
+                    None => v.into_owned(),
+                };
+                map.insert(k.into_owned(), serde_json::Value::String(joined));
+            }
+        }
+        serde_json::Value::Object(map)
+    }
+
     fn pair() -> impl Strategy<Value = String> {
         (
             "(cid|origin|grant|x|cid%00|)",
@@ -213,17 +229,22 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn any_query_gets_a_page_and_stores_nothing_unless_it_starts_a_flow(
             pairs in proptest::collection::vec(pair(), 0..6),
             raw in "\\PC{0,200}",
             use_raw in any::<bool>(),
+            with_map in any::<bool>(),
         ) {
             let query = if use_raw { raw } else { pairs.join("&") };
             let mut event: serde_json::Value =
                 serde_json::from_str(include_str!("../tests/data/apigw-v2-start.json")).unwrap();
+            event["queryStringParameters"] = query_map(&query, with_map);
             event["rawQueryString"] = serde_json::Value::String(query);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let store = Arc::new(MemoryStore::default());

@@ -8,10 +8,16 @@ pub fn init_tracing() {
     lambda_http::tracing::init_default_subscriber();
 }
 
-/// Loads the AWS SDK configuration once. `AWS_ENDPOINT_URL` (or a per-service variant) points
-/// every client at an emulator for local runs and tests.
+/// Loads the AWS SDK configuration once, with our HTTP client. `AWS_ENDPOINT_URL` (or a
+/// per-service variant) points every client at an emulator for local runs and tests.
 pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    aws_config_loader().load().await
+}
+
+/// The SDK's default configuration loader with our HTTP client, for callers that add to it.
+pub fn aws_config_loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(crate::aws_http::ReqwestSdkClient::shared())
 }
 
 /// How every function builds its state: from variables and one AWS SDK configuration.

@@ -105,7 +105,7 @@ pub fn shared_endpoint() -> Result<String, String> {
 
 /// SDK configuration for an emulator at `endpoint` with placeholder credentials.
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
+    ms_oauth::runtime::aws_config_loader()
         .region(Region::new(LOCAL_REGION))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "testing", "testing", None, None, "local",

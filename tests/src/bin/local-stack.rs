@@ -83,8 +83,7 @@ async fn run() -> Result<(), String> {
         }
     };
     let sdk = if env("AWS_ACCESS_KEY_ID").is_some() {
-        let mut loader =
-            aws_config::defaults(aws_config::BehaviorVersion::latest()).endpoint_url(&endpoint);
+        let mut loader = ms_oauth::runtime::aws_config_loader().endpoint_url(&endpoint);
         if env("AWS_REGION").is_none() && env("AWS_DEFAULT_REGION").is_none() {
             loader = loader.region(aws_config::Region::new(aws::LOCAL_REGION));
         }

@@ -21,3 +21,5 @@ pub mod tokens;
 
 #[cfg(test)]
 mod parser_properties;
+#[doc(hidden)]
+pub mod testing;

@@ -16,7 +16,7 @@ fn key() -> GrantKey {
 proptest! {
     // `PROPTEST_CASES` runs longer (see docs/benchmarks.md).
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+        cases: crate::testing::proptest_cases(2000),
         ..ProptestConfig::default()
     })]
 

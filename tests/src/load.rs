@@ -9,26 +9,18 @@
 //! tokens, and no authorization code reaches the token endpoint twice.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use ms_oauth::clock::SystemClock;
-use ms_oauth::config::{self, Config, SecretSource};
-use ms_oauth::crypto::KmsDataKeys;
+use ms_oauth::config::{self, Config};
 use ms_oauth::domain::{ConnectionId, Origin};
-use ms_oauth::events::NoEvents;
 use ms_oauth::grant::GrantKey;
-use ms_oauth::microsoft::{Endpoints, Microsoft};
-use ms_oauth::secrets::CachedSecret;
-use ms_oauth::store::DynamoStore;
-use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::aws;
 use crate::chaos::{ChaosCounts, ChaosProxy};
-use crate::local::{self, Functions};
+use crate::local::{self, Functions, Resources};
 use crate::standin::{AccountKind, Fault, RandomFaults, Registration, Standin, accounts_for};
 
 const CLIENT_ID: &str = "7c1e4f0a-8b2d-4e6f-a1c3-5d7e9f0b2c4d";
@@ -214,49 +206,13 @@ impl LoadStack {
             Config::from_lookup(&|k| vars.get(k).cloned()).map_err(|e| e.to_string())?;
         config.http_timeout = MICROSOFT_TIMEOUT;
 
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), name.clone()));
-        let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(&sdk), kms_key));
-        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
-        let client_secret = || {
-            CachedSecret::new(
-                SecretSource::SecretsManager { arn: secret_arn.clone() },
-                Some(secrets.clone()),
-            )
-        };
-        let http = ms_oauth::http::build_client(config.http_timeout).map_err(|e| e.to_string())?;
-        let microsoft = Microsoft::new(Endpoints::new(&config), http);
-        let start = oauth_start::StartService::new(
-            config.clone(),
-            Endpoints::new(&config),
-            store.clone(),
-            Arc::new(SystemClock),
-            CachedSecret::new(SecretSource::Value(START_KEY.to_owned().into()), None),
-        );
-        let redirect = oauth_redirect::RedirectService::new(
-            config.clone(),
-            microsoft.clone(),
-            store.clone(),
-            keys.clone(),
-            Arc::new(SystemClock),
-            client_secret(),
-            Arc::new(NoEvents),
-        );
-        let tokens = TokenService {
-            store,
-            keys,
-            microsoft,
-            client_secret: Arc::new(client_secret()),
-            clock: Arc::new(SystemClock),
-            events: Arc::new(NoEvents),
+        let resources = Resources {
             table: name,
-            margin: DEFAULT_REFRESH_MARGIN,
-            backoff: Duration::from_millis(200),
+            kms_key,
+            client_secret_arn: secret_arn,
+            start_link_key: START_KEY.to_owned(),
         };
-        let functions = Functions {
-            start: Arc::new(start),
-            redirect: Arc::new(redirect),
-            api: Arc::new(connection_api::ConnectionApi { tokens }),
-        };
+        let functions = Functions::wire(&config, &sdk, &resources)?;
         tokio::spawn(local::serve(app, functions));
 
         let http = reqwest::Client::builder()

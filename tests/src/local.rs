@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use connection_api::ConnectionApi;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -14,7 +16,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lambda_http::Body;
+use ms_oauth::clock::SystemClock;
+use ms_oauth::config::{Config, SecretSource};
 use ms_oauth::config::{REDIRECT_PATH, START_PATH};
+use ms_oauth::crypto::KmsDataKeys;
+use ms_oauth::events::NoEvents;
+use ms_oauth::microsoft::{Endpoints, Microsoft};
+use ms_oauth::secrets::CachedSecret;
+use ms_oauth::store::DynamoStore;
+use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
 use oauth_redirect::RedirectService;
 use oauth_start::StartService;
 use serde_json::json;
@@ -27,6 +37,69 @@ pub struct Functions {
     pub redirect: Arc<RedirectService>,
     /// The connection API (IAM-authorized in AWS; open on this local address).
     pub api: Arc<ConnectionApi>,
+}
+
+/// Where the functions' AWS resources are.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    pub table: String,
+    pub kms_key: String,
+    pub client_secret_arn: String,
+    pub start_link_key: String,
+}
+
+impl Functions {
+    /// The three services wired the way the functions wire them, on one AWS SDK config and
+    /// without events: the client secret from Secrets Manager, the start-link key as a value.
+    pub fn wire(
+        config: &Config,
+        sdk: &aws_config::SdkConfig,
+        r: &Resources,
+    ) -> Result<Self, String> {
+        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), r.table.clone()));
+        let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), r.kms_key.clone()));
+        let secrets = aws_sdk_secretsmanager::Client::new(sdk);
+        let client_secret = || {
+            CachedSecret::new(
+                SecretSource::SecretsManager { arn: r.client_secret_arn.clone() },
+                Some(secrets.clone()),
+            )
+        };
+        let http = ms_oauth::http::build_client(config.http_timeout).map_err(|e| e.to_string())?;
+        let microsoft = Microsoft::new(Endpoints::new(config), http);
+        let start = StartService::new(
+            config.clone(),
+            Endpoints::new(config),
+            store.clone(),
+            Arc::new(SystemClock),
+            CachedSecret::new(SecretSource::Value(r.start_link_key.clone().into()), None),
+        );
+        let redirect = RedirectService::new(
+            config.clone(),
+            microsoft.clone(),
+            store.clone(),
+            keys.clone(),
+            Arc::new(SystemClock),
+            client_secret(),
+            Arc::new(NoEvents),
+        );
+        let tokens = TokenService {
+            store,
+            keys,
+            microsoft,
+            client_secret: Arc::new(client_secret()),
+            clock: Arc::new(SystemClock),
+            events: Arc::new(NoEvents),
+            table: r.table.clone(),
+            margin: DEFAULT_REFRESH_MARGIN,
+            backoff: Duration::from_millis(200),
+        };
+        Ok(Self {
+            start: Arc::new(start),
+            redirect: Arc::new(redirect),
+            api: Arc::new(ConnectionApi { tokens }),
+        })
+    }
 }
 
 /// Accepts connections on `listener` until the runtime stops.

@@ -120,6 +120,7 @@ mod tests {
 
     use ms_oauth::config::SecretSource;
     use ms_oauth::store::MemoryStore;
+    use ms_oauth::testing::{parse_event, proptest_cases, query_map, query_pair};
 
     use super::*;
 
@@ -199,38 +200,17 @@ mod tests {
         assert_eq!(store.pending(), 0);
     }
 
-    /// What API Gateway puts in `queryStringParameters` for `query` (repeated names joined
-    /// with commas), or nothing, so both ways the handler reads a query are exercised.
-    fn query_map(query: &str, with_map: bool) -> serde_json::Value {
-        let mut map = serde_json::Map::new();
-        if with_map {
-            for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-                let joined = match map.get(k.as_ref()).and_then(|p| p.as_str()) {
-                    Some(prev) => format!("{prev},{v}"),
-                    None => v.into_owned(),
-                };
-                map.insert(k.into_owned(), serde_json::Value::String(joined));
-            }
-        }
-        serde_json::Value::Object(map)
-    }
-
     fn pair() -> impl Strategy<Value = String> {
         (
             "(cid|origin|grant|x|cid%00|)",
             "\\PC{0,80}|con_[0-9a-z]{26}|web|cli|[A-Za-z0-9._-]{0,300}",
         )
-            .prop_map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
-                )
-            })
+            .prop_map(|(k, v)| query_pair(&k, &v))
     }
 
     proptest! {
         #![proptest_config(ProptestConfig {
-            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(500),
+            cases: proptest_cases(500),
             ..ProptestConfig::default()
         })]
 
@@ -249,12 +229,9 @@ mod tests {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let store = Arc::new(MemoryStore::default());
             let service = service(store.clone());
-            // lambda_http itself panics on a query that is not a valid URI; such events never
-            // reach a handler (the runtime turns the panic into an invocation error).
-            let text = event.to_string();
-            let parsed = std::panic::catch_unwind(|| lambda_http::request::from_str(&text));
-            prop_assume!(matches!(parsed, Ok(Ok(_))));
-            let Ok(Ok(request)) = parsed else { unreachable!() };
+            let request = parse_event(&event);
+            prop_assume!(request.is_some());
+            let Some(request) = request else { unreachable!() };
             let response = runtime.block_on(handle(&service, request));
             let status = response.status().as_u16();
             prop_assert!([400, 403].contains(&status), "status {status}");

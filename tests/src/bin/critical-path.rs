@@ -15,18 +15,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use ms_oauth::clock::SystemClock;
-use ms_oauth::config::{self, Config, SecretSource};
-use ms_oauth::crypto::KmsDataKeys;
+use ms_oauth::config::{self, Config};
 use ms_oauth::domain::{ConnectionId, Origin};
-use ms_oauth::events::NoEvents;
 use ms_oauth::grant::GrantKey;
-use ms_oauth::microsoft::{Endpoints, Microsoft};
-use ms_oauth::secrets::CachedSecret;
-use ms_oauth::store::DynamoStore;
-use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
 use ms_oauth_tests::aws;
-use ms_oauth_tests::local::{self, Functions};
+use ms_oauth_tests::local::{self, Functions, Resources};
 use ms_oauth_tests::standin::{Fault, Registration, Standin};
 use tokio::net::TcpListener;
 
@@ -127,51 +120,14 @@ async fn main() {
         (config::OAUTH_TABLE_NAME, "critical-path".to_owned()),
     ]);
     let config = Config::from_lookup(&|k| vars.get(k).cloned()).unwrap();
-    let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), "critical-path"));
-    let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(&sdk), kms_key));
-    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
-    let microsoft = Microsoft::new(
-        Endpoints::new(&config),
-        ms_oauth::http::build_client(config.http_timeout).unwrap(),
-    );
-    let start = oauth_start::StartService::new(
-        config.clone(),
-        Endpoints::new(&config),
-        store.clone(),
-        Arc::new(SystemClock),
-        CachedSecret::new(SecretSource::Value(START_KEY.to_owned().into()), None),
-    );
-    let client_secret = || {
-        CachedSecret::new(
-            SecretSource::SecretsManager { arn: secret_arn.clone() },
-            Some(sm.clone()),
-        )
-    };
-    let redirect = oauth_redirect::RedirectService::new(
-        config.clone(),
-        microsoft.clone(),
-        store.clone(),
-        keys.clone(),
-        Arc::new(SystemClock),
-        client_secret(),
-        Arc::new(NoEvents),
-    );
-    let tokens = TokenService {
-        store,
-        keys,
-        microsoft,
-        client_secret: Arc::new(client_secret()),
-        clock: Arc::new(SystemClock),
-        events: Arc::new(NoEvents),
+    let resources = Resources {
         table: "critical-path".into(),
-        margin: DEFAULT_REFRESH_MARGIN,
-        backoff: Duration::from_millis(200),
+        kms_key,
+        client_secret_arn: secret_arn,
+        start_link_key: START_KEY.into(),
     };
-    let api = connection_api::ConnectionApi { tokens };
-    tokio::spawn(local::serve(
-        app_listener,
-        Functions { start: Arc::new(start), redirect: Arc::new(redirect), api: Arc::new(api) },
-    ));
+    let functions = Functions::wire(&config, &sdk, &resources).unwrap();
+    tokio::spawn(local::serve(app_listener, functions));
     let set_delays = |aws: Duration, microsoft: Duration| {
         aws_delay_ms.store(u64::try_from(aws.as_millis()).unwrap_or(0), Ordering::Relaxed);
         let fault = Some(Fault::Delay(microsoft));

@@ -15,9 +15,26 @@ pub async fn aws_config() -> aws_config::SdkConfig {
 }
 
 /// The SDK's default configuration loader with our HTTP client, for callers that add to it.
+///
+/// Lambda hands a function its role's credentials in `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, the first source the default chain
+/// tries. When they are set they are read directly: building the rest of the chain (web
+/// identity with its own STS client, SSO, container and instance metadata) cost about a fifth
+/// of a function's Init and is never used there. Elsewhere (`akoauth` on a laptop) the
+/// default chain applies unchanged.
 pub fn aws_config_loader() -> aws_config::ConfigLoader {
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(crate::aws_http::ReqwestSdkClient::shared())
+    let loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(crate::aws_http::ReqwestSdkClient::shared());
+    let from_env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+        .iter()
+        .all(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    if from_env {
+        loader.credentials_provider(
+            aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+        )
+    } else {
+        loader
+    }
 }
 
 /// How every function builds its state: from variables and one AWS SDK configuration.

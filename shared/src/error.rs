@@ -165,7 +165,15 @@ impl FlowError {
                 "Please try once more.",
                 Some(TRY_AGAIN),
             ),
-            FlowError::Store(_) | FlowError::Secret(_) | FlowError::Crypto(_) => Page::error(
+            // No "nothing was saved" here: when the final write's answer is lost, the write
+            // may have been applied.
+            FlowError::Store(_) => Page::error(
+                S::SERVICE_UNAVAILABLE,
+                "AutoKitteh is temporarily unavailable",
+                "A service the connection depends on did not respond.",
+                Some(TRY_AGAIN),
+            ),
+            FlowError::Secret(_) | FlowError::Crypto(_) => Page::error(
                 S::SERVICE_UNAVAILABLE,
                 "AutoKitteh is temporarily unavailable",
                 "A service the connection depends on did not respond. Nothing was saved.",

@@ -28,6 +28,13 @@ const CLIENT_SECRET: &str = "load-run-client-secret~not-a-real-one";
 const START_KEY: &str = "load-run-start-link-key-0123456789abcdef";
 /// Tenant path of the app: both work and personal accounts can sign in.
 const TENANT: &str = "common";
+/// Pages that blame the browser or ask to retry a duplicate: never right for a sign-in done
+/// once, in time, in one browser.
+const MISLEADING: [&str; 3] = [
+    "This sign-in is unknown or already finished",
+    "Finish the sign-in in the browser where you started it",
+    "The sign-in could not start",
+];
 /// How long the functions wait for Microsoft in these runs (production: 10 s), so a
 /// simulated timeout costs seconds, not tens of seconds.
 const MICROSOFT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -118,6 +125,9 @@ pub struct LoadReport {
     pub saved_after_error_page: usize,
     /// Codes presented to the token endpoint more than once (must be 0).
     pub codes_presented_twice: usize,
+    /// Failed sign-ins told their link was used or could not start, though every browser
+    /// did everything once and in time: the mark of an unsafe retry (must be 0).
+    pub misleading_pages: usize,
     pub token_requests: usize,
     pub microsoft_faults_injected: usize,
     pub aws: ChaosCounts,
@@ -139,6 +149,7 @@ impl LoadReport {
             ("mixed tokens or identity", self.mixed),
             ("half-written connections", self.half_written),
             ("codes presented twice", self.codes_presented_twice),
+            ("misleading error pages", self.misleading_pages),
         ] {
             if n > 0 {
                 out.push(format!("{n} {what}"));
@@ -261,6 +272,12 @@ impl LoadStack {
             mixed: 0,
             half_written: 0,
             saved_after_error_page: 0,
+            misleading_pages: records
+                .iter()
+                .filter(|r| {
+                    matches!(&r.outcome, Outcome::ErrorPage { title, .. } if MISLEADING.contains(&title.as_str()))
+                })
+                .count(),
             codes_presented_twice: after
                 .code_presentations
                 .iter()

@@ -98,12 +98,13 @@ fn print(r: &LoadReport) {
         println!("  error page  {n:>5} × {page}");
     }
     println!(
-        "  checks: lost {}, mixed {}, half-written {}, unclear pages {}, codes presented twice {}; \
-         saved despite an error page {}",
+        "  checks: lost {}, mixed {}, half-written {}, unclear pages {}, misleading pages {}, \
+         codes presented twice {}; saved despite an error page {}",
         r.lost,
         r.mixed,
         r.half_written,
         r.broken.len(),
+        r.misleading_pages,
         r.codes_presented_twice,
         r.saved_after_error_page
     );

@@ -174,6 +174,13 @@ def main():
     else:
         w("\nEvery function is within the 1.5× target in this run.\n")
     w(
+        "This machine is a shared VM and the ratio moves with its load: runs of the same "
+        "binaries during development measured 1.53× (oauth-start), 1.59× (oauth-redirect) and "
+        "1.66× (connection-api, token-refresher) when it was quiet, up to about 2.1× when it was "
+        "busy. Each round starts every function once and the ratio is the median of per-round "
+        "ratios, so drift within a run affects all functions alike.\n"
+    )
+    w(
         "Where Init goes (`valgrind --tool=callgrind` on oauth-start built with symbols, "
         "instructions until the first `/next`): hello world 0.51 M; oauth-start 2.10 M. Of "
         "these, the dynamic loader takes 0.44 M (15,000 relocations against hello world's "
@@ -328,8 +335,8 @@ def main():
         "Reading the fault run: \"Microsoft is not responding\" pages are the injected token "
         "endpoint faults (the code exchange is not retried) and /me faults; \"AutoKitteh is "
         "temporarily unavailable\" pages are AWS calls whose every attempt failed. Fewer of the "
-        "latter would reach users on Lambda than here: the SDK's retry quota (500 tokens, 14 per "
-        "retry, refilled by successes) is per service and per process, and this harness runs "
+        "latter would reach users on Lambda than here: the SDK's retry quota (a bucket of 500 tokens "
+        "that each retry draws from and successes refill) is per service and per process, and this harness runs "
         "all 64 concurrent sign-ins in one process, so a sustained 4% AWS failure rate drains "
         "it and later failures are not retried; on Lambda each instance serves one request at a "
         "time with its own quota. \"Saved despite an error page\" counts sign-ins whose final "

@@ -175,6 +175,11 @@ fn apigw_event(method: &str, path_and_query: &str, route: &str, cookie: Option<&
         .to_string()
 }
 
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -310,46 +315,46 @@ async fn main() {
     );
     println!("Dependency (moto DynamoDB GetItem) median: {:.2} ms\n", ms(dependency));
     println!(
-        "| function | Init median | Init ratio to hello | first invocation median | peak RSS | first response |"
+        "| function | Init median | Init ratio to hello (median of per-round ratios) | first invocation median | peak RSS | first response |"
     );
     println!("|---|---|---|---|---|---|");
-    let mut hello_init = None;
-    let mut rows = Vec::new();
-    for (name, env, event) in cases {
-        let binary = release.join(name.split_whitespace().next().unwrap_or(name));
-        let mut inits = Vec::new();
-        let mut invokes = Vec::new();
-        let mut rss = 0;
-        let mut outcome = String::new();
-        for _ in 0..runs {
-            match run_once(&binary, &env, &event).await {
-                Ok(s) => {
-                    inits.push(s.init);
-                    invokes.push(s.invoke);
-                    rss = rss.max(s.rss_kib);
-                    outcome = s.outcome;
-                }
+    // Rounds: each round starts every case once, so a change in the machine's speed during
+    // the run (a shared VM) affects all cases alike; ratios are taken within a round.
+    let mut samples: Vec<Vec<Sample>> = cases.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for ((name, env, event), out) in cases.iter().zip(samples.iter_mut()) {
+            let binary = release.join(name.split_whitespace().next().unwrap_or(name));
+            match run_once(&binary, env, event).await {
+                Ok(s) => out.push(s),
                 Err(e) => {
                     eprintln!("{name}: {e}");
                     std::process::exit(1);
                 }
             }
         }
-        let init = median(inits);
-        let ratio = *hello_init.get_or_insert(init);
+    }
+    let hello: Vec<Duration> = samples[0].iter().map(|s| s.init).collect();
+    let mut rows = Vec::new();
+    for ((name, _, _), runs) in cases.iter().zip(&samples) {
+        let init = median(runs.iter().map(|s| s.init).collect());
+        let ratios: Vec<f64> =
+            runs.iter().zip(&hello).map(|(s, h)| s.init.as_secs_f64() / h.as_secs_f64()).collect();
+        let ratio = median_f64(ratios);
+        let invoke = median(runs.iter().map(|s| s.invoke).collect());
+        let rss = runs.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        let outcome = runs.last().map(|s| s.outcome.clone()).unwrap_or_default();
         rows.push(serde_json::json!({
             "function": name,
             "init_ms": ms(init),
-            "init_ratio": init.as_secs_f64() / ratio.as_secs_f64(),
-            "first_invocation_ms": ms(median(invokes.clone())),
+            "init_ratio": ratio,
+            "first_invocation_ms": ms(invoke),
             "peak_rss_mib": rss as f64 / 1024.0,
             "first_response": outcome,
         }));
         println!(
-            "| {name} | {:.2} ms | {:.2}× | {:.2} ms | {:.1} MiB | {outcome} |",
+            "| {name} | {:.2} ms | {ratio:.2}× | {:.2} ms | {:.1} MiB | {outcome} |",
             ms(init),
-            init.as_secs_f64() / ratio.as_secs_f64(),
-            ms(median(invokes)),
+            ms(invoke),
             rss as f64 / 1024.0
         );
     }

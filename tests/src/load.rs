@@ -173,7 +173,7 @@ impl LoadStack {
     /// Starts the stack against the AWS emulator at `moto` (through a chaos proxy that is
     /// transparent until faults are set).
     pub async fn start(moto: &str) -> Result<Self, String> {
-        let name = format!("load-{}", suffix(10));
+        let name = format!("load-{}", crate::random_base32(10));
         let setup = aws::sdk_config(moto).await;
         aws::ensure_table(&aws_sdk_dynamodb::Client::new(&setup), &name).await?;
         let kms_key =
@@ -322,10 +322,7 @@ impl LoadStack {
     /// One sign-in as a browser does it; each step timed.
     async fn flow(&self, i: usize) -> FlowRecord {
         let account = if i.is_multiple_of(2) { AccountKind::Work } else { AccountKind::Personal };
-        let cid: ConnectionId = match format!("con_{}", suffix(26)).parse() {
-            Ok(cid) => cid,
-            Err(_) => unreachable_cid(),
-        };
+        let cid = crate::new_connection_id();
         let mut record = FlowRecord {
             cid: cid.clone(),
             account,
@@ -511,17 +508,4 @@ fn latency(step: &'static str, samples: impl Iterator<Item = Duration>) -> StepL
         p99_ms: at(0.99),
         max_ms: ms.last().copied().unwrap_or(0.0),
     }
-}
-
-fn suffix(n: usize) -> String {
-    const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
-    let mut bytes = vec![0u8; n];
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
-}
-
-fn unreachable_cid() -> ConnectionId {
-    // `suffix` only yields the connection id alphabet; keep a valid id regardless.
-    #[allow(clippy::unwrap_used)]
-    "con_0000000000000000000000000a".parse().unwrap()
 }

@@ -16,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use ms_oauth::config::{self, Config};
-use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::domain::Origin;
 use ms_oauth::grant::GrantKey;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions, Resources};
@@ -190,8 +190,7 @@ async fn main() {
 
 /// One full flow; returns how long the redirect request took.
 async fn flow(http: &reqwest::Client, address: &str) -> Duration {
-    let cid: ConnectionId =
-        format!("con_{}", "0".repeat(20) + &format!("{:06}", rand_suffix())).parse().unwrap();
+    let cid = ms_oauth_tests::new_connection_id();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let grant = GrantKey::new(START_KEY.to_owned().into())
         .unwrap()
@@ -216,10 +215,4 @@ async fn flow(http: &reqwest::Client, address: &str) -> Duration {
     let elapsed = started.elapsed();
     assert_eq!(finish.status(), 200, "{}", finish.text().await.unwrap_or_default());
     elapsed
-}
-
-fn rand_suffix() -> u32 {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).unwrap();
-    u32::from_le_bytes(b) % 1_000_000
 }

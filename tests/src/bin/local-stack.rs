@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use connection_api::ConnectionApi;
 use ms_oauth::config::{self, PublicAddress};
-use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::domain::Origin;
 use ms_oauth::grant::GrantKey;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
@@ -189,8 +189,7 @@ async fn run() -> Result<(), String> {
     );
     println!("Table / KMS key:    {table} / {kms_key}");
     if let Some(key) = start_key {
-        let cid: ConnectionId =
-            format!("con_{}", random_base32(26)).parse().map_err(|_| "cid".to_owned())?;
+        let cid = ms_oauth_tests::new_connection_id();
         let key = GrantKey::new(key.into()).map_err(|e| e.to_string())?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let grant = key.sign(&cid, Origin::Web, now, 600).map_err(|e| e.to_string())?;
@@ -215,13 +214,4 @@ async fn run() -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-fn random_base32(n: usize) -> String {
-    const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
-    let mut bytes = vec![0u8; n];
-    if getrandom::fill(&mut bytes).is_err() {
-        return "0".repeat(n);
-    }
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }

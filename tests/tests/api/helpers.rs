@@ -124,16 +124,9 @@ pub struct TestApp {
     pub refresher: Refresher,
 }
 
-fn random_suffix(n: usize) -> String {
-    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut bytes = vec![0u8; n];
-    getrandom::fill(&mut bytes).expect("randomness");
-    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
-}
-
 /// A fresh AutoKitteh connection id.
 pub fn new_cid() -> ConnectionId {
-    format!("con_{}", random_suffix(26)).parse().expect("valid cid")
+    ms_oauth_tests::new_connection_id()
 }
 
 const DEAD_ENDPOINT: &str = "http://127.0.0.1:9";
@@ -150,12 +143,12 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let kms = aws_sdk_kms::Client::new(&sdk);
     let secretsmanager = aws_sdk_secretsmanager::Client::new(&sdk);
 
-    let suffix = random_suffix(10);
+    let suffix = ms_oauth_tests::random_base32(10);
     let table = format!("oauth-test-{suffix}");
     aws::ensure_table(&dynamodb, &table).await.expect("table");
     let kms_key =
         aws::ensure_kms_key(&kms, &format!("alias/oauth-test-{suffix}")).await.expect("kms key");
-    let client_secret = format!("cs~{}", random_suffix(32));
+    let client_secret = format!("cs~{}", ms_oauth_tests::random_base32(32));
     let client_secret_arn = aws::ensure_secret(
         &secretsmanager,
         &format!("oauth-test/{suffix}/client-secret"),
@@ -163,7 +156,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     )
     .await
     .expect("secret");
-    let start_key = random_suffix(40);
+    let start_key = ms_oauth_tests::random_base32(40);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
     let address = format!("http://{}", listener.local_addr().expect("addr"));

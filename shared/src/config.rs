@@ -24,6 +24,8 @@ pub const START_LINK_KEY: &str = "START_LINK_KEY";
 pub const START_LINK_KEY_ARN: &str = "START_LINK_KEY_ARN";
 pub const EVENT_BUS_NAME: &str = "EVENT_BUS_NAME";
 pub const TOKEN_REFRESH_MARGIN_SECONDS: &str = "TOKEN_REFRESH_MARGIN_SECONDS";
+pub const AUTOKITTEH_API_URL: &str = "AUTOKITTEH_API_URL";
+pub const AUTOKITTEH_UI_URL: &str = "AUTOKITTEH_UI_URL";
 
 /// Microsoft's global authority; national clouds and tests override it.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
@@ -40,6 +42,8 @@ const REQUIRED_SCOPES: [&str; 4] = ["openid", "profile", "offline_access", "User
 
 /// Path of the start function on the public address.
 pub const START_PATH: &str = "/oauth/start/microsoft";
+/// Start path of AutoKitteh's Microsoft Teams integration (same flow, another integration).
+pub const START_PATH_TEAMS: &str = "/oauth/start/microsoft_teams";
 /// Path of the redirect function on the public address; registered in Azure.
 pub const REDIRECT_PATH: &str = "/oauth/redirect/microsoft";
 
@@ -149,6 +153,17 @@ pub struct Config {
     pub http_timeout: Duration,
     /// How long a started flow may take before its state expires.
     pub state_ttl: Duration,
+    /// Set when the functions work inside an AutoKitteh deployment (`AUTOKITTEH_API_URL`).
+    pub autokitteh: Option<AutoKittehConfig>,
+}
+
+/// Where the AutoKitteh deployment the functions work in is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoKittehConfig {
+    /// The API host the Connect RPCs go to, e.g. `https://api.autokitteh.cloud`.
+    pub api_url: Url,
+    /// Where a user signs in to AutoKitteh (its web UI); pages link there.
+    pub ui_url: Url,
 }
 
 impl Config {
@@ -177,6 +192,17 @@ impl Config {
             parse_scopes(optional(lookup, MICROSOFT_SCOPES).as_deref().unwrap_or(DEFAULT_SCOPES))
                 .map_err(|p| ConfigError::new(MICROSOFT_SCOPES, p))?;
         let table_name = required(lookup, OAUTH_TABLE_NAME)?;
+        let autokitteh = match optional(lookup, AUTOKITTEH_API_URL) {
+            None => None,
+            Some(_) => {
+                let api_url = service_url(lookup, AUTOKITTEH_API_URL, "")?;
+                let ui_url = match optional(lookup, AUTOKITTEH_UI_URL) {
+                    Some(_) => service_url(lookup, AUTOKITTEH_UI_URL, "")?,
+                    None => api_url.clone(),
+                };
+                Some(AutoKittehConfig { api_url, ui_url })
+            }
+        };
         Ok(Self {
             public_address,
             client_id: ClientId::new(client_id),
@@ -187,6 +213,7 @@ impl Config {
             table_name,
             http_timeout: Duration::from_secs(10),
             state_ttl: Duration::from_secs(600),
+            autokitteh,
         })
     }
 
@@ -379,6 +406,32 @@ mod tests {
         let mut vars = base();
         vars.push((MICROSOFT_TENANT_ID, "common/../x"));
         assert_eq!(Config::from_lookup(&lookup(&vars)).unwrap_err().var, MICROSOFT_TENANT_ID);
+    }
+
+    #[test]
+    fn autokitteh_mode_needs_https_except_on_loopback() {
+        let config = Config::from_lookup(&lookup(&base())).unwrap();
+        assert_eq!(config.autokitteh, None);
+        let mut vars = base();
+        vars.push((AUTOKITTEH_API_URL, "https://api.autokitteh.cloud/"));
+        let ak = Config::from_lookup(&lookup(&vars)).unwrap().autokitteh.unwrap();
+        assert_eq!(ak.api_url.as_str(), "https://api.autokitteh.cloud/");
+        assert_eq!(ak.ui_url, ak.api_url);
+        vars.push((AUTOKITTEH_UI_URL, "https://app.autokitteh.cloud"));
+        let ak = Config::from_lookup(&lookup(&vars)).unwrap().autokitteh.unwrap();
+        assert_eq!(ak.ui_url.as_str(), "https://app.autokitteh.cloud/");
+        for bad in ["http://api.autokitteh.cloud", "api.autokitteh.cloud", "https://x/?q=1"] {
+            let mut vars = base();
+            vars.push((AUTOKITTEH_API_URL, bad));
+            assert_eq!(
+                Config::from_lookup(&lookup(&vars)).unwrap_err().var,
+                AUTOKITTEH_API_URL,
+                "{bad}"
+            );
+        }
+        let mut vars = base();
+        vars.push((AUTOKITTEH_API_URL, "http://127.0.0.1:9980"));
+        assert!(Config::from_lookup(&lookup(&vars)).unwrap().autokitteh.is_some());
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use http::StatusCode;
 use lambda_http::{Body, Response};
 
+use crate::autokitteh::{AkError, VarLimit};
+use crate::config::Config;
 use crate::crypto::CryptoError;
 use crate::domain::InvalidInput;
 use crate::grant::GrantError;
@@ -41,6 +43,20 @@ pub enum FlowError {
     Secret(#[from] SecretError),
     #[error("encryption failed")]
     Crypto(#[from] CryptoError),
+    #[error("not signed in to AutoKitteh")]
+    AkSignedOut,
+    #[error("the connection is unknown to this AutoKitteh user")]
+    AkConnectionNotFound,
+    #[error("the connection belongs to integration {0:?}")]
+    AkWrongIntegration(String),
+    #[error("the sign-in was started by another AutoKitteh user")]
+    AkOtherUser,
+    #[error("the sign-in was not started inside AutoKitteh")]
+    AkNotStartedHere,
+    #[error("AutoKitteh call failed")]
+    AutoKitteh(#[from] AkError),
+    #[error("the connection's vars exceed AutoKitteh's limits")]
+    AkLimit(#[from] VarLimit),
     #[error("configuration problem: {0}")]
     Config(String),
     #[error("internal error: {0}")]
@@ -61,6 +77,17 @@ impl From<ConsumeError> for FlowError {
 pub struct PageContext {
     /// The exact redirect URI operators must register.
     pub redirect_uri: String,
+    /// Where a user signs in to AutoKitteh (AutoKitteh mode).
+    pub sign_in_url: Option<String>,
+}
+
+impl PageContext {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            redirect_uri: config.redirect_url().to_string(),
+            sign_in_url: config.autokitteh.as_ref().map(|ak| ak.ui_url.to_string()),
+        }
+    }
 }
 
 const START_AGAIN: &str = "Go back to AutoKitteh and start the connection again.";
@@ -71,7 +98,9 @@ const ASK_ADMIN: &str =
 impl FlowError {
     /// True for faults of ours or of a dependency (5xx).
     pub fn is_server_fault(&self) -> bool {
-        self.page(&PageContext { redirect_uri: String::new() }).status.is_server_error()
+        self.page(&PageContext { redirect_uri: String::new(), sign_in_url: None })
+            .status
+            .is_server_error()
     }
 
     /// Logs the error once and renders its page. `cookies` are still set (e.g. to clear the
@@ -179,6 +208,85 @@ impl FlowError {
                 "A service the connection depends on did not respond. Nothing was saved.",
                 Some(TRY_AGAIN),
             ),
+            FlowError::AkSignedOut => sign_in(
+                ctx,
+                Page::error(
+                    S::UNAUTHORIZED,
+                    "Sign in to AutoKitteh first",
+                    "Connecting a Microsoft account needs your AutoKitteh sign-in, and this browser is not signed in to AutoKitteh.",
+                    Some(
+                        "Sign in to AutoKitteh in this browser, then start the connection again from the connection's page.",
+                    ),
+                ),
+            ),
+            FlowError::AutoKitteh(AkError::Unauthenticated(_)) => sign_in(
+                ctx,
+                Page::error(
+                    S::UNAUTHORIZED,
+                    "Your AutoKitteh sign-in is not valid",
+                    "AutoKitteh did not accept this browser's sign-in: it may have ended, or the account is disabled. Nothing was saved.",
+                    Some("Sign in to AutoKitteh again, then start the connection again."),
+                ),
+            ),
+            FlowError::AkConnectionNotFound => Page::error(
+                S::NOT_FOUND,
+                "This connection was not found",
+                "AutoKitteh has no connection with this id that you may use: it may have been deleted, or it belongs to an organization you are not a member of.",
+                Some(
+                    "Open the connection from its project in AutoKitteh while signed in as a member of its organization.",
+                ),
+            ),
+            FlowError::AkWrongIntegration(_) => Page::error(
+                S::BAD_REQUEST,
+                "This is not a Microsoft connection",
+                "The connection exists, but it belongs to another AutoKitteh integration, so it cannot be connected to a Microsoft account here.",
+                Some("Start from a Microsoft (or Microsoft Teams) connection in AutoKitteh."),
+            ),
+            FlowError::AkOtherUser => sign_in(
+                ctx,
+                Page::error(
+                    S::FORBIDDEN,
+                    "Finish as the AutoKitteh user who started",
+                    "This browser is signed in to AutoKitteh as someone other than the user who started this connection, so the Microsoft account was not connected. Nothing was saved.",
+                    Some(
+                        "If you opened a link someone sent you, close this page. Otherwise sign in to AutoKitteh as yourself and start the connection again.",
+                    ),
+                ),
+            ),
+            FlowError::AkNotStartedHere => Page::error(
+                S::BAD_REQUEST,
+                "This sign-in is unknown or already finished",
+                "This sign-in was not started from AutoKitteh. Nothing was saved.",
+                Some(START_AGAIN),
+            ),
+            FlowError::AutoKitteh(e) if e.is_permission_denied() => Page::error(
+                S::FORBIDDEN,
+                "AutoKitteh did not let you save this connection",
+                "AutoKitteh refused to store the Microsoft account in this connection for your user. You may no longer be a member of its organization.",
+                Some(
+                    "Ask an owner of the connection's AutoKitteh organization to add you, or to connect it themselves.",
+                ),
+            ),
+            FlowError::AutoKitteh(e) if e.is_outage() => Page::error(
+                S::SERVICE_UNAVAILABLE,
+                "AutoKitteh is not responding",
+                "AutoKitteh did not answer in time or reported a temporary problem.",
+                Some(TRY_AGAIN),
+            ),
+            FlowError::AutoKitteh(_) => Page::error(
+                S::BAD_GATEWAY,
+                "AutoKitteh sent an unexpected answer",
+                "The connection could not be completed.",
+                Some(TRY_AGAIN),
+            ),
+            FlowError::AkLimit(_) => Page::error(
+                S::BAD_GATEWAY,
+                "The Microsoft sign-in is too large for AutoKitteh",
+                "Microsoft issued a token longer than AutoKitteh can store in a connection variable, so nothing was saved rather than saving a cut token.",
+                Some(
+                    "Ask the administrator of this deployment to request fewer Microsoft permissions (MICROSOFT_SCOPES).",
+                ),
+            ),
             FlowError::Config(_) | FlowError::Internal(_) => Page::error(
                 S::INTERNAL_SERVER_ERROR,
                 "Something went wrong",
@@ -186,6 +294,14 @@ impl FlowError {
                 Some(TRY_AGAIN),
             ),
         }
+    }
+}
+
+/// Adds the link to AutoKitteh's sign-in, where the deployment has one.
+fn sign_in(ctx: &PageContext, page: Page) -> Page {
+    match &ctx.sign_in_url {
+        Some(url) => page.with_link(url, "Open AutoKitteh"),
+        None => page,
     }
 }
 
@@ -336,7 +452,10 @@ mod tests {
     use super::*;
 
     fn ctx() -> PageContext {
-        PageContext { redirect_uri: "https://api.example.com/oauth/redirect/microsoft".into() }
+        PageContext {
+            redirect_uri: "https://api.example.com/oauth/redirect/microsoft".into(),
+            sign_in_url: Some("https://app.example.com/".into()),
+        }
     }
 
     fn ms(error: &str, codes: &[u32]) -> FlowError {
@@ -380,6 +499,35 @@ mod tests {
     fn references_hold_codes_and_trace_only() {
         let page = ms("invalid_grant", &[70008]).page(&ctx());
         assert_eq!(page.reference.as_deref(), Some("invalid_grant AADSTS70008 trace trace-1"));
+    }
+
+    #[test]
+    fn autokitteh_problems_say_what_to_do() {
+        let rpc = |status, code: &str| {
+            FlowError::AutoKitteh(AkError::Rpc { status, code: code.into(), message: "m".into() })
+        };
+        let cases: &[(FlowError, u16, &str)] = &[
+            (FlowError::AkSignedOut, 401, "Sign in to AutoKitteh"),
+            (
+                FlowError::AutoKitteh(AkError::Unauthenticated("invalid token".into())),
+                401,
+                "not valid",
+            ),
+            (FlowError::AkConnectionNotFound, 404, "not found"),
+            (FlowError::AkWrongIntegration("int_x".into()), 400, "not a Microsoft"),
+            (FlowError::AkOtherUser, 403, "who started"),
+            (rpc(403, "permission_denied"), 403, "did not let you"),
+            (rpc(500, "unknown"), 503, "not responding"),
+            (rpc(400, "invalid_argument"), 502, "unexpected"),
+            (FlowError::AkLimit(VarLimit::TooMany { count: 70 }), 502, "too large"),
+        ];
+        for (error, status, words) in cases {
+            let page = error.page(&ctx());
+            assert_eq!(page.status.as_u16(), *status, "{error}");
+            assert!(page.title.contains(words), "{error}: {}", page.title);
+        }
+        let html = FlowError::AkSignedOut.page(&ctx()).render();
+        assert!(html.contains(r#"<a href="https://app.example.com/">Open AutoKitteh</a>"#));
     }
 
     #[test]

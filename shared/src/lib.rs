@@ -1,6 +1,7 @@
 //! Microsoft OAuth 2.0 connection flow for AutoKitteh: the library both Lambda functions and
 //! the `akoauth` tool are built on.
 
+pub mod autokitteh;
 pub mod aws_http;
 pub mod clock;
 pub mod config;

@@ -46,6 +46,8 @@ pub struct Page {
     pub message: Vec<String>,
     pub action: Option<String>,
     pub reference: Option<String>,
+    /// A link the user should follow next (where to sign in, say): address and text.
+    pub link: Option<(String, String)>,
     pub close_popup: bool,
 }
 
@@ -57,6 +59,7 @@ struct PageTemplate<'a> {
     message: &'a [String],
     action: Option<&'a str>,
     reference: Option<&'a str>,
+    link: Option<(&'a str, &'a str)>,
     close_popup: bool,
     style: &'static str,
     script: &'static str,
@@ -75,6 +78,7 @@ impl Page {
             ],
             action: None,
             reference: None,
+            link: None,
             close_popup: true,
         }
     }
@@ -88,6 +92,7 @@ impl Page {
             message: vec![message.into()],
             action: action.map(str::to_owned),
             reference: None,
+            link: None,
             close_popup: false,
         }
     }
@@ -95,6 +100,20 @@ impl Page {
     /// Adds a reference (error and AADSTS codes, trace id) for support.
     pub fn with_reference(mut self, reference: Option<String>) -> Self {
         self.reference = reference;
+        self
+    }
+
+    /// Adds a link to follow next. Only http(s) addresses are shown.
+    pub fn with_link(mut self, href: &str, text: &str) -> Self {
+        if href.starts_with("https://") || href.starts_with("http://") {
+            self.link = Some((href.to_owned(), text.to_owned()));
+        }
+        self
+    }
+
+    /// Adds a line to the message.
+    pub fn with_line(mut self, line: impl Into<String>) -> Self {
+        self.message.push(line.into());
         self
     }
 
@@ -109,6 +128,7 @@ impl Page {
             message: &self.message,
             action: self.action.as_deref(),
             reference: self.reference.as_deref(),
+            link: self.link.as_ref().map(|(h, t)| (h.as_str(), t.as_str())),
             close_popup: self.close_popup,
             style: STYLE,
             script: CLOSE_POPUP_SCRIPT,
@@ -219,6 +239,19 @@ mod tests {
         let hash = STANDARD.encode(Sha256::digest(CLOSE_POPUP_SCRIPT.as_bytes()));
         assert!(csp.contains(&format!("script-src 'sha256-{hash}'")));
         assert!(html.contains(&format!("<style>{STYLE}</style>")));
+    }
+
+    #[test]
+    fn links_are_escaped_and_only_http() {
+        let page = Page::error(StatusCode::UNAUTHORIZED, "t", "m", None)
+            .with_link("https://app.example.com/?a=1&b=\"x\"", "Sign in");
+        let html = page.render();
+        assert!(
+            html.contains("<a href=\"https://app.example.com/?a=1&#38;b=&#34;x&#34;\">Sign in</a>")
+        );
+        let page = Page::error(StatusCode::UNAUTHORIZED, "t", "m", None)
+            .with_link("javascript:alert(1)", "x");
+        assert!(!page.render().contains("javascript:"));
     }
 
     #[test]

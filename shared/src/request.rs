@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use cookie::{Cookie, SameSite};
 use lambda_http::{Request, RequestExt};
 
+use crate::autokitteh::{AkToken, LOGGED_IN_COOKIE, SESSION_COOKIE};
 use crate::error::FlowError;
 
 /// The longest query string we read at all.
@@ -82,6 +83,15 @@ pub fn cookie<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
         .flat_map(|h| Cookie::split_parse(h).filter_map(Result::ok))
         .find(|c| c.name() == name)
         .and_then(|c| c.value_raw())
+}
+
+/// The AutoKitteh session the browser holds: both of AutoKitteh's cookies, as AutoKitteh
+/// itself requires (`ak_user_session` and `ak_logged_in=true`).
+pub fn ak_session(req: &Request) -> Option<AkToken> {
+    if cookie(req, LOGGED_IN_COOKIE) != Some("true") {
+        return None;
+    }
+    cookie(req, SESSION_COOKIE).and_then(AkToken::new)
 }
 
 /// The browser-binding cookie: readable only by our redirect path, sent on Microsoft's

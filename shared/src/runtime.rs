@@ -86,3 +86,16 @@ pub fn events_from_env(
         None => std::sync::Arc::new(crate::events::NoEvents),
     }
 }
+
+/// The AutoKitteh client when `AUTOKITTEH_API_URL` is set (AutoKitteh mode).
+pub fn autokitteh_from_config(
+    config: &crate::config::Config,
+) -> Result<Option<crate::autokitteh::AutoKitteh>, crate::config::ConfigError> {
+    let Some(ak) = &config.autokitteh else { return Ok(None) };
+    let http =
+        crate::http::build_client(config.http_timeout).map_err(|e| crate::config::ConfigError {
+            var: crate::config::AUTOKITTEH_API_URL,
+            problem: format!("cannot build the HTTP client: {e}"),
+        })?;
+    Ok(Some(crate::autokitteh::AutoKitteh::new(ak.api_url.clone(), std::sync::Arc::new(http))))
+}

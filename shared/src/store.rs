@@ -38,6 +38,9 @@ pub struct PendingFlow {
     pub browser_hash: String,
     pub created_at: i64,
     pub expires_at: i64,
+    /// The AutoKitteh user who started the flow (AutoKitteh mode): the same user must finish
+    /// it. Only the user id is kept, never the session.
+    pub ak_user_id: Option<String>,
 }
 
 /// Why a state could not be consumed. Only `Store` is a server fault.
@@ -226,6 +229,8 @@ struct StateItem {
     browser_hash: String,
     created_at: i64,
     expires_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ak_user_id: Option<String>,
     /// Set once, by the consume that spent the flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     consumed_by: Option<String>,
@@ -244,6 +249,7 @@ impl StateItem {
             browser_hash: flow.browser_hash.clone(),
             created_at: flow.created_at,
             expires_at: flow.expires_at,
+            ak_user_id: flow.ak_user_id.clone(),
             consumed_by: None,
         }
     }
@@ -257,6 +263,7 @@ impl StateItem {
             browser_hash: self.browser_hash,
             created_at: self.created_at,
             expires_at: self.expires_at,
+            ak_user_id: self.ak_user_id,
         }
     }
 }

@@ -212,6 +212,7 @@ async fn pending_redirect(store: &MemoryStore, n: u64) -> String {
         browser_hash: browser_hash(&nonce),
         created_at: now,
         expires_at: now + 600,
+        ak_user_id: None,
     };
     store.put_state(&key, &flow).await.unwrap();
     let code = format!("M.C5_{}", "c".repeat(1000));

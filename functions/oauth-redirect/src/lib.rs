@@ -1,9 +1,15 @@
 //! `GET /oauth/redirect/microsoft?code=…&state=…` (or `?error=…`): consumes the one-time
 //! flow state, redeems the code, reads the user's identity and saves the connection.
+//!
+//! Inside an AutoKitteh deployment (`AUTOKITTEH_API_URL`) the browser must also carry the
+//! AutoKitteh session of the user who started the flow (checked while the state is
+//! consumed, before the code is redeemed), and the connection's vars are written into
+//! AutoKitteh as that user, alongside the save to DynamoDB.
 
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
+use ms_oauth::autokitteh::{self, AkError, AkToken, AutoKitteh, Var};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
@@ -14,9 +20,9 @@ use ms_oauth::microsoft::{
     Endpoints, GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError, Tokens,
 };
 use ms_oauth::pages::{self, Page};
-use ms_oauth::request::{Query, clear_cookie, cookie};
+use ms_oauth::request::{Query, ak_session, clear_cookie, cookie};
 use ms_oauth::secrets::CachedSecret;
-use ms_oauth::state::{MAX_STATE_LEN, StateKey, browser_hash};
+use ms_oauth::state::{MAX_STATE_LEN, StateKey, browser_hash, constant_time_eq};
 use ms_oauth::store::{
     AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, REFRESH_QUEUE,
     STATUS_OK, Store,
@@ -39,6 +45,8 @@ pub struct RedirectService {
     pub clock: Arc<dyn Clock>,
     pub client_secret: CachedSecret,
     pub events: Arc<dyn Events>,
+    /// The AutoKitteh deployment the vars are written to (AutoKitteh mode).
+    pub autokitteh: Option<AutoKitteh>,
     page_context: PageContext,
 }
 
@@ -52,8 +60,24 @@ impl RedirectService {
         client_secret: CachedSecret,
         events: Arc<dyn Events>,
     ) -> Self {
-        let page_context = PageContext { redirect_uri: config.redirect_url().to_string() };
-        Self { config, microsoft, store, keys, clock, client_secret, events, page_context }
+        let page_context = PageContext::new(&config);
+        Self {
+            config,
+            microsoft,
+            store,
+            keys,
+            clock,
+            client_secret,
+            events,
+            autokitteh: None,
+            page_context,
+        }
+    }
+
+    /// The same service inside an AutoKitteh deployment.
+    pub fn with_autokitteh(mut self, autokitteh: AutoKitteh) -> Self {
+        self.autokitteh = Some(autokitteh);
+        self
     }
 
     /// Builds the service from `lookup` with AWS clients made from `sdk`.
@@ -80,7 +104,13 @@ impl RedirectService {
         ));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
         let events = ms_oauth::runtime::events_from_env(sdk, lookup);
-        Ok(Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events))
+        let autokitteh = ms_oauth::runtime::autokitteh_from_config(&config)?;
+        let service =
+            Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events);
+        Ok(match autokitteh {
+            Some(ak) => service.with_autokitteh(ak),
+            None => service,
+        })
     }
 }
 
@@ -120,9 +150,18 @@ async fn finish(
     // The client secret is read alongside the consume (it is cached after the first
     // request), so a cold instance adds no sequential Secrets Manager hop.
     let browser = browser_hash(nonce);
-    let (flow, secret) = tokio::join!(
+    // Inside AutoKitteh, who this browser is signed in as is asked at the same time.
+    let session = service.autokitteh.as_ref().and_then(|_| ak_session(req));
+    let who = async {
+        match (&service.autokitteh, &session) {
+            (Some(ak), Some(token)) => Some(ak.who_am_i(token).await),
+            _ => None,
+        }
+    };
+    let (flow, secret, who) = tokio::join!(
         service.store.consume_state(&key, &browser, now.unix_timestamp()),
         service.client_secret.get(),
+        who,
     );
     let flow = flow?;
 
@@ -141,6 +180,9 @@ async fn finish(
         }
         let code =
             code.filter(|c| !c.is_empty()).ok_or(FlowError::BadQuery("the code is missing"))?;
+        if service.autokitteh.is_some() {
+            same_user(&flow, who)?;
+        }
         exchange(service, code, &flow, secret?).await
     };
     let (tokens, ()) = tokio::join!(redeem, discard);
@@ -189,7 +231,28 @@ async fn finish(
         ),
         refresh_queue: Some(REFRESH_QUEUE.to_owned()),
     };
-    let version = service.store.save_connection(&connection).await?;
+    // AutoKitteh's copy: every var checked against its limits before anything is written.
+    let pushed = match (&service.autokitteh, &session) {
+        (Some(ak), Some(token)) => {
+            let ak_vars = autokitteh_vars(&tokens, &connection)?;
+            autokitteh::check_vars(&ak_vars)?;
+            Some((ak, token, ak_vars))
+        }
+        (Some(_), None) => return Err(FlowError::AkSignedOut),
+        (None, _) => None,
+    };
+    // Both writes are whole upserts of the same sign-in, so they run at once: a failure of
+    // either shows a page, and the next sign-in overwrites both.
+    let (saved, written) = tokio::join!(service.store.save_connection(&connection), async {
+        match &pushed {
+            Some((ak, token, vars)) => {
+                push_vars(ak, token, &flow.connection_id, vars, &tokens).await
+            }
+            None => Ok(()),
+        }
+    });
+    let version = saved?;
+    written?;
     service
         .events
         .publish(&ConnectionEvent {
@@ -208,12 +271,117 @@ async fn finish(
         version,
         "connection authorized"
     );
+    if service.autokitteh.is_some() {
+        return Ok(finish_in_autokitteh(service, &flow.connection_id, flow.origin, cookies));
+    }
     Ok(finish_browser(
         &flow.connection_id,
         flow.origin,
         &account_name(&tokens.claims, &user),
         cookies,
     ))
+}
+
+/// Refuses a flow finished by anyone but the AutoKitteh user who started it.
+fn same_user(
+    flow: &PendingFlow,
+    who: Option<Result<autokitteh::AkUser, AkError>>,
+) -> Result<(), FlowError> {
+    let expected = flow.ak_user_id.as_deref().ok_or(FlowError::AkNotStartedHere)?;
+    let user = who.ok_or(FlowError::AkSignedOut)??;
+    if !constant_time_eq(&user.user_id, expected) {
+        tracing::warn!(
+            cid = %flow.connection_id,
+            started_by = expected,
+            finished_by = %user.user_id,
+            "sign-in finished by another AutoKitteh user; refused"
+        );
+        return Err(FlowError::AkOtherUser);
+    }
+    Ok(())
+}
+
+/// AutoKitteh's var set for a Microsoft connection made with the default app, the way its
+/// own handler writes it: every user and org var, empty when Microsoft has no value.
+fn autokitteh_vars(tokens: &Tokens, connection: &Connection) -> Result<Vec<Var>, FlowError> {
+    let v = &connection.vars;
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    // Whole seconds and `Z`, as AutoKitteh's Go side formats it.
+    let expiry = time::OffsetDateTime::from_unix_timestamp(connection.token_expires_at)
+        .map_err(|_| FlowError::Internal("token expiry out of range"))?;
+    Ok(vec![
+        Var::plain("auth_type", AUTH_TYPE_DEFAULT),
+        Var::secret("oauth_access_token", tokens.access_token.secret().as_str()),
+        Var::secret(
+            "oauth_refresh_token",
+            tokens.refresh_token.as_ref().map(|t| t.secret().to_owned()).unwrap_or_default(),
+        ),
+        Var::plain("oauth_token_type", v.oauth_token_type.as_str()),
+        Var::plain("oauth_expiry", rfc3339(expiry)),
+        Var::plain("user_principal_name", text(&v.user_principal_name)),
+        Var::plain("user_id", text(&v.user_id)),
+        Var::plain("user_display_name", text(&v.user_display_name)),
+        Var::plain("user_surname", text(&v.user_surname)),
+        Var::plain("user_given_name", text(&v.user_given_name)),
+        Var::plain("user_language", text(&v.user_language)),
+        Var::plain("user_mail", text(&v.user_mail)),
+        Var::plain("user_mobile_phone", text(&v.user_mobile_phone)),
+        Var::plain("org_id", text(&v.org_id)),
+        Var::plain("org_display_name", text(&v.org_display_name)),
+        Var::plain("org_tenant_type", text(&v.org_tenant_type)),
+    ])
+}
+
+/// Writes the vars into AutoKitteh as the signed-in user. AutoKitteh recomputes the
+/// connection's status after writing and answers an error if that fails, although the vars
+/// were written; it documents a repeat as safe, so one is made. If that fails the same way,
+/// the vars are read back: when they hold this sign-in's token, the write did happen.
+async fn push_vars(
+    ak: &AutoKitteh,
+    token: &AkToken,
+    cid: &ConnectionId,
+    vars: &[Var],
+    tokens: &Tokens,
+) -> Result<(), FlowError> {
+    let answered_error = |e: &AkError| matches!(e, AkError::Rpc { status: 500.., .. });
+    match ak.set_vars(token, cid, vars).await {
+        Ok(()) => return Ok(()),
+        Err(e) if answered_error(&e) => {
+            tracing::warn!(cid = %cid, error = %ms_oauth::error::chain(&e), "AutoKitteh vars write failed; repeating it");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match ak.set_vars(token, cid, vars).await {
+        Ok(()) => Ok(()),
+        Err(e) if answered_error(&e) => {
+            let access = SecretString::from(tokens.access_token.secret().to_owned());
+            match ak.get_vars(token, cid, &["oauth_access_token"]).await {
+                Ok(read) if autokitteh::holds_secret(&read, "oauth_access_token", &access) => {
+                    tracing::warn!(cid = %cid, error = %ms_oauth::error::chain(&e), "AutoKitteh stored the vars but failed after writing them");
+                    Ok(())
+                }
+                _ => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends the browser to AutoKitteh's own finish for the origin, on the public address (the
+/// AutoKitteh API host the front door serves).
+fn finish_in_autokitteh(
+    service: &RedirectService,
+    cid: &ConnectionId,
+    origin: Origin,
+    cookies: &[String],
+) -> Response<Body> {
+    let public = service.config.public_address.origin();
+    let location = match origin {
+        Origin::Web | Origin::Cli => format!("{public}/connections/{cid}/success"),
+        Origin::Vscode => format!("vscode://autokitteh.autokitteh?cid={cid}"),
+        Origin::Dash => format!("{public}/internal/dashboard/connections/{cid}?msg=Success"),
+    };
+    pages::redirect(&location, cookies)
 }
 
 /// Redeems the code. A refused client secret is read again once, so a rotation reaches
@@ -367,6 +535,7 @@ mod tests {
             browser_hash: browser_hash("the-real-browser"),
             created_at: now,
             expires_at: now + 600,
+            ak_user_id: None,
         }
     }
 

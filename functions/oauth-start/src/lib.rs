@@ -1,9 +1,15 @@
 //! `GET /oauth/start/microsoft?cid=…&origin=…&grant=…`: checks the platform's start grant,
 //! records a one-time flow state and sends the browser to Microsoft.
+//!
+//! Inside an AutoKitteh deployment (`AUTOKITTEH_API_URL`) it takes AutoKitteh's own start
+//! URLs instead, `GET /oauth/start/microsoft[_teams]?cid=…&origin=…`, and the user's
+//! AutoKitteh session decides: the connection must be one this user may use, of the
+//! integration the path names, and the flow remembers who started it.
 
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
+use ms_oauth::autokitteh::{AutoKitteh, Integration};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::domain::{ConnectionId, Origin};
@@ -11,7 +17,7 @@ use ms_oauth::error::{FlowError, PageContext};
 use ms_oauth::grant::{GrantKey, MAX_GRANT_LEN};
 use ms_oauth::microsoft::Endpoints;
 use ms_oauth::pages;
-use ms_oauth::request::{Query, binding_cookie};
+use ms_oauth::request::{Query, ak_session, binding_cookie};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::state::{FlowSecrets, StateKey, browser_hash};
 use ms_oauth::store::{DynamoStore, PendingFlow, Store};
@@ -24,7 +30,10 @@ pub struct StartService {
     pub endpoints: Endpoints,
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
-    pub start_key: CachedSecret,
+    /// The start-link key (standalone mode).
+    pub start_key: Option<CachedSecret>,
+    /// The AutoKitteh deployment whose sessions decide (AutoKitteh mode).
+    pub autokitteh: Option<AutoKitteh>,
     page_context: PageContext,
 }
 
@@ -36,8 +45,37 @@ impl StartService {
         clock: Arc<dyn Clock>,
         start_key: CachedSecret,
     ) -> Self {
-        let page_context = PageContext { redirect_uri: config.redirect_url().to_string() };
-        Self { config, endpoints, store, clock, start_key, page_context }
+        let page_context = PageContext::new(&config);
+        Self {
+            config,
+            endpoints,
+            store,
+            clock,
+            start_key: Some(start_key),
+            autokitteh: None,
+            page_context,
+        }
+    }
+
+    /// The same service inside an AutoKitteh deployment: AutoKitteh's session decides who
+    /// may start, and no start grant is read.
+    pub fn in_autokitteh(
+        config: Config,
+        endpoints: Endpoints,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        autokitteh: AutoKitteh,
+    ) -> Self {
+        let page_context = PageContext::new(&config);
+        Self {
+            config,
+            endpoints,
+            store,
+            clock,
+            start_key: None,
+            autokitteh: Some(autokitteh),
+            page_context,
+        }
     }
 
     /// Builds the service from `lookup` with AWS clients made from `sdk`. Never touches the
@@ -47,6 +85,20 @@ impl StartService {
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
         let config = Config::from_lookup(lookup)?;
+        let store = Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            config.table_name.clone(),
+        ));
+        let endpoints = Endpoints::new(&config);
+        if let Some(autokitteh) = ms_oauth::runtime::autokitteh_from_config(&config)? {
+            return Ok(Self::in_autokitteh(
+                config,
+                endpoints,
+                store,
+                Arc::new(SystemClock),
+                autokitteh,
+            ));
+        }
         let start_key = ms_oauth::runtime::secret_from_env(
             sdk,
             lookup,
@@ -58,16 +110,13 @@ impl StartService {
                 .map_err(|e| ConfigError { var: config::START_LINK_KEY, problem: e.to_string() })?;
         }
         // No HTTP client: the start function makes no outbound call to Microsoft.
-        let endpoints = Endpoints::new(&config);
-        let store = Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            config.table_name.clone(),
-        ));
         Ok(Self::new(config, endpoints, store, Arc::new(SystemClock), start_key))
     }
 
     async fn grant_key(&self) -> Result<GrantKey, FlowError> {
-        let secret: SecretString = self.start_key.get().await?;
+        let start_key =
+            self.start_key.as_ref().ok_or(FlowError::Config("no start-link key".into()))?;
+        let secret: SecretString = start_key.get().await?;
         GrantKey::new(secret).map_err(|e| FlowError::Config(e.to_string()))
     }
 }
@@ -87,10 +136,16 @@ async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, 
     let query = Query::from_request(req)?;
     let cid: ConnectionId = query.single("cid", 64)?.unwrap_or_default().parse()?;
     let origin: Origin = query.single("origin", 16)?.unwrap_or_default().parse()?;
-    let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
 
     let now = service.clock.now().unix_timestamp();
-    service.grant_key().await?.verify(grant, &cid, origin, now)?;
+    let ak_user_id = match &service.autokitteh {
+        Some(autokitteh) => Some(autokitteh_user(autokitteh, req, &cid).await?),
+        None => {
+            let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
+            service.grant_key().await?.verify(grant, &cid, origin, now)?;
+            None
+        }
+    };
 
     let secrets = FlowSecrets::generate().map_err(|_| FlowError::Internal("no randomness"))?;
     let key = StateKey::from_state(secrets.state.secret());
@@ -103,13 +158,46 @@ async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, 
         browser_hash: browser_hash(secrets.browser_nonce.expose_secret()),
         created_at: now,
         expires_at: now + ttl,
+        ak_user_id: ak_user_id.clone(),
     };
     service.store.put_state(&key, &flow).await?;
 
     let location = service.endpoints.authorize_url(&secrets);
     let cookie = binding_cookie(&key.cookie_name(), secrets.browser_nonce.expose_secret(), ttl);
-    tracing::info!(cid = %cid, origin = %origin, tenant = %service.config.tenant, "flow started");
+    tracing::info!(
+        cid = %cid,
+        origin = %origin,
+        tenant = %service.config.tenant,
+        ak_user = ak_user_id.as_deref().unwrap_or(""),
+        "flow started"
+    );
     Ok(pages::redirect(location.as_str(), &[cookie]))
+}
+
+/// The AutoKitteh user starting the flow, after checking that the connection is theirs and
+/// of the integration the path names. Both calls run at once, as the signed-in user.
+async fn autokitteh_user(
+    autokitteh: &AutoKitteh,
+    req: &Request,
+    cid: &ConnectionId,
+) -> Result<String, FlowError> {
+    let session = ak_session(req).ok_or(FlowError::AkSignedOut)?;
+    let integration = Integration::from_start_path(req.uri().path());
+    let (connection, user) =
+        tokio::join!(autokitteh.connection(&session, cid), autokitteh.who_am_i(&session));
+    let user = user?;
+    let connection = connection?.ok_or(FlowError::AkConnectionNotFound)?;
+    if connection.integration_id != integration.id() {
+        return Err(FlowError::AkWrongIntegration(connection.integration_id));
+    }
+    tracing::debug!(
+        cid = %cid,
+        ak_user = %user.user_id,
+        org = connection.org_id.as_deref().unwrap_or(""),
+        integration = integration.name(),
+        "AutoKitteh user may connect"
+    );
+    Ok(user.user_id)
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! AWS emulator launcher with resource set-up, and a local server running the real handlers
 //! behind API Gateway events.
 
+pub mod autokitteh;
 pub mod aws;
 pub mod chaos;
+pub mod frontdoor;
 pub mod load;
 pub mod local;
 pub mod standin;

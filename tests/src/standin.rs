@@ -153,6 +153,8 @@ struct Inner {
     me_fault: Option<Fault>,
     organization_fault: Option<Fault>,
     code_ttl: Option<Duration>,
+    /// Make access tokens at least this long (large tokens: many groups or scopes).
+    access_token_len: usize,
 }
 
 #[derive(Debug)]
@@ -233,6 +235,11 @@ impl Standin {
     /// Makes every code issued from now on expire after `ttl`.
     pub fn set_code_ttl(&self, ttl: Duration) {
         self.shared.inner().code_ttl = Some(ttl);
+    }
+
+    /// Issues access tokens of at least `len` characters from now on.
+    pub fn set_access_token_len(&self, len: usize) {
+        self.shared.inner().access_token_len = len;
     }
 
     pub fn set_strict_rotation(&self, on: bool) {
@@ -741,7 +748,11 @@ fn issue_tokens(
 ) -> Response {
     let Grant { account, scope, rotate, state } = grant;
     let scope = scope.as_str();
-    let access_token = format!("eyJ0eXAi.stand-in-access.{}", random(48));
+    let mut access_token = format!("eyJ0eXAi.stand-in-access.{}", random(48));
+    let min_len = shared.inner().access_token_len;
+    while access_token.len() < min_len {
+        access_token.push_str(&random(48));
+    }
     let offline = scope.split(' ').any(|s| s == "offline_access");
     let refresh_token = (offline && rotate).then(|| format!("0.stand-in-refresh.{}", random(48)));
     let mut inner = shared.inner();

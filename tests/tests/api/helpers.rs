@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use connection_api::ConnectionApi;
+use ms_oauth::autokitteh::AutoKitteh;
 use ms_oauth::clock::Clock;
 use ms_oauth::config::{self, Config};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, open};
@@ -18,6 +19,7 @@ use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::store::{DynamoStore, Store, StoredConnection};
 use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
+use ms_oauth_tests::autokitteh::AkStandin;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
 use ms_oauth_tests::standin::{Registration, Standin};
@@ -94,6 +96,9 @@ pub struct AppOptions {
     pub dead_dynamodb: bool,
     pub dead_kms: bool,
     pub dead_secrets_manager: bool,
+    /// Inside an AutoKitteh deployment: a stand-in AutoKitteh behind a front door on the
+    /// public address, which sends only the OAuth paths to the functions.
+    pub autokitteh: bool,
 }
 
 impl Default for AppOptions {
@@ -104,6 +109,7 @@ impl Default for AppOptions {
             dead_dynamodb: false,
             dead_kms: false,
             dead_secrets_manager: false,
+            autokitteh: false,
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct TestApp {
     pub start_key: String,
     pub events: Arc<RecordedEvents>,
     pub refresher: Refresher,
+    /// The stand-in AutoKitteh (with `AppOptions::autokitteh`).
+    pub autokitteh: Option<AkStandin>,
 }
 
 /// A fresh AutoKitteh connection id.
@@ -159,7 +167,18 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let start_key = ms_oauth_tests::random_base32(40);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-    let address = format!("http://{}", listener.local_addr().expect("addr"));
+    let functions_address = format!("http://{}", listener.local_addr().expect("addr"));
+    // Inside AutoKitteh the public address is the front door's.
+    let (address, autokitteh) = if options.autokitteh {
+        let ak = AkStandin::spawn(TcpListener::bind("127.0.0.1:0").await.expect("bind ak"))
+            .expect("AutoKitteh stand-in");
+        let door = TcpListener::bind("127.0.0.1:0").await.expect("bind front door");
+        let address = format!("http://{}", door.local_addr().expect("addr"));
+        tokio::spawn(ms_oauth_tests::frontdoor::serve(door, functions_address.clone(), ak.url()));
+        (address, Some(ak))
+    } else {
+        (functions_address, None)
+    };
     let standin = Standin::spawn(
         TcpListener::bind("127.0.0.1:0").await.expect("bind stand-in"),
         Registration {
@@ -179,6 +198,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     ]);
     if let Some(tenant) = &options.tenant {
         vars.insert(config::MICROSOFT_TENANT_ID, tenant.clone());
+    }
+    if let Some(ak) = &autokitteh {
+        vars.insert(config::AUTOKITTEH_API_URL, ak.url());
+        vars.insert(config::AUTOKITTEH_UI_URL, address.clone());
     }
     let mut config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("config");
     config.http_timeout = options.http_timeout;
@@ -203,13 +226,29 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
     let endpoints = Endpoints::new(&config);
     let microsoft = Microsoft::new(endpoints.clone(), http);
-    let start = StartService::new(
-        config.clone(),
-        endpoints,
-        store.clone(),
-        clock.clone(),
-        CachedSecret::new(config::SecretSource::Value(SecretString::from(start_key.clone())), None),
-    );
+    let ak_client = config.autokitteh.as_ref().map(|ak| {
+        let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
+        AutoKitteh::new(ak.api_url.clone(), Arc::new(http))
+    });
+    let start = match &ak_client {
+        Some(ak) => StartService::in_autokitteh(
+            config.clone(),
+            endpoints,
+            store.clone(),
+            clock.clone(),
+            ak.clone(),
+        ),
+        None => StartService::new(
+            config.clone(),
+            endpoints,
+            store.clone(),
+            clock.clone(),
+            CachedSecret::new(
+                config::SecretSource::Value(SecretString::from(start_key.clone())),
+                None,
+            ),
+        ),
+    };
     let keys: Arc<dyn DataKeys> = Arc::new(KmsDataKeys::new(kms_for_app, kms_key));
     let client_secret_source =
         config::SecretSource::SecretsManager { arn: client_secret_arn.clone() };
@@ -223,6 +262,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         CachedSecret::new(client_secret_source.clone(), Some(sm_for_app.clone())),
         events.clone(),
     );
+    let redirect = match ak_client {
+        Some(ak) => redirect.with_autokitteh(ak),
+        None => redirect,
+    };
     let tokens = TokenService {
         store,
         keys,
@@ -256,6 +299,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         start_key,
         events,
         refresher: Refresher { tokens },
+        autokitteh,
     }
 }
 
@@ -275,11 +319,25 @@ impl Page {
     }
 }
 
-/// A minimal browser: follows nothing by itself, keeps cookies for the app's `/oauth/` path.
+/// A cookie as the browser keeps it.
+#[derive(Debug, Clone)]
+struct StoredCookie {
+    value: String,
+    /// `host:port` that set it; `None` for cookies a test put in the jar (sent everywhere).
+    host: Option<String>,
+    path: String,
+}
+
+/// A minimal browser: follows nothing by itself; keeps cookies per host and path, sending
+/// each only where a browser would (host-only cookies, `Path` prefix).
 #[derive(Debug, Clone)]
 pub struct Browser {
     http: reqwest::Client,
-    jar: Arc<Mutex<HashMap<String, String>>>,
+    jar: Arc<Mutex<HashMap<String, StoredCookie>>>,
+}
+
+fn host_of(url: &url::Url) -> String {
+    format!("{}:{}", url.host_str().unwrap_or(""), url.port_or_known_default().unwrap_or(0))
 }
 
 impl Browser {
@@ -294,7 +352,10 @@ impl Browser {
     /// A browser holding exactly `cookies`.
     pub fn with_cookies(cookies: HashMap<String, String>) -> Self {
         let browser = Self::new();
-        *browser.jar.lock().expect("jar") = cookies;
+        *browser.jar.lock().expect("jar") = cookies
+            .into_iter()
+            .map(|(k, value)| (k, StoredCookie { value, host: None, path: "/".into() }))
+            .collect();
         browser
     }
 
@@ -310,17 +371,34 @@ impl Browser {
         self.read(url, response).await
     }
 
+    /// Name and value of every cookie held.
     pub fn cookies(&self) -> HashMap<String, String> {
-        self.jar.lock().expect("jar").clone()
+        self.jar.lock().expect("jar").iter().map(|(k, c)| (k.clone(), c.value.clone())).collect()
+    }
+
+    /// Removes one cookie (as a user clearing it would).
+    pub fn forget(&self, name: &str) {
+        self.jar.lock().expect("jar").remove(name);
+    }
+
+    fn cookie_header(&self, url: &str) -> String {
+        let Ok(url) = url::Url::parse(url) else { return String::new() };
+        let host = host_of(&url);
+        self.jar
+            .lock()
+            .expect("jar")
+            .iter()
+            .filter(|(_, c)| c.host.as_ref().is_none_or(|h| *h == host))
+            .filter(|(_, c)| url.path().starts_with(&c.path))
+            .map(|(k, c)| format!("{k}={}", c.value))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     pub async fn get(&self, url: &str) -> Page {
         let mut request = self.http.get(url);
-        let is_oauth =
-            url::Url::parse(url).map(|u| u.path().starts_with("/oauth/")).unwrap_or(false);
-        let cookie_header =
-            self.cookies().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
-        if is_oauth && !cookie_header.is_empty() {
+        let cookie_header = self.cookie_header(url);
+        if !cookie_header.is_empty() {
             request = request.header(reqwest::header::COOKIE, cookie_header);
         }
         let response = request.send().await.expect("request");
@@ -328,7 +406,12 @@ impl Browser {
     }
 
     pub async fn post_form(&self, url: &str, form: &[(String, String)]) -> Page {
-        let response = self.http.post(url).form(form).send().await.expect("request");
+        let mut request = self.http.post(url).form(form);
+        let cookie_header = self.cookie_header(url);
+        if !cookie_header.is_empty() {
+            request = request.header(reqwest::header::COOKIE, cookie_header);
+        }
+        let response = request.send().await.expect("request");
         self.read(url, response).await
     }
 
@@ -340,16 +423,24 @@ impl Browser {
     async fn read(&self, url: &str, response: reqwest::Response) -> Page {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        let host = url::Url::parse(url).ok().map(|u| host_of(&u));
         for set in headers.get_all(reqwest::header::SET_COOKIE) {
             let set = set.to_str().expect("cookie header");
             let (pair, attributes) = set.split_once(';').unwrap_or((set, ""));
             let (name, value) = pair.split_once('=').expect("cookie pair");
             let expired = attributes.to_ascii_lowercase().contains("max-age=0");
+            let path = attributes
+                .split(';')
+                .filter_map(|a| a.trim().split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case("path"))
+                .map_or_else(|| "/".to_owned(), |(_, v)| v.to_owned());
             let mut jar = self.jar.lock().expect("jar");
             if expired || value.is_empty() {
                 jar.remove(name.trim());
             } else {
-                jar.insert(name.trim().to_owned(), value.trim().to_owned());
+                let cookie =
+                    StoredCookie { value: value.trim().to_owned(), host: host.clone(), path };
+                jar.insert(name.trim().to_owned(), cookie);
             }
         }
         let location = headers

@@ -1,0 +1,413 @@
+//! Inside an AutoKitteh deployment: the stand-in AutoKitteh behind a front door on the
+//! public address, its sign-in deciding who may connect, and the vars landing in AutoKitteh.
+
+use std::time::Duration;
+
+use ms_oauth::autokitteh::{Integration, LOGGED_IN_COOKIE, SESSION_COOKIE};
+use ms_oauth::config;
+use ms_oauth_tests::autokitteh::{
+    AkFault, AkStandin, CONNECTIONS_GET, VARS_GET, VARS_SET, WHO_AM_I,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::helpers::*;
+
+/// A deployment with one org, its member, and a Microsoft connection of that org.
+struct Deployment {
+    app: TestApp,
+    org: String,
+    user: String,
+    cid: String,
+}
+
+async fn deployment() -> Deployment {
+    deployment_with(AppOptions::default()).await
+}
+
+async fn deployment_with(options: AppOptions) -> Deployment {
+    let app = spawn_app_with(AppOptions { autokitteh: true, ..options }).await;
+    let ak = app.autokitteh.clone().expect("AutoKitteh stand-in");
+    let org = ak.add_org("Contoso automation");
+    let user = ak.add_user("adele@contoso.example", &[&org]);
+    let cid = ak.add_connection(&org, Integration::Microsoft, "my_teams");
+    Deployment { app, org, user, cid }
+}
+
+impl Deployment {
+    fn ak(&self) -> &AkStandin {
+        self.app.autokitteh.as_ref().expect("AutoKitteh stand-in")
+    }
+
+    /// A browser signed in to AutoKitteh as `user` through its sign-in page.
+    async fn signed_in(&self, user: &str) -> Browser {
+        let browser = Browser::new();
+        self.sign_in(&browser, user).await;
+        browser
+    }
+
+    async fn sign_in(&self, browser: &Browser, user: &str) {
+        let page = browser
+            .post_form(
+                &format!("{}/login", self.app.address),
+                &[("user_id".to_owned(), user.to_owned())],
+            )
+            .await;
+        assert_eq!(page.status, 303, "sign-in: {}", page.body);
+        let cookies = browser.cookies();
+        assert_eq!(cookies.get(LOGGED_IN_COOKIE).map(String::as_str), Some("true"));
+        assert!(cookies.contains_key(SESSION_COOKIE));
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.app.address)
+    }
+
+    /// AutoKitteh's start URL for a connection, as `/microsoft/save` redirects to it.
+    fn start_url(&self, cid: &str, origin: &str) -> String {
+        self.url(&format!("{}?cid={cid}&origin={origin}", config::START_PATH))
+    }
+
+    /// The popup from AutoKitteh's connection form up to Microsoft's consent: returns the
+    /// callback URL the consent sends the browser to.
+    async fn popup_to_callback(&self, browser: &Browser, cid: &str, teams: bool) -> String {
+        let scopes = if teams { "&auth_scopes=teams" } else { "" };
+        let save = browser
+            .get(&self.url(&format!(
+                "/microsoft/save?cid={cid}&origin=web&auth_type=oauthDefault{scopes}"
+            )))
+            .await;
+        assert_eq!(save.status, 302, "save: {}", save.body);
+        let relative = save.location.clone().expect("relative start location");
+        assert!(relative.starts_with("/oauth/start/microsoft"), "{relative}");
+        let start = browser.get(&self.url(&relative)).await;
+        assert_eq!(start.status, 302, "start: {}", start.body);
+        let authorize = start.location.clone().expect("authorize location");
+        assert!(authorize.starts_with(&self.app.standin.url()), "{authorize}");
+        self.app.consent(browser, &authorize, "work").await
+    }
+}
+
+#[tokio::test]
+async fn the_autokitteh_popup_flow_connects_and_autokitteh_shows_the_connection_ok() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    assert_eq!(d.ak().status(&d.cid).0, "CODE_INIT_REQUIRED");
+
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    assert!(callback.starts_with(&d.url(config::REDIRECT_PATH)), "{callback}");
+    let finish = browser.get(&callback).await;
+    assert_redirects_to(&finish, &d.url(&format!("/connections/{}/success", d.cid)));
+    let success = browser.get(finish.location.as_deref().unwrap()).await;
+    assert_eq!(success.status, 200);
+    assert!(success.body.contains("is ready"), "{}", success.body);
+
+    // AutoKitteh now holds the connection's vars and computes it as OK.
+    assert_eq!(d.ak().status(&d.cid), ("CODE_OK".into(), "Using OAuth 2.0".into()));
+    let vars = d.ak().vars(&d.cid);
+    let names: Vec<&str> = vars.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "auth_type",
+            "oauth_access_token",
+            "oauth_expiry",
+            "oauth_refresh_token",
+            "oauth_token_type",
+            "org_display_name",
+            "org_id",
+            "org_tenant_type",
+            "user_display_name",
+            "user_given_name",
+            "user_id",
+            "user_language",
+            "user_mail",
+            "user_mobile_phone",
+            "user_principal_name",
+            "user_surname",
+        ]
+    );
+    let var = |n: &str| vars[n].clone();
+    assert_eq!(var("auth_type").value, "oauthDefault");
+    assert!(var("oauth_access_token").is_secret && var("oauth_refresh_token").is_secret);
+    assert!(!var("oauth_token_type").is_secret && !var("user_id").is_secret);
+    assert_eq!(var("oauth_token_type").value, "Bearer");
+    let expiry = var("oauth_expiry").value;
+    assert!(expiry.ends_with('Z') && !expiry.contains('.'), "{expiry}");
+    let expiry = OffsetDateTime::parse(&expiry, &Rfc3339).expect("RFC 3339");
+    let in_an_hour = OffsetDateTime::now_utc() + Duration::from_secs(3599);
+    assert!((expiry - in_an_hour).abs() < time::Duration::seconds(30), "{expiry}");
+    assert_eq!(var("user_principal_name").value, "adele.vance@contoso.example");
+    assert!(!var("org_id").value.is_empty());
+
+    // The same sign-in in DynamoDB, with the same tokens.
+    let cid = d.cid.parse().unwrap();
+    let stored = d.app.connection(&cid).await.expect("saved in DynamoDB");
+    let secrets = d.app.secret_vars(&stored).await;
+    assert_eq!(secrets["oauth_access_token"], var("oauth_access_token").value);
+    assert_eq!(secrets["oauth_refresh_token"], var("oauth_refresh_token").value);
+    assert_eq!(d.app.pending_states().await, 0);
+
+    // WhoAmI at both ends, the connection read once, the vars written once.
+    assert_eq!(d.ak().calls(WHO_AM_I), 2);
+    assert_eq!(d.ak().calls(CONNECTIONS_GET), 1);
+    assert_eq!(d.ak().calls(VARS_SET), 1);
+}
+
+#[tokio::test]
+async fn teams_connections_start_at_their_own_path_and_only_there() {
+    let d = deployment().await;
+    let teams = d.ak().add_connection(&d.org, Integration::MicrosoftTeams, "teams");
+    let browser = d.signed_in(&d.user).await;
+    let callback = d.popup_to_callback(&browser, &teams, true).await;
+    let finish = browser.get(&callback).await;
+    assert_redirects_to(&finish, &d.url(&format!("/connections/{teams}/success")));
+    assert_eq!(d.ak().status(&teams).0, "CODE_OK");
+
+    // A Teams connection at the Microsoft path, a Microsoft one at the Teams path, and a
+    // connection of another integration: refused, nothing stored.
+    let wrong = [
+        d.start_url(&teams, "web"),
+        d.url(&format!("{}?cid={}&origin=web", config::START_PATH_TEAMS, d.cid)),
+        d.start_url(&d.ak().add_other_connection(&d.org), "web"),
+    ];
+    for url in wrong {
+        let page = browser.get(&url).await;
+        assert_page(&page, 400, "This is not a Microsoft connection");
+    }
+    assert_eq!(d.app.pending_states().await, 0);
+}
+
+#[tokio::test]
+async fn starting_without_an_autokitteh_sign_in_says_to_sign_in_and_stores_nothing() {
+    let d = deployment().await;
+    let page = Browser::new().get(&d.start_url(&d.cid, "web")).await;
+    assert_page(&page, 401, "Sign in to AutoKitteh first");
+    assert!(page.body.contains(&format!("<a href=\"{}/\">Open AutoKitteh</a>", d.app.address)));
+    assert!(page.header("set-cookie").is_empty());
+    // Only the session without its companion cookie (or a forged one) is no better.
+    let browser = d.signed_in(&d.user).await;
+    let session = browser.cookies()[SESSION_COOKIE].clone();
+    let page = Browser::new()
+        .get_with_cookie(&d.start_url(&d.cid, "web"), &format!("{SESSION_COOKIE}={session}"))
+        .await;
+    assert_page(&page, 401, "Sign in to AutoKitteh first");
+    let page = Browser::new()
+        .get_with_cookie(
+            &d.start_url(&d.cid, "web"),
+            &format!("{SESSION_COOKIE}={session}x; {LOGGED_IN_COOKIE}=true"),
+        )
+        .await;
+    assert_page(&page, 401, "Your AutoKitteh sign-in is not valid");
+    assert_eq!(d.ak().calls(CONNECTIONS_GET), 1, "only the forged session reached AutoKitteh");
+    assert_eq!(d.app.pending_states().await, 0);
+}
+
+#[tokio::test]
+async fn another_orgs_user_and_unknown_connections_get_one_page_and_nothing_is_stored() {
+    let d = deployment().await;
+    let other_org = d.ak().add_org("Fabrikam");
+    let outsider = d.ak().add_user("mallory@fabrikam.example", &[&other_org]);
+    let browser = d.signed_in(&outsider).await;
+    let theirs = browser.get(&d.start_url(&d.cid, "web")).await;
+    assert_page(&theirs, 404, "This connection was not found");
+    let unknown = browser.get(&d.start_url(new_cid().as_str(), "web")).await;
+    assert_page(&unknown, 404, "This connection was not found");
+    assert_eq!(theirs.body, unknown.body);
+    // A former member of the right org is an outsider too.
+    d.ak().set_membership(&d.org, &d.user, false);
+    let former = d.signed_in(&d.user).await.get(&d.start_url(&d.cid, "web")).await;
+    assert_page(&former, 404, "This connection was not found");
+    // A disabled user's session no longer works at all.
+    d.ak().disable_user(&outsider);
+    let disabled = browser.get(&d.start_url(&d.cid, "web")).await;
+    assert_page(&disabled, 401, "Your AutoKitteh sign-in is not valid");
+    assert_eq!(d.app.pending_states().await, 0);
+    assert!(d.ak().vars(&d.cid).is_empty());
+}
+
+#[tokio::test]
+async fn a_different_autokitteh_user_finishing_the_flow_is_refused_before_the_code_exchange() {
+    let d = deployment().await;
+    let colleague = d.ak().add_user("megan@contoso.example", &[&d.org]);
+    let browser = d.signed_in(&d.user).await;
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    // The same browser is now signed in to AutoKitteh as someone else.
+    d.sign_in(&browser, &colleague).await;
+    let page = browser.get(&callback).await;
+    assert_page(&page, 403, "Finish as the AutoKitteh user who started");
+    assert_eq!(d.app.standin.calls().token_requests, 0, "the code was redeemed");
+    assert_eq!(d.app.connections().await, 0);
+    assert_eq!(d.ak().calls(VARS_SET), 0);
+    assert_eq!(d.ak().vars(&d.cid).len(), 1, "only the form's auth_type");
+    // The flow is over: the rightful user cannot reuse that callback either.
+    d.sign_in(&browser, &d.user).await;
+    let again = browser.get(&callback).await;
+    assert_eq!(again.status, 400, "{}", again.body);
+}
+
+#[tokio::test]
+async fn finishing_after_signing_out_of_autokitteh_is_refused_before_the_code_exchange() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    browser.forget(SESSION_COOKIE);
+    let page = browser.get(&callback).await;
+    assert_page(&page, 401, "Sign in to AutoKitteh first");
+    assert_eq!(d.app.standin.calls().token_requests, 0);
+    assert_eq!(d.app.connections().await, 0);
+}
+
+#[tokio::test]
+async fn autokitteh_down_or_slow_at_the_start_gets_a_try_again_page() {
+    let d = deployment_with(AppOptions {
+        http_timeout: Duration::from_millis(500),
+        ..AppOptions::default()
+    })
+    .await;
+    let browser = d.signed_in(&d.user).await;
+    for (method, fault) in [
+        (CONNECTIONS_GET, AkFault::Status(503)),
+        (WHO_AM_I, AkFault::Status(500)),
+        (CONNECTIONS_GET, AkFault::Delay(Duration::from_secs(2))),
+    ] {
+        d.ak().set_fault(method, Some(fault.clone()));
+        let page = browser.get(&d.start_url(&d.cid, "web")).await;
+        assert_page(&page, 503, "AutoKitteh is not responding");
+        d.ak().set_fault(method, None);
+    }
+    assert_eq!(d.app.pending_states().await, 0);
+    // Once it is back, the same start works.
+    let page = browser.get(&d.start_url(&d.cid, "web")).await;
+    assert_eq!(page.status, 302, "{}", page.body);
+}
+
+#[tokio::test]
+async fn autokitteh_down_at_the_finish_refuses_before_the_code_exchange() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    d.ak().set_fault(WHO_AM_I, Some(AkFault::Status(503)));
+    let page = browser.get(&callback).await;
+    assert_page(&page, 503, "AutoKitteh is not responding");
+    assert_eq!(d.app.standin.calls().token_requests, 0);
+    assert_eq!(d.app.connections().await, 0);
+}
+
+#[tokio::test]
+async fn a_failed_vars_write_gets_a_page_and_the_next_sign_in_completes_it() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    d.ak().set_fault(VARS_SET, Some(AkFault::Status(503)));
+    let page = browser.get(&callback).await;
+    assert_page(&page, 503, "AutoKitteh is not responding");
+    assert_eq!(d.ak().calls(VARS_SET), 2, "one repeat");
+    assert_ne!(d.ak().status(&d.cid).0, "CODE_OK");
+
+    d.ak().set_fault(VARS_SET, None);
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    let finish = browser.get(&callback).await;
+    assert_redirects_to(&finish, &d.url(&format!("/connections/{}/success", d.cid)));
+    assert_eq!(d.ak().status(&d.cid).0, "CODE_OK");
+}
+
+#[tokio::test]
+async fn a_vars_write_that_fails_after_writing_is_repeated_or_confirmed_by_reading_back() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    // Fails once after writing: the repeat succeeds.
+    d.ak().set_fault(VARS_SET, Some(AkFault::FailAfterWrite { times: 1 }));
+    let finish = browser.get(&d.popup_to_callback(&browser, &d.cid, false).await).await;
+    assert_redirects_to(&finish, &d.url(&format!("/connections/{}/success", d.cid)));
+    assert_eq!(d.ak().calls(VARS_SET), 2);
+    assert_eq!(d.ak().calls(VARS_GET), 0);
+
+    // Fails twice after writing: the vars are read back and hold this sign-in's token.
+    d.ak().set_fault(VARS_SET, Some(AkFault::FailAfterWrite { times: 2 }));
+    let finish = browser.get(&d.popup_to_callback(&browser, &d.cid, false).await).await;
+    assert_redirects_to(&finish, &d.url(&format!("/connections/{}/success", d.cid)));
+    assert_eq!(d.ak().calls(VARS_SET), 4);
+    assert_eq!(d.ak().calls(VARS_GET), 1);
+    let cid = d.cid.parse().unwrap();
+    let stored = d.app.connection(&cid).await.unwrap();
+    let secrets = d.app.secret_vars(&stored).await;
+    assert_eq!(secrets["oauth_access_token"], d.ak().vars(&d.cid)["oauth_access_token"].value);
+}
+
+#[tokio::test]
+async fn losing_the_org_membership_before_the_finish_gets_a_clear_refusal() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    d.ak().set_membership(&d.org, &d.user, false);
+    let page = browser.get(&callback).await;
+    assert_page(&page, 403, "AutoKitteh did not let you save this connection");
+    assert_eq!(d.ak().calls(VARS_SET), 1, "a refusal is not repeated");
+}
+
+#[tokio::test]
+async fn a_token_longer_than_autokitteh_stores_is_refused_whole_not_cut() {
+    let d = deployment().await;
+    d.app.standin.set_access_token_len(9000);
+    let browser = d.signed_in(&d.user).await;
+    let page = browser.get(&d.popup_to_callback(&browser, &d.cid, false).await).await;
+    assert_page(&page, 502, "too large for AutoKitteh");
+    assert_eq!(d.ak().calls(VARS_SET), 0);
+    assert_eq!(d.app.connections().await, 0, "nothing half-written");
+}
+
+#[tokio::test]
+async fn vscode_and_dashboard_origins_finish_where_autokitteh_expects() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    for (origin, expected) in [
+        ("vscode", format!("vscode://autokitteh.autokitteh?cid={}", d.cid)),
+        ("dash", d.url(&format!("/internal/dashboard/connections/{}?msg=Success", d.cid))),
+        ("cli", d.url(&format!("/connections/{}/success", d.cid))),
+    ] {
+        let start = browser.get(&d.start_url(&d.cid, origin)).await;
+        let callback =
+            d.app.consent(&browser, start.location.as_deref().expect("authorize"), "work").await;
+        let finish = browser.get(&callback).await;
+        assert_eq!(finish.location.as_deref(), Some(expected.as_str()), "{origin}");
+    }
+}
+
+#[tokio::test]
+async fn the_autokitteh_session_never_leaves_the_autokitteh_api() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    let session = browser.cookies()[SESSION_COOKIE].clone();
+    let start = browser.get(&d.start_url(&d.cid, "web")).await;
+    let authorize = start.location.clone().unwrap();
+    // The pending flow records who started it, never the session.
+    let pending = format!("{:?}", d.app.items().await);
+    assert!(pending.contains(&d.user), "{pending}");
+    assert!(!pending.contains(&session));
+    let callback = d.app.consent(&browser, &authorize, "work").await;
+    let finish = browser.get(&callback).await;
+    assert_eq!(finish.status, 302);
+    // Refusals too.
+    let refused = Browser::new()
+        .get_with_cookie(
+            &d.start_url(new_cid().as_str(), "web"),
+            &format!("{SESSION_COOKIE}={session}; {LOGGED_IN_COOKIE}=true"),
+        )
+        .await;
+    assert_eq!(refused.status, 404);
+
+    for (what, text) in [
+        ("authorize URL", authorize.clone()),
+        ("callback URL", callback.clone()),
+        ("finish location", finish.location.clone().unwrap_or_default()),
+        ("refusal page", refused.body.clone()),
+        ("logs", captured_logs()),
+        ("table", format!("{:?}", d.app.items().await)),
+    ] {
+        assert!(!text.contains(&session), "the AutoKitteh session is in the {what}");
+    }
+    // It reached AutoKitteh, as a Bearer token and nowhere else.
+    assert!(d.ak().authorizations().iter().all(|a| *a == format!("Bearer {session}")));
+    assert!(d.ak().authorizations().len() >= 3);
+}

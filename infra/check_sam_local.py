@@ -13,6 +13,7 @@ from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 
 EXPECTED = {
     ("GET", "/oauth/start/microsoft"): "StartFunction",
+    ("GET", "/oauth/start/microsoft_teams"): "StartFunction",
     ("GET", "/oauth/redirect/microsoft"): "RedirectFunction",
     ("GET", "/connections/{cid}"): "ConnectionApiFunction",
     ("GET", "/connections/{cid}/token"): "ConnectionApiFunction",
@@ -27,6 +28,10 @@ def main() -> int:
     )
     found = {}
     for route in ApiProvider(stacks).routes:
+        if route.function_name is None:
+            # The optional proxy to AutoKitteh (AutoKittehUpstreamUrl): no function to run.
+            print(f"proxy    {sorted(route.methods)} {route.path} (not served by sam local)")
+            continue
         for method in route.methods:
             found[(method, route.path)] = route.function_name
             print(f"route    {method} {route.path} -> {route.function_name} (payload {route.payload_format_version})")

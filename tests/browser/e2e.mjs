@@ -1,6 +1,8 @@
 // Real-browser test: headless Chromium goes through `make run`'s stack (the local-stack
 // binary) from the start link to the success page, as a popup opened by the AutoKitteh UI
-// would, and through a declined consent to its error page.
+// would, and through a declined consent to its error page. Then the same inside AutoKitteh
+// (LOCAL_AUTOKITTEH=1): sign in at the stand-in AutoKitteh, press Connect, and the popup goes
+// through the front door to AutoKitteh's success page, with the connection OK afterwards.
 //
 // Env: LOCAL_STACK_BIN (default target/debug/local-stack), CHROMIUM (default
 // /usr/bin/chromium), AWS_ENDPOINT_URL (optional: reuse a running moto).
@@ -33,10 +35,11 @@ function fail(message) {
   throw new Error(message);
 }
 
-async function startStack() {
+async function startStack(extraEnv = {}, marker = /^START_LINK=(\S+)$/m) {
   const [appPort, standinPort, motoPort] = [await freePort(), await freePort(), await freePort()];
   const env = {
     ...process.env,
+    ...extraEnv,
     WEBHOOK_ADDRESS: `http://localhost:${appPort}`,
     STANDIN_PORT: String(standinPort),
     MOTO_PORT: String(motoPort),
@@ -49,7 +52,7 @@ async function startStack() {
     const timer = setTimeout(() => reject(new Error(`local stack did not print a start link:\n${output}`)), 90_000);
     const onData = (chunk) => {
       output += chunk.toString();
-      const match = output.match(/^START_LINK=(\S+)$/m);
+      const match = output.match(marker);
       if (match && output.includes("Ready.")) {
         clearTimeout(timer);
         resolve(match[1]);
@@ -60,6 +63,62 @@ async function startStack() {
     child.on("exit", (code) => reject(new Error(`local stack exited (${code}):\n${output}`)));
   });
   return { child, link, appPort };
+}
+
+function launch() {
+  return chromium.launch({
+    executablePath: browserPath,
+    args: [
+      "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+}
+
+// Inside AutoKitteh: the stand-in's sign-in and connection list, its Connect link opened as
+// a popup the way AutoKitteh's UI does, and the session cookies crossing the front door.
+async function insideAutoKitteh() {
+  const [akPort, functionsPort] = [await freePort(), await freePort()];
+  const { child, link: home } = await startStack(
+    { LOCAL_AUTOKITTEH: "1", AUTOKITTEH_STANDIN_PORT: String(akPort), LOCAL_PORT: String(functionsPort) },
+    /^Open (\S+)\/ in a browser/m,
+  );
+  const browser = await launch();
+  try {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(`${home}/`);
+    (await page.textContent("body")).includes("NOT AutoKitteh") || fail("the stand-in must say it is not AutoKitteh");
+    await page.click("text=Sign in as dev@autokitteh.local");
+    await page.waitForSelector("#user", { timeout: 15_000 });
+    const row = page.locator("li", { hasText: "my_microsoft" });
+    (await row.locator(".status").textContent()) === "CODE_INIT_REQUIRED" || fail("connection must start uninitialised");
+    const connect = await row.locator("a").getAttribute("href");
+    const [popup] = await Promise.all([
+      context.waitForEvent("page"),
+      page.evaluate((url) => window.open(url, "ms-oauth", "width=600,height=700"), connect),
+    ]);
+    await popup.waitForSelector("#accept-work", { timeout: 15_000 });
+    await popup.click("#accept-work");
+    await popup.waitForSelector("#done", { timeout: 15_000 });
+    popup.url().endsWith("/success") || fail(`popup should end at AutoKitteh's success page, is at ${popup.url()}`);
+    await popup.screenshot({ path: path.join(artifacts, "autokitteh-success.png") });
+    await page.reload();
+    const status = await page.locator("li", { hasText: "my_microsoft" }).locator(".status").textContent();
+    status === "CODE_OK" || fail(`AutoKitteh should show the connection OK, shows ${status}`);
+    console.log("ok - AutoKitteh sign-in → Connect popup → front door → consent → AutoKitteh success; connection OK");
+
+    // Signed out, the same start is refused with a way to sign in.
+    const anonymous = await browser.newContext();
+    const tab = await anonymous.newPage();
+    const response = await tab.goto(`${home}${new URL(connect, home).pathname.replace("/microsoft/save", "/oauth/start/microsoft")}?${new URL(connect, home).searchParams}`);
+    (response && response.status() === 401) || fail(`a start without AutoKitteh sign-in must be refused, got ${response && response.status()}`);
+    await tab.waitForSelector("text=Sign in to AutoKitteh first", { timeout: 15_000 });
+    console.log("ok - a start without an AutoKitteh sign-in says to sign in");
+  } finally {
+    await browser.close();
+    child.kill("SIGINT");
+  }
 }
 
 async function main() {
@@ -120,6 +179,7 @@ async function main() {
     await browser.close();
     child.kill("SIGINT");
   }
+  await insideAutoKitteh();
 }
 
 main().then(

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use ms_oauth::config::{self, REDIRECT_PATH, START_PATH};
+use ms_oauth::config::{self, REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
 use ms_oauth_tests::aws::workspace_root;
 use ms_oauth_tests::local::{self, Functions};
 use oauth_redirect::RedirectService;
@@ -38,6 +38,10 @@ fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Va
         .collect()
 }
 
+/// Variables that switch a mode (inside AutoKitteh) rather than configure one: the template
+/// sets them only when their parameter is given, and the checks run without them first.
+const MODE_VARIABLES: [&str; 2] = [config::AUTOKITTEH_API_URL, config::AUTOKITTEH_UI_URL];
+
 /// A plausible value for each variable the code reads (the template's are intrinsics).
 fn placeholder(var: &str) -> Option<&'static str> {
     Some(match var {
@@ -56,6 +60,8 @@ fn placeholder(var: &str) -> Option<&'static str> {
         config::MICROSOFT_CLIENT_SECRET_ARN | config::START_LINK_KEY_ARN => {
             "arn:aws:secretsmanager:us-east-1:123456789012:secret:oauth-AbCdEf"
         }
+        config::AUTOKITTEH_API_URL => "https://api.autokitteh.example",
+        config::AUTOKITTEH_UI_URL => "https://app.autokitteh.example",
         _ => return None,
     })
 }
@@ -150,8 +156,13 @@ fn the_template_sets_exactly_the_variables_each_function_reads() {
                 "{id} must read {secret} from Secrets Manager, not the environment"
             );
         }
-        let ours: BTreeSet<String> =
-            vars.iter().filter(|v| !SDK_VARIABLES.contains(&v.as_str())).cloned().collect();
+        let ours: BTreeSet<String> = vars
+            .iter()
+            .filter(|v| {
+                !SDK_VARIABLES.contains(&v.as_str()) && !MODE_VARIABLES.contains(&v.as_str())
+            })
+            .cloned()
+            .collect();
         for var in &ours {
             assert!(placeholder(var).is_some(), "{id} sets {var}, which the code does not know");
         }
@@ -185,6 +196,28 @@ fn the_template_sets_exactly_the_variables_each_function_reads() {
     }
 }
 
+#[test]
+fn the_oauth_functions_start_inside_autokitteh_from_the_template_plus_its_url() {
+    for (id, (binary, vars)) in functions(&template()) {
+        let modes: BTreeSet<&str> =
+            vars.iter().map(String::as_str).filter(|v| MODE_VARIABLES.contains(v)).collect();
+        let oauth = binary == "oauth-start" || binary == "oauth-redirect";
+        assert_eq!(
+            !modes.is_empty(),
+            oauth,
+            "{id}: AutoKitteh variables only on the OAuth functions"
+        );
+        if oauth {
+            assert_eq!(modes, BTreeSet::from(MODE_VARIABLES), "{id}");
+            let all: BTreeSet<String> =
+                vars.iter().filter(|v| !SDK_VARIABLES.contains(&v.as_str())).cloned().collect();
+            let recorder = Recorder::new(&all);
+            build(&binary, &recorder).unwrap_or_else(|e| panic!("{id} inside AutoKitteh: {e}"));
+            assert!(recorder.asked().contains(config::AUTOKITTEH_UI_URL), "{id}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_route_in_the_template_reaches_its_handler() {
     let template = template();
@@ -192,6 +225,8 @@ async fn every_route_in_the_template_reaches_its_handler() {
     let integrations: BTreeMap<String, String> =
         resources_of_type(&template, "AWS::ApiGatewayV2::Integration")
             .into_iter()
+            // The optional proxy to AutoKitteh runs no function of ours.
+            .filter(|(_, i)| i["Properties"]["IntegrationType"].as_str() != Some("HTTP_PROXY"))
             .map(|(id, i)| {
                 let uri = &i["Properties"]["IntegrationUri"];
                 let target = match uri {
@@ -208,7 +243,12 @@ async fn every_route_in_the_template_reaches_its_handler() {
     let routes = resources_of_type(&template, "AWS::ApiGatewayV2::Route");
 
     // Serve the real handlers the way `make run` does, configured from placeholders.
-    let all: BTreeSet<String> = functions.values().flat_map(|(_, v)| v.iter().cloned()).collect();
+    // Standalone: the routes' bad-request pages are the same inside AutoKitteh.
+    let all: BTreeSet<String> = functions
+        .values()
+        .flat_map(|(_, v)| v.iter().cloned())
+        .filter(|v| !MODE_VARIABLES.contains(&v.as_str()))
+        .collect();
     let recorder = Recorder::new(&all);
     let lookup = |name: &str| recorder.lookup(name);
     let served = Functions {
@@ -235,13 +275,19 @@ async fn every_route_in_the_template_reaches_its_handler() {
                 .to_owned(),
             other => panic!("{id}: unexpected Target {other:?}"),
         };
-        let function = &integrations[&target];
+        let Some(function) = integrations.get(&target) else {
+            assert!(
+                route["Condition"].as_str() == Some("ProxyToAutoKitteh"),
+                "{id} targets no function and is not the optional proxy"
+            );
+            continue;
+        };
         routed_functions.insert(function.clone());
         let (binary, _) = &functions[function];
         let auth = route["Properties"]["AuthorizationType"].as_str().unwrap_or("NONE");
         let (request_path, expected_words) = match binary.as_str() {
             "oauth-start" => {
-                assert_eq!((method, path), ("GET", START_PATH), "{id}");
+                assert!(method == "GET" && [START_PATH, START_PATH_TEAMS].contains(&path), "{id}");
                 (path.to_owned(), "AutoKitteh")
             }
             "oauth-redirect" => {
@@ -274,6 +320,7 @@ async fn every_route_in_the_template_reaches_its_handler() {
         BTreeSet::from(
             [
                 "GET /oauth/start/microsoft",
+                "GET /oauth/start/microsoft_teams",
                 "GET /oauth/redirect/microsoft",
                 "GET /connections/{cid}",
                 "GET /connections/{cid}/token",

@@ -3,6 +3,11 @@
 //! Brings up (unless pointed elsewhere) moto for DynamoDB/Secrets Manager/KMS and the
 //! stand-in identity platform, creates the table, key and secrets idempotently, serves both
 //! functions on their API paths and prints a signed start link.
+//!
+//! Inside AutoKitteh: with `LOCAL_AUTOKITTEH=1` it also starts a stand-in AutoKitteh and a
+//! front door on the public address (the three OAuth paths to the functions, the rest to the
+//! stand-in); with `AUTOKITTEH_API_URL` set it uses that AutoKitteh, starts neither, and
+//! serves the functions on `LOCAL_PORT` for the user's own front door.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -11,9 +16,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use connection_api::ConnectionApi;
+use ms_oauth::autokitteh::Integration;
 use ms_oauth::config::{self, PublicAddress};
 use ms_oauth::domain::Origin;
 use ms_oauth::grant::GrantKey;
+use ms_oauth_tests::autokitteh::AkStandin;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
 use ms_oauth_tests::standin::{Registration, Standin};
@@ -60,12 +67,19 @@ async fn run() -> Result<(), String> {
     let webhook = env(config::WEBHOOK_ADDRESS).unwrap_or_else(|| DEFAULT_WEBHOOK_ADDRESS.into());
     let public =
         PublicAddress::parse(&webhook).map_err(|p| format!("{} {p}", config::WEBHOOK_ADDRESS))?;
+    let public_port = url::Url::parse(&public.origin())
+        .ok()
+        .and_then(|u| u.port_or_known_default())
+        .unwrap_or(9000);
+    // Inside AutoKitteh the public address belongs to a front door (ours or the user's), so
+    // the functions listen elsewhere.
+    let external_autokitteh = env(config::AUTOKITTEH_API_URL);
+    let local_autokitteh = external_autokitteh.is_none()
+        && env("LOCAL_AUTOKITTEH").is_some_and(|v| v != "0" && v != "false");
     let listen_port = match env("LOCAL_PORT") {
-        Some(_) => port_var("LOCAL_PORT", 9000)?,
-        None => url::Url::parse(&public.origin())
-            .ok()
-            .and_then(|u| u.port_or_known_default())
-            .unwrap_or(9000),
+        Some(_) => port_var("LOCAL_PORT", 9001)?,
+        None if external_autokitteh.is_some() || local_autokitteh => 9001,
+        None => public_port,
     };
     vars.insert(config::WEBHOOK_ADDRESS, webhook);
 
@@ -170,6 +184,26 @@ async fn run() -> Result<(), String> {
         }
     };
 
+    // AutoKitteh: the user's, or the stand-in behind our front door.
+    let mut standin_ak = None;
+    if let Some(url) = &external_autokitteh {
+        println!("AutoKitteh:         {url} (from {})", config::AUTOKITTEH_API_URL);
+        vars.insert(config::AUTOKITTEH_API_URL, url.clone());
+        if let Some(ui) = env(config::AUTOKITTEH_UI_URL) {
+            vars.insert(config::AUTOKITTEH_UI_URL, ui);
+        }
+    } else if local_autokitteh {
+        let port = port_var("AUTOKITTEH_STANDIN_PORT", 9200)?;
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
+            format!("cannot listen on 127.0.0.1:{port} for the AutoKitteh stand-in ({e}); set AUTOKITTEH_STANDIN_PORT")
+        })?;
+        let ak = AkStandin::spawn(listener).map_err(|e| e.to_string())?;
+        println!("AutoKitteh:         {} (local stand-in, NOT AutoKitteh)", ak.url());
+        vars.insert(config::AUTOKITTEH_API_URL, ak.url());
+        vars.insert(config::AUTOKITTEH_UI_URL, public.origin());
+        standin_ak = Some(ak);
+    }
+
     let lookup = |k: &str| vars.get(k).cloned();
     let start = StartService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
     let redirect = RedirectService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
@@ -188,7 +222,36 @@ async fn run() -> Result<(), String> {
         public.redirect_uri()
     );
     println!("Table / KMS key:    {table} / {kms_key}");
-    if let Some(key) = start_key {
+    if let Some(ak) = &standin_ak {
+        let door = TcpListener::bind(("127.0.0.1", public_port)).await.map_err(|e| {
+            format!("cannot listen on 127.0.0.1:{public_port} for the front door ({e}); set WEBHOOK_ADDRESS")
+        })?;
+        let functions_url = format!("http://127.0.0.1:{listen_port}");
+        tokio::spawn(ms_oauth_tests::frontdoor::serve(door, functions_url.clone(), ak.url()));
+        let org = ak.add_org("Local org");
+        let user = ak.add_user("dev@autokitteh.local", &[&org]);
+        ak.add_connection(&org, Integration::Microsoft, "my_microsoft");
+        ak.add_connection(&org, Integration::MicrosoftTeams, "my_teams");
+        let other = ak.add_org("Another org");
+        ak.add_user("outsider@another.local", &[&other]);
+        ak.add_connection(&other, Integration::Microsoft, "not_yours");
+        println!(
+            "Front door:         {} (OAuth paths → {functions_url}, everything else → AutoKitteh)",
+            public.origin()
+        );
+        println!(
+            "\nOpen {}/ in a browser, sign in as dev@autokitteh.local ({user}) and press Connect.",
+            public.origin()
+        );
+    } else if external_autokitteh.is_some() {
+        println!(
+            "\nFunctions on http://127.0.0.1:{listen_port}: route GET {}, {} and {} of {} here.",
+            config::START_PATH,
+            config::START_PATH_TEAMS,
+            config::REDIRECT_PATH,
+            public.origin()
+        );
+    } else if let Some(key) = start_key {
         let cid = ms_oauth_tests::new_connection_id();
         let key = GrantKey::new(key.into()).map_err(|e| e.to_string())?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();

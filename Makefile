@@ -1,8 +1,11 @@
-.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-browser deps-infra deps-build deps-bench clean-local
+.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
 
 SHELL := /bin/bash
 VENV := .venv
 MOTO := $(VENV)/bin/moto_server
+# AutoKitteh's own Python SDK, for the test that reads our vars the way a workflow does.
+SDK_VENV := .venv-sdk
+SDK_PYTHON := $(SDK_VENV)/bin/python
 BROWSER_DIR := tests/browser
 CHROMIUM ?= /usr/bin/chromium
 # Local defaults shared by `make run` and `make link` (see README, "Local run").
@@ -15,6 +18,7 @@ FUNCTIONS := oauth-start oauth-redirect connection-api token-refresher
 
 help:
 	@echo "make run    - run both functions locally with moto and the stand-in identity platform"
+	@echo "              (LOCAL_AUTOKITTEH=1 make run: inside a stand-in AutoKitteh, behind a front door)"
 	@echo "make link   - print a new start link for the local stack (CID=con_… ORIGIN=web|cli|vscode|dash)"
 	@echo "make test   - install test dependencies and run every test (unit, integration, browser)"
 	@echo "make lint   - rustfmt, clippy (warnings are errors), cfn-lint and sam validate --lint"
@@ -28,12 +32,18 @@ help:
 	@echo "make bench-critical-path - sequential hops of the redirect with latency added to every dependency"
 
 ## Dependencies, installed into project-local folders on first use.
-deps: deps-moto deps-browser
+deps: deps-moto deps-sdk deps-browser
 
 deps-moto: $(MOTO)
 $(MOTO):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6'
+
+deps-sdk: $(SDK_VENV)/.installed
+$(SDK_VENV)/.installed:
+	python3 -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install --quiet --disable-pip-version-check 'autokitteh==0.8.3' 'azure-core>=1.30,<2' 'azure-identity>=1.19,<2' 'msgraph-sdk>=1.18,<2'
+	touch $@
 
 deps-browser: $(BROWSER_DIR)/node_modules/.package-lock.json
 	@if [ ! -x "$(CHROMIUM)" ]; then \
@@ -60,8 +70,8 @@ link:
 ## Tests.
 test: deps test-rust test-browser
 
-test-rust: deps-moto
-	MOTO_SERVER=$(abspath $(MOTO)) cargo test --workspace --all-targets
+test-rust: deps-moto deps-sdk
+	MOTO_SERVER=$(abspath $(MOTO)) AK_SDK_PYTHON=$(abspath $(SDK_PYTHON)) cargo test --workspace --all-targets
 
 test-browser: deps-moto deps-browser
 	# The same build as the Rust tests (features unified with dev-dependencies), so nothing is rebuilt.
@@ -131,4 +141,4 @@ bench-critical-path: deps-moto
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 200 --json $(BENCH_OUT)/critical-path-200.json
 
 clean-local:
-	rm -rf $(VENV) $(BROWSER_DIR)/node_modules
+	rm -rf $(VENV) $(SDK_VENV) $(BROWSER_DIR)/node_modules

@@ -411,3 +411,68 @@ async fn the_autokitteh_session_never_leaves_the_autokitteh_api() {
     assert!(d.ak().authorizations().iter().all(|a| *a == format!("Bearer {session}")));
     assert!(d.ak().authorizations().len() >= 3);
 }
+
+/// The Python of the virtualenv holding AutoKitteh's SDK (`make deps-sdk`).
+fn sdk_python() -> std::path::PathBuf {
+    if let Ok(path) = std::env::var("AK_SDK_PYTHON") {
+        return path.into();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = root.join(".venv-sdk/bin/python");
+    assert!(
+        python.exists(),
+        "AutoKitteh's Python SDK is not installed: run `make deps-sdk` (or set AK_SDK_PYTHON)"
+    );
+    python
+}
+
+#[tokio::test]
+async fn autokittehs_own_python_sdk_gets_a_working_credential_from_the_vars() {
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    let finish = browser.get(&d.popup_to_callback(&browser, &d.cid, false).await).await;
+    assert_eq!(finish.status, 302, "{}", finish.body);
+
+    // What a workflow session sees: every var as `<connection name>__<var>`.
+    let name = "my_teams";
+    let mut command = tokio::process::Command::new(sdk_python());
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/workflow_credential.py"))
+        .arg(name)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(format!("{name}__connection_id"), &d.cid);
+    let vars = d.ak().vars(&d.cid);
+    for (var, stored) in &vars {
+        command.env(format!("{name}__{var}"), &stored.value);
+    }
+    let output = command.output().await.expect("run the SDK");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "SDK failed: {stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+
+    let cid = d.cid.parse().unwrap();
+    let stored = d.app.connection(&cid).await.unwrap();
+    let token = d.app.secret_vars(&stored).await["oauth_access_token"].as_str().unwrap().to_owned();
+    use sha2::Digest as _;
+    let expected = sha2::Sha256::digest(token.as_bytes());
+    let expected: String = expected.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(report["token_sha256"], expected, "the SDK hands Graph this sign-in's token");
+    assert_eq!(report["expires_on"], stored.connection.token_expires_at, "expiry read back");
+    assert_eq!(report["client"], "GraphServiceClient");
+    assert!(!stdout.contains(&token) && !stderr.contains(&token));
+
+    // Without the token var (a connection not yet initialised) the SDK refuses, so the
+    // check above is not vacuous.
+    let mut command = tokio::process::Command::new(sdk_python());
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/workflow_credential.py"))
+        .arg(name)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(format!("{name}__auth_type"), "oauthDefault");
+    let refused = command.output().await.expect("run the SDK");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("ConnectionInitError"));
+}

@@ -45,16 +45,7 @@ impl StartService {
         clock: Arc<dyn Clock>,
         start_key: CachedSecret,
     ) -> Self {
-        let page_context = PageContext::new(&config);
-        Self {
-            config,
-            endpoints,
-            store,
-            clock,
-            start_key: Some(start_key),
-            autokitteh: None,
-            page_context,
-        }
+        Self::assemble(config, endpoints, store, clock, Some(start_key), None)
     }
 
     /// The same service inside an AutoKitteh deployment: AutoKitteh's session decides who
@@ -66,16 +57,19 @@ impl StartService {
         clock: Arc<dyn Clock>,
         autokitteh: AutoKitteh,
     ) -> Self {
+        Self::assemble(config, endpoints, store, clock, None, Some(autokitteh))
+    }
+
+    fn assemble(
+        config: Config,
+        endpoints: Endpoints,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        start_key: Option<CachedSecret>,
+        autokitteh: Option<AutoKitteh>,
+    ) -> Self {
         let page_context = PageContext::new(&config);
-        Self {
-            config,
-            endpoints,
-            store,
-            clock,
-            start_key: None,
-            autokitteh: Some(autokitteh),
-            page_context,
-        }
+        Self { config, endpoints, store, clock, start_key, autokitteh, page_context }
     }
 
     /// Builds the service from `lookup` with AWS clients made from `sdk`. Never touches the

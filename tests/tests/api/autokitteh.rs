@@ -426,6 +426,20 @@ fn sdk_python() -> std::path::PathBuf {
     python
 }
 
+/// Runs the workflow-side check on connection `name` with exactly `vars` as its environment.
+async fn run_sdk(name: &str, vars: &[(String, String)]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(sdk_python());
+    command
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/workflow_credential.py"))
+        .arg(name)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (var, value) in vars {
+        command.env(format!("{name}__{var}"), value);
+    }
+    command.output().await.expect("run the SDK")
+}
+
 #[tokio::test]
 async fn autokittehs_own_python_sdk_gets_a_working_credential_from_the_vars() {
     let d = deployment().await;
@@ -435,18 +449,10 @@ async fn autokittehs_own_python_sdk_gets_a_working_credential_from_the_vars() {
 
     // What a workflow session sees: every var as `<connection name>__<var>`.
     let name = "my_teams";
-    let mut command = tokio::process::Command::new(sdk_python());
-    command
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/workflow_credential.py"))
-        .arg(name)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(format!("{name}__connection_id"), &d.cid);
-    let vars = d.ak().vars(&d.cid);
-    for (var, stored) in &vars {
-        command.env(format!("{name}__{var}"), &stored.value);
-    }
-    let output = command.output().await.expect("run the SDK");
+    let mut vars: Vec<(String, String)> =
+        d.ak().vars(&d.cid).into_iter().map(|(k, v)| (k, v.value)).collect();
+    vars.push(("connection_id".into(), d.cid.clone()));
+    let output = run_sdk(name, &vars).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "SDK failed: {stdout}\n{stderr}");
@@ -465,14 +471,7 @@ async fn autokittehs_own_python_sdk_gets_a_working_credential_from_the_vars() {
 
     // Without the token var (a connection not yet initialised) the SDK refuses, so the
     // check above is not vacuous.
-    let mut command = tokio::process::Command::new(sdk_python());
-    command
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/workflow_credential.py"))
-        .arg(name)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(format!("{name}__auth_type"), "oauthDefault");
-    let refused = command.output().await.expect("run the SDK");
+    let refused = run_sdk(name, &[("auth_type".into(), "oauthDefault".into())]).await;
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("ConnectionInitError"));
 }

@@ -2,8 +2,8 @@
 //! API host, authorized with the user's session (the `ak_user_session` cookie's value as a
 //! Bearer token) or an API token.
 //!
-//! Only the five calls the flow needs: who is signed in, which connection this is, and the
-//! connection's vars.
+//! Only the calls the flow needs: who is signed in, which connection this is, and writing
+//! (and reading back) the connection's vars.
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,7 +31,6 @@ const WHO_AM_I: &str = "autokitteh.auth.v1.AuthService/WhoAmI";
 const CONNECTIONS_GET: &str = "autokitteh.connections.v1.ConnectionsService/Get";
 const VARS_SET: &str = "autokitteh.vars.v1.VarsService/Set";
 const VARS_GET: &str = "autokitteh.vars.v1.VarsService/Get";
-const VARS_DELETE: &str = "autokitteh.vars.v1.VarsService/Delete";
 
 /// The AutoKitteh integrations this flow connects, told apart by the start path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +78,6 @@ impl AkToken {
             && value.len() <= MAX_SESSION_LEN
             && value.bytes().all(|b| b.is_ascii_graphic());
         ok.then(|| Self(SecretString::from(value.to_owned())))
-    }
-
-    /// True when `text` contains this token (for tests that look for leaks).
-    pub fn is_in(&self, text: &str) -> bool {
-        text.contains(self.0.expose_secret())
     }
 }
 
@@ -339,27 +333,6 @@ impl AutoKitteh {
             .collect())
     }
 
-    /// `VarsService/Delete` of `names`. Safe to repeat.
-    pub async fn delete_vars(
-        &self,
-        token: &AkToken,
-        cid: &ConnectionId,
-        names: &[&str],
-    ) -> Result<(), AkError> {
-        if names.is_empty() {
-            // An empty list deletes every var of the connection; never what we mean.
-            return Ok(());
-        }
-        let _: serde_json::Value = self
-            .call(
-                VARS_DELETE,
-                token,
-                &serde_json::json!({ "scope_id": cid.as_str(), "names": names }),
-            )
-            .await?;
-        Ok(())
-    }
-
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
@@ -445,7 +418,6 @@ mod tests {
         assert!(AkToken::new(&"a".repeat(MAX_SESSION_LEN + 1)).is_none());
         let token = AkToken::new("eyJhbGciOi.x.y").unwrap();
         assert_eq!(format!("{token:?}"), "AkToken([redacted])");
-        assert!(token.is_in("Bearer eyJhbGciOi.x.y"));
     }
 
     #[test]

@@ -87,15 +87,22 @@ pub fn events_from_env(
     }
 }
 
-/// The AutoKitteh client when `AUTOKITTEH_API_URL` is set (AutoKitteh mode).
+/// The one outbound HTTP client of a function (Microsoft and AutoKitteh share it, so a
+/// cold start builds one TLS client configuration, not one per peer).
+pub fn http_client(
+    config: &crate::config::Config,
+) -> Result<reqwest::Client, crate::config::ConfigError> {
+    crate::http::build_client(config.http_timeout).map_err(|e| crate::config::ConfigError {
+        var: crate::config::MICROSOFT_AUTHORITY_HOST,
+        problem: format!("cannot build the HTTP client: {e}"),
+    })
+}
+
+/// The AutoKitteh client on `http` when `AUTOKITTEH_API_URL` is set (AutoKitteh mode).
 pub fn autokitteh_from_config(
     config: &crate::config::Config,
-) -> Result<Option<crate::autokitteh::AutoKitteh>, crate::config::ConfigError> {
-    let Some(ak) = &config.autokitteh else { return Ok(None) };
-    let http =
-        crate::http::build_client(config.http_timeout).map_err(|e| crate::config::ConfigError {
-            var: crate::config::AUTOKITTEH_API_URL,
-            problem: format!("cannot build the HTTP client: {e}"),
-        })?;
-    Ok(Some(crate::autokitteh::AutoKitteh::new(ak.api_url.clone(), std::sync::Arc::new(http))))
+    http: &reqwest::Client,
+) -> Option<crate::autokitteh::AutoKitteh> {
+    let ak = config.autokitteh.as_ref()?;
+    Some(crate::autokitteh::AutoKitteh::new(ak.api_url.clone(), std::sync::Arc::new(http.clone())))
 }

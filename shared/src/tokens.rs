@@ -149,10 +149,7 @@ impl TokenService {
                         problem: "must be a number of seconds from 0 to 3000".into(),
                     })?,
             };
-        let http = crate::http::build_client(config.http_timeout).map_err(|e| ConfigError {
-            var: config::MICROSOFT_AUTHORITY_HOST,
-            problem: format!("cannot build the HTTP client: {e}"),
-        })?;
+        let http = crate::runtime::http_client(&config)?;
         Ok(Self {
             store: Arc::new(crate::store::DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(sdk),

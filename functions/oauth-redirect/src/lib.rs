@@ -93,10 +93,8 @@ impl RedirectService {
             config::MICROSOFT_CLIENT_SECRET,
             config::MICROSOFT_CLIENT_SECRET_ARN,
         )?;
-        let http = ms_oauth::http::build_client(config.http_timeout).map_err(|e| ConfigError {
-            var: config::MICROSOFT_AUTHORITY_HOST,
-            problem: format!("cannot build the HTTP client: {e}"),
-        })?;
+        let http = ms_oauth::runtime::http_client(&config)?;
+        let autokitteh = ms_oauth::runtime::autokitteh_from_config(&config, &http);
         let microsoft = Microsoft::new(Endpoints::new(&config), http);
         let store = Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
@@ -104,7 +102,6 @@ impl RedirectService {
         ));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
         let events = ms_oauth::runtime::events_from_env(sdk, lookup);
-        let autokitteh = ms_oauth::runtime::autokitteh_from_config(&config)?;
         let service =
             Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events);
         Ok(match autokitteh {

@@ -84,7 +84,10 @@ impl StartService {
             config.table_name.clone(),
         ));
         let endpoints = Endpoints::new(&config);
-        if let Some(autokitteh) = ms_oauth::runtime::autokitteh_from_config(&config)? {
+        // Inside AutoKitteh its API is the one outbound peer; standalone needs no HTTP client.
+        if let Some(ak) = &config.autokitteh {
+            let http = ms_oauth::runtime::http_client(&config)?;
+            let autokitteh = AutoKitteh::new(ak.api_url.clone(), Arc::new(http));
             return Ok(Self::in_autokitteh(
                 config,
                 endpoints,

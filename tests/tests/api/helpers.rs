@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use connection_api::ConnectionApi;
-use ms_oauth::autokitteh::AutoKitteh;
 use ms_oauth::clock::Clock;
 use ms_oauth::config::{self, Config};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, open};
@@ -225,11 +224,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamo_for_app, table.clone()));
     let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
     let endpoints = Endpoints::new(&config);
-    let microsoft = Microsoft::new(endpoints.clone(), http);
-    let ak_client = config.autokitteh.as_ref().map(|ak| {
-        let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
-        AutoKitteh::new(ak.api_url.clone(), Arc::new(http))
-    });
+    let microsoft = Microsoft::new(endpoints.clone(), http.clone());
+    let ak_client = ms_oauth::runtime::autokitteh_from_config(&config, &http);
     let start = match &ak_client {
         Some(ak) => StartService::in_autokitteh(
             config.clone(),

@@ -13,6 +13,7 @@ from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 
 EXPECTED = {
     ("GET", "/oauth/start/microsoft"): "StartFunction",
+    ("POST", "/oauth/start/microsoft"): "StartFunction",
     ("GET", "/oauth/start/microsoft_teams"): "StartFunction",
     ("GET", "/oauth/redirect/microsoft"): "RedirectFunction",
     ("GET", "/connections/{cid}"): "ConnectionApiFunction",

@@ -91,6 +91,16 @@ impl Origin {
     pub const ALL: [Origin; 4] = [Origin::Web, Origin::Cli, Origin::Vscode, Origin::Dash];
 
     /// The wire name used in query strings.
+    /// Where the user started, in words for a page.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Origin::Web => "the AutoKitteh web app",
+            Origin::Cli => "the AutoKitteh CLI",
+            Origin::Vscode => "the AutoKitteh VS Code extension",
+            Origin::Dash => "the AutoKitteh dashboard",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Web => "web",

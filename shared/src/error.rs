@@ -143,6 +143,40 @@ impl FlowError {
                 "Sign-in links from AutoKitteh are valid for a few minutes only.",
                 Some(START_AGAIN),
             ),
+            FlowError::Grant(GrantError::Used) => Page::error(
+                S::FORBIDDEN,
+                "This sign-in link was already used",
+                "Each sign-in link from AutoKitteh opens once. It was opened before, here or elsewhere.",
+                Some(
+                    "Start the connection again from AutoKitteh for a new link. If you did not open it before, someone else may have: tell your AutoKitteh administrator.",
+                ),
+            ),
+            FlowError::Grant(GrantError::ConfirmationInvalid) => Page::error(
+                S::BAD_REQUEST,
+                "This confirmation is not valid",
+                "The confirmation that brought you here is missing, damaged or was altered.",
+                Some(START_AGAIN),
+            ),
+            FlowError::Grant(GrantError::ConfirmationExpired) => Page::error(
+                S::BAD_REQUEST,
+                "This confirmation took too long",
+                "More than 10 minutes passed between opening the sign-in link and confirming.",
+                Some(START_AGAIN),
+            ),
+            FlowError::Grant(GrantError::OtherBrowser) => Page::error(
+                S::FORBIDDEN,
+                "Confirm in the browser that opened the link",
+                "The confirmation arrived without the cookie this page set when the link was opened: it came from another browser or another site, or cookies are blocked.",
+                Some(
+                    "Start the connection again from AutoKitteh and confirm in the same browser, with cookies allowed for this site.",
+                ),
+            ),
+            FlowError::Grant(GrantError::CrossSite) => Page::error(
+                S::FORBIDDEN,
+                "This confirmation came from another site",
+                "Only the confirmation page of this address can start a sign-in; another site tried to post it for you.",
+                Some(START_AGAIN),
+            ),
             FlowError::Grant(_) => Page::error(
                 S::FORBIDDEN,
                 "This sign-in link was not issued by AutoKitteh",

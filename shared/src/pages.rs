@@ -11,30 +11,49 @@ use sha2::{Digest, Sha256};
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
 main{max-width:36rem;margin:4rem auto;padding:2rem;background:#fff;border-radius:8px;\
-border-top:6px solid #6b7280}main.ok{border-top-color:#16a34a}main.error{border-top-color:#dc2626}\
+border-top:6px solid #6b7280}main.ok{border-top-color:#16a34a}main.error{border-top-color:#dc2626}main.ask{border-top-color:#2563eb}\
 .brand{color:#6b7280;font-size:.85rem}h1{font-size:1.4rem}.action{background:#f3f4f6;padding:.75rem;\
-border-radius:6px}.reference{color:#6b7280;font-size:.8rem}code{word-break:break-all}";
+border-radius:6px}.reference{color:#6b7280;font-size:.8rem}code{word-break:break-all}\
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.4rem 1rem}dt{color:#6b7280}dd{margin:0;\
+word-break:break-word}button{font:inherit;font-weight:600;color:#fff;background:#2563eb;border:0;\
+border-radius:6px;padding:.6rem 1.2rem;cursor:pointer}";
 
 /// Closes the window when it was opened as a popup by the AutoKitteh UI.
 const CLOSE_POPUP_SCRIPT: &str =
     "if (window.opener) { setTimeout(function () { window.close(); }, 1500); }";
 
-/// The page CSP: nothing may load; only our exact inline style and script may run.
+/// The page CSP up to `form-action`: nothing may load; only our exact inline style and
+/// script may run.
 static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
     let hash = |s: &str| STANDARD.encode(Sha256::digest(s.as_bytes()));
     format!(
         "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}'; base-uri 'none'; \
-         form-action 'none'; frame-ancestors 'none'",
+         frame-ancestors 'none'",
         hash(STYLE),
         hash(CLOSE_POPUP_SCRIPT)
     )
 });
+
+/// A form that posts back to us (the confirm button of the start page).
+#[derive(Debug, Clone)]
+pub struct PageForm {
+    /// The path the form posts to, on this page's own origin.
+    pub action: String,
+    /// Hidden fields.
+    pub fields: Vec<(String, String)>,
+    pub button: String,
+    /// Where the answer to the post may redirect the browser (browsers apply `form-action`
+    /// to the redirect too): an origin such as `https://login.microsoftonline.com`.
+    pub continues_to: String,
+}
 
 /// How a page reads: success or failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tone {
     Ok,
     Error,
+    /// A question to the user.
+    Neutral,
 }
 
 /// Content of a page; rendering escapes every field.
@@ -48,6 +67,9 @@ pub struct Page {
     pub reference: Option<String>,
     /// A link the user should follow next (where to sign in, say): address and text.
     pub link: Option<(String, String)>,
+    /// Facts shown as a list of terms and values (who and what is being connected).
+    pub facts: Vec<(String, String)>,
+    pub form: Option<PageForm>,
     pub close_popup: bool,
 }
 
@@ -60,6 +82,8 @@ struct PageTemplate<'a> {
     action: Option<&'a str>,
     reference: Option<&'a str>,
     link: Option<(&'a str, &'a str)>,
+    facts: &'a [(String, String)],
+    form: Option<&'a PageForm>,
     close_popup: bool,
     style: &'static str,
     script: &'static str,
@@ -79,7 +103,35 @@ impl Page {
             action: None,
             reference: None,
             link: None,
+            facts: Vec::new(),
+            form: None,
             close_popup: true,
+        }
+    }
+
+    /// The confirmation shown before the browser goes to Microsoft: who and what is being
+    /// connected, a warning against links from others, and the button that continues.
+    pub fn confirm(facts: Vec<(String, String)>, form: PageForm) -> Self {
+        Self {
+            status: StatusCode::OK,
+            tone: Tone::Neutral,
+            title: "Connect a Microsoft account?".into(),
+            message: vec![
+                "AutoKitteh will ask Microsoft for access to the account you sign in with next, \
+                 and this connection will then act as that account."
+                    .into(),
+            ],
+            action: Some(
+                "Continue only if you started this connection yourself. If someone sent you \
+                 this link, close this page: continuing would give their connection access to \
+                 your Microsoft data."
+                    .into(),
+            ),
+            reference: None,
+            link: None,
+            facts,
+            form: Some(form),
+            close_popup: false,
         }
     }
 
@@ -93,8 +145,16 @@ impl Page {
             action: action.map(str::to_owned),
             reference: None,
             link: None,
+            facts: Vec::new(),
+            form: None,
             close_popup: false,
         }
+    }
+
+    /// Adds a fact (term and value) to the list the page shows.
+    pub fn with_fact(mut self, term: &str, value: impl Into<String>) -> Self {
+        self.facts.push((term.to_owned(), value.into()));
+        self
     }
 
     /// Adds a reference (error and AADSTS codes, trace id) for support.
@@ -123,12 +183,15 @@ impl Page {
             tone: match self.tone {
                 Tone::Ok => "ok",
                 Tone::Error => "error",
+                Tone::Neutral => "ask",
             },
             title: &self.title,
             message: &self.message,
             action: self.action.as_deref(),
             reference: self.reference.as_deref(),
             link: self.link.as_ref().map(|(h, t)| (h.as_str(), t.as_str())),
+            facts: &self.facts,
+            form: self.form.as_ref(),
             close_popup: self.close_popup,
             style: STYLE,
             script: CLOSE_POPUP_SCRIPT,
@@ -143,7 +206,13 @@ impl Page {
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        if let Ok(csp) = HeaderValue::from_str(&CONTENT_SECURITY_POLICY) {
+        // Only a page with a form may post, and only to us and on to where we send it.
+        let form_action = match &self.form {
+            Some(form) => format!("form-action 'self' {}", form.continues_to),
+            None => "form-action 'none'".to_owned(),
+        };
+        let csp = format!("{}; {form_action}", *CONTENT_SECURITY_POLICY);
+        if let Ok(csp) = HeaderValue::from_str(&csp) {
             headers.insert(header::CONTENT_SECURITY_POLICY, csp);
         }
         add_common_headers(&mut response, cookies);
@@ -258,6 +327,47 @@ mod tests {
     fn error_pages_do_not_run_scripts() {
         let response = Page::error(StatusCode::BAD_REQUEST, "t", "m", None).into_response(&[]);
         assert!(!body(&response).contains("<script"));
+    }
+
+    fn confirm_page() -> Page {
+        Page::confirm(
+            vec![("Connection".into(), "<b>Sales</b> & \"ops\"".into())],
+            PageForm {
+                action: "/oauth/start/microsoft".into(),
+                fields: vec![("ticket".into(), "a.b\"><x".into())],
+                button: "Continue to Microsoft".into(),
+                continues_to: "https://login.microsoftonline.com".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn the_confirm_page_escapes_its_facts_and_fields_and_may_post_only_to_us() {
+        let response = confirm_page().into_response(&[]);
+        assert_eq!(response.status(), StatusCode::OK);
+        let html = body(&response);
+        assert!(html.contains(
+            "<dt>Connection</dt><dd>&#60;b&#62;Sales&#60;/b&#62; &#38; &#34;ops&#34;</dd>"
+        ));
+        assert!(html.contains(r#"<form method="post" action="/oauth/start/microsoft">"#));
+        assert!(
+            html.contains(r#"<input type="hidden" name="ticket" value="a.b&#34;&#62;&#60;x">"#)
+        );
+        assert!(html.contains("<button type=\"submit\">Continue to Microsoft</button>"));
+        assert!(!html.contains("<script"), "the confirm page runs no script");
+        let csp = response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.ends_with("; form-action 'self' https://login.microsoftonline.com"), "{csp}");
+        assert_eq!(response.headers()[header::X_FRAME_OPTIONS], "DENY");
+        assert!(csp.contains("frame-ancestors 'none'"));
+    }
+
+    #[test]
+    fn pages_without_a_form_may_not_post_anywhere() {
+        let response = Page::connected("a").into_response(&[]);
+        let csp = response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.ends_with("; form-action 'none'"), "{csp}");
+        let page = Page::connected("a").with_fact("Connection", "<i>x</i>");
+        assert!(page.render().contains("<dd>&#60;i&#62;x&#60;/i&#62;</dd>"));
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::error::FlowError;
 
 /// The longest query string we read at all.
 pub const MAX_QUERY_LEN: usize = 16 * 1024;
+/// The longest form body we read (the confirm form holds one field of about 600 bytes).
+pub const MAX_FORM_LEN: usize = 4096;
 
 /// Query parameters of a request, each name at most once.
 #[derive(Debug)]
@@ -38,6 +40,25 @@ impl<'a> Query<'a> {
         Ok(Self { pairs })
     }
 
+    /// Reads an `application/x-www-form-urlencoded` body (API Gateway may hand it over
+    /// base64-decoded as binary; both are read the same).
+    pub fn from_form(req: &'a Request) -> Result<Self, FlowError> {
+        let is_form = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !is_form {
+            return Err(FlowError::BadQuery("the confirmation is not a form post"));
+        }
+        let body: &[u8] = req.body().as_ref();
+        if body.len() > MAX_FORM_LEN {
+            return Err(FlowError::BadQuery("the form is too long"));
+        }
+        Ok(Self { pairs: url::form_urlencoded::parse(body).collect() })
+    }
+
     /// The value of `name`, if present once; an error if repeated or longer than `max_len`.
     pub fn single(&self, name: &'static str, max_len: usize) -> Result<Option<&str>, FlowError> {
         let mut values = self.pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_ref());
@@ -59,6 +80,7 @@ fn repeated(name: &'static str) -> &'static str {
         "grant" => "the start grant is given more than once",
         "state" => "the state is given more than once",
         "code" => "the code is given more than once",
+        "ticket" => "the confirmation is given more than once",
         _ => "a parameter is given more than once",
     }
 }
@@ -70,6 +92,7 @@ fn too_long(name: &'static str) -> &'static str {
         "grant" => "the start grant is too long",
         "state" => "the state is too long",
         "code" => "the code is too long",
+        "ticket" => "the confirmation is too long",
         _ => "a parameter is too long",
     }
 }
@@ -105,6 +128,34 @@ pub fn binding_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
         .max_age(cookie::time::Duration::seconds(max_age_secs))
         .build()
         .to_string()
+}
+
+/// The confirm cookie: set with the confirmation page, sent back only with a post from our
+/// own pages (`SameSite=Strict`), so another site cannot confirm for the user.
+pub fn confirm_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
+    Cookie::build((name, value))
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Strict)
+        .path("/oauth/start/")
+        .max_age(cookie::time::Duration::seconds(max_age_secs))
+        .build()
+        .to_string()
+}
+
+/// Whether a post says it comes from a page of `origin` (e.g. `https://api.example.com`).
+/// Browsers send `Sec-Fetch-Site` and usually `Origin`; a page with `no-referrer` makes the
+/// latter `null`, which proves nothing either way. Either header naming another site
+/// refuses the post; the `SameSite=Strict` confirm cookie is the check that always applies.
+pub fn posted_from(req: &Request, origin: &str) -> bool {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    if header("sec-fetch-site").is_some_and(|site| site != "same-origin") {
+        return false;
+    }
+    match header("origin") {
+        None | Some("null") => true,
+        Some(sent) => sent.eq_ignore_ascii_case(origin),
+    }
 }
 
 /// Deletes the browser-binding cookie once its flow is over.

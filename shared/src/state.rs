@@ -12,6 +12,8 @@ use subtle::ConstantTimeEq;
 /// Prefix of the browser-binding cookie; the rest of the name identifies the flow so that
 /// several sign-ins can run in one browser at once.
 pub const COOKIE_PREFIX: &str = "ms_oauth_";
+/// Prefix of the confirm cookie set with the confirmation page (standalone mode).
+pub const CONFIRM_COOKIE_PREFIX: &str = "ms_oauth_confirm_";
 /// Longest `state` value we accept from a callback (ours are 43 characters).
 pub const MAX_STATE_LEN: usize = 128;
 
@@ -25,6 +27,11 @@ fn random_token(n: usize) -> Result<SecretString, RandomError> {
     let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes).map_err(|_| RandomError)?;
     Ok(SecretString::from(URL_SAFE_NO_PAD.encode(&bytes)))
+}
+
+/// A fresh 256-bit nonce for a browser cookie (base64url).
+pub fn random_nonce() -> Result<SecretString, RandomError> {
+    random_token(32)
 }
 
 /// A random id (128 bits, hex) telling one attempt of an operation from any other. Not a
@@ -96,7 +103,7 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use fmt::Write as _;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");

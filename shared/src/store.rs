@@ -41,6 +41,10 @@ pub struct PendingFlow {
     /// The AutoKitteh user who started the flow (AutoKitteh mode): the same user must finish
     /// it. Only the user id is kept, never the session.
     pub ak_user_id: Option<String>,
+    /// The platform user the start grant named and who confirmed (standalone mode).
+    pub platform_user: Option<String>,
+    /// The connection's display name, as the start grant gave it (standalone mode).
+    pub connection_name: Option<String>,
 }
 
 /// Why a state could not be consumed. Only `Store` is a server fault.
@@ -140,6 +144,10 @@ pub struct StoredConnection {
 /// The persistence the flow needs. A seam so handlers can be unit-tested without DynamoDB.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Records that the start grant with id `grant_id` was used; `Ok(false)` if it had been
+    /// used before. The record lasts until `expires_at`, after which the grant is refused
+    /// as expired anyway. Safe to retry after a lost answer.
+    async fn spend_grant(&self, grant_id: &str, expires_at: i64) -> Result<bool, StoreError>;
     /// Saves a new pending flow; fails if one already exists under `key`.
     async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError>;
     /// Atomically spends and returns the pending flow, if it exists, has not expired at `now`,
@@ -213,6 +221,13 @@ pub fn connection_key(id: &ConnectionId) -> String {
     format!("conn#{id}")
 }
 
+/// Key of the item recording a used start grant: the hash of its id, so the key space is
+/// uniform whatever ids the platform picks.
+pub fn grant_key(grant_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("grant#{}", crate::state::hex(&Sha256::digest(grant_id.as_bytes())))
+}
+
 /// Key of a state item.
 pub fn state_key(key: &StateKey) -> String {
     format!("state#{}", key.as_hex())
@@ -231,6 +246,10 @@ struct StateItem {
     expires_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ak_user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    platform_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connection_name: Option<String>,
     /// Set once, by the consume that spent the flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     consumed_by: Option<String>,
@@ -250,6 +269,8 @@ impl StateItem {
             created_at: flow.created_at,
             expires_at: flow.expires_at,
             ak_user_id: flow.ak_user_id.clone(),
+            platform_user: flow.platform_user.clone(),
+            connection_name: flow.connection_name.clone(),
             consumed_by: None,
         }
     }
@@ -264,6 +285,8 @@ impl StateItem {
             created_at: self.created_at,
             expires_at: self.expires_at,
             ak_user_id: self.ak_user_id,
+            platform_user: self.platform_user,
+            connection_name: self.connection_name,
         }
     }
 }
@@ -295,6 +318,37 @@ where
 
 #[async_trait]
 impl Store for DynamoStore {
+    async fn spend_grant(&self, grant_id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        // The item carries a mark unique to this call: if the answer is lost and the SDK
+        // sends the same request again, the retry matches its own mark and succeeds, where a
+        // bare `attribute_not_exists` would call a first use a second one.
+        let attempt = crate::state::attempt_id().map_err(|_| StoreError::Unavailable {
+            operation: "PutItem",
+            source: "no randomness for the grant mark".into(),
+        })?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(KEY_ATTRIBUTE, AttributeValue::S(grant_key(grant_id)))
+            .item("kind", AttributeValue::S("grant".into()))
+            .item("spent_by", AttributeValue::S(attempt.clone()))
+            .item(TTL_ATTRIBUTE, AttributeValue::N(expires_at.to_string()))
+            .condition_expression("attribute_not_exists(#pk) OR #by = :attempt")
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .expression_attribute_names("#by", "spent_by")
+            .expression_attribute_values(":attempt", AttributeValue::S(attempt))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match e.into_service_error() {
+                e if e.is_conditional_check_failed_exception() => Ok(false),
+                e => Err(unavailable("PutItem")(e)),
+            },
+        }
+    }
+
     async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError> {
         let item = serde_dynamo::to_item(StateItem::new(key, flow))?;
         let result = self
@@ -637,6 +691,7 @@ fn classify_failed_consume(flow: &PendingFlow, now: i64) -> ConsumeError {
 #[doc(hidden)]
 #[derive(Debug, Default)]
 pub struct MemoryStore {
+    grants: Mutex<HashMap<String, i64>>,
     states: Mutex<HashMap<String, PendingFlow>>,
     connections: Mutex<HashMap<String, StoredConnection>>,
     leases: Mutex<HashMap<String, (String, i64)>>,
@@ -651,6 +706,11 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn spend_grant(&self, grant_id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let mut grants = self.grants.lock().map_err(|_| poisoned())?;
+        Ok(grants.insert(grant_key(grant_id), expires_at).is_none())
+    }
+
     async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError> {
         let mut states = self.states.lock().map_err(|_| poisoned())?;
         if states.contains_key(&state_key(key)) {

@@ -95,7 +95,7 @@ def main():
     runs = load("load.json")
     handlers = {
         (g, b): criterion(g, b)
-        for g in ("oauth-start", "oauth-redirect")
+        for g in ("oauth-start", "oauth-start-confirm", "oauth-redirect")
         for b in ("handler", "event+handler")
     }
     plot_coldstart(cold)
@@ -124,9 +124,9 @@ def main():
         f"| Cold start Init vs hello world | ≤ 1.5× | {worst['init_ratio']:.2f}× "
         f"(worst: {worst['function']}) | {ok(worst['init_ratio'] <= 1.5)} |"
     )
-    start = handlers[("oauth-start", "handler")]["median_us"]
+    start = max(handlers[(g, "handler")]["median_us"] for g in ("oauth-start", "oauth-start-confirm"))
     redirect = handlers[("oauth-redirect", "handler")]["median_us"]
-    w(f"| CPU per start request | < 50 µs | {start:.1f} µs | {ok(start < 50)} |")
+    w(f"| CPU per start request (link or confirm) | < 50 µs | {start:.1f} µs | {ok(start < 50)} |")
     w(f"| CPU per redirect request | < 200 µs | {redirect:.1f} µs | {ok(redirect < 200)} |")
     hops = round(paths[50]["warm_hops"])
     w(f"| Redirect critical path | 4 hops | {paths[50]['warm_hops']:.2f} → {hops} hops | {ok(hops <= 4)} |")
@@ -222,13 +222,16 @@ def main():
         "is answered in-process: the table in memory, KMS by a local key wrapper, secrets as "
         "values, the token endpoint and Graph by a `Transport` returning canned responses of "
         "realistic size (no socket). The runtime is single-threaded with nothing to wait for, so "
-        "wall time is CPU time. *handler* times the handler on a parsed request; "
+        "wall time is CPU time. *oauth-start* is the start link (grant checked and spent, "
+        "confirmation page rendered), *oauth-start-confirm* the confirm button's post (form "
+        "and cookie checked, flow state written, redirect to Microsoft). "
+        "*handler* times the handler on a parsed request; "
         "*event+handler* adds `lambda_http`'s parsing of the API Gateway event JSON.\n"
     )
     w("| function | what | median | 95% interval | target |")
     w("|---|---|---|---|---|")
     for (group, bench), v in handlers.items():
-        target = "< 50 µs" if group == "oauth-start" else "< 200 µs"
+        target = "< 200 µs" if group == "oauth-redirect" else "< 50 µs"
         w(
             f"| {group} | {bench} | {v['median_us']:.1f} µs | {v['low_us']:.1f}–{v['high_us']:.1f} µs "
             f"| {target} |"

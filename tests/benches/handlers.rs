@@ -22,7 +22,7 @@ use ms_oauth::config::{self, Config, SecretSource};
 use ms_oauth::crypto::FakeDataKeys;
 use ms_oauth::domain::Origin;
 use ms_oauth::events::NoEvents;
-use ms_oauth::grant::GrantKey;
+use ms_oauth::grant::{GrantKey, StartGrant};
 use ms_oauth::http::{HttpError, Transport};
 use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
@@ -190,12 +190,54 @@ fn event(path: &str, query: &[(&str, &str)], cookie: Option<String>) -> String {
     event.to_string()
 }
 
+/// A start link's event with a grant of its own (grants open once), valid for the whole run.
 fn start_event() -> String {
     let key = GrantKey::new(START_KEY.to_owned().into()).unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    // Valid for the whole run.
-    let grant = key.sign(&CID.parse().unwrap(), Origin::Web, now, 600).unwrap();
+    let grant = StartGrant {
+        lifetime_secs: 600,
+        ..StartGrant::new(CID.parse().unwrap(), Origin::Web, "ada@example.com", "Ada's mailbox")
+            .unwrap()
+    };
+    let grant = key.sign(&grant, now).unwrap();
     event(config::START_PATH, &[("cid", CID), ("origin", "web"), ("grant", &grant)], None)
+}
+
+/// The confirm button's post for a confirmation page `service` answered.
+fn confirm_event(page: &lambda_http::Response<lambda_http::Body>) -> String {
+    let html = String::from_utf8_lossy(page.body().as_ref()).into_owned();
+    let ticket = html
+        .split(r#"name="ticket" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("confirmation ticket");
+    let cookie = page.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap();
+    let path = config::START_PATH;
+    json!({
+        "version": "2.0",
+        "routeKey": format!("POST {path}"),
+        "rawPath": path,
+        "rawQueryString": "",
+        "cookies": [cookie],
+        "headers": {
+            "content-type": "application/x-www-form-urlencoded",
+            "host": "api.example.com",
+            "origin": "https://api.example.com",
+            "sec-fetch-site": "same-origin",
+            "x-forwarded-proto": "https",
+        },
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "abcdef1234", "domainName": "api.example.com",
+            "domainPrefix": "api",
+            "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1",
+                     "sourceIp": "203.0.113.7", "userAgent": "Mozilla/5.0"},
+            "requestId": "JKJaXmPLvHcESHB=", "routeKey": format!("POST {path}"),
+            "stage": "$default", "time": "27/Nov/2026:18:30:00 +0000", "timeEpoch": 1_795_804_200_000u64,
+        },
+        "body": format!("ticket={ticket}"),
+        "isBase64Encoded": false,
+    })
+    .to_string()
 }
 
 /// A pending flow in `store` and the redirect event that finishes it.
@@ -213,6 +255,8 @@ async fn pending_redirect(store: &MemoryStore, n: u64) -> String {
         created_at: now,
         expires_at: now + 600,
         ak_user_id: None,
+        platform_user: None,
+        connection_name: None,
     };
     store.put_state(&key, &flow).await.unwrap();
     let code = format!("M.C5_{}", "c".repeat(1000));
@@ -233,11 +277,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn bench_start(c: &mut Criterion) {
     let rt = runtime();
-    let event = start_event();
     // The flow must really start, or the benchmark would time an error page.
     let check = start_service();
-    let response = rt.block_on(oauth_start::handle(&check, parse(&event)));
-    assert_eq!(response.status(), 302, "the start benchmark must time a successful start");
+    let page = rt.block_on(oauth_start::handle(&check, parse(&start_event())));
+    assert_eq!(page.status(), 200, "the start benchmark must time a confirmation page");
+    let started = rt.block_on(oauth_start::handle(&check, parse(&confirm_event(&page))));
+    assert_eq!(started.status(), 302, "the confirm benchmark must time a started flow");
 
     let mut group = c.benchmark_group("oauth-start");
     for (name, parse_timed) in VARIANTS {
@@ -245,7 +290,25 @@ fn bench_start(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 // A fresh service (and table) per sample keeps the in-memory table small.
                 let service = start_service();
-                let events = vec![event.clone(); iters as usize];
+                let events: Vec<String> = (0..iters).map(|_| start_event()).collect();
+                rt.block_on(time(&events, parse_timed, |r| oauth_start::handle(&service, r)))
+            });
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("oauth-start-confirm");
+    for (name, parse_timed) in VARIANTS {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let service = start_service();
+                let events: Vec<String> = (0..iters)
+                    .map(|_| {
+                        let page =
+                            rt.block_on(oauth_start::handle(&service, parse(&start_event())));
+                        confirm_event(&page)
+                    })
+                    .collect();
                 rt.block_on(time(&events, parse_timed, |r| oauth_start::handle(&service, r)))
             });
         });

@@ -8,6 +8,7 @@
 // /usr/bin/chromium), AWS_ENDPOINT_URL (optional: reuse a running moto).
 
 import { spawn } from "node:child_process";
+import { createHmac, randomBytes } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
@@ -35,12 +36,35 @@ function fail(message) {
   throw new Error(message);
 }
 
+// The key the platform signs start grants with, in this test's stack.
+const startLinkKey = `browser-test-start-link-key-${randomBytes(16).toString("hex")}`;
+
+// A start link as the platform mints it: an HS256 JWT naming the user and the connection,
+// opening once within a minute.
+function mintLink(appPort, { cid, user, name }) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const claims = {
+    aud: "autokitteh-oauth-start:microsoft", cid, origin: "web", sub: user, name,
+    jti: randomBytes(16).toString("hex"), iat: now, exp: now + 60,
+  };
+  const unsigned = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(claims)}`;
+  const signature = createHmac("sha256", startLinkKey).update(unsigned).digest("base64url");
+  return `http://localhost:${appPort}/oauth/start/microsoft?cid=${cid}&origin=web&grant=${unsigned}.${signature}`;
+}
+
+function newCid() {
+  const alphabet = "0123456789abcdefghjkmnpqrstvwxyz";
+  return `con_${[...randomBytes(26)].map((b) => alphabet[b % alphabet.length]).join("")}`;
+}
+
 async function startStack(extraEnv = {}, marker = /^START_LINK=(\S+)$/m) {
   const [appPort, standinPort, motoPort] = [await freePort(), await freePort(), await freePort()];
   const env = {
     ...process.env,
     ...extraEnv,
     WEBHOOK_ADDRESS: `http://localhost:${appPort}`,
+    START_LINK_KEY: startLinkKey,
     STANDIN_PORT: String(standinPort),
     MOTO_PORT: String(motoPort),
     OAUTH_TABLE_NAME: `autokitteh-oauth-browser-${Date.now()}`,
@@ -122,7 +146,7 @@ async function insideAutoKitteh() {
 }
 
 async function main() {
-  const { child, link } = await startStack();
+  const { child, link, appPort } = await startStack();
   const browser = await chromium.launch({
     executablePath: browserPath,
     args: [
@@ -148,6 +172,12 @@ async function main() {
     popup.on("console", (msg) => {
       if (/Content Security Policy|Refused to/i.test(msg.text())) violations.push(msg.text());
     });
+    // The start link first shows who and what is being connected, and waits for the button.
+    await popup.waitForSelector("text=Connect a Microsoft account?", { timeout: 15_000 });
+    const asked = await popup.textContent("main");
+    asked.includes("If someone sent you this link") || fail(`the confirmation lacks its warning: ${asked}`);
+    await popup.screenshot({ path: path.join(artifacts, "confirm.png") });
+    await popup.click("text=Continue to Microsoft");
     await popup.waitForSelector("#accept-work", { timeout: 15_000 });
     (await popup.textContent("body")).includes("not Microsoft") || fail("the stand-in page must say it is not Microsoft");
     const closed = popup.waitForEvent("close", { timeout: 15_000 });
@@ -159,12 +189,40 @@ async function main() {
       && fail(`unexpected URL ${popup.url()}`);
     await popup.screenshot({ path: path.join(artifacts, "success.png") });
     await closed;
-    console.log("ok - start link → stand-in consent → success page; the popup closed itself");
+    console.log("ok - start link → confirmation → stand-in consent → success page; the popup closed itself");
 
-    // 2. Declined consent, in a plain tab: a clear error page.
-    const stackLink = link; // one-time grants are not one-time links; a second flow is allowed
+    // 2. The same link again: it opens once.
     const tab = await context.newPage();
-    await tab.goto(stackLink);
+    const again = await tab.goto(link);
+    (again && again.status() === 403) || fail(`a used start link must be refused, got ${again && again.status()}`);
+    await tab.waitForSelector("text=This sign-in link was already used", { timeout: 15_000 });
+    console.log("ok - a start link opens once");
+
+    // 3. A victim opens a link minted for someone else's connection: the page names it, and
+    // another site cannot press the button for them (Chromium sends no SameSite=Strict cookie
+    // and says the post is cross-site).
+    const attackers = newCid();
+    await tab.goto(mintLink(appPort, { cid: attackers, user: "mallory@example.com", name: "Mallory's sync" }));
+    await tab.waitForSelector("text=Connect a Microsoft account?", { timeout: 15_000 });
+    const shown = await tab.textContent("main");
+    (shown.includes("Mallory's sync") && shown.includes("mallory@example.com") && shown.includes(attackers))
+      || fail(`the confirmation must name the connection and its user: ${shown}`);
+    const ticket = await tab.getAttribute("input[name=ticket]", "value");
+    const elsewhere = await context.newPage();
+    await elsewhere.setContent(`<form method="post" action="http://localhost:${appPort}/oauth/start/microsoft">
+      <input type="hidden" name="ticket" value="${ticket}"></form>`);
+    const [posted] = await Promise.all([
+      elsewhere.waitForNavigation({ timeout: 15_000 }),
+      elsewhere.evaluate(() => document.forms[0].submit()),
+    ]);
+    (posted && posted.status() === 403) || fail(`a cross-site confirmation must be refused, got ${posted && posted.status()}`);
+    await elsewhere.waitForSelector("text=This confirmation came from another site", { timeout: 15_000 });
+    await elsewhere.screenshot({ path: path.join(artifacts, "cross-site-refused.png") });
+    console.log("ok - the confirmation names the sender's connection; another site cannot confirm it");
+
+    // 4. Declined consent, in a plain tab: a clear error page.
+    await tab.goto(mintLink(appPort, { cid: newCid(), user: "dev@autokitteh.local", name: "My mail" }));
+    await tab.click("text=Continue to Microsoft");
     await tab.click("#cancel");
     await tab.waitForSelector("text=You declined the permissions", { timeout: 15_000 });
     const response = await tab.reload();

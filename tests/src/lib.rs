@@ -9,6 +9,7 @@ pub mod frontdoor;
 pub mod load;
 pub mod local;
 pub mod standin;
+pub mod startlink;
 
 use ms_oauth::domain::ConnectionId;
 

@@ -30,7 +30,9 @@ const START_KEY: &str = "load-run-start-link-key-0123456789abcdef";
 const TENANT: &str = "common";
 /// Pages that blame the browser or ask to retry a duplicate: never right for a sign-in done
 /// once, in time, in one browser.
-const MISLEADING: [&str; 3] = [
+const MISLEADING: [&str; 5] = [
+    "This sign-in link was already used",
+    "Confirm in the browser that opened the link",
     "This sign-in is unknown or already finished",
     "Finish the sign-in in the browser where you started it",
     "The sign-in could not start",
@@ -351,22 +353,22 @@ impl LoadStack {
         record: &mut FlowRecord,
     ) -> Result<(), Outcome> {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let grant = self
-            .start_key
-            .sign(cid, Origin::Web, now, 600)
-            .map_err(|e| broken("start", e.to_string()))?;
+        let grant = crate::startlink::grant(cid, Origin::Web, 600);
+        let token = self.start_key.sign(&grant, now).map_err(|e| broken("start", e.to_string()))?;
         let url =
-            format!("{}{}?cid={cid}&origin=web&grant={grant}", self.address, config::START_PATH);
+            format!("{}{}?cid={cid}&origin=web&grant={token}", self.address, config::START_PATH);
+        // The start link's page and its confirm button, as one step.
         let t = Instant::now();
-        let start = self.http.get(url).send().await.map_err(|e| broken("start", e.to_string()))?;
+        let start = crate::startlink::open_and_confirm(&self.http, &url)
+            .await
+            .map_err(|e| broken("start", e))?;
         record.start = Some(t.elapsed());
         if start.status() != 302 {
             return Err(page("start", start).await);
         }
         let header =
             |name: &str| start.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let cookie = header("set-cookie")
-            .and_then(|c| c.split(';').next().map(str::to_owned))
+        let cookie = crate::startlink::binding_cookie(start.headers())
             .ok_or_else(|| broken("start", "no binding cookie".into()))?;
         let authorize = header("location")
             .and_then(|l| url::Url::parse(&l).ok())

@@ -137,9 +137,15 @@ async fn dispatch(
             );
         }
     };
-    let event = api_gateway_event(&req, &route, peer, id);
-    // Drain the body; the routes take none.
-    let _ = req.into_body().collect().await;
+    let mut event = api_gateway_event(&req, &route, peer, id);
+    // Bodies (the confirm form) travel base64-encoded, as API Gateway hands over non-JSON
+    // payloads; lambda_http decodes them.
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    if !body.is_empty() {
+        use base64::Engine as _;
+        event["body"] = json!(base64::engine::general_purpose::STANDARD.encode(&body));
+        event["isBase64Encoded"] = json!(true);
+    }
     let request = match lambda_http::request::from_str(&event.to_string()) {
         Ok(r) => r,
         Err(e) => {

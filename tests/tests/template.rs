@@ -287,7 +287,12 @@ async fn every_route_in_the_template_reaches_its_handler() {
         let auth = route["Properties"]["AuthorizationType"].as_str().unwrap_or("NONE");
         let (request_path, expected_words) = match binary.as_str() {
             "oauth-start" => {
-                assert!(method == "GET" && [START_PATH, START_PATH_TEAMS].contains(&path), "{id}");
+                // GET for the links, POST for the confirm button of the standalone page.
+                assert!(
+                    (method == "GET" && [START_PATH, START_PATH_TEAMS].contains(&path))
+                        || (method == "POST" && path == START_PATH),
+                    "{id}"
+                );
                 (path.to_owned(), "AutoKitteh")
             }
             "oauth-redirect" => {
@@ -320,6 +325,7 @@ async fn every_route_in_the_template_reaches_its_handler() {
         BTreeSet::from(
             [
                 "GET /oauth/start/microsoft",
+                "POST /oauth/start/microsoft",
                 "GET /oauth/start/microsoft_teams",
                 "GET /oauth/redirect/microsoft",
                 "GET /connections/{cid}",

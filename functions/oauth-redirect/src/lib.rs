@@ -271,12 +271,7 @@ async fn finish(
     if service.autokitteh.is_some() {
         return Ok(finish_in_autokitteh(service, &flow.connection_id, flow.origin, cookies));
     }
-    Ok(finish_browser(
-        &flow.connection_id,
-        flow.origin,
-        &account_name(&tokens.claims, &user),
-        cookies,
-    ))
+    Ok(finish_browser(&flow, &account_name(&tokens.claims, &user), cookies))
 }
 
 /// Refuses a flow finished by anyone but the AutoKitteh user who started it.
@@ -465,14 +460,21 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 
 /// Sends the browser where AutoKitteh expects it for each origin. None of these URLs carries
 /// a token.
-fn finish_browser(
-    cid: &ConnectionId,
-    origin: Origin,
-    account: &str,
-    cookies: &[String],
-) -> Response<Body> {
-    match origin {
-        Origin::Web | Origin::Cli => Page::connected(account).into_response(cookies),
+fn finish_browser(flow: &PendingFlow, account: &str, cookies: &[String]) -> Response<Body> {
+    let cid = &flow.connection_id;
+    match flow.origin {
+        Origin::Web | Origin::Cli => {
+            // What the confirmation page showed, repeated with the account that was chosen.
+            let mut page = Page::connected(account);
+            if let Some(name) = &flow.connection_name {
+                page = page.with_fact("Connection", name.as_str());
+            }
+            page = page.with_fact("Connection id", cid.to_string());
+            if let Some(user) = &flow.platform_user {
+                page = page.with_fact("AutoKitteh user", user.as_str());
+            }
+            page.with_fact("Microsoft account", account).into_response(cookies)
+        }
         Origin::Vscode => {
             pages::redirect(&format!("vscode://autokitteh.autokitteh?cid={cid}"), cookies)
         }
@@ -533,6 +535,8 @@ mod tests {
             created_at: now,
             expires_at: now + 600,
             ak_user_id: None,
+            platform_user: None,
+            connection_name: None,
         }
     }
 

@@ -1,5 +1,7 @@
 //! `GET /oauth/start/microsoft?cid=…&origin=…&grant=…`: checks the platform's start grant,
-//! records a one-time flow state and sends the browser to Microsoft.
+//! spends it and shows who and what is being connected; `POST /oauth/start/microsoft` (the
+//! confirm button, from that page in that browser) records a one-time flow state and sends
+//! the browser to Microsoft.
 //!
 //! Inside an AutoKitteh deployment (`AUTOKITTEH_API_URL`) it takes AutoKitteh's own start
 //! URLs instead, `GET /oauth/start/microsoft[_teams]?cid=…&origin=…`, and the user's
@@ -8,18 +10,21 @@
 
 use std::sync::Arc;
 
+use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
 use ms_oauth::autokitteh::{AutoKitteh, Integration};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
-use ms_oauth::grant::{GrantKey, MAX_GRANT_LEN};
+use ms_oauth::grant::{CLOCK_SKEW_SECS, GrantError, GrantKey, MAX_GRANT_LEN};
 use ms_oauth::microsoft::Endpoints;
-use ms_oauth::pages;
-use ms_oauth::request::{Query, ak_session, binding_cookie};
+use ms_oauth::pages::{self, Page, PageForm};
+use ms_oauth::request::{Query, ak_session, binding_cookie, confirm_cookie, cookie, posted_from};
 use ms_oauth::secrets::CachedSecret;
-use ms_oauth::state::{FlowSecrets, StateKey, browser_hash};
+use ms_oauth::state::{
+    CONFIRM_COOKIE_PREFIX, FlowSecrets, StateKey, browser_hash, constant_time_eq, random_nonce,
+};
 use ms_oauth::store::{DynamoStore, PendingFlow, Store};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -120,33 +125,129 @@ impl StartService {
 
 /// Handles one request; every outcome is a response (errors are pages).
 pub async fn handle(service: &StartService, req: Request) -> Response<Body> {
-    match start(service, &req).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(&service.page_context, &[]),
-    }
+    let outcome = match (req.method(), service.autokitteh.as_ref()) {
+        (&Method::GET, Some(autokitteh)) => start_in_autokitteh(service, autokitteh, &req).await,
+        (&Method::GET, None) => show_confirmation(service, &req).await,
+        (&Method::POST, None) => confirmed(service, &req).await,
+        _ => Err(FlowError::Method),
+    };
+    outcome.unwrap_or_else(|e| e.into_response(&service.page_context, &[]))
 }
 
-async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, FlowError> {
-    if !ms_oauth::runtime::is_navigation(req.method()) {
-        return Err(FlowError::Method);
-    }
+/// `cid` and `origin` from the start link.
+fn link_target(query: &Query<'_>) -> Result<(ConnectionId, Origin), FlowError> {
+    let cid = query.single("cid", 64)?.unwrap_or_default().parse()?;
+    let origin = query.single("origin", 16)?.unwrap_or_default().parse()?;
+    Ok((cid, origin))
+}
+
+/// Inside AutoKitteh: the user's session decides, and the browser goes straight on to
+/// Microsoft (AutoKitteh's own UI already showed what is being connected).
+async fn start_in_autokitteh(
+    service: &StartService,
+    autokitteh: &AutoKitteh,
+    req: &Request,
+) -> Result<Response<Body>, FlowError> {
     let query = Query::from_request(req)?;
-    let cid: ConnectionId = query.single("cid", 64)?.unwrap_or_default().parse()?;
-    let origin: Origin = query.single("origin", 16)?.unwrap_or_default().parse()?;
+    let (cid, origin) = link_target(&query)?;
+    let user = autokitteh_user(autokitteh, req, &cid).await?;
+    begin(service, cid, origin, Starter::AutoKitteh(user), None).await
+}
 
+/// Standalone, the link's first step: checks the grant, spends it, and shows who and what
+/// is being connected, with a button that carries a confirmation bound to this browser.
+async fn show_confirmation(
+    service: &StartService,
+    req: &Request,
+) -> Result<Response<Body>, FlowError> {
+    let query = Query::from_request(req)?;
+    let (cid, origin) = link_target(&query)?;
+    let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
     let now = service.clock.now().unix_timestamp();
-    let ak_user_id = match &service.autokitteh {
-        Some(autokitteh) => Some(autokitteh_user(autokitteh, req, &cid).await?),
-        None => {
-            let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
-            service.grant_key().await?.verify(grant, &cid, origin, now)?;
-            None
-        }
-    };
+    let key = service.grant_key().await?;
+    let claims = key.verify(grant, &cid, origin, now)?;
+    // Single use: whoever opens the link first is the one asked; a second opening (a link
+    // passed on after use, a replay) is refused.
+    if !service.store.spend_grant(&claims.jti, claims.exp + CLOCK_SKEW_SECS).await? {
+        tracing::warn!(cid = %cid, origin = %origin, user = %claims.sub, "start grant used again; refused");
+        return Err(GrantError::Used.into());
+    }
 
+    let nonce = random_nonce().map_err(|_| FlowError::Internal("no randomness"))?;
+    let nonce_hash = browser_hash(nonce.expose_secret());
+    let ttl = service.config.state_ttl.as_secs() as i64;
+    let ticket = key
+        .sign_confirmation(&claims, &nonce_hash, now, ttl)
+        .map_err(|_| FlowError::Internal("confirmation not signed"))?;
+    let cookie = confirm_cookie(&confirm_cookie_name(&nonce_hash), nonce.expose_secret(), ttl);
+    tracing::info!(cid = %cid, origin = %origin, user = %claims.sub, "start link opened; waiting for confirmation");
+    let facts = vec![
+        ("Connection".to_owned(), claims.name),
+        ("Connection id".to_owned(), cid.to_string()),
+        ("AutoKitteh user".to_owned(), claims.sub),
+        ("Started from".to_owned(), origin.describe().to_owned()),
+    ];
+    let form = PageForm {
+        action: req.uri().path().to_owned(),
+        fields: vec![("ticket".to_owned(), ticket)],
+        button: "Continue to Microsoft".to_owned(),
+        continues_to: service.config.authority_host.origin().ascii_serialization(),
+    };
+    Ok(Page::confirm(facts, form).into_response(&[cookie]))
+}
+
+/// Standalone, the second step: the confirm button was pressed on our page, in the browser
+/// the page was shown in.
+async fn confirmed(service: &StartService, req: &Request) -> Result<Response<Body>, FlowError> {
+    if !posted_from(req, &service.config.public_address.origin()) {
+        return Err(GrantError::CrossSite.into());
+    }
+    let form = Query::from_form(req)?;
+    let ticket = form.single("ticket", MAX_GRANT_LEN)?.unwrap_or_default();
+    let now = service.clock.now().unix_timestamp();
+    let confirmation = service.grant_key().await?.verify_confirmation(ticket, now)?;
+    let nonce = cookie(req, &confirm_cookie_name(&confirmation.nh)).unwrap_or_default();
+    if !constant_time_eq(&browser_hash(nonce), &confirmation.nh) {
+        return Err(GrantError::OtherBrowser.into());
+    }
+    let cid: ConnectionId = confirmation.cid.parse()?;
+    let origin: Origin = confirmation.origin.parse()?;
+    // The confirmation is used up with its cookie; the flow's own cookie takes over.
+    let used = confirm_cookie(&confirm_cookie_name(&confirmation.nh), "", 0);
+    let starter = Starter::Platform { user: confirmation.sub, connection_name: confirmation.name };
+    begin(service, cid, origin, starter, Some(used)).await
+}
+
+/// Who a flow is started for.
+enum Starter {
+    /// The AutoKitteh user id (AutoKitteh mode).
+    AutoKitteh(String),
+    /// The platform user and connection name a start grant named (standalone).
+    Platform { user: String, connection_name: String },
+}
+
+/// The name of the confirm cookie for the nonce hashing to `nonce_hash`: one per opened link,
+/// so several can wait in one browser.
+fn confirm_cookie_name(nonce_hash: &str) -> String {
+    format!("{CONFIRM_COOKIE_PREFIX}{}", nonce_hash.get(..16).unwrap_or(nonce_hash))
+}
+
+/// Records a one-time flow state and sends the browser to Microsoft.
+async fn begin(
+    service: &StartService,
+    cid: ConnectionId,
+    origin: Origin,
+    starter: Starter,
+    clear: Option<String>,
+) -> Result<Response<Body>, FlowError> {
+    let now = service.clock.now().unix_timestamp();
     let secrets = FlowSecrets::generate().map_err(|_| FlowError::Internal("no randomness"))?;
     let key = StateKey::from_state(secrets.state.secret());
     let ttl = service.config.state_ttl.as_secs() as i64;
+    let (ak_user_id, platform_user, connection_name) = match starter {
+        Starter::AutoKitteh(user) => (Some(user), None, None),
+        Starter::Platform { user, connection_name } => (None, Some(user), Some(connection_name)),
+    };
     let flow = PendingFlow {
         connection_id: cid.clone(),
         origin,
@@ -155,7 +256,9 @@ async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, 
         browser_hash: browser_hash(secrets.browser_nonce.expose_secret()),
         created_at: now,
         expires_at: now + ttl,
-        ak_user_id: ak_user_id.clone(),
+        ak_user_id,
+        platform_user,
+        connection_name,
     };
     service.store.put_state(&key, &flow).await?;
 
@@ -165,10 +268,12 @@ async fn start(service: &StartService, req: &Request) -> Result<Response<Body>, 
         cid = %cid,
         origin = %origin,
         tenant = %service.config.tenant,
-        ak_user = ak_user_id.as_deref().unwrap_or(""),
+        ak_user = flow.ak_user_id.as_deref().unwrap_or(""),
+        user = flow.platform_user.as_deref().unwrap_or(""),
         "flow started"
     );
-    Ok(pages::redirect(location.as_str(), &[cookie]))
+    let cookies: Vec<String> = clear.into_iter().chain([cookie]).collect();
+    Ok(pages::redirect(location.as_str(), &cookies))
 }
 
 /// The AutoKitteh user starting the flow, after checking that the connection is theirs and
@@ -204,6 +309,7 @@ mod tests {
     use proptest::prelude::*;
 
     use ms_oauth::config::SecretSource;
+    use ms_oauth::grant::StartGrant;
     use ms_oauth::store::MemoryStore;
     use ms_oauth::testing::{parse_event, proptest_cases, query_map, query_pair};
 
@@ -240,14 +346,59 @@ mod tests {
     fn grant(origin: Origin) -> String {
         let key = GrantKey::new(KEY.to_owned().into()).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        key.sign(&CID.parse().unwrap(), origin, now, 60).unwrap()
+        let grant =
+            StartGrant::new(CID.parse().unwrap(), origin, "ada@example.com", "Ada <mail>").unwrap();
+        key.sign(&grant, now).unwrap()
+    }
+
+    fn body(response: &Response<Body>) -> String {
+        String::from_utf8_lossy(response.body().as_ref()).into_owned()
+    }
+
+    /// The confirm form's ticket and the cookie (name=value) set with the page.
+    fn confirmation(response: &Response<Body>) -> (String, String) {
+        let html = body(response);
+        let ticket = html
+            .split(r#"name="ticket" value=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("ticket field")
+            .to_owned();
+        let cookie = response.headers()["set-cookie"].to_str().unwrap();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        (ticket, cookie.split(';').next().unwrap().to_owned())
+    }
+
+    fn confirm_post(ticket: &str, cookie: Option<&str>, origin: Option<&str>) -> Request {
+        let mut builder = lambda_http::http::Request::builder()
+            .method("POST")
+            .uri("https://api.example.com/oauth/start/microsoft")
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(cookie) = cookie {
+            builder = builder.header("cookie", cookie);
+        }
+        if let Some(origin) = origin {
+            builder = builder.header("origin", origin);
+        }
+        builder.body(Body::Text(format!("ticket={ticket}"))).unwrap()
     }
 
     async fn assert_starts(fixture: &str) {
         let store = Arc::new(MemoryStore::default());
         let service = service(store.clone());
-        let response = handle(&service, event(fixture, &grant(Origin::Vscode))).await;
-        assert_eq!(response.status(), 302);
+        let shown = handle(&service, event(fixture, &grant(Origin::Vscode))).await;
+        assert_eq!(shown.status(), 200, "{}", body(&shown));
+        let html = body(&shown);
+        for fact in ["Ada &#60;mail&#62;", CID, "ada@example.com", "VS Code extension"] {
+            assert!(html.contains(fact), "{fact} not on the page");
+        }
+        assert_eq!(store.pending(), 0, "nothing starts before the user confirms");
+        let (ticket, cookie) = confirmation(&shown);
+
+        let response =
+            handle(&service, confirm_post(&ticket, Some(&cookie), Some("https://api.example.com")))
+                .await;
+        assert_eq!(response.status(), 302, "{}", body(&response));
         let location = response.headers()["location"].to_str().unwrap();
         assert!(
             location.starts_with(
@@ -283,6 +434,53 @@ mod tests {
         assert_eq!(response.status(), 403);
         assert!(response.headers().get("set-cookie").is_none());
         assert_eq!(store.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_link_opens_once() {
+        let store = Arc::new(MemoryStore::default());
+        let service = service(store.clone());
+        let fixture = include_str!("../tests/data/apigw-v2-start.json");
+        let link = grant(Origin::Vscode);
+        assert_eq!(handle(&service, event(fixture, &link)).await.status(), 200);
+        let again = handle(&service, event(fixture, &link)).await;
+        assert_eq!(again.status(), 403);
+        assert!(body(&again).contains("already used"));
+        assert!(again.headers().get("set-cookie").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_confirmation_without_its_cookie_or_from_another_site_starts_nothing() {
+        let store = Arc::new(MemoryStore::default());
+        let service = service(store.clone());
+        let fixture = include_str!("../tests/data/apigw-v2-start.json");
+        let shown = handle(&service, event(fixture, &grant(Origin::Vscode))).await;
+        let (ticket, cookie) = confirmation(&shown);
+        let other_nonce = format!("{}=other", cookie.split('=').next().unwrap());
+        for (request, status, words) in [
+            (confirm_post(&ticket, None, None), 403, "without the cookie"),
+            (confirm_post(&ticket, Some(&other_nonce), None), 403, "without the cookie"),
+            (
+                confirm_post(&ticket, Some(&cookie), Some("https://evil.example")),
+                403,
+                "another site",
+            ),
+            (confirm_post("forged", Some(&cookie), None), 400, "not valid"),
+        ] {
+            let response = handle(&service, request).await;
+            assert_eq!(response.status(), status, "{}", body(&response));
+            assert!(body(&response).contains(words), "{words}: {}", body(&response));
+        }
+        let mut fetch_site = confirm_post(&ticket, Some(&cookie), None);
+        fetch_site.headers_mut().insert("sec-fetch-site", "cross-site".parse().unwrap());
+        assert_eq!(handle(&service, fetch_site).await.status(), 403);
+        let mut not_a_form = confirm_post(&ticket, Some(&cookie), None);
+        not_a_form.headers_mut().insert("content-type", "text/plain".parse().unwrap());
+        assert_eq!(handle(&service, not_a_form).await.status(), 400);
+        assert_eq!(store.pending(), 0);
+        // The same post from the right page in the right browser goes on.
+        let ok = handle(&service, confirm_post(&ticket, Some(&cookie), Some("null"))).await;
+        assert_eq!(ok.status(), 302);
     }
 
     fn pair() -> impl Strategy<Value = String> {

@@ -1,7 +1,8 @@
 //! `akoauth`: operator tool for the Microsoft OAuth functions.
 //!
 //! Reads the same environment variables as the functions:
-//! - `akoauth start-link --cid con_… --origin web` prints a signed start URL;
+//! - `akoauth start-link --cid con_… --origin web [--user … --name …]` prints a signed,
+//!   single-use start URL;
 //! - `akoauth status --cid con_…` prints a connection's status and non-secret vars;
 //! - `akoauth token --cid con_… [--force-refresh]` prints a valid access token (refreshing
 //!   it first when due), exactly as the connection API would;
@@ -14,7 +15,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use ms_oauth::config::{self, PublicAddress};
 use ms_oauth::domain::{ConnectionId, Origin};
-use ms_oauth::grant::{GrantKey, MAX_GRANT_LIFETIME_SECS};
+use ms_oauth::grant::{
+    DEFAULT_GRANT_LIFETIME_SECS, GrantKey, MAX_GRANT_LIFETIME_SECS, MAX_LABEL_LEN, StartGrant,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,8 +40,15 @@ enum Command {
         /// Where the user started: web, cli, vscode or dash.
         #[arg(long, value_parser = parse_origin, default_value = "web")]
         origin: Origin,
-        /// How long the link is valid, in seconds (at most 600).
-        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(i64).range(1..=MAX_GRANT_LIFETIME_SECS))]
+        /// The platform user the link is for, shown before the browser goes to Microsoft
+        /// [default: your login name, from USER].
+        #[arg(long, value_parser = parse_label)]
+        user: Option<String>,
+        /// The connection's display name, shown with the user [default: the connection id].
+        #[arg(long, value_parser = parse_label)]
+        name: Option<String>,
+        /// How long the link may wait to be opened, in seconds (at most 600). It opens once.
+        #[arg(long, default_value_t = DEFAULT_GRANT_LIFETIME_SECS, value_parser = clap::value_parser!(i64).range(1..=MAX_GRANT_LIFETIME_SECS))]
         ttl: i64,
     },
     /// Print a connection's status, auth type and non-secret vars (never a token).
@@ -65,6 +75,14 @@ fn parse_cid(s: &str) -> Result<ConnectionId, String> {
     s.parse().map_err(|e: ms_oauth::domain::InvalidInput| e.to_string())
 }
 
+fn parse_label(s: &str) -> Result<String, String> {
+    if ms_oauth::grant::is_label(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("must be 1 to {MAX_LABEL_LEN} characters of printable text"))
+    }
+}
+
 fn parse_origin(s: &str) -> Result<Origin, String> {
     s.parse().map_err(|e: ms_oauth::domain::InvalidInput| e.to_string())
 }
@@ -86,7 +104,16 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
-        Command::StartLink { cid, origin, ttl } => start_link(&cid, origin, ttl).await,
+        Command::StartLink { cid, origin, user, name, ttl } => {
+            let user = user
+                .or_else(|| std::env::var("USER").ok().filter(|u| !u.trim().is_empty()))
+                .unwrap_or_else(|| "akoauth".to_owned());
+            let name = name.unwrap_or_else(|| cid.to_string());
+            let mut grant = StartGrant::new(cid, origin, user, name)
+                .map_err(|_| "the system random generator failed".to_owned())?;
+            grant.lifetime_secs = ttl;
+            start_link(&grant).await
+        }
         Command::Status { cid } => {
             let tokens = token_service().await?;
             let stored =
@@ -129,7 +156,7 @@ async fn token_service() -> Result<ms_oauth::tokens::TokenService, String> {
     ms_oauth::tokens::TokenService::from_sdk(&config::env_lookup, &sdk).map_err(|e| e.to_string())
 }
 
-async fn start_link(cid: &ConnectionId, origin: Origin, ttl: i64) -> Result<String, String> {
+async fn start_link(grant: &StartGrant) -> Result<String, String> {
     let lookup = config::env_lookup;
     let address =
         config::required(&lookup, config::WEBHOOK_ADDRESS).map_err(|e| e.to_string()).and_then(
@@ -149,12 +176,11 @@ async fn start_link(cid: &ConnectionId, origin: Origin, ttl: i64) -> Result<Stri
         .map_err(|e| ms_oauth::error::chain(&e))?;
     let key = GrantKey::new(secret).map_err(|e| format!("{}: {e}", config::START_LINK_KEY))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let grant =
-        key.sign(cid, origin, now, ttl).map_err(|e| format!("cannot sign the grant: {e}"))?;
+    let token = key.sign(grant, now).map_err(|e| format!("cannot sign the grant: {e}"))?;
     let mut url = address.start_uri();
     url.query_pairs_mut()
-        .append_pair("cid", cid.as_str())
-        .append_pair("origin", origin.as_str())
-        .append_pair("grant", &grant);
+        .append_pair("cid", grant.cid.as_str())
+        .append_pair("origin", grant.origin.as_str())
+        .append_pair("grant", &token);
     Ok(url.to_string())
 }

@@ -26,7 +26,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use ms_oauth::domain::{ConnectionId, Origin};
-use ms_oauth::grant::GrantKey;
+use ms_oauth::grant::{GrantKey, StartGrant};
 use ms_oauth::state::StateKey;
 use ms_oauth_tests::aws;
 use tokio::sync::Notify;
@@ -262,12 +262,23 @@ async fn main() {
     let mut others = env.clone();
     others.remove("START_LINK_KEY_ARN");
 
-    let cid: ConnectionId = CID.parse().unwrap();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let grant = GrantKey::new(START_LINK_KEY.to_owned().into())
-        .unwrap()
-        .sign(&cid, Origin::Web, now, 600)
-        .unwrap();
+    // Grants open once: each round's start gets its own.
+    let start_link = || {
+        let cid: ConnectionId = CID.parse().unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let grant = StartGrant {
+            lifetime_secs: 600,
+            ..StartGrant::new(cid, Origin::Web, "ada@example.com", "Ada's mailbox").unwrap()
+        };
+        let grant =
+            GrantKey::new(START_LINK_KEY.to_owned().into()).unwrap().sign(&grant, now).unwrap();
+        apigw_event(
+            "GET",
+            &format!("/oauth/start/microsoft?cid={CID}&origin=web&grant={grant}"),
+            "/oauth/start/microsoft",
+            None,
+        )
+    };
     let state = "s".repeat(43);
     let cookie = format!("{}=nonce", StateKey::from_state(&state).cookie_name());
     let scheduled = serde_json::json!({
@@ -277,37 +288,35 @@ async fn main() {
     })
     .to_string();
 
-    let cases: Vec<(&str, HashMap<String, String>, String)> = vec![
-        ("hello-lambda", env.clone(), apigw_event("GET", "/", "/", None)),
-        (
-            "oauth-start",
-            start_only,
-            apigw_event(
-                "GET",
-                &format!("/oauth/start/microsoft?cid={CID}&origin=web&grant={grant}"),
-                "/oauth/start/microsoft",
-                None,
-            ),
-        ),
+    let fixed = |event: String| -> Box<dyn Fn() -> String> { Box::new(move || event.clone()) };
+    type Case<'a> = (&'a str, HashMap<String, String>, Box<dyn Fn() -> String>);
+    let cases: Vec<Case<'_>> = vec![
+        ("hello-lambda", env.clone(), fixed(apigw_event("GET", "/", "/", None))),
+        ("oauth-start", start_only, Box::new(start_link)),
         (
             "oauth-redirect",
             others.clone(),
-            apigw_event(
+            fixed(apigw_event(
                 "GET",
                 &format!("/oauth/redirect/microsoft?code=c&state={state}"),
                 "/oauth/redirect/microsoft",
                 Some(&cookie),
-            ),
+            )),
         ),
         // lambda_http cannot turn this query into a URI and panics; the instance must report
         // an invocation error and survive, not abort.
-        ("oauth-start (query lambda_http cannot parse)", malformed_env, malformed),
+        ("oauth-start (query lambda_http cannot parse)", malformed_env, fixed(malformed)),
         (
             "connection-api",
             others.clone(),
-            apigw_event("GET", &format!("/connections/{CID}"), "/connections/{proxy+}", None),
+            fixed(apigw_event(
+                "GET",
+                &format!("/connections/{CID}"),
+                "/connections/{proxy+}",
+                None,
+            )),
         ),
-        ("token-refresher", others, scheduled),
+        ("token-refresher", others, fixed(scheduled)),
     ];
 
     println!(
@@ -324,7 +333,7 @@ async fn main() {
     for _ in 0..runs {
         for ((name, env, event), out) in cases.iter().zip(samples.iter_mut()) {
             let binary = release.join(name.split_whitespace().next().unwrap_or(name));
-            match run_once(&binary, env, event).await {
+            match run_once(&binary, env, &event()).await {
                 Ok(s) => out.push(s),
                 Err(e) => {
                     eprintln!("{name}: {e}");

@@ -17,7 +17,6 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use ms_oauth::config::{self, Config};
 use ms_oauth::domain::Origin;
-use ms_oauth::grant::GrantKey;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions, Resources};
 use ms_oauth_tests::standin::{Fault, Registration, Standin};
@@ -192,17 +191,11 @@ async fn main() {
 async fn flow(http: &reqwest::Client, address: &str) -> Duration {
     let cid = ms_oauth_tests::new_connection_id();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let grant = GrantKey::new(START_KEY.to_owned().into())
-        .unwrap()
-        .sign(&cid, Origin::Web, now, 300)
-        .unwrap();
-    let start = http
-        .get(format!("{address}{}?cid={cid}&origin=web&grant={grant}", config::START_PATH))
-        .send()
-        .await
-        .unwrap();
-    let cookie =
-        start.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let grant = ms_oauth_tests::startlink::grant(&cid, Origin::Web, 300);
+    let link = ms_oauth_tests::startlink::start_link(address, START_KEY, &grant, now).unwrap();
+    let start = ms_oauth_tests::startlink::open_and_confirm(http, &link).await.unwrap();
+    assert_eq!(start.status(), 302, "the confirmed start goes to Microsoft");
+    let cookie = ms_oauth_tests::startlink::binding_cookie(start.headers()).unwrap();
     let authorize = url::Url::parse(start.headers()["location"].to_str().unwrap()).unwrap();
     let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
     form.push(("account".into(), "work".into()));

@@ -19,7 +19,7 @@ use connection_api::ConnectionApi;
 use ms_oauth::autokitteh::Integration;
 use ms_oauth::config::{self, PublicAddress};
 use ms_oauth::domain::Origin;
-use ms_oauth::grant::GrantKey;
+use ms_oauth::grant::MAX_GRANT_LIFETIME_SECS;
 use ms_oauth_tests::autokitteh::AkStandin;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
@@ -253,16 +253,11 @@ async fn run() -> Result<(), String> {
         );
     } else if let Some(key) = start_key {
         let cid = ms_oauth_tests::new_connection_id();
-        let key = GrantKey::new(key.into()).map_err(|e| e.to_string())?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let grant = key.sign(&cid, Origin::Web, now, 600).map_err(|e| e.to_string())?;
-        let mut link = public.start_uri();
-        link.query_pairs_mut()
-            .append_pair("cid", cid.as_str())
-            .append_pair("origin", "web")
-            .append_pair("grant", &grant);
+        let grant = ms_oauth_tests::startlink::grant(&cid, Origin::Web, MAX_GRANT_LIFETIME_SECS);
+        let link = ms_oauth_tests::startlink::start_link(&public.origin(), &key, &grant, now)?;
         println!(
-            "\nOpen this start link in a browser (valid 10 minutes; `make link` makes a new one):"
+            "\nOpen this start link in a browser (opens once, within 10 minutes; `make link` makes a new one):"
         );
         println!("START_LINK={link}");
     }

@@ -5,6 +5,7 @@ use ms_oauth::grant::GRANT_AUDIENCE;
 use std::time::Duration;
 
 use crate::helpers::*;
+use ms_oauth_tests::startlink;
 
 #[tokio::test]
 async fn missing_or_garbled_start_parameters_are_refused() {
@@ -32,7 +33,7 @@ async fn missing_or_garbled_start_parameters_are_refused() {
         (format!("{base}?cid={cid}&origin=web"), 403, "not issued by AutoKitteh"),
         (format!("{base}?cid={cid}&origin=web&grant=%00%ff"), 403, "not issued by AutoKitteh"),
         (
-            format!("{base}?cid={cid}&origin=web&grant={}", "x".repeat(2000)),
+            format!("{base}?cid={cid}&origin=web&grant={}", "x".repeat(3000)),
             400,
             "start grant is too long",
         ),
@@ -43,10 +44,13 @@ async fn missing_or_garbled_start_parameters_are_refused() {
         assert_page(&page, status, words);
         assert!(page.header("set-cookie").is_empty(), "{url}");
     }
-    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+    for method in [reqwest::Method::PUT, reqwest::Method::DELETE, reqwest::Method::PATCH] {
         let page = Browser::new().request(method, &good).await;
         assert_page(&page, 405, "only takes links");
     }
+    // A post is the confirm button's; without its form it starts nothing.
+    let post = Browser::new().request(reqwest::Method::POST, &good).await;
+    assert_page(&post, 400, "not a form post");
     let head = Browser::new().request(reqwest::Method::HEAD, &good).await;
     assert_eq!(head.status, 405);
     assert_eq!(app.items().await.len(), 0, "nothing may be stored for refused requests");
@@ -61,7 +65,7 @@ async fn forged_expired_and_mismatched_grants_are_refused() {
     // Signed with another key.
     let forged_key = ms_oauth::grant::GrantKey::new("f".repeat(40).into()).unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let forged = forged_key.sign(&cid, Origin::Web, now, 300).unwrap();
+    let forged = forged_key.sign(&startlink::grant(&cid, Origin::Web, 300), now).unwrap();
     let url = |cid: &ms_oauth::domain::ConnectionId, origin: &str, grant: &str| {
         format!("{}/oauth/start/microsoft?cid={cid}&origin={origin}&grant={grant}", app.address)
     };
@@ -85,13 +89,14 @@ async fn forged_expired_and_mismatched_grants_are_refused() {
         "belongs to another connection",
     );
 
-    // Expired: the link is opened 6 minutes after a 5-minute grant was minted.
+    // Expired: the link is opened 2 minutes after a grant of the default minute was minted
+    // (30 s of clock skew are allowed).
     let link = app.start_link(&cid, Origin::Web);
-    app.clock.advance(Duration::from_secs(360));
+    app.clock.advance(Duration::from_secs(120));
     assert_page(&Browser::new().get(&link).await, 403, "expired");
 
     // An audience other than ours (a token minted for something else with the same key).
-    let claims = serde_json::json!({"aud": format!("{GRANT_AUDIENCE}x"), "cid": cid.to_string(), "origin": "web", "iat": now, "exp": now + 60});
+    let claims = serde_json::json!({"aud": format!("{GRANT_AUDIENCE}x"), "cid": cid.to_string(), "origin": "web", "sub": "u", "name": "n", "jti": "0123456789abcdef", "iat": now, "exp": now + 60});
     let token = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -214,7 +219,11 @@ async fn declining_consent_shows_what_happened_and_stores_nothing() {
     let page = browser.get(&callback).await;
     assert_page(&page, 403, "You declined the permissions");
     assert!(page.body.contains("AADSTS65004"));
-    assert_eq!(app.items().await.len(), 0, "the state is consumed and nothing else is written");
+    assert_eq!(
+        app.flow_items().await.len(),
+        0,
+        "the state is consumed and nothing else is written"
+    );
     assert!(browser.cookies().is_empty());
 }
 
@@ -232,5 +241,5 @@ async fn an_aadsts_error_callback_gets_its_specific_advice() {
     let page = browser.get(&callback).await;
     assert_page(&page, 400, "single-tenant");
     assert!(page.body.contains("MICROSOFT_TENANT_ID"));
-    assert_eq!(app.items().await.len(), 0);
+    assert_eq!(app.flow_items().await.len(), 0);
 }

@@ -19,7 +19,11 @@ async fn callback_with(app: &TestApp, cid: &ms_oauth::domain::ConnectionId) -> P
 
 async fn assert_nothing_saved(app: &TestApp, cid: &ms_oauth::domain::ConnectionId) {
     assert!(app.connection(cid).await.is_none(), "no connection may be saved");
-    assert_eq!(app.items().await.len(), 0, "the state is consumed and nothing else is written");
+    assert_eq!(
+        app.flow_items().await.len(),
+        0,
+        "the state is consumed and nothing else is written"
+    );
 }
 
 #[tokio::test]

@@ -100,8 +100,12 @@ async fn the_authorize_request_carries_pkce_exact_redirect_and_required_scopes()
     {
         assert!(scopes.contains(&required), "{required} missing from {scopes:?}");
     }
-    // One binding cookie, locked down.
-    let cookie = start.header("set-cookie");
+    // One binding cookie, locked down (the other Set-Cookie clears the used confirm cookie).
+    let cookies: Vec<&str> =
+        start.headers.get_all("set-cookie").iter().map(|c| c.to_str().unwrap()).collect();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    assert!(cookies[0].starts_with("ms_oauth_confirm_") && cookies[0].contains("Max-Age=0"));
+    let cookie = cookies[1];
     assert!(cookie.starts_with("ms_oauth_"), "{cookie}");
     for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/oauth/", "Max-Age=600"] {
         assert!(cookie.contains(attr), "{attr} missing: {cookie}");
@@ -109,7 +113,7 @@ async fn the_authorize_request_carries_pkce_exact_redirect_and_required_scopes()
     assert_eq!(start.header("cache-control"), "no-store");
     assert_eq!(start.header("referrer-policy"), "no-referrer");
     // The state is stored only as a hash.
-    let items = app.items().await;
+    let items = app.flow_items().await;
     assert_eq!(items.len(), 1);
     let item = format!("{:?}", items[0]);
     assert!(!item.contains(q["state"].as_str()));

@@ -13,7 +13,7 @@ use ms_oauth::config::{self, Config};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, open};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::events::RecordedEvents;
-use ms_oauth::grant::GrantKey;
+use ms_oauth::grant::{DEFAULT_GRANT_LIFETIME_SECS, StartGrant};
 use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::store::{DynamoStore, Store, StoredConnection};
@@ -22,6 +22,7 @@ use ms_oauth_tests::autokitteh::AkStandin;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
 use ms_oauth_tests::standin::{Registration, Standin};
+use ms_oauth_tests::startlink;
 use oauth_redirect::RedirectService;
 use oauth_start::StartService;
 use secrecy::{ExposeSecret, SecretString};
@@ -300,7 +301,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 }
 
 /// A response as a browser sees it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Page {
     pub status: u16,
     pub url: String,
@@ -402,7 +403,21 @@ impl Browser {
     }
 
     pub async fn post_form(&self, url: &str, form: &[(String, String)]) -> Page {
+        self.post_form_with(url, form, &[]).await
+    }
+
+    /// A form post with extra request headers (what a browser adds: `Origin`,
+    /// `Sec-Fetch-Site`).
+    pub async fn post_form_with(
+        &self,
+        url: &str,
+        form: &[(String, String)],
+        headers: &[(&str, &str)],
+    ) -> Page {
         let mut request = self.http.post(url).form(form);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         let cookie_header = self.cookie_header(url);
         if !cookie_header.is_empty() {
             request = request.header(reqwest::header::COOKIE, cookie_header);
@@ -455,16 +470,45 @@ pub struct Flow {
 }
 
 impl TestApp {
-    /// A start link signed the way the platform signs it.
+    /// A start link signed the way the platform signs it (default user and lifetime).
     pub fn start_link(&self, cid: &ConnectionId, origin: Origin) -> String {
-        let key = GrantKey::new(SecretString::from(self.start_key.clone())).expect("key");
-        let grant = key.sign(cid, origin, self.clock.now().unix_timestamp(), 300).expect("sign");
-        format!("{}{}?cid={cid}&origin={origin}&grant={grant}", self.address, config::START_PATH)
+        self.start_link_for(&startlink::grant(cid, origin, DEFAULT_GRANT_LIFETIME_SECS))
     }
 
-    /// Opens a start link; returns the response and, if it redirected, the authorize URL.
+    /// A start link for exactly `grant`.
+    pub fn start_link_for(&self, grant: &StartGrant) -> String {
+        startlink::start_link(
+            &self.address,
+            &self.start_key,
+            grant,
+            self.clock.now().unix_timestamp(),
+        )
+        .expect("start link")
+    }
+
+    /// Opens a start link and, when it shows the confirmation, presses its button; returns
+    /// the last answer (a 302 to Microsoft when all went well, else the page that refused).
     pub async fn start(&self, browser: &Browser, link: &str) -> Page {
-        browser.get(link).await
+        let page = browser.get(link).await;
+        if page.status != 200 {
+            return page;
+        }
+        self.confirm(browser, &page).await
+    }
+
+    /// Presses the confirm button of a confirmation `page`, from that page (same origin).
+    pub async fn confirm(&self, browser: &Browser, page: &Page) -> Page {
+        let ticket = startlink::confirm_ticket(&page.body).expect("a confirm form");
+        let url = url::Url::parse(&page.url).expect("page url");
+        let origin = url.origin().ascii_serialization();
+        let post = format!("{origin}{}", url.path());
+        browser
+            .post_form_with(
+                &post,
+                &[("ticket".to_owned(), ticket)],
+                &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+            )
+            .await
     }
 
     /// Answers the stand-in's consent page with `choice` (`work`, `personal` or `cancel`)
@@ -532,6 +576,13 @@ impl TestApp {
             .expect("scan")
             .items
             .unwrap_or_default()
+    }
+
+    /// Every raw item but the records of used start grants (which stay until their TTL).
+    pub async fn flow_items(&self) -> Vec<HashMap<String, AttributeValue>> {
+        let mut items = self.items().await;
+        items.retain(|i| i.get("kind").and_then(|k| k.as_s().ok()).is_none_or(|k| k != "grant"));
+        items
     }
 
     /// Number of pending flow states.

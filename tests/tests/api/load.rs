@@ -14,7 +14,7 @@ async fn concurrent_sign_ins_each_get_their_own_tokens_and_identity() {
     let stack = stack().await;
     let report =
         stack.run(&LoadOptions { flows: 48, concurrency: 16, faults: None }).await.expect("run");
-    assert_eq!(report.violations(), Vec::<String>::new());
+    assert_eq!(report.violations(), Vec::<String>::new(), "{:?}", report.error_pages);
     assert_eq!(report.connected, 48, "error pages: {:?}", report.error_pages);
     assert_eq!(report.token_requests, 48, "one code exchange per sign-in");
 }
@@ -29,7 +29,7 @@ async fn sign_ins_under_faults_end_on_clear_pages_and_never_mix_or_half_write() 
         .expect("run");
     // Every failure is a clear page; no connection is lost, mixed or half-written; no code
     // is presented twice.
-    assert_eq!(report.violations(), Vec::<String>::new());
+    assert_eq!(report.violations(), Vec::<String>::new(), "{:?}", report.error_pages);
     // The faults really happened, or this test would prove nothing.
     assert!(report.microsoft_faults_injected > 0, "{report:?}");
     assert!(report.aws.refused + report.aws.cut > 0, "{report:?}");
@@ -54,8 +54,15 @@ async fn sign_in_with_lost_answer(operation: &str) {
 }
 
 #[tokio::test]
+async fn a_lost_answer_to_the_grant_spend_does_not_fail_the_start_link() {
+    // The PutItem recording the used grant is the only request carrying `spent_by`.
+    sign_in_with_lost_answer("spent_by").await;
+}
+
+#[tokio::test]
 async fn a_lost_answer_to_the_state_write_does_not_fail_the_start() {
-    sign_in_with_lost_answer("DynamoDB_20120810.PutItem").await;
+    // The state item is the only PutItem carrying the PKCE verifier.
+    sign_in_with_lost_answer("pkce_verifier").await;
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 
 mod abuse;
 mod autokitteh;
+mod binding;
 mod events;
 mod faults;
 mod flow;

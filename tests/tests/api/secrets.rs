@@ -4,20 +4,45 @@ use ms_oauth::domain::Origin;
 
 use crate::helpers::*;
 
+/// The value of the one cookie whose name starts with `prefix`.
+fn cookie_starting(browser: &Browser, prefix: &str) -> String {
+    let cookies = browser.cookies();
+    let mut matching = cookies.iter().filter(|(name, _)| name.starts_with(prefix));
+    let (_, value) = matching.next().expect("cookie");
+    assert!(matching.next().is_none(), "one {prefix} cookie");
+    value.clone()
+}
+
+fn verifier_of(secrets: &[(&str, String)]) -> String {
+    secrets.iter().find(|(what, _)| *what == "PKCE verifier").map(|(_, s)| s.clone()).unwrap()
+}
+
 #[tokio::test]
 async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
     let app = spawn_app().await;
     let browser = Browser::new();
     let cid = new_cid();
 
-    let start = app.start(&browser, &app.start_link(&cid, Origin::Web)).await;
+    let link = app.start_link(&cid, Origin::Web);
+    let grant = link.split("grant=").nth(1).unwrap().to_owned();
+    let confirmation = browser.get(&link).await;
+    assert_page(&confirmation, 200, "Connect a Microsoft account?");
+    let ticket = ms_oauth_tests::startlink::confirm_ticket(&confirmation.body).unwrap();
+    let confirm_nonce = cookie_starting(&browser, "ms_oauth_confirm_");
+    let start = app.confirm(&browser, &confirmation).await;
     let authorize_url = start.location.clone().unwrap();
     let authorize = url::Url::parse(&authorize_url).unwrap();
     let state = authorize.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
     // The verifier only exists server-side: read it from the pending item.
     let items = app.items().await;
-    let verifier = items[0]["pkce_verifier"].as_s().unwrap().clone();
-    let nonce = browser.cookies().values().next().unwrap().clone();
+    let pending = items.iter().find(|i| i["kind"].as_s().unwrap() == "state").unwrap();
+    let verifier = pending["pkce_verifier"].as_s().unwrap().clone();
+    let nonce = browser
+        .cookies()
+        .iter()
+        .find(|(name, _)| !name.starts_with("ms_oauth_confirm_"))
+        .map(|(_, value)| value.clone())
+        .unwrap();
 
     let callback = app.consent(&browser, &authorize_url, "work").await;
     let finish = browser.get(&callback).await;
@@ -38,6 +63,9 @@ async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
     secrets.push(("state", state.clone()));
     secrets.push(("PKCE verifier", verifier));
     secrets.push(("browser nonce", nonce));
+    secrets.push(("confirm nonce", confirm_nonce));
+    secrets.push(("start grant", grant));
+    secrets.push(("confirmation", ticket));
     secrets.push(("client secret", app.client_secret.clone()));
     secrets.push(("start-link key", app.start_key.clone()));
 
@@ -60,13 +88,7 @@ async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
     // The two secrets that must never leave our side are not even in the authorize URL.
     assert!(!authorize_url.contains(&app.client_secret));
     assert!(
-        !start
-            .headers
-            .get("location")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .contains(secrets[secrets.len() - 4].1.as_str())
+        !start.headers.get("location").unwrap().to_str().unwrap().contains(&verifier_of(&secrets))
     );
 
     // The raw item holds tokens only as ciphertext, yet they decrypt to what was issued.

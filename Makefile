@@ -65,7 +65,7 @@ run: deps-moto
 link:
 	@WEBHOOK_ADDRESS=$${WEBHOOK_ADDRESS:-$(LOCAL_WEBHOOK_ADDRESS)} \
 	  START_LINK_KEY=$${START_LINK_KEY:-$(LOCAL_START_LINK_KEY)} \
-	  cargo run --quiet --bin akoauth -- start-link --cid $${CID:-con_0123456789abcdefghjkmnpqrs} --origin $${ORIGIN:-web}
+	  cargo run --quiet --bin akoauth -- start-link --cid $${CID:-con_0123456789abcdefghjkmnpqrs} --origin $${ORIGIN:-web} --ttl 600
 
 ## Tests.
 test: deps test-rust test-browser

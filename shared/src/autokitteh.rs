@@ -31,6 +31,32 @@ const WHO_AM_I: &str = "autokitteh.auth.v1.AuthService/WhoAmI";
 const CONNECTIONS_GET: &str = "autokitteh.connections.v1.ConnectionsService/Get";
 const VARS_SET: &str = "autokitteh.vars.v1.VarsService/Set";
 const VARS_GET: &str = "autokitteh.vars.v1.VarsService/Get";
+const VARS_DELETE: &str = "autokitteh.vars.v1.VarsService/Delete";
+
+/// The var holding the access token.
+pub const ACCESS_TOKEN: &str = "oauth_access_token";
+/// The vars holding the tokens: without `oauth_access_token` AutoKitteh reports a Microsoft
+/// connection as needing initialisation.
+pub const TOKEN_VARS: [&str; 2] = [ACCESS_TOKEN, "oauth_refresh_token"];
+/// Every var the flow writes for a connection made with the default app.
+pub const CONNECTION_VARS: [&str; 16] = [
+    "auth_type",
+    ACCESS_TOKEN,
+    "oauth_refresh_token",
+    "oauth_token_type",
+    "oauth_expiry",
+    "user_principal_name",
+    "user_id",
+    "user_display_name",
+    "user_surname",
+    "user_given_name",
+    "user_language",
+    "user_mail",
+    "user_mobile_phone",
+    "org_id",
+    "org_display_name",
+    "org_tenant_type",
+];
 
 /// The AutoKitteh integrations this flow connects, told apart by the start path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,6 +335,61 @@ impl AutoKitteh {
             .collect();
         let _: serde_json::Value =
             self.call(VARS_SET, token, &serde_json::json!({ "vars": wire })).await?;
+        Ok(())
+    }
+
+    /// `VarsService/Set` of vars that include `oauth_access_token = access_token`, the way
+    /// AutoKitteh asks its writers to: a `Set` answering a server error is repeated once;
+    /// if the repeat fails too, the vars are read back and a stored `access_token` counts
+    /// as written (AutoKitteh answers an error when it cannot recompute the connection's
+    /// status after writing).
+    pub async fn write_vars(
+        &self,
+        token: &AkToken,
+        cid: &ConnectionId,
+        vars: &[Var],
+        access_token: &SecretString,
+    ) -> Result<(), AkError> {
+        let answered_error = |e: &AkError| matches!(e, AkError::Rpc { status: 500.., .. });
+        match self.set_vars(token, cid, vars).await {
+            Ok(()) => return Ok(()),
+            Err(e) if answered_error(&e) => {
+                tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "AutoKitteh vars write failed; repeating it");
+            }
+            Err(e) => return Err(e),
+        }
+        match self.set_vars(token, cid, vars).await {
+            Err(e) if answered_error(&e) => {
+                match self.get_vars(token, cid, &[ACCESS_TOKEN]).await {
+                    Ok(read) if holds_secret(&read, ACCESS_TOKEN, access_token) => {
+                        tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "AutoKitteh stored the vars but failed after writing them");
+                        Ok(())
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// `VarsService/Delete` of `names` (never empty here: an empty list deletes every var,
+    /// including ones the user set). Safe to repeat.
+    pub async fn delete_vars(
+        &self,
+        token: &AkToken,
+        cid: &ConnectionId,
+        names: &[&str],
+    ) -> Result<(), AkError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let _: serde_json::Value = self
+            .call(
+                VARS_DELETE,
+                token,
+                &serde_json::json!({ "scope_id": cid.as_str(), "names": names }),
+            )
+            .await?;
         Ok(())
     }
 

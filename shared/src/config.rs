@@ -26,6 +26,8 @@ pub const EVENT_BUS_NAME: &str = "EVENT_BUS_NAME";
 pub const TOKEN_REFRESH_MARGIN_SECONDS: &str = "TOKEN_REFRESH_MARGIN_SECONDS";
 pub const AUTOKITTEH_API_URL: &str = "AUTOKITTEH_API_URL";
 pub const AUTOKITTEH_UI_URL: &str = "AUTOKITTEH_UI_URL";
+pub const AUTOKITTEH_API_TOKEN: &str = "AUTOKITTEH_API_TOKEN";
+pub const AUTOKITTEH_API_TOKEN_ARN: &str = "AUTOKITTEH_API_TOKEN_ARN";
 
 /// Microsoft's global authority; national clouds and tests override it.
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";

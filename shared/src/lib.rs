@@ -19,6 +19,7 @@ pub mod secrets;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod writeback;
 
 #[cfg(test)]
 mod parser_properties;

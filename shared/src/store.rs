@@ -127,6 +127,10 @@ pub struct Connection {
     pub last_refresh_at: String,
     /// When the refresher should renew the tokens next, epoch seconds.
     pub refresh_due_at: i64,
+    /// The AutoKitteh user who made the connection inside an AutoKitteh deployment (its vars
+    /// live there too, so refreshes and removals are written back).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub autokitteh_user_id: Option<String>,
     /// Partition key of the refresh index; present only while the connection can refresh.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub refresh_queue: Option<String>,
@@ -200,10 +204,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, StoreError>;
     /// Gives the lease back without writing tokens.
     async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError>;
-    /// Deletes the connection (tokens and all vars). `Ok(false)` if there was none.
-    async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError>;
+    /// Deletes the connection (tokens and all vars). `Ok(None)` if there was none.
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError>;
     /// Connections whose refresh is due at `now`, oldest first, at most `limit`.
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError>;
+}
+
+/// What is still needed of a deleted connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Removed {
+    /// Set for a connection made inside AutoKitteh (see [`Connection::autokitteh_user_id`]).
+    #[serde(default)]
+    pub autokitteh_user_id: Option<String>,
 }
 
 /// What a refresh writes.
@@ -624,7 +636,7 @@ impl Store for DynamoStore {
         conditional(result.map(drop), "UpdateItem").map(drop)
     }
 
-    async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError> {
         let out = self
             .client
             .delete_item()
@@ -634,7 +646,8 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(|e| unavailable("DeleteItem")(e.into_service_error()))?;
-        Ok(out.attributes.is_some())
+        // The item is gone either way: an old item we cannot read is still a removal.
+        Ok(out.attributes.map(|item| serde_dynamo::from_item(item).unwrap_or_default()))
     }
 
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
@@ -842,9 +855,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn delete_connection(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError> {
         let mut connections = self.connections.lock().map_err(|_| poisoned())?;
-        Ok(connections.remove(&connection_key(id)).is_some())
+        Ok(connections
+            .remove(&connection_key(id))
+            .map(|old| Removed { autokitteh_user_id: old.connection.autokitteh_user_id }))
     }
 
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {

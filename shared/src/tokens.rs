@@ -18,6 +18,7 @@ use crate::events::{ConnectionEvent, EventKind, Events};
 use crate::microsoft::{Microsoft, Refreshed, TokenError};
 use crate::secrets::{CachedSecret, SecretError};
 use crate::store::{RefreshUpdate, STATUS_NEEDS_REAUTH, Store, StoreError, StoredConnection};
+use crate::writeback::{RefreshedVars, WriteBack};
 
 /// Refresh when the access token expires within this margin.
 pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -109,6 +110,9 @@ pub struct TokenService {
     pub margin: Duration,
     /// First backoff between attempts; doubles each time.
     pub backoff: Duration,
+    /// Writes refreshes and removals of connections made inside AutoKitteh back to it
+    /// (`AUTOKITTEH_API_TOKEN_ARN`).
+    pub write_back: Option<Arc<WriteBack>>,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -117,6 +121,34 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 fn parse_time(rfc: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(rfc, &Rfc3339).ok()
+}
+
+/// The write-back to AutoKitteh when `AUTOKITTEH_API_TOKEN[_ARN]` is set; it needs
+/// `AUTOKITTEH_API_URL` (where to write).
+fn write_back_from(
+    lookup: &dyn Fn(&str) -> Option<String>,
+    sdk: &aws_config::SdkConfig,
+    config: &crate::config::Config,
+    http: &reqwest::Client,
+) -> Result<Option<Arc<WriteBack>>, crate::config::ConfigError> {
+    use crate::config::{AUTOKITTEH_API_TOKEN, AUTOKITTEH_API_TOKEN_ARN, AUTOKITTEH_API_URL};
+    let given = [AUTOKITTEH_API_TOKEN, AUTOKITTEH_API_TOKEN_ARN]
+        .into_iter()
+        .find(|var| lookup(var).is_some_and(|v| !v.trim().is_empty()));
+    let Some(var) = given else { return Ok(None) };
+    let Some(autokitteh) = crate::runtime::autokitteh_from_config(config, http) else {
+        return Err(crate::config::ConfigError {
+            var,
+            problem: format!("needs {AUTOKITTEH_API_URL}, the AutoKitteh it writes to"),
+        });
+    };
+    let token = crate::runtime::secret_from_env(
+        sdk,
+        lookup,
+        AUTOKITTEH_API_TOKEN,
+        AUTOKITTEH_API_TOKEN_ARN,
+    )?;
+    Ok(Some(Arc::new(WriteBack::new(autokitteh, token))))
 }
 
 impl TokenService {
@@ -150,6 +182,7 @@ impl TokenService {
                     })?,
             };
         let http = crate::runtime::http_client(&config)?;
+        let write_back = write_back_from(lookup, sdk, &config, &http)?;
         Ok(Self {
             store: Arc::new(crate::store::DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(sdk),
@@ -163,6 +196,7 @@ impl TokenService {
             table: config.table_name,
             margin,
             backoff: Duration::from_millis(200),
+            write_back,
         })
     }
 
@@ -319,6 +353,27 @@ impl TokenService {
         match self.store.save_refresh(cid, stored.version, owner, &update).await? {
             Some(version) => {
                 tracing::info!(cid = %cid, version, rotated = refreshed.refresh_token.is_some(), "tokens refreshed");
+                // Only the refresh that was saved is written back, so AutoKitteh never gets a
+                // token this table does not hold.
+                if let Some(write_back) =
+                    self.write_back_for(stored.connection.autokitteh_user_id.as_ref())
+                {
+                    let access = SecretString::from(refreshed.access_token.secret().clone());
+                    let vars = RefreshedVars {
+                        access_token: &access,
+                        refresh_token: kept,
+                        token_type: &c.vars.oauth_token_type,
+                        expires_at,
+                    };
+                    match write_back.refreshed(cid, &vars).await {
+                        Ok(()) => {
+                            tracing::info!(cid = %cid, version, "refreshed tokens written to AutoKitteh")
+                        }
+                        Err(e) => {
+                            tracing::warn!(cid = %cid, version, error = %crate::error::chain(&e), "refreshed tokens not written to AutoKitteh; the next refresh writes them")
+                        }
+                    }
+                }
             }
             // The lease outlives any refresh; losing it means the item changed under us
             // (a disconnect or a new sign-in), whose tokens must win.
@@ -374,6 +429,16 @@ impl TokenService {
         let now = rfc3339(self.clock.now());
         if self.store.mark_needs_reauth(cid, owner, reason, &now).await? {
             tracing::warn!(cid = %cid, reason, "connection needs a new sign-in");
+            if let Some(write_back) =
+                self.write_back_for(stored.connection.autokitteh_user_id.as_ref())
+            {
+                match write_back.needs_reauth(cid).await {
+                    Ok(()) => tracing::info!(cid = %cid, "token vars removed from AutoKitteh"),
+                    Err(e) => {
+                        tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "token vars not removed from AutoKitteh")
+                    }
+                }
+            }
             self.events
                 .publish(&ConnectionEvent {
                     kind: EventKind::NeedsReauth,
@@ -419,9 +484,28 @@ impl TokenService {
         }
     }
 
-    /// Deletes a connection's tokens and vars. Idempotent; `true` if there was one.
+    /// The write-back for a connection made inside AutoKitteh (by `autokitteh_user_id`),
+    /// when one is configured.
+    fn write_back_for(&self, autokitteh_user_id: Option<&String>) -> Option<&WriteBack> {
+        autokitteh_user_id?;
+        self.write_back.as_deref()
+    }
+
+    /// Deletes a connection's tokens and vars (in AutoKitteh too, with a write-back).
+    /// Idempotent; `true` if there was one.
     pub async fn disconnect(&self, cid: &ConnectionId) -> Result<bool, TokenFailure> {
-        let existed = self.store.delete_connection(cid).await?;
+        let removed = self.store.delete_connection(cid).await?;
+        let existed = removed.is_some();
+        if let Some(write_back) =
+            removed.as_ref().and_then(|old| self.write_back_for(old.autokitteh_user_id.as_ref()))
+        {
+            match write_back.disconnected(cid).await {
+                Ok(()) => tracing::info!(cid = %cid, "connection vars removed from AutoKitteh"),
+                Err(e) => {
+                    tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "connection vars not removed from AutoKitteh")
+                }
+            }
+        }
         if existed {
             tracing::info!(cid = %cid, "connection disconnected");
             self.events
@@ -454,6 +538,55 @@ fn jitter_ms() -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sdk() -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .build()
+    }
+
+    fn service(extra: &[(&str, &str)]) -> Result<TokenService, crate::config::ConfigError> {
+        use crate::config::*;
+        let mut vars = vec![
+            (WEBHOOK_ADDRESS, "api.example.com"),
+            (MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
+            (MICROSOFT_CLIENT_SECRET, "s"),
+            (OAUTH_TABLE_NAME, "t"),
+            (TOKEN_KMS_KEY_ID, "alias/k"),
+        ];
+        vars.extend_from_slice(extra);
+        let lookup = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
+        TokenService::from_sdk(&lookup, &sdk())
+    }
+
+    #[test]
+    fn write_back_needs_autokitteh_and_exactly_one_token_source() {
+        use crate::config::*;
+        assert!(service(&[]).unwrap().write_back.is_none());
+        assert!(
+            service(&[(AUTOKITTEH_API_URL, "https://api.autokitteh.example")])
+                .unwrap()
+                .write_back
+                .is_none()
+        );
+        let on = service(&[
+            (AUTOKITTEH_API_URL, "https://api.autokitteh.example"),
+            (AUTOKITTEH_API_TOKEN_ARN, "arn:aws:secretsmanager:us-east-1:123456789012:secret:t"),
+        ])
+        .unwrap();
+        assert!(on.write_back.is_some());
+        let orphan = service(&[(AUTOKITTEH_API_TOKEN, "t")]).unwrap_err();
+        assert_eq!(orphan.var, AUTOKITTEH_API_TOKEN);
+        assert!(orphan.to_string().contains(AUTOKITTEH_API_URL), "{orphan}");
+        let both = service(&[
+            (AUTOKITTEH_API_URL, "https://api.autokitteh.example"),
+            (AUTOKITTEH_API_TOKEN, "t"),
+            (AUTOKITTEH_API_TOKEN_ARN, "arn:aws:secretsmanager:us-east-1:123456789012:secret:t"),
+        ])
+        .unwrap_err();
+        assert!(both.to_string().contains("both set"), "{both}");
+    }
 
     #[test]
     fn refresh_is_due_before_expiry_or_after_a_day_idle() {

@@ -202,6 +202,16 @@ impl AkStandin {
         self.shared.inner().vars.get(cid).cloned().unwrap_or_default()
     }
 
+    /// Sets a var the way a user would in AutoKitteh's UI.
+    pub fn set_var(&self, cid: &str, name: &str, value: &str, is_secret: bool) {
+        self.shared
+            .inner()
+            .vars
+            .entry(cid.to_owned())
+            .or_default()
+            .insert(name.to_owned(), StoredVar { value: value.to_owned(), is_secret });
+    }
+
     /// The connection's status as AutoKitteh computes it: code and message.
     pub fn status(&self, cid: &str) -> (String, String) {
         let inner = self.shared.inner();

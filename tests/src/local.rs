@@ -93,6 +93,7 @@ impl Functions {
             table: r.table.clone(),
             margin: DEFAULT_REFRESH_MARGIN,
             backoff: Duration::from_millis(200),
+            write_back: None,
         };
         Ok(Self {
             start: Arc::new(start),

@@ -40,7 +40,8 @@ fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Va
 
 /// Variables that switch a mode (inside AutoKitteh) rather than configure one: the template
 /// sets them only when their parameter is given, and the checks run without them first.
-const MODE_VARIABLES: [&str; 2] = [config::AUTOKITTEH_API_URL, config::AUTOKITTEH_UI_URL];
+const MODE_VARIABLES: [&str; 3] =
+    [config::AUTOKITTEH_API_URL, config::AUTOKITTEH_UI_URL, config::AUTOKITTEH_API_TOKEN_ARN];
 
 /// A plausible value for each variable the code reads (the template's are intrinsics).
 fn placeholder(var: &str) -> Option<&'static str> {
@@ -57,7 +58,9 @@ fn placeholder(var: &str) -> Option<&'static str> {
         }
         config::EVENT_BUS_NAME => "default",
         config::TOKEN_REFRESH_MARGIN_SECONDS => "300",
-        config::MICROSOFT_CLIENT_SECRET_ARN | config::START_LINK_KEY_ARN => {
+        config::MICROSOFT_CLIENT_SECRET_ARN
+        | config::START_LINK_KEY_ARN
+        | config::AUTOKITTEH_API_TOKEN_ARN => {
             "arn:aws:secretsmanager:us-east-1:123456789012:secret:oauth-AbCdEf"
         }
         config::AUTOKITTEH_API_URL => "https://api.autokitteh.example",
@@ -197,23 +200,35 @@ fn the_template_sets_exactly_the_variables_each_function_reads() {
 }
 
 #[test]
-fn the_oauth_functions_start_inside_autokitteh_from_the_template_plus_its_url() {
+fn every_function_starts_inside_autokitteh_from_the_template_plus_its_parameters() {
     for (id, (binary, vars)) in functions(&template()) {
         let modes: BTreeSet<&str> =
             vars.iter().map(String::as_str).filter(|v| MODE_VARIABLES.contains(v)).collect();
-        let oauth = binary == "oauth-start" || binary == "oauth-redirect";
-        assert_eq!(
-            !modes.is_empty(),
-            oauth,
-            "{id}: AutoKitteh variables only on the OAuth functions"
-        );
-        if oauth {
-            assert_eq!(modes, BTreeSet::from(MODE_VARIABLES), "{id}");
-            let all: BTreeSet<String> =
-                vars.iter().filter(|v| !SDK_VARIABLES.contains(&v.as_str())).cloned().collect();
-            let recorder = Recorder::new(&all);
-            build(&binary, &recorder).unwrap_or_else(|e| panic!("{id} inside AutoKitteh: {e}"));
-            assert!(recorder.asked().contains(config::AUTOKITTEH_UI_URL), "{id}");
+        // The OAuth functions need AutoKitteh's API and UI; the connection API and the
+        // refresher its API and the write-back token; each asks for what it was given.
+        let (expected, asked_for): (BTreeSet<&str>, &str) = match binary.as_str() {
+            "oauth-start" | "oauth-redirect" => (
+                BTreeSet::from([config::AUTOKITTEH_API_URL, config::AUTOKITTEH_UI_URL]),
+                config::AUTOKITTEH_UI_URL,
+            ),
+            "connection-api" | "token-refresher" => (
+                BTreeSet::from([config::AUTOKITTEH_API_URL, config::AUTOKITTEH_API_TOKEN_ARN]),
+                config::AUTOKITTEH_API_TOKEN_ARN,
+            ),
+            other => panic!("{id}: unknown function {other}"),
+        };
+        assert_eq!(modes, expected, "{id}");
+        let all: BTreeSet<String> =
+            vars.iter().filter(|v| !SDK_VARIABLES.contains(&v.as_str())).cloned().collect();
+        let recorder = Recorder::new(&all);
+        build(&binary, &recorder).unwrap_or_else(|e| panic!("{id} inside AutoKitteh: {e}"));
+        assert!(recorder.asked().contains(asked_for), "{id}");
+        // A write-back token without the AutoKitteh it writes to is a configuration error.
+        if asked_for == config::AUTOKITTEH_API_TOKEN_ARN {
+            let mut orphan = all.clone();
+            orphan.remove(config::AUTOKITTEH_API_URL);
+            let error = build(&binary, &Recorder::new(&orphan)).err().unwrap_or_default();
+            assert!(error.contains(config::AUTOKITTEH_API_TOKEN_ARN), "{id}: {error}");
         }
     }
 }

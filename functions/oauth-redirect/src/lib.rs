@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
-use ms_oauth::autokitteh::{self, AkError, AkToken, AutoKitteh, Var};
+use ms_oauth::autokitteh::{self, AkError, AutoKitteh, Var};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
@@ -226,6 +226,7 @@ async fn finish(
             now.unix_timestamp(),
             DEFAULT_REFRESH_MARGIN,
         ),
+        autokitteh_user_id: flow.ak_user_id.clone(),
         refresh_queue: Some(REFRESH_QUEUE.to_owned()),
     };
     // AutoKitteh's copy: every var checked against its limits before anything is written.
@@ -243,7 +244,10 @@ async fn finish(
     let (saved, written) = tokio::join!(service.store.save_connection(&connection), async {
         match &pushed {
             Some((ak, token, vars)) => {
-                push_vars(ak, token, &flow.connection_id, vars, &tokens).await
+                let access = SecretString::from(tokens.access_token.secret().to_owned());
+                ak.write_vars(token, &flow.connection_id, vars, &access)
+                    .await
+                    .map_err(FlowError::from)
             }
             None => Ok(()),
         }
@@ -322,41 +326,6 @@ fn autokitteh_vars(tokens: &Tokens, connection: &Connection) -> Result<Vec<Var>,
         Var::plain("org_display_name", text(&v.org_display_name)),
         Var::plain("org_tenant_type", text(&v.org_tenant_type)),
     ])
-}
-
-/// Writes the vars into AutoKitteh as the signed-in user. AutoKitteh recomputes the
-/// connection's status after writing and answers an error if that fails, although the vars
-/// were written; it documents a repeat as safe, so one is made. If that fails the same way,
-/// the vars are read back: when they hold this sign-in's token, the write did happen.
-async fn push_vars(
-    ak: &AutoKitteh,
-    token: &AkToken,
-    cid: &ConnectionId,
-    vars: &[Var],
-    tokens: &Tokens,
-) -> Result<(), FlowError> {
-    let answered_error = |e: &AkError| matches!(e, AkError::Rpc { status: 500.., .. });
-    match ak.set_vars(token, cid, vars).await {
-        Ok(()) => return Ok(()),
-        Err(e) if answered_error(&e) => {
-            tracing::warn!(cid = %cid, error = %ms_oauth::error::chain(&e), "AutoKitteh vars write failed; repeating it");
-        }
-        Err(e) => return Err(e.into()),
-    }
-    match ak.set_vars(token, cid, vars).await {
-        Ok(()) => Ok(()),
-        Err(e) if answered_error(&e) => {
-            let access = SecretString::from(tokens.access_token.secret().to_owned());
-            match ak.get_vars(token, cid, &["oauth_access_token"]).await {
-                Ok(read) if autokitteh::holds_secret(&read, "oauth_access_token", &access) => {
-                    tracing::warn!(cid = %cid, error = %ms_oauth::error::chain(&e), "AutoKitteh stored the vars but failed after writing them");
-                    Ok(())
-                }
-                _ => Err(e.into()),
-            }
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Sends the browser to AutoKitteh's own finish for the origin, on the public address (the

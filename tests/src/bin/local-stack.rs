@@ -189,8 +189,14 @@ async fn run() -> Result<(), String> {
     if let Some(url) = &external_autokitteh {
         println!("AutoKitteh:         {url} (from {})", config::AUTOKITTEH_API_URL);
         vars.insert(config::AUTOKITTEH_API_URL, url.clone());
-        if let Some(ui) = env(config::AUTOKITTEH_UI_URL) {
-            vars.insert(config::AUTOKITTEH_UI_URL, ui);
+        for var in [
+            config::AUTOKITTEH_UI_URL,
+            config::AUTOKITTEH_API_TOKEN,
+            config::AUTOKITTEH_API_TOKEN_ARN,
+        ] {
+            if let Some(value) = env(var) {
+                vars.insert(var, value);
+            }
         }
     } else if local_autokitteh {
         let port = port_var("AUTOKITTEH_STANDIN_PORT", 9200)?;
@@ -201,7 +207,17 @@ async fn run() -> Result<(), String> {
         println!("AutoKitteh:         {} (local stand-in, NOT AutoKitteh)", ak.url());
         vars.insert(config::AUTOKITTEH_API_URL, ak.url());
         vars.insert(config::AUTOKITTEH_UI_URL, public.origin());
-        standin_ak = Some(ak);
+        let org = ak.add_org("Local org");
+        let user = ak.add_user("dev@autokitteh.local", &[&org]);
+        ak.add_connection(&org, Integration::Microsoft, "my_microsoft");
+        ak.add_connection(&org, Integration::MicrosoftTeams, "my_teams");
+        let other = ak.add_org("Another org");
+        ak.add_user("outsider@another.local", &[&other]);
+        ak.add_connection(&other, Integration::Microsoft, "not_yours");
+        // Refreshes are written back as a service user of the local org.
+        let service = ak.add_user("automation@autokitteh.local", &[&org]);
+        vars.insert(config::AUTOKITTEH_API_TOKEN, ak.session_for(&service));
+        standin_ak = Some((ak, user));
     }
 
     let lookup = |k: &str| vars.get(k).cloned();
@@ -222,19 +238,12 @@ async fn run() -> Result<(), String> {
         public.redirect_uri()
     );
     println!("Table / KMS key:    {table} / {kms_key}");
-    if let Some(ak) = &standin_ak {
+    if let Some((ak, user)) = &standin_ak {
         let door = TcpListener::bind(("127.0.0.1", public_port)).await.map_err(|e| {
             format!("cannot listen on 127.0.0.1:{public_port} for the front door ({e}); set WEBHOOK_ADDRESS")
         })?;
         let functions_url = format!("http://127.0.0.1:{listen_port}");
         tokio::spawn(ms_oauth_tests::frontdoor::serve(door, functions_url.clone(), ak.url()));
-        let org = ak.add_org("Local org");
-        let user = ak.add_user("dev@autokitteh.local", &[&org]);
-        ak.add_connection(&org, Integration::Microsoft, "my_microsoft");
-        ak.add_connection(&org, Integration::MicrosoftTeams, "my_teams");
-        let other = ak.add_org("Another org");
-        ak.add_user("outsider@another.local", &[&other]);
-        ak.add_connection(&other, Integration::Microsoft, "not_yours");
         println!(
             "Front door:         {} (OAuth paths → {functions_url}, everything else → AutoKitteh)",
             public.origin()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ms_oauth::autokitteh::{Integration, LOGGED_IN_COOKIE, SESSION_COOKIE};
 use ms_oauth::config;
 use ms_oauth_tests::autokitteh::{
-    AkFault, AkStandin, CONNECTIONS_GET, VARS_GET, VARS_SET, WHO_AM_I,
+    AkFault, AkStandin, CONNECTIONS_GET, VARS_DELETE, VARS_GET, VARS_SET, WHO_AM_I,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -474,4 +474,127 @@ async fn autokittehs_own_python_sdk_gets_a_working_credential_from_the_vars() {
     let refused = run_sdk(name, &[("auth_type".into(), "oauthDefault".into())]).await;
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("ConnectionInitError"));
+}
+
+/// A deployment whose connection API and refresher write back to AutoKitteh, with the
+/// connection already made through the popup.
+async fn connected_with_write_back() -> Deployment {
+    let d = deployment_with(AppOptions { ak_write_back: true, ..AppOptions::default() }).await;
+    let (service_user, _) = d.app.ak_service_user.clone().expect("service user");
+    d.ak().set_membership(&d.org, &service_user, true);
+    let browser = d.signed_in(&d.user).await;
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    let finish = browser.get(&callback).await;
+    assert_eq!(finish.status, 302, "{}", finish.body);
+    assert_eq!(d.ak().status(&d.cid).0, "CODE_OK");
+    d
+}
+
+#[tokio::test]
+async fn refreshes_are_written_back_to_autokitteh_as_the_service_user() {
+    let d = connected_with_write_back().await;
+    let cid: ms_oauth::domain::ConnectionId = d.cid.parse().unwrap();
+    let before = d.ak().vars(&d.cid);
+    d.app.standin.set_strict_rotation(true);
+
+    // An hour later the connection API refreshes on read; the refresher does the same later.
+    d.app.clock.advance(Duration::from_secs(3600));
+    let grant = d.app.refresher.tokens.token(&cid, false).await.expect("token");
+    assert!(grant.refreshed);
+    let after = d.ak().vars(&d.cid);
+    let stored = d.app.connection(&cid).await.unwrap();
+    let secrets = d.app.secret_vars(&stored).await;
+    use secrecy::ExposeSecret as _;
+    assert_eq!(after["oauth_access_token"].value, grant.access_token.expose_secret());
+    assert_ne!(after["oauth_access_token"].value, before["oauth_access_token"].value);
+    assert!(after["oauth_access_token"].is_secret && after["oauth_refresh_token"].is_secret);
+    // The rotated refresh token, as this table holds it, and the new expiry in AutoKitteh's format.
+    assert_eq!(secrets["oauth_refresh_token"], after["oauth_refresh_token"].value);
+    assert_ne!(after["oauth_refresh_token"].value, before["oauth_refresh_token"].value);
+    let expiry = OffsetDateTime::parse(&after["oauth_expiry"].value, &Rfc3339).unwrap();
+    assert_eq!(expiry.unix_timestamp(), stored.connection.token_expires_at);
+    assert!(after["oauth_expiry"].value.ends_with('Z'));
+    // Everything else is left as the sign-in wrote it.
+    assert_eq!(after["user_principal_name"], before["user_principal_name"]);
+    assert_eq!(after.len(), before.len());
+    assert_eq!(d.ak().status(&d.cid).0, "CODE_OK");
+
+    // The write went out with the service user's API token, never a user's session.
+    let (_, service_token) = d.app.ak_service_user.clone().unwrap();
+    let last = d.ak().authorizations().last().cloned().unwrap();
+    assert_eq!(last, format!("Bearer {service_token}"));
+    assert!(!captured_logs().contains(&service_token), "the API token reached the logs");
+}
+
+#[tokio::test]
+async fn a_dead_grant_removes_the_token_vars_and_disconnect_removes_every_var() {
+    let d = connected_with_write_back().await;
+    let cid: ms_oauth::domain::ConnectionId = d.cid.parse().unwrap();
+    d.ak().set_var(&d.cid, "private_note", "set by the user", false);
+
+    d.app.standin.revoke_refresh_tokens(70043);
+    let failure = d.app.refresher.tokens.token(&cid, true).await.unwrap_err();
+    assert!(failure.to_string().contains("needs a new sign-in"), "{failure}");
+    let vars = d.ak().vars(&d.cid);
+    assert!(!vars.contains_key("oauth_access_token") && !vars.contains_key("oauth_refresh_token"));
+    assert_eq!(
+        d.ak().status(&d.cid).0,
+        "CODE_INIT_REQUIRED",
+        "AutoKitteh shows a sign-in is needed"
+    );
+    assert!(vars.contains_key("user_principal_name"), "identity vars stay until disconnect");
+
+    assert!(d.app.refresher.tokens.disconnect(&cid).await.unwrap());
+    let vars = d.ak().vars(&d.cid);
+    assert_eq!(vars.keys().collect::<Vec<_>>(), ["private_note"], "only what the user set is left");
+    // Disconnecting again changes nothing and calls nobody.
+    let deletes = d.ak().calls(VARS_DELETE);
+    assert!(!d.app.refresher.tokens.disconnect(&cid).await.unwrap());
+    assert_eq!(d.ak().calls(VARS_DELETE), deletes);
+}
+
+#[tokio::test]
+async fn autokitteh_failing_a_write_back_never_fails_the_refresh() {
+    let d = connected_with_write_back().await;
+    let cid: ms_oauth::domain::ConnectionId = d.cid.parse().unwrap();
+    let before = d.ak().vars(&d.cid)["oauth_access_token"].clone();
+
+    // Down: the refreshed token is still served and saved; AutoKitteh keeps the old one.
+    d.ak().set_fault(VARS_SET, Some(AkFault::Status(503)));
+    let grant = d.app.refresher.tokens.token(&cid, true).await.expect("token despite AutoKitteh");
+    assert!(grant.refreshed);
+    assert_eq!(d.ak().vars(&d.cid)["oauth_access_token"], before);
+    assert!(captured_logs().contains("refreshed tokens not written to AutoKitteh"));
+
+    // AutoKitteh's "error after writing": the write counts once the read-back matches.
+    d.ak().set_fault(VARS_SET, Some(AkFault::FailAfterWrite { times: 2 }));
+    let grant = d.app.refresher.tokens.token(&cid, true).await.expect("token");
+    use secrecy::ExposeSecret as _;
+    assert_eq!(d.ak().vars(&d.cid)["oauth_access_token"].value, grant.access_token.expose_secret());
+
+    // The service user removed from the org: refused, and the refresh still succeeds.
+    d.ak().set_fault(VARS_SET, None);
+    let (service_user, _) = d.app.ak_service_user.clone().unwrap();
+    d.ak().set_membership(&d.org, &service_user, false);
+    assert!(d.app.refresher.tokens.token(&cid, true).await.expect("token").refreshed);
+}
+
+#[tokio::test]
+async fn connections_made_outside_autokitteh_are_not_written_back() {
+    let d = connected_with_write_back().await;
+    let cid: ms_oauth::domain::ConnectionId = d.cid.parse().unwrap();
+    // The same item as a standalone sign-in leaves it: no AutoKitteh user.
+    d.app
+        .dynamodb
+        .update_item()
+        .table_name(&d.app.table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(format!("conn#{cid}")))
+        .update_expression("REMOVE autokitteh_user_id")
+        .send()
+        .await
+        .unwrap();
+    let before = d.ak().calls(VARS_SET) + d.ak().calls(VARS_DELETE);
+    assert!(d.app.refresher.tokens.token(&cid, true).await.expect("token").refreshed);
+    assert!(d.app.refresher.tokens.disconnect(&cid).await.unwrap());
+    assert_eq!(d.ak().calls(VARS_SET) + d.ak().calls(VARS_DELETE), before);
 }

@@ -18,6 +18,7 @@ use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::store::{DynamoStore, Store, StoredConnection};
 use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
+use ms_oauth::writeback::WriteBack;
 use ms_oauth_tests::autokitteh::AkStandin;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
@@ -99,6 +100,9 @@ pub struct AppOptions {
     /// Inside an AutoKitteh deployment: a stand-in AutoKitteh behind a front door on the
     /// public address, which sends only the OAuth paths to the functions.
     pub autokitteh: bool,
+    /// With `autokitteh`: the connection API and the refresher write back to AutoKitteh as
+    /// a service user (`TestApp::ak_service_user`) whose API token is in Secrets Manager.
+    pub ak_write_back: bool,
 }
 
 impl Default for AppOptions {
@@ -110,6 +114,7 @@ impl Default for AppOptions {
             dead_kms: false,
             dead_secrets_manager: false,
             autokitteh: false,
+            ak_write_back: false,
         }
     }
 }
@@ -130,6 +135,9 @@ pub struct TestApp {
     pub refresher: Refresher,
     /// The stand-in AutoKitteh (with `AppOptions::autokitteh`).
     pub autokitteh: Option<AkStandin>,
+    /// The service user writing back to AutoKitteh, and its API token (with
+    /// `AppOptions::ak_write_back`); it belongs to no org until a test adds it.
+    pub ak_service_user: Option<(String, String)>,
 }
 
 /// A fresh AutoKitteh connection id.
@@ -259,9 +267,32 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         CachedSecret::new(client_secret_source.clone(), Some(sm_for_app.clone())),
         events.clone(),
     );
-    let redirect = match ak_client {
+    let redirect = match ak_client.clone() {
         Some(ak) => redirect.with_autokitteh(ak),
         None => redirect,
+    };
+    let mut ak_service_user = None;
+    let write_back = match (&ak_client, &autokitteh) {
+        (Some(client), Some(standin)) if options.ak_write_back => {
+            let user = standin.add_user("automation@service.contoso.example", &[]);
+            let token = standin.session_for(&user);
+            let arn = aws::ensure_secret(
+                &secretsmanager,
+                &format!("oauth-test/{suffix}/autokitteh-api-token"),
+                &token,
+            )
+            .await
+            .expect("API token secret");
+            ak_service_user = Some((user, token));
+            Some(Arc::new(WriteBack::new(
+                client.clone(),
+                CachedSecret::new(
+                    config::SecretSource::SecretsManager { arn },
+                    Some(sm_for_app.clone()),
+                ),
+            )))
+        }
+        _ => None,
     };
     let tokens = TokenService {
         store,
@@ -273,6 +304,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         table: table.clone(),
         margin: DEFAULT_REFRESH_MARGIN,
         backoff: Duration::from_millis(20),
+        write_back,
     };
     tokio::spawn(local::serve(
         listener,
@@ -297,6 +329,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         events,
         refresher: Refresher { tokens },
         autokitteh,
+        ak_service_user,
     }
 }
 

@@ -139,6 +139,8 @@ bench-critical-path: deps-moto
 	@mkdir -p $(BENCH_OUT)
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 50 --json $(BENCH_OUT)/critical-path-50.json
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 200 --json $(BENCH_OUT)/critical-path-200.json
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 50 --autokitteh --json $(BENCH_OUT)/critical-path-ak-50.json
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 200 --autokitteh --json $(BENCH_OUT)/critical-path-ak-200.json
 
 clean-local:
 	rm -rf $(VENV) $(SDK_VENV) $(BROWSER_DIR)/node_modules

@@ -92,6 +92,7 @@ def plot_coldstart(cold):
 def main():
     cold = load("coldstart.json")
     paths = {ms: load(f"critical-path-{ms}.json") for ms in (50, 200)}
+    ak_paths = {ms: load(f"critical-path-ak-{ms}.json") for ms in (50, 200)}
     runs = load("load.json")
     handlers = {
         (g, b): criterion(g, b)
@@ -130,6 +131,11 @@ def main():
     w(f"| CPU per redirect request | < 200 µs | {redirect:.1f} µs | {ok(redirect < 200)} |")
     hops = round(paths[50]["warm_hops"])
     w(f"| Redirect critical path | 4 hops | {paths[50]['warm_hops']:.2f} → {hops} hops | {ok(hops <= 4)} |")
+    ak_hops = round(ak_paths[50]["warm_hops"])
+    w(
+        f"| Redirect critical path inside AutoKitteh | 4 hops | {ak_paths[50]['warm_hops']:.2f} → "
+        f"{ak_hops} hops | {ok(ak_hops <= 4)} |"
+    )
     clean, faulty = runs[0], runs[1]
     w(
         f"| Load: {clean['flows']} sign-ins, {clean['concurrency']} at a time | all connected, "
@@ -253,13 +259,22 @@ def main():
         "the token exchange and the client secret is read alongside the consume, so neither adds "
         "a hop, also on a cold instance.\n"
     )
-    w("| added latency | baseline | cold instance | warm instance (median of 5) | hops |")
-    w("|---|---|---|---|---|")
-    for ms, p in paths.items():
-        w(
-            f"| {ms} ms | {p['baseline_ms']:.1f} ms | {p['cold_ms']:.1f} ms ({p['cold_hops']:.2f}) | "
-            f"{p['warm_ms']:.1f} ms ({p['warm_hops']:.2f}) | {round(p['warm_hops'])} (floor 4) |"
-        )
+    w(
+        "Inside an AutoKitteh deployment (`--autokitteh`, a stand-in AutoKitteh whose WhoAmI, "
+        "ConnectionsService/Get and VarsService/Set answer after the same latency) the redirect "
+        "also asks AutoKitteh who the browser is and writes the connection's vars there. WhoAmI "
+        "runs alongside the consume and `VarsService/Set` alongside the DynamoDB save (both are "
+        "whole upserts of the same sign-in), so the floor stays 4.\n"
+    )
+    w("| mode | added latency | baseline | cold instance | warm instance (median of 5) | hops |")
+    w("|---|---|---|---|---|---|")
+    for mode, runs in (("standalone", paths), ("inside AutoKitteh", ak_paths)):
+        for ms, p in runs.items():
+            w(
+                f"| {mode} | {ms} ms | {p['baseline_ms']:.1f} ms | {p['cold_ms']:.1f} ms "
+                f"({p['cold_hops']:.2f}) | {p['warm_ms']:.1f} ms ({p['warm_hops']:.2f}) | "
+                f"{round(p['warm_hops'])} (floor 4) |"
+            )
     w("")
 
     w("## 4. Binary sizes\n")

@@ -66,14 +66,25 @@ impl Functions {
             )
         };
         let http = ms_oauth::http::build_client(config.http_timeout).map_err(|e| e.to_string())?;
-        let microsoft = Microsoft::new(Endpoints::new(config), http);
-        let start = StartService::new(
-            config.clone(),
-            Endpoints::new(config),
-            store.clone(),
-            Arc::new(SystemClock),
-            CachedSecret::new(SecretSource::Value(r.start_link_key.clone().into()), None),
-        );
+        let microsoft = Microsoft::new(Endpoints::new(config), http.clone());
+        // Inside AutoKitteh when the config names one (`AUTOKITTEH_API_URL`).
+        let autokitteh = ms_oauth::runtime::autokitteh_from_config(config, &http);
+        let start = match &autokitteh {
+            Some(ak) => StartService::in_autokitteh(
+                config.clone(),
+                Endpoints::new(config),
+                store.clone(),
+                Arc::new(SystemClock),
+                ak.clone(),
+            ),
+            None => StartService::new(
+                config.clone(),
+                Endpoints::new(config),
+                store.clone(),
+                Arc::new(SystemClock),
+                CachedSecret::new(SecretSource::Value(r.start_link_key.clone().into()), None),
+            ),
+        };
         let redirect = RedirectService::new(
             config.clone(),
             microsoft.clone(),
@@ -83,6 +94,10 @@ impl Functions {
             client_secret(),
             Arc::new(NoEvents),
         );
+        let redirect = match autokitteh {
+            Some(ak) => redirect.with_autokitteh(ak),
+            None => redirect,
+        };
         let tokens = TokenService {
             store,
             keys,

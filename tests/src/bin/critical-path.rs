@@ -2,7 +2,11 @@
 //! delaying proxy in front of moto; the token endpoint and Graph at the stand-in) answers
 //! after the same added latency, and the redirect's total time is reported as a number of
 //! sequential hops. The design's floor is 4: consume state → token → (Graph ∥ Graph ∥ KMS)
-//! → save. Usage: critical-path [LATENCY_MS] (default 50).
+//! → save. Usage: critical-path [LATENCY_MS] [aws|microsoft] [--autokitteh] [--json FILE].
+//!
+//! With `--autokitteh` the flow runs inside a stand-in AutoKitteh, whose calls get the same
+//! latency: WhoAmI runs alongside the consume and `VarsService/Set` alongside the save, so
+//! the floor stays 4.
 
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
 
@@ -15,8 +19,10 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
+use ms_oauth::autokitteh::{Integration, LOGGED_IN_COOKIE, SESSION_COOKIE};
 use ms_oauth::config::{self, Config};
 use ms_oauth::domain::Origin;
+use ms_oauth_tests::autokitteh::{AkFault, AkStandin, CONNECTIONS_GET, VARS_SET, WHO_AM_I};
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions, Resources};
 use ms_oauth_tests::standin::{Fault, Registration, Standin};
@@ -68,6 +74,13 @@ async fn main() {
         Some(i) if i + 1 < args.len() => Some(args.drain(i..=i + 1).nth(1).unwrap_or_default()),
         _ => None,
     };
+    let autokitteh_mode = match args.iter().position(|a| a == "--autokitteh") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
     let latency_ms: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(50);
     let delay = Duration::from_millis(latency_ms);
     // Optional: delay only AWS (`aws`) or only Microsoft (`microsoft`), to locate a hop.
@@ -111,13 +124,23 @@ async fn main() {
         },
     )
     .unwrap();
-    let vars: HashMap<&str, String> = HashMap::from([
+    let mut vars: HashMap<&str, String> = HashMap::from([
         (config::WEBHOOK_ADDRESS, address.clone()),
         (config::MICROSOFT_CLIENT_ID, CLIENT_ID.to_owned()),
         (config::MICROSOFT_AUTHORITY_HOST, standin.url()),
         (config::MICROSOFT_GRAPH_URL, standin.url()),
         (config::OAUTH_TABLE_NAME, "critical-path".to_owned()),
     ]);
+    // Inside AutoKitteh: one org and user; each flow gets a connection of its own.
+    let autokitteh = if autokitteh_mode {
+        let ak = AkStandin::spawn(TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        vars.insert(config::AUTOKITTEH_API_URL, ak.url());
+        let org = ak.add_org("Critical path");
+        let user = ak.add_user("bench@autokitteh.example", &[&org]);
+        Some(AkRun { session: ak.session_for(&user), ak, org })
+    } else {
+        None
+    };
     let config = Config::from_lookup(&|k| vars.get(k).cloned()).unwrap();
     let resources = Resources {
         table: "critical-path".into(),
@@ -133,29 +156,35 @@ async fn main() {
         standin.set_token_fault(fault.clone());
         standin.set_me_fault(fault.clone());
         standin.set_organization_fault(fault);
+        if let Some(run) = &autokitteh {
+            for method in [WHO_AM_I, CONNECTIONS_GET, VARS_SET] {
+                run.ak.set_fault(method, Some(AkFault::Delay(microsoft)));
+            }
+        }
     };
 
     let http =
         reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     // The first flow runs on a cold instance: the client secret is read from Secrets Manager
     // (alongside the state consume). Then a baseline without added latency, then the runs.
+    let mode = if autokitteh.is_some() { " inside AutoKitteh" } else { "" };
     println!(
-        "Critical path of the redirect, each dependency delayed by {latency_ms} ms (moto, stand-in, loopback):"
+        "Critical path of the redirect{mode}, each dependency delayed by {latency_ms} ms (moto, stand-ins, loopback):"
     );
     // Order: a cold instance first (the client secret is read from Secrets Manager, alongside
     // the state consume), then runs without added latency (our code and the emulators), then
     // warm runs with latency. Hops = (time − fastest baseline) / latency.
     set_delays(aws_delay, ms_delay);
-    let cold = flow(&http, &address).await;
+    let cold = flow(&http, &address, autokitteh.as_ref()).await;
     set_delays(Duration::ZERO, Duration::ZERO);
     let mut baseline = Vec::new();
     for _ in 0..5 {
-        baseline.push(flow(&http, &address).await);
+        baseline.push(flow(&http, &address, autokitteh.as_ref()).await);
     }
     set_delays(aws_delay, ms_delay);
     let mut warm = Vec::new();
     for _ in 0..5 {
-        warm.push(flow(&http, &address).await);
+        warm.push(flow(&http, &address, autokitteh.as_ref()).await);
     }
     warm.sort();
     let base = baseline.iter().min().copied().unwrap_or(Duration::ZERO);
@@ -172,6 +201,7 @@ async fn main() {
             "warm_ms": ms(warm_median),
             "warm_hops": hops(warm_median),
             "floor": 4,
+            "autokitteh": autokitteh.is_some(),
         });
         std::fs::write(&path, report.to_string()).expect("write the JSON report");
     }
@@ -187,15 +217,38 @@ async fn main() {
     }
 }
 
+/// The stand-in AutoKitteh of a run inside AutoKitteh, its org and its user's session.
+struct AkRun {
+    ak: AkStandin,
+    org: String,
+    session: String,
+}
+
 /// One full flow; returns how long the redirect request took.
-async fn flow(http: &reqwest::Client, address: &str) -> Duration {
-    let cid = ms_oauth_tests::new_connection_id();
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let grant = ms_oauth_tests::startlink::grant(&cid, Origin::Web, 300);
-    let link = ms_oauth_tests::startlink::start_link(address, START_KEY, &grant, now).unwrap();
-    let start = ms_oauth_tests::startlink::open_and_confirm(http, &link).await.unwrap();
-    assert_eq!(start.status(), 302, "the confirmed start goes to Microsoft");
-    let cookie = ms_oauth_tests::startlink::binding_cookie(start.headers()).unwrap();
+async fn flow(http: &reqwest::Client, address: &str, autokitteh: Option<&AkRun>) -> Duration {
+    let (start, session_cookie) = match autokitteh {
+        // AutoKitteh's own start URL, with the user's session cookies.
+        Some(run) => {
+            let cid = run.ak.add_connection(&run.org, Integration::Microsoft, "bench");
+            let cookies = format!("{SESSION_COOKIE}={}; {LOGGED_IN_COOKIE}=true", run.session);
+            let url = format!("{address}{}?cid={cid}&origin=web", config::START_PATH);
+            let start = http.get(url).header("cookie", &cookies).send().await.unwrap();
+            (start, Some(cookies))
+        }
+        None => {
+            let cid = ms_oauth_tests::new_connection_id();
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let grant = ms_oauth_tests::startlink::grant(&cid, Origin::Web, 300);
+            let link =
+                ms_oauth_tests::startlink::start_link(address, START_KEY, &grant, now).unwrap();
+            (ms_oauth_tests::startlink::open_and_confirm(http, &link).await.unwrap(), None)
+        }
+    };
+    assert_eq!(start.status(), 302, "the start goes to Microsoft");
+    let mut cookie = ms_oauth_tests::startlink::binding_cookie(start.headers()).unwrap();
+    if let Some(session) = session_cookie {
+        cookie = format!("{cookie}; {session}");
+    }
     let authorize = url::Url::parse(start.headers()["location"].to_str().unwrap()).unwrap();
     let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
     form.push(("account".into(), "work".into()));
@@ -206,6 +259,8 @@ async fn flow(http: &reqwest::Client, address: &str) -> Duration {
     let started = Instant::now();
     let finish = http.get(&callback).header("cookie", cookie).send().await.unwrap();
     let elapsed = started.elapsed();
-    assert_eq!(finish.status(), 200, "{}", finish.text().await.unwrap_or_default());
+    // Standalone: the success page; inside AutoKitteh: a 302 to AutoKitteh's success page.
+    let expected = if autokitteh.is_some() { 302 } else { 200 };
+    assert_eq!(finish.status(), expected, "{}", finish.text().await.unwrap_or_default());
     elapsed
 }

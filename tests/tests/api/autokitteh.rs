@@ -524,6 +524,9 @@ async fn refreshes_are_written_back_to_autokitteh_as_the_service_user() {
     let last = d.ak().authorizations().last().cloned().unwrap();
     assert_eq!(last, format!("Bearer {service_token}"));
     assert!(!captured_logs().contains(&service_token), "the API token reached the logs");
+    let items = format!("{:?}", d.app.items().await);
+    assert!(!items.contains(&service_token), "the API token reached the table");
+    assert!(!format!("{:?}", d.app.refresher.tokens).contains(&service_token));
 }
 
 #[tokio::test]

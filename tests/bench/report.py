@@ -268,8 +268,8 @@ def main():
     )
     w("| mode | added latency | baseline | cold instance | warm instance (median of 5) | hops |")
     w("|---|---|---|---|---|---|")
-    for mode, runs in (("standalone", paths), ("inside AutoKitteh", ak_paths)):
-        for ms, p in runs.items():
+    for mode, measured in (("standalone", paths), ("inside AutoKitteh", ak_paths)):
+        for ms, p in measured.items():
             w(
                 f"| {mode} | {ms} ms | {p['baseline_ms']:.1f} ms | {p['cold_ms']:.1f} ms "
                 f"({p['cold_hops']:.2f}) | {p['warm_ms']:.1f} ms ({p['warm_hops']:.2f}) | "

@@ -206,38 +206,22 @@ fn start_event() -> String {
 /// The confirm button's post for a confirmation page `service` answered.
 fn confirm_event(page: &lambda_http::Response<lambda_http::Body>) -> String {
     let html = String::from_utf8_lossy(page.body().as_ref()).into_owned();
-    let ticket = html
-        .split(r#"name="ticket" value=""#)
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("confirmation ticket");
+    let ticket = ms_oauth_tests::startlink::confirm_ticket(&html).expect("confirmation ticket");
     let cookie = page.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap();
-    let path = config::START_PATH;
-    json!({
-        "version": "2.0",
-        "routeKey": format!("POST {path}"),
-        "rawPath": path,
-        "rawQueryString": "",
-        "cookies": [cookie],
-        "headers": {
-            "content-type": "application/x-www-form-urlencoded",
-            "host": "api.example.com",
-            "origin": "https://api.example.com",
-            "sec-fetch-site": "same-origin",
-            "x-forwarded-proto": "https",
-        },
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "abcdef1234", "domainName": "api.example.com",
-            "domainPrefix": "api",
-            "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1",
-                     "sourceIp": "203.0.113.7", "userAgent": "Mozilla/5.0"},
-            "requestId": "JKJaXmPLvHcESHB=", "routeKey": format!("POST {path}"),
-            "stage": "$default", "time": "27/Nov/2026:18:30:00 +0000", "timeEpoch": 1_795_804_200_000u64,
-        },
-        "body": format!("ticket={ticket}"),
-        "isBase64Encoded": false,
-    })
-    .to_string()
+    // The start link's event, turned into the form post a browser sends from the page.
+    let mut post: serde_json::Value =
+        serde_json::from_str(&event(config::START_PATH, &[], Some(cookie.to_owned()))).unwrap();
+    let route = format!("POST {}", config::START_PATH);
+    post["routeKey"] = json!(route);
+    post["requestContext"]["routeKey"] = json!(route);
+    post["requestContext"]["http"]["method"] = json!("POST");
+    post.as_object_mut().unwrap().remove("queryStringParameters");
+    let headers = post["headers"].as_object_mut().unwrap();
+    headers.insert("content-type".into(), json!("application/x-www-form-urlencoded"));
+    headers.insert("origin".into(), json!("https://api.example.com"));
+    headers.insert("sec-fetch-site".into(), json!("same-origin"));
+    post["body"] = json!(format!("ticket={ticket}"));
+    post.to_string()
 }
 
 /// A pending flow in `store` and the redirect event that finishes it.

@@ -302,8 +302,9 @@ def main():
     w("## 5 and 6. Load, and faults under load\n")
     w(
         "`make bench-load` (`tests/src/bin/load.rs`, release build): complete sign-ins through "
-        "the local stack, each one a browser's three requests: the start link, the consent form "
-        "at the stand-in, the redirect back with the binding cookie. Every request becomes an "
+        "the local stack, each one a browser's four requests: the start link and its confirm "
+        "button (timed together as the start step), the consent form at the stand-in, the "
+        "redirect back with the binding cookie. Every request becomes an "
         "API Gateway event parsed by lambda_http before the real handler sees it. Afterwards "
         "each connection is read through the connection API and checked: its access token must "
         "descend (code → token, at the stand-in) from the very `state` its own start issued, and "

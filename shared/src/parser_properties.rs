@@ -41,6 +41,7 @@ proptest! {
     fn grants_of_any_shape_are_refused_without_panicking(s in "\\PC{0,600}|[A-Za-z0-9_-]{10,80}\\.[A-Za-z0-9_-]{10,200}\\.[A-Za-z0-9_-]{0,60}") {
         let cid: ConnectionId = "con_0123456789abcdefghjkmnpqrs".parse().unwrap();
         prop_assert!(key().verify(&s, &cid, Origin::Web, 1_800_000_000).is_err());
+        prop_assert!(key().verify_confirmation(&s, 1_800_000_000).is_err());
     }
 
     #[test]

@@ -117,30 +117,34 @@ pub fn ak_session(req: &Request) -> Option<AkToken> {
     cookie(req, SESSION_COOKIE).and_then(AkToken::new)
 }
 
-/// The browser-binding cookie: readable only by our redirect path, sent on Microsoft's
-/// top-level redirect back (`SameSite=Lax`), gone after `max_age_secs`.
-pub fn binding_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
+/// An `HttpOnly; Secure` cookie for `path`, gone after `max_age_secs`.
+fn our_cookie(
+    name: &str,
+    value: &str,
+    same_site: SameSite,
+    path: &str,
+    max_age_secs: i64,
+) -> String {
     Cookie::build((name, value))
         .http_only(true)
         .secure(true)
-        .same_site(SameSite::Lax)
-        .path("/oauth/")
+        .same_site(same_site)
+        .path(path.to_owned())
         .max_age(cookie::time::Duration::seconds(max_age_secs))
         .build()
         .to_string()
 }
 
+/// The browser-binding cookie: readable only by our redirect path, sent on Microsoft's
+/// top-level redirect back (`SameSite=Lax`), gone after `max_age_secs`.
+pub fn binding_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
+    our_cookie(name, value, SameSite::Lax, "/oauth/", max_age_secs)
+}
+
 /// The confirm cookie: set with the confirmation page, sent back only with a post from our
 /// own pages (`SameSite=Strict`), so another site cannot confirm for the user.
 pub fn confirm_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
-    Cookie::build((name, value))
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Strict)
-        .path("/oauth/start/")
-        .max_age(cookie::time::Duration::seconds(max_age_secs))
-        .build()
-        .to_string()
+    our_cookie(name, value, SameSite::Strict, "/oauth/start/", max_age_secs)
 }
 
 /// Whether a post says it comes from a page of `origin` (e.g. `https://api.example.com`).

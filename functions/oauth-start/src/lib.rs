@@ -500,6 +500,33 @@ mod tests {
         })]
 
         #[test]
+        fn any_confirm_post_without_a_real_confirmation_starts_nothing(
+            body in "\\PC{0,300}|ticket=[A-Za-z0-9._%-]{0,700}",
+            content_type in "application/x-www-form-urlencoded|text/plain|multipart/form-data|",
+            cookie in "\\PC{0,80}|ms_oauth_confirm_[0-9a-f]{16}=[A-Za-z0-9_-]{0,50}",
+            origin in "https://api.example.com|https://evil.example|null|",
+            binary in any::<bool>(),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let store = Arc::new(MemoryStore::default());
+            let service = service(store.clone());
+            let mut request = lambda_http::http::Request::builder()
+                .method("POST")
+                .uri("https://api.example.com/oauth/start/microsoft");
+            for (name, value) in [("content-type", &content_type), ("cookie", &cookie), ("origin", &origin)] {
+                if !value.is_empty() && lambda_http::http::HeaderValue::from_str(value).is_ok() {
+                    request = request.header(name, value.as_str());
+                }
+            }
+            let body = if binary { Body::Binary(body.into_bytes()) } else { Body::Text(body) };
+            let response = runtime.block_on(handle(&service, request.body(body).unwrap()));
+            let status = response.status().as_u16();
+            prop_assert!([400, 403].contains(&status), "status {status}");
+            prop_assert_eq!(store.pending(), 0);
+            prop_assert!(response.headers().get("set-cookie").is_none());
+        }
+
+        #[test]
         fn any_query_gets_a_page_and_stores_nothing_unless_it_starts_a_flow(
             pairs in proptest::collection::vec(pair(), 0..6),
             raw in "\\PC{0,200}",

@@ -54,11 +54,13 @@ fn init_logs() {
     LOGS.get_or_init(|| {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let writer = CaptureWriter(buffer.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init();
+        // The functions' own subscriber at its most verbose: our crates at TRACE, libraries
+        // capped. Every "no secret in the logs" check below therefore holds at TRACE.
+        let _ = ms_oauth::runtime::try_init_tracing(
+            tracing_subscriber::filter::LevelFilter::TRACE,
+            false,
+            move || writer.clone(),
+        );
         buffer
     });
 }

@@ -218,8 +218,9 @@ def main():
     w(
         "The first invocation includes the loopback calls to moto (one to four, see the "
         "dependency latency above) and, for the functions that call AWS, building the HTTP "
-        "client on first use; the malformed-query row shows the instance surviving a request "
-        "lambda_http cannot parse.\n"
+        "client on first use; the malformed-query row is a request lambda_http cannot turn "
+        "into a URI, answered with our 400 page (not an invocation error, which API Gateway "
+        "shows as a bare 502).\n"
     )
 
     w("## 2. CPU per request\n")
@@ -291,8 +292,8 @@ def main():
         "under target), `lto = \"fat\"` and `codegen-units = 1` (whole-program dead-code "
         "elimination across the AWS SDK crates: smaller and faster to load), `strip = true` (no "
         "symbols shipped), and `panic = \"unwind\"`, not `abort`: lambda_http panics on an event "
-        "whose query is not a valid URI, and only with unwinding can lambda_runtime turn that "
-        "into an invocation error instead of killing the instance. Unwinding costs about "
+        "whose query is not a valid URI, and only with unwinding can the functions catch that "
+        "on a copy of the event and answer their 400 page instead. Unwinding costs about "
         "0.75–0.9 MiB per binary (measured on arm64: 6.20 → 6.95 MiB for oauth-start, with the "
         "SDK's own TLS stack). All outbound HTTPS goes through one reqwest client (rustls with "
         "ring, Mozilla roots compiled in); the SDK's default client, which linked aws-lc-rs as "

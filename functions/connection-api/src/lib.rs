@@ -60,6 +60,10 @@ enum Route {
 struct Refusal(StatusCode, &'static str, String);
 
 fn route(req: &Request) -> Result<Route, Refusal> {
+    if ms_oauth::runtime::is_unreadable(req) {
+        let message = "the path or query contains characters a URL may not hold".to_owned();
+        return Err(Refusal(StatusCode::BAD_REQUEST, "invalid_request", message));
+    }
     let path = req.raw_http_path();
     let path = if path.is_empty() { req.uri().path().to_owned() } else { path.to_owned() };
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();

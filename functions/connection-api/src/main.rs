@@ -1,12 +1,15 @@
 use std::convert::Infallible;
 
 use connection_api::{ConnectionApi, handle};
-use lambda_http::{Error, run, service_fn};
+use lambda_http::{Error, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ms_oauth::runtime::init_tracing();
     let api = ms_oauth::runtime::from_process_env(ConnectionApi::from_sdk).await?;
     let api = &api;
-    run(service_fn(move |req| async move { Ok::<_, Infallible>(handle(api, req).await) })).await
+    ms_oauth::runtime::run_http(service_fn(move |req| async move {
+        Ok::<_, Infallible>(handle(api, req).await)
+    }))
+    .await
 }

@@ -128,6 +128,9 @@ async fn finish(
     if !ms_oauth::runtime::is_navigation(req.method()) {
         return Err(FlowError::Method);
     }
+    if ms_oauth::runtime::is_unreadable(req) {
+        return Err(FlowError::BadQuery("it contains characters a web address may not hold"));
+    }
     let query = Query::from_request(req)?;
     let state = query.single("state", MAX_STATE_LEN)?.filter(|s| !s.is_empty());
     let code = query.single("code", MAX_CODE_LEN)?;

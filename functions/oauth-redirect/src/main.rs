@@ -1,6 +1,6 @@
 use std::convert::Infallible;
 
-use lambda_http::{Error, run, service_fn};
+use lambda_http::{Error, service_fn};
 use oauth_redirect::{RedirectService, handle};
 
 #[tokio::main]
@@ -8,5 +8,8 @@ async fn main() -> Result<(), Error> {
     ms_oauth::runtime::init_tracing();
     let service = ms_oauth::runtime::from_process_env(RedirectService::from_sdk).await?;
     let service = &service;
-    run(service_fn(move |req| async move { Ok::<_, Infallible>(handle(service, req).await) })).await
+    ms_oauth::runtime::run_http(service_fn(move |req| async move {
+        Ok::<_, Infallible>(handle(service, req).await)
+    }))
+    .await
 }

@@ -126,6 +126,7 @@ impl StartService {
 /// Handles one request; every outcome is a response (errors are pages).
 pub async fn handle(service: &StartService, req: Request) -> Response<Body> {
     let outcome = match (req.method(), service.autokitteh.as_ref()) {
+        _ if ms_oauth::runtime::is_unreadable(&req) => Err(FlowError::BadQuery(UNREADABLE)),
         (&Method::GET, Some(autokitteh)) => start_in_autokitteh(service, autokitteh, &req).await,
         (&Method::GET, None) => show_confirmation(service, &req).await,
         (&Method::POST, None) => confirmed(service, &req).await,
@@ -133,6 +134,9 @@ pub async fn handle(service: &StartService, req: Request) -> Response<Body> {
     };
     outcome.unwrap_or_else(|e| e.into_response(&service.page_context, &[]))
 }
+
+/// What a link lambda_http could not read gets told.
+const UNREADABLE: &str = "it contains characters a web address may not hold";
 
 /// `cid` and `origin` from the start link.
 fn link_target(query: &Query<'_>) -> Result<(ConnectionId, Origin), FlowError> {

@@ -304,7 +304,7 @@ async fn main() {
             )),
         ),
         // lambda_http cannot turn this query into a URI and panics; the instance must report
-        // an invocation error and survive, not abort.
+        // our 400 page (the functions catch it on a copy of the event), not an invocation error.
         ("oauth-start (query lambda_http cannot parse)", malformed_env, fixed(malformed)),
         (
             "connection-api",
@@ -366,6 +366,10 @@ async fn main() {
             ms(invoke),
             rss as f64 / 1024.0
         );
+        if name.contains("cannot parse") && !outcome.starts_with("response 400") {
+            eprintln!("{name}: expected our 400 page, got {outcome}");
+            std::process::exit(1);
+        }
     }
     if let Some(path) = json {
         let report = serde_json::json!({

@@ -23,6 +23,9 @@ use aws_smithy_types::body::SdkBody;
 /// Connect timeout when the SDK sets none (the SDK's own default).
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
 
+/// How long an idle pooled connection is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 type Timeouts = (Option<Duration>, Option<Duration>);
 
 /// An [`HttpClient`] for the AWS SDK on reqwest. One reqwest client (and connection pool)
@@ -47,7 +50,11 @@ impl ReqwestSdkClient {
         let mut builder = reqwest::Client::builder()
             // AWS endpoints never redirect; the SDK expects to see every answer itself.
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(connect.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+            .connect_timeout(connect.unwrap_or(DEFAULT_CONNECT_TIMEOUT))
+            // A frozen Lambda instance keeps its pooled connections while the other end
+            // closes them; reusing one after a long freeze costs a failed attempt. Idle
+            // connections are dropped well before AWS endpoints close them.
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT);
         if let Some(read) = read {
             builder = builder.read_timeout(read);
         }

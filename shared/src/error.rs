@@ -57,6 +57,8 @@ pub enum FlowError {
     AutoKitteh(#[from] AkError),
     #[error("the connection's vars exceed AutoKitteh's limits")]
     AkLimit(#[from] VarLimit),
+    #[error("no answer within the function's time")]
+    TimedOut,
     #[error("configuration problem: {0}")]
     Config(String),
     #[error("internal error: {0}")]
@@ -320,6 +322,12 @@ impl FlowError {
                 Some(
                     "Ask the administrator of this deployment to request fewer Microsoft permissions (MICROSOFT_SCOPES).",
                 ),
+            ),
+            FlowError::TimedOut => Page::error(
+                S::SERVICE_UNAVAILABLE,
+                "This is taking too long",
+                "A service the connection depends on is slow to answer, so the connection stopped waiting. Whatever it had saved is whole.",
+                Some(TRY_AGAIN),
             ),
             FlowError::Config(_) | FlowError::Internal(_) => Page::error(
                 S::INTERNAL_SERVER_ERROR,

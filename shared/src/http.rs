@@ -17,6 +17,7 @@ pub fn build_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .pool_idle_timeout(crate::aws_http::POOL_IDLE_TIMEOUT)
         .user_agent(concat!("autokitteh-microsoft-oauth/", env!("CARGO_PKG_VERSION")))
         .build()
 }

@@ -77,6 +77,25 @@ pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config_loader().load().await
 }
 
+/// How long one AWS call may take. DynamoDB, KMS and Secrets Manager answer in-region in
+/// milliseconds; without bounds a stalled call ran to the Lambda timeout and the user got API
+/// Gateway's bare 503 instead of our page. With the SDK's standard retry (3 attempts) a call
+/// gives up after [`AWS_OPERATION_TIMEOUT`], which the functions' budgets (README,
+/// "Timeouts") are built from.
+pub const AWS_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// One attempt of an AWS call (connect, send, answer).
+pub const AWS_ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+/// An AWS call with all its attempts and backoff.
+pub const AWS_OPERATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
+fn aws_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(AWS_CONNECT_TIMEOUT)
+        .operation_attempt_timeout(AWS_ATTEMPT_TIMEOUT)
+        .operation_timeout(AWS_OPERATION_TIMEOUT)
+        .build()
+}
+
 /// The SDK's default configuration loader with our HTTP client, for callers that add to it.
 ///
 /// Lambda hands a function its role's credentials in `AWS_ACCESS_KEY_ID`,
@@ -87,7 +106,8 @@ pub async fn aws_config() -> aws_config::SdkConfig {
 /// default chain applies unchanged.
 pub fn aws_config_loader() -> aws_config::ConfigLoader {
     let loader = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(crate::aws_http::ReqwestSdkClient::shared());
+        .http_client(crate::aws_http::ReqwestSdkClient::shared())
+        .timeout_config(aws_timeouts());
     let from_env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
         .iter()
         .all(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
@@ -303,6 +323,45 @@ fn clear(payload: &mut LambdaRequest, step: u8) {
     }
 }
 
+/// How long before Lambda's deadline a function stops waiting and answers itself: time to
+/// render and return the answer.
+pub const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// How long this invocation may still work before it must answer: Lambda's deadline for it,
+/// less [`DEADLINE_MARGIN`]. `None` outside Lambda (local runs and tests).
+pub fn time_left(req: &lambda_http::Request) -> Option<std::time::Duration> {
+    use lambda_http::RequestExt as _;
+    let deadline = req.lambda_context_ref()?.deadline();
+    let left = deadline.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    Some(left.saturating_sub(DEADLINE_MARGIN))
+}
+
+/// Runs `work` for at most `limit`; past it, answers `too_late()` instead, so a stalled
+/// dependency ends on our own answer rather than on API Gateway's bare 503. Every write
+/// the work may have made is whole and safe to repeat, so stopping between them is safe.
+pub async fn in_time<F, T>(
+    limit: Option<std::time::Duration>,
+    work: F,
+    too_late: impl FnOnce() -> T,
+) -> T
+where
+    F: std::future::Future<Output = T>,
+{
+    match limit {
+        None => work.await,
+        Some(limit) => match tokio::time::timeout(limit, work).await {
+            Ok(done) => done,
+            Err(_) => {
+                tracing::error!(
+                    limit_ms = limit.as_millis() as u64,
+                    "no answer within the function's time; answered as timed out"
+                );
+                too_late()
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use lambda_http::tracing::Level;
@@ -380,6 +439,24 @@ mod tests {
             200
         );
         assert_eq!(status_for(v2_event("/oauth/start/microsoft", "")).await, 200);
+    }
+
+    #[tokio::test]
+    async fn work_past_the_deadline_ends_on_our_own_answer() {
+        let mut req = lambda_http::Request::new(lambda_http::Body::Empty);
+        assert_eq!(time_left(&req), None, "no deadline outside Lambda");
+        let mut context = lambda_http::Context::default();
+        let in_two_seconds = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+        context.deadline =
+            in_two_seconds.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap().as_millis()
+                as u64;
+        req.extensions_mut().insert(context);
+        let left = time_left(&req).unwrap();
+        assert!(left <= std::time::Duration::from_millis(500), "{left:?}");
+        let stalled = std::future::pending::<&str>();
+        assert_eq!(in_time(Some(left), stalled, || "too late").await, "too late");
+        assert_eq!(in_time(Some(left), async { "done" }, || "too late").await, "done");
+        assert_eq!(in_time(None, async { "done" }, || "too late").await, "done");
     }
 
     #[test]

@@ -31,6 +31,18 @@ pub enum WriteBackError {
     AutoKitteh(#[from] AkError),
     #[error("the tokens exceed AutoKitteh's limits")]
     Limit(#[from] VarLimit),
+    #[error("AutoKitteh did not finish within {} s", WRITE_BACK_TIMEOUT.as_secs())]
+    TimedOut,
+}
+
+/// The longest a write-back may hold up the refresh or disconnect it follows (a `Set` may
+/// be repeated and read back, each call bounded by the HTTP timeout).
+pub const WRITE_BACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn bounded<T>(
+    work: impl std::future::Future<Output = Result<T, WriteBackError>>,
+) -> Result<T, WriteBackError> {
+    tokio::time::timeout(WRITE_BACK_TIMEOUT, work).await.unwrap_or(Err(WriteBackError::TimedOut))
 }
 
 /// The tokens a refresh produced, as AutoKitteh stores them.
@@ -88,22 +100,31 @@ impl WriteBack {
             Var::plain("oauth_expiry", expiry),
         ];
         crate::autokitteh::check_vars(&vars)?;
-        let token = self.bearer().await?;
-        self.autokitteh.write_vars(&token, cid, &vars, tokens.access_token).await?;
-        Ok(())
+        bounded(async {
+            let token = self.bearer().await?;
+            self.autokitteh.write_vars(&token, cid, &vars, tokens.access_token).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes the token vars: AutoKitteh then shows that a new sign-in is needed.
     pub async fn needs_reauth(&self, cid: &ConnectionId) -> Result<(), WriteBackError> {
-        let token = self.bearer().await?;
-        self.autokitteh.delete_vars(&token, cid, &TOKEN_VARS).await?;
-        Ok(())
+        bounded(async {
+            let token = self.bearer().await?;
+            self.autokitteh.delete_vars(&token, cid, &TOKEN_VARS).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes every var the flow wrote (and nothing the user set, such as a private app).
     pub async fn disconnected(&self, cid: &ConnectionId) -> Result<(), WriteBackError> {
-        let token = self.bearer().await?;
-        self.autokitteh.delete_vars(&token, cid, &CONNECTION_VARS).await?;
-        Ok(())
+        bounded(async {
+            let token = self.bearer().await?;
+            self.autokitteh.delete_vars(&token, cid, &CONNECTION_VARS).await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -103,6 +103,17 @@ fn route(req: &Request) -> Result<Route, Refusal> {
 
 /// Handles one request; every outcome is a JSON response.
 pub async fn handle(api: &ConnectionApi, req: Request) -> Response<Body> {
+    let limit = ms_oauth::runtime::time_left(&req);
+    let too_late = || {
+        let message = "a dependency is slow to answer; retry shortly";
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
+    };
+    ms_oauth::runtime::in_time(limit, answer(api, req), too_late).await
+}
+
+async fn answer(api: &ConnectionApi, req: Request) -> Response<Body> {
     match route(&req) {
         Err(Refusal(status, code, message)) => error(status, code, &message),
         Ok(Route::Status(cid)) => status(api, &cid).await,

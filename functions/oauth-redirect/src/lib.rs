@@ -113,6 +113,12 @@ impl RedirectService {
 
 /// Handles one request; every outcome is a response (errors are pages).
 pub async fn handle(service: &RedirectService, req: Request) -> Response<Body> {
+    let limit = ms_oauth::runtime::time_left(&req);
+    let too_late = || FlowError::TimedOut.into_response(&service.page_context, &[]);
+    ms_oauth::runtime::in_time(limit, answer(service, req), too_late).await
+}
+
+async fn answer(service: &RedirectService, req: Request) -> Response<Body> {
     let mut cookies = Vec::new();
     match finish(service, &req, &mut cookies).await {
         Ok(response) => response,

@@ -125,6 +125,12 @@ impl StartService {
 
 /// Handles one request; every outcome is a response (errors are pages).
 pub async fn handle(service: &StartService, req: Request) -> Response<Body> {
+    let limit = ms_oauth::runtime::time_left(&req);
+    let too_late = || FlowError::TimedOut.into_response(&service.page_context, &[]);
+    ms_oauth::runtime::in_time(limit, answer(service, req), too_late).await
+}
+
+async fn answer(service: &StartService, req: Request) -> Response<Body> {
     let outcome = match (req.method(), service.autokitteh.as_ref()) {
         _ if ms_oauth::runtime::is_unreadable(&req) => Err(FlowError::BadQuery(UNREADABLE)),
         (&Method::GET, Some(autokitteh)) => start_in_autokitteh(service, autokitteh, &req).await,

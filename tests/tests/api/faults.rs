@@ -109,6 +109,27 @@ async fn dynamodb_unavailable_at_start_is_a_try_again_page() {
 }
 
 #[tokio::test]
+async fn a_stalled_dynamodb_ends_on_our_page_not_the_lambda_timeout() {
+    let app = spawn_app_with(AppOptions { stalled_dynamodb: true, ..AppOptions::default() }).await;
+    // The start function has 10 s on Lambda; its AWS calls give up well before. (The guard
+    // only stops this test from hanging if they never do.)
+    let page = tokio::time::timeout(
+        Duration::from_secs(30),
+        Browser::new().get(&app.start_link(&new_cid(), Origin::Web)),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert_page(&page, 503, "temporarily unavailable");
+    let callback = tokio::time::timeout(
+        Duration::from_secs(30),
+        app.callback_for_unknown_state(&"s".repeat(43)),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert_page(&callback, 503, "temporarily unavailable");
+}
+
+#[tokio::test]
 async fn kms_unavailable_saves_nothing() {
     let app = spawn_app_with(AppOptions { dead_kms: true, ..AppOptions::default() }).await;
     let cid = new_cid();

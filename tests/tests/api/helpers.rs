@@ -97,6 +97,8 @@ pub struct AppOptions {
     pub http_timeout: Duration,
     /// Point one AWS service at a dead endpoint.
     pub dead_dynamodb: bool,
+    /// Point DynamoDB at an endpoint that accepts connections and never answers.
+    pub stalled_dynamodb: bool,
     pub dead_kms: bool,
     pub dead_secrets_manager: bool,
     /// Inside an AutoKitteh deployment: a stand-in AutoKitteh behind a front door on the
@@ -113,6 +115,7 @@ impl Default for AppOptions {
             tenant: None,
             http_timeout: Duration::from_secs(2),
             dead_dynamodb: false,
+            stalled_dynamodb: false,
             dead_kms: false,
             dead_secrets_manager: false,
             autokitteh: false,
@@ -148,6 +151,20 @@ pub fn new_cid() -> ConnectionId {
 }
 
 const DEAD_ENDPOINT: &str = "http://127.0.0.1:9";
+
+/// An endpoint that accepts every connection, reads what is sent and never answers: a
+/// stalled dependency.
+async fn stalled_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stalled endpoint");
+    let address = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    address
+}
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(AppOptions::default()).await
@@ -217,10 +234,13 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     config.http_timeout = options.http_timeout;
 
     let dead = |yes: bool| if yes { DEAD_ENDPOINT.to_owned() } else { endpoint.clone() };
+    let dynamodb_endpoint = if options.stalled_dynamodb {
+        stalled_endpoint().await
+    } else {
+        dead(options.dead_dynamodb)
+    };
     let dynamo_for_app = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .endpoint_url(dead(options.dead_dynamodb))
-            .build(),
+        aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(dynamodb_endpoint).build(),
     );
     let kms_for_app = aws_sdk_kms::Client::from_conf(
         aws_sdk_kms::config::Builder::from(&sdk).endpoint_url(dead(options.dead_kms)).build(),

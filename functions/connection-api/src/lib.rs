@@ -110,7 +110,9 @@ pub async fn handle(api: &ConnectionApi, req: Request) -> Response<Body> {
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         r
     };
-    ms_oauth::runtime::in_time(limit, answer(api, req), too_late).await
+    // Boxed: the whole handler as one future type is deeper than the compiler will lay out
+    // with release optimisations.
+    ms_oauth::runtime::in_time(limit, Box::pin(answer(api, req)), too_late).await
 }
 
 async fn answer(api: &ConnectionApi, req: Request) -> Response<Body> {

@@ -127,7 +127,7 @@ impl StartService {
 pub async fn handle(service: &StartService, req: Request) -> Response<Body> {
     let limit = ms_oauth::runtime::time_left(&req);
     let too_late = || FlowError::TimedOut.into_response(&service.page_context, &[]);
-    ms_oauth::runtime::in_time(limit, answer(service, req), too_late).await
+    ms_oauth::runtime::in_time(limit, Box::pin(answer(service, req)), too_late).await
 }
 
 async fn answer(service: &StartService, req: Request) -> Response<Body> {

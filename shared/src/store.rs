@@ -544,8 +544,11 @@ impl Store for DynamoStore {
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
             .update_expression("SET lease_owner = :owner, lease_until = :until")
+            // The owner is unique to this call: a repeat of it after a lost answer finds its
+            // own lease and gets it, instead of waiting out a lease nobody holds.
             .condition_expression(
-                "version = :version AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+                "version = :version AND (attribute_not_exists(lease_until) OR lease_until < :now \
+                 OR lease_owner = :owner)",
             )
             .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
             .expression_attribute_values(":until", AttributeValue::N(until.to_string()))
@@ -572,9 +575,10 @@ impl Store for DynamoStore {
             .update_expression(
                 "SET secrets = :secrets, vars.oauth_expiry = :expiry, token_expires_at = :exp, \
                  last_refresh_at = :at, updated_at = :at, refresh_due_at = :due, \
-                 version = version + :one REMOVE lease_owner, lease_until",
+                 version = version + :one, written_by = :owner REMOVE lease_owner, lease_until",
             )
             .condition_expression("lease_owner = :owner AND version = :version")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .expression_attribute_values(":secrets", secrets)
             .expression_attribute_values(":expiry", AttributeValue::S(update.oauth_expiry.clone()))
             .expression_attribute_values(
@@ -591,7 +595,7 @@ impl Store for DynamoStore {
             .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
             .send()
             .await;
-        Ok(conditional(result.map(drop), "UpdateItem")?.then_some(version + 1))
+        Ok(written_by_us(result, owner, version + 1, "UpdateItem")?.then_some(version + 1))
     }
 
     async fn mark_needs_reauth(
@@ -608,9 +612,11 @@ impl Store for DynamoStore {
             .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
             .update_expression(
                 "SET #status = :status, status_reason = :reason, updated_at = :now, \
-                 version = version + :one REMOVE refresh_queue, lease_owner, lease_until",
+                 version = version + :one, written_by = :owner \
+                 REMOVE refresh_queue, lease_owner, lease_until",
             )
             .condition_expression("lease_owner = :owner")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":status", AttributeValue::S(STATUS_NEEDS_REAUTH.into()))
             .expression_attribute_values(":reason", AttributeValue::S(reason.to_owned()))
@@ -619,7 +625,7 @@ impl Store for DynamoStore {
             .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
             .send()
             .await;
-        conditional(result.map(drop), "UpdateItem")
+        written_by_us(result, owner, 0, "UpdateItem")
     }
 
     async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError> {
@@ -637,6 +643,22 @@ impl Store for DynamoStore {
     }
 
     async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError> {
+        // Read first: if the delete's answer is lost and the SDK repeats it, the repeat finds
+        // nothing, and without this read the disconnect would look like one of a connection
+        // that never existed (no event, no write-back).
+        let before = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .projection_expression("#pk, autokitteh_user_id")
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem")(e.into_service_error()))?
+            .item
+            .map(|item| serde_dynamo::from_item::<_, Removed>(item).unwrap_or_default());
         let out = self
             .client
             .delete_item()
@@ -647,7 +669,8 @@ impl Store for DynamoStore {
             .await
             .map_err(|e| unavailable("DeleteItem")(e.into_service_error()))?;
         // The item is gone either way: an old item we cannot read is still a removal.
-        Ok(out.attributes.map(|item| serde_dynamo::from_item(item).unwrap_or_default()))
+        let deleted = out.attributes.map(|item| serde_dynamo::from_item(item).unwrap_or_default());
+        Ok(deleted.or(before))
     }
 
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
@@ -669,6 +692,37 @@ impl Store for DynamoStore {
             .map_err(|e| unavailable("Query")(e.into_service_error()))?;
         let items: Vec<Due> = serde_dynamo::from_items(out.items.unwrap_or_default())?;
         Ok(items.into_iter().map(|d| d.connection_id).collect())
+    }
+}
+
+/// Like [`conditional`] for a write that records `written_by = owner`: when its condition
+/// fails because an earlier attempt of the same call was applied (its answer lost, the SDK
+/// repeating it), the item shows our mark, and the write counts as done. `version`, when
+/// not 0, must also match what that write left.
+fn written_by_us(
+    result: Result<
+        aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+        aws_sdk_dynamodb::error::SdkError<
+            aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+            aws_sdk_dynamodb::config::http::HttpResponse,
+        >,
+    >,
+    owner: &str,
+    version: u64,
+    operation: &'static str,
+) -> Result<bool, StoreError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(e) => match e.into_service_error() {
+            aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(failed) => {
+                let item = failed.item.unwrap_or_default();
+                let ours = item.get("written_by").and_then(|v| v.as_s().ok()).is_some_and(|by| by == owner);
+                let same_version = version == 0
+                    || item.get("version").and_then(|v| v.as_n().ok()).is_some_and(|n| *n == version.to_string());
+                Ok(ours && same_version)
+            }
+            e => Err(unavailable(operation)(e)),
+        },
     }
 }
 
@@ -787,7 +841,9 @@ impl Store for MemoryStore {
         let mut leases = self.leases.lock().map_err(|_| poisoned())?;
         let key = connection_key(id);
         let current = connections.get(&key).map(|c| c.version);
-        let free = leases.get(&key).is_none_or(|(_, held_until)| *held_until < now);
+        let free = leases
+            .get(&key)
+            .is_none_or(|(holder, held_until)| *held_until < now || holder == owner);
         if current == Some(version) && free {
             leases.insert(key, (owner.to_owned(), until));
             return Ok(true);

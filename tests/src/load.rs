@@ -321,6 +321,37 @@ impl LoadStack {
         }));
     }
 
+    /// One sign-in without faults; the connection it made.
+    pub async fn connect_one(&self) -> Result<ConnectionId, String> {
+        let record = self.flow(0).await;
+        match record.outcome {
+            Outcome::Connected => Ok(record.cid),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// `GET /connections/{cid}/token[?force_refresh=true]` on the connection API: the status
+    /// and the JSON answer.
+    pub async fn token(
+        &self,
+        cid: &ConnectionId,
+        force: bool,
+    ) -> Result<(u16, serde_json::Value), String> {
+        let query = if force { "?force_refresh=true" } else { "" };
+        let url = format!("{}/connections/{cid}/token{query}", self.address);
+        let response = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response.json().await.map_err(|e| e.to_string())?;
+        Ok((status, body))
+    }
+
+    /// `DELETE /connections/{cid}`: the status.
+    pub async fn disconnect(&self, cid: &ConnectionId) -> Result<u16, String> {
+        let url = format!("{}/connections/{cid}", self.address);
+        let response = self.http.delete(url).send().await.map_err(|e| e.to_string())?;
+        Ok(response.status().as_u16())
+    }
+
     /// One sign-in as a browser does it; each step timed.
     async fn flow(&self, i: usize) -> FlowRecord {
         let account = if i.is_multiple_of(2) { AccountKind::Work } else { AccountKind::Personal };

@@ -13,5 +13,6 @@ mod helpers;
 mod load;
 mod openapi;
 mod refresher;
+mod retries;
 mod secrets;
 mod tokens;

@@ -363,6 +363,9 @@ impl Microsoft {
             .endpoints
             .oauth(Some(client_secret))
             .exchange_refresh_token(refresh_token)
+            // Microsoft's v2 endpoint documents `scope` as required on a refresh: the same
+            // scopes the sign-in asked for.
+            .add_scopes(self.endpoints.scopes.iter().cloned())
             .request_async(&OAuthHttp(self.http.as_ref()))
             .await
             .map_err(token_error)?;

@@ -732,6 +732,25 @@ fn redeem_refresh_token(
             "The refresh token was issued to another client or tenant.",
         ));
     }
+    // Microsoft's v2 token endpoint wants the scopes again, within those consented to.
+    let requested = form.get("scope").map(String::as_str).unwrap_or("").trim();
+    if requested.is_empty() {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900_144,
+            "The request body must contain the following parameter: 'scope'.",
+        ));
+    }
+    let consented: Vec<&str> = grant.scope.split(' ').collect();
+    if requested.split(' ').any(|s| !consented.contains(&s)) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            65_001,
+            "The user or administrator has not consented to use the application for a requested scope.",
+        ));
+    }
     Ok(Grant {
         account: grant.account.clone(),
         scope: grant.scope.clone(),

@@ -33,6 +33,8 @@ pub const AUTOKITTEH_API_TOKEN_ARN: &str = "AUTOKITTEH_API_TOKEN_ARN";
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// Microsoft Graph in the global cloud.
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
+/// Default of `TOKEN_REFRESH_MARGIN_SECONDS`.
+pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(300);
 /// The scopes AutoKitteh's Microsoft integration requests by default.
 pub const DEFAULT_SCOPES: &str = "Channel.Create Channel.Delete.All ChannelMessage.Read.All \
     ChannelMessage.ReadWrite ChannelMessage.Send ChannelSettings.ReadWrite.All Chat.Create \
@@ -155,6 +157,9 @@ pub struct Config {
     pub http_timeout: Duration,
     /// How long a started flow may take before its state expires.
     pub state_ttl: Duration,
+    /// Tokens expiring within this margin are refreshed before they are served; a sign-in
+    /// schedules its first refresh by it too (`TOKEN_REFRESH_MARGIN_SECONDS`).
+    pub refresh_margin: Duration,
     /// Set when the functions work inside an AutoKitteh deployment (`AUTOKITTEH_API_URL`).
     pub autokitteh: Option<AutoKittehConfig>,
 }
@@ -194,6 +199,19 @@ impl Config {
             parse_scopes(optional(lookup, MICROSOFT_SCOPES).as_deref().unwrap_or(DEFAULT_SCOPES))
                 .map_err(|p| ConfigError::new(MICROSOFT_SCOPES, p))?;
         let table_name = required(lookup, OAUTH_TABLE_NAME)?;
+        let refresh_margin = match optional(lookup, TOKEN_REFRESH_MARGIN_SECONDS) {
+            None => DEFAULT_REFRESH_MARGIN,
+            Some(v) => {
+                v.parse::<u64>().ok().filter(|s| *s <= 3000).map(Duration::from_secs).ok_or_else(
+                    || {
+                        ConfigError::new(
+                            TOKEN_REFRESH_MARGIN_SECONDS,
+                            "must be a number of seconds from 0 to 3000",
+                        )
+                    },
+                )?
+            }
+        };
         let autokitteh = match optional(lookup, AUTOKITTEH_API_URL) {
             None => None,
             Some(_) => {
@@ -215,6 +233,7 @@ impl Config {
             table_name,
             http_timeout: Duration::from_secs(10),
             state_ttl: Duration::from_secs(600),
+            refresh_margin,
             autokitteh,
         })
     }
@@ -408,6 +427,29 @@ mod tests {
         let mut vars = base();
         vars.push((MICROSOFT_TENANT_ID, "common/../x"));
         assert_eq!(Config::from_lookup(&lookup(&vars)).unwrap_err().var, MICROSOFT_TENANT_ID);
+    }
+
+    #[test]
+    fn the_refresh_margin_is_seconds_up_to_fifty_minutes() {
+        let base = vec![
+            (WEBHOOK_ADDRESS, "api.example.com"),
+            (MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
+            (OAUTH_TABLE_NAME, "t"),
+        ];
+        let with = |margin: &'static str| {
+            let mut vars = base.clone();
+            vars.push((TOKEN_REFRESH_MARGIN_SECONDS, margin));
+            Config::from_lookup(&lookup(&vars))
+        };
+        assert_eq!(
+            Config::from_lookup(&lookup(&base)).unwrap().refresh_margin,
+            DEFAULT_REFRESH_MARGIN
+        );
+        assert_eq!(with("0").unwrap().refresh_margin, Duration::ZERO);
+        assert_eq!(with("3000").unwrap().refresh_margin, Duration::from_secs(3000));
+        for bad in ["3001", "-1", "5m", "1.5"] {
+            assert_eq!(with(bad).unwrap_err().var, TOKEN_REFRESH_MARGIN_SECONDS, "{bad}");
+        }
     }
 
     #[test]

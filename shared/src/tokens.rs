@@ -20,8 +20,8 @@ use crate::secrets::{CachedSecret, SecretError};
 use crate::store::{RefreshUpdate, STATUS_NEEDS_REAUTH, Store, StoreError, StoredConnection};
 use crate::writeback::{RefreshedVars, WriteBack};
 
-/// Refresh when the access token expires within this margin.
-pub const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// Refresh when the access token expires within this margin (unless configured).
+pub use crate::config::DEFAULT_REFRESH_MARGIN;
 /// Refresh at least this often, so refresh tokens never lapse from idleness (Microsoft's
 /// last 90 days and slide on use).
 pub const IDLE_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
@@ -158,7 +158,7 @@ impl TokenService {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, crate::config::ConfigError> {
-        use crate::config::{self, Config, ConfigError};
+        use crate::config::{self, Config};
         let config = Config::from_lookup(lookup)?;
         let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
         let client_secret = crate::runtime::secret_from_env(
@@ -167,20 +167,7 @@ impl TokenService {
             config::MICROSOFT_CLIENT_SECRET,
             config::MICROSOFT_CLIENT_SECRET_ARN,
         )?;
-        let margin =
-            match lookup(config::TOKEN_REFRESH_MARGIN_SECONDS).filter(|v| !v.trim().is_empty()) {
-                None => DEFAULT_REFRESH_MARGIN,
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|s| *s <= 3000)
-                    .map(Duration::from_secs)
-                    .ok_or_else(|| ConfigError {
-                        var: config::TOKEN_REFRESH_MARGIN_SECONDS,
-                        problem: "must be a number of seconds from 0 to 3000".into(),
-                    })?,
-            };
+        let margin = config.refresh_margin;
         let http = crate::runtime::http_client(&config)?;
         let write_back = write_back_from(lookup, sdk, &config, &http)?;
         Ok(Self {

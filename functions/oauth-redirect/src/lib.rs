@@ -27,7 +27,7 @@ use ms_oauth::store::{
     AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, REFRESH_QUEUE,
     STATUS_OK, Store,
 };
-use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, refresh_due_at};
+use ms_oauth::tokens::refresh_due_at;
 use oauth2::{AuthorizationCode, PkceCodeVerifier};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use time::format_description::well_known::Rfc3339;
@@ -233,7 +233,7 @@ async fn finish(
         refresh_due_at: refresh_due_at(
             expiry.unix_timestamp(),
             now.unix_timestamp(),
-            DEFAULT_REFRESH_MARGIN,
+            service.config.refresh_margin,
         ),
         autokitteh_user_id: flow.ak_user_id.clone(),
         refresh_queue: Some(REFRESH_QUEUE.to_owned()),

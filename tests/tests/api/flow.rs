@@ -203,3 +203,15 @@ async fn a_rotated_client_secret_is_picked_up_without_a_restart() {
     // First flow: 1 call; second: refused with the cached secret, then accepted.
     assert_eq!(app.standin.calls().token_requests, 3);
 }
+
+#[tokio::test]
+async fn a_sign_in_schedules_its_first_refresh_by_the_configured_margin() {
+    let app =
+        spawn_app_with(AppOptions { refresh_margin_secs: Some(1200), ..AppOptions::default() })
+            .await;
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    let stored = app.connection(&cid).await.unwrap().connection;
+    assert_eq!(stored.refresh_due_at, stored.token_expires_at - 1200);
+}

@@ -17,7 +17,7 @@ use ms_oauth::grant::{DEFAULT_GRANT_LIFETIME_SECS, StartGrant};
 use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::store::{DynamoStore, Store, StoredConnection};
-use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
+use ms_oauth::tokens::TokenService;
 use ms_oauth::writeback::WriteBack;
 use ms_oauth_tests::autokitteh::AkStandin;
 use ms_oauth_tests::aws;
@@ -99,6 +99,8 @@ pub struct AppOptions {
     pub dead_dynamodb: bool,
     /// Point DynamoDB at an endpoint that accepts connections and never answers.
     pub stalled_dynamodb: bool,
+    /// `TOKEN_REFRESH_MARGIN_SECONDS`, when not the default.
+    pub refresh_margin_secs: Option<u64>,
     pub dead_kms: bool,
     pub dead_secrets_manager: bool,
     /// Inside an AutoKitteh deployment: a stand-in AutoKitteh behind a front door on the
@@ -116,6 +118,7 @@ impl Default for AppOptions {
             http_timeout: Duration::from_secs(2),
             dead_dynamodb: false,
             stalled_dynamodb: false,
+            refresh_margin_secs: None,
             dead_kms: false,
             dead_secrets_manager: false,
             autokitteh: false,
@@ -226,6 +229,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     if let Some(tenant) = &options.tenant {
         vars.insert(config::MICROSOFT_TENANT_ID, tenant.clone());
     }
+    if let Some(margin) = options.refresh_margin_secs {
+        vars.insert(config::TOKEN_REFRESH_MARGIN_SECONDS, margin.to_string());
+    }
     if let Some(ak) = &autokitteh {
         vars.insert(config::AUTOKITTEH_API_URL, ak.url());
         vars.insert(config::AUTOKITTEH_UI_URL, address.clone());
@@ -324,7 +330,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         clock: clock.clone(),
         events: events.clone(),
         table: table.clone(),
-        margin: DEFAULT_REFRESH_MARGIN,
+        margin: config.refresh_margin,
         backoff: Duration::from_millis(20),
         write_back,
     };

@@ -14,5 +14,6 @@ mod load;
 mod openapi;
 mod refresher;
 mod retries;
+mod secret_source;
 mod secrets;
 mod tokens;

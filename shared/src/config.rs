@@ -27,6 +27,7 @@ pub const TOKEN_REFRESH_MARGIN_SECONDS: &str = "TOKEN_REFRESH_MARGIN_SECONDS";
 pub const AUTOKITTEH_API_URL: &str = "AUTOKITTEH_API_URL";
 pub const AUTOKITTEH_UI_URL: &str = "AUTOKITTEH_UI_URL";
 pub const AUTOKITTEH_API_TOKEN: &str = "AUTOKITTEH_API_TOKEN";
+pub const AUTOKITTEH_DASHBOARD_URL: &str = "AUTOKITTEH_DASHBOARD_URL";
 pub const AUTOKITTEH_API_TOKEN_ARN: &str = "AUTOKITTEH_API_TOKEN_ARN";
 
 /// Microsoft's global authority; national clouds and tests override it.
@@ -162,6 +163,9 @@ pub struct Config {
     pub refresh_margin: Duration,
     /// Set when the functions work inside an AutoKitteh deployment (`AUTOKITTEH_API_URL`).
     pub autokitteh: Option<AutoKittehConfig>,
+    /// The host of AutoKitteh's dashboard (`AUTOKITTEH_DASHBOARD_URL`), where `origin=dash`
+    /// sign-ins finish.
+    pub dashboard_url: Option<Url>,
 }
 
 /// Where the AutoKitteh deployment the functions work in is.
@@ -223,6 +227,10 @@ impl Config {
                 Some(AutoKittehConfig { api_url, ui_url })
             }
         };
+        let dashboard_url = match optional(lookup, AUTOKITTEH_DASHBOARD_URL) {
+            Some(_) => Some(service_url(lookup, AUTOKITTEH_DASHBOARD_URL, "")?),
+            None => None,
+        };
         Ok(Self {
             public_address,
             client_id: ClientId::new(client_id),
@@ -235,6 +243,7 @@ impl Config {
             state_ttl: Duration::from_secs(600),
             refresh_margin,
             autokitteh,
+            dashboard_url,
         })
     }
 

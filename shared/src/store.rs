@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Sealed;
-use crate::domain::{ConnectionId, Origin, Tenant};
+use crate::domain::{ConnectionId, Origin};
 use crate::state::StateKey;
 
 /// Attribute holding the partition key of every item.
@@ -32,7 +32,6 @@ pub const STATUS_NEEDS_REAUTH: &str = "needs_reauth";
 pub struct PendingFlow {
     pub connection_id: ConnectionId,
     pub origin: Origin,
-    pub tenant: Tenant,
     pub pkce_verifier: SecretString,
     /// Hex SHA-256 of the browser-binding nonce held in the cookie.
     pub browser_hash: String,
@@ -251,7 +250,6 @@ struct StateItem {
     kind: String,
     connection_id: ConnectionId,
     origin: Origin,
-    tenant: Tenant,
     pkce_verifier: String,
     browser_hash: String,
     created_at: i64,
@@ -275,7 +273,6 @@ impl StateItem {
             kind: "state".into(),
             connection_id: flow.connection_id.clone(),
             origin: flow.origin,
-            tenant: flow.tenant.clone(),
             pkce_verifier: flow.pkce_verifier.expose_secret().to_owned(),
             browser_hash: flow.browser_hash.clone(),
             created_at: flow.created_at,
@@ -291,7 +288,6 @@ impl StateItem {
         PendingFlow {
             connection_id: self.connection_id,
             origin: self.origin,
-            tenant: self.tenant,
             pkce_verifier: SecretString::from(self.pkce_verifier),
             browser_hash: self.browser_hash,
             created_at: self.created_at,

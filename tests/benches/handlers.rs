@@ -233,7 +233,6 @@ async fn pending_redirect(store: &MemoryStore, n: u64) -> String {
     let flow = PendingFlow {
         connection_id: CID.parse().unwrap(),
         origin: Origin::Web,
-        tenant: "organizations".parse().unwrap(),
         pkce_verifier: SecretString::from("v".repeat(43)),
         browser_hash: browser_hash(&nonce),
         created_at: now,

@@ -40,8 +40,12 @@ fn resources_of_type<'a>(template: &'a Value, kind: &str) -> Vec<(String, &'a Va
 
 /// Variables that switch a mode (inside AutoKitteh) rather than configure one: the template
 /// sets them only when their parameter is given, and the checks run without them first.
-const MODE_VARIABLES: [&str; 3] =
-    [config::AUTOKITTEH_API_URL, config::AUTOKITTEH_UI_URL, config::AUTOKITTEH_API_TOKEN_ARN];
+const MODE_VARIABLES: [&str; 4] = [
+    config::AUTOKITTEH_API_URL,
+    config::AUTOKITTEH_UI_URL,
+    config::AUTOKITTEH_API_TOKEN_ARN,
+    config::AUTOKITTEH_DASHBOARD_URL,
+];
 
 /// A plausible value for each variable the code reads (the template's are intrinsics).
 fn placeholder(var: &str) -> Option<&'static str> {
@@ -65,6 +69,7 @@ fn placeholder(var: &str) -> Option<&'static str> {
         }
         config::AUTOKITTEH_API_URL => "https://api.autokitteh.example",
         config::AUTOKITTEH_UI_URL => "https://app.autokitteh.example",
+        config::AUTOKITTEH_DASHBOARD_URL => "https://dash.autokitteh.example",
         _ => return None,
     })
 }
@@ -207,9 +212,17 @@ fn every_function_starts_inside_autokitteh_from_the_template_plus_its_parameters
         // The OAuth functions need AutoKitteh's API and UI; the connection API and the
         // refresher its API and the write-back token; each asks for what it was given.
         let (expected, asked_for): (BTreeSet<&str>, &str) = match binary.as_str() {
-            "oauth-start" | "oauth-redirect" => (
+            "oauth-start" => (
                 BTreeSet::from([config::AUTOKITTEH_API_URL, config::AUTOKITTEH_UI_URL]),
                 config::AUTOKITTEH_UI_URL,
+            ),
+            "oauth-redirect" => (
+                BTreeSet::from([
+                    config::AUTOKITTEH_API_URL,
+                    config::AUTOKITTEH_UI_URL,
+                    config::AUTOKITTEH_DASHBOARD_URL,
+                ]),
+                config::AUTOKITTEH_DASHBOARD_URL,
             ),
             "connection-api" | "token-refresher" => (
                 BTreeSet::from([config::AUTOKITTEH_API_URL, config::AUTOKITTEH_API_TOKEN_ARN]),

@@ -284,7 +284,8 @@ async fn finish(
     if service.autokitteh.is_some() {
         return Ok(finish_in_autokitteh(service, &flow.connection_id, flow.origin, cookies));
     }
-    Ok(finish_browser(&flow, &account_name(&tokens.claims, &user), cookies))
+    let dashboard = service.config.dashboard_url.as_ref();
+    Ok(finish_browser(&flow, &account_name(&tokens.claims, &user), dashboard, cookies))
 }
 
 /// Refuses a flow finished by anyone but the AutoKitteh user who started it.
@@ -349,7 +350,11 @@ fn finish_in_autokitteh(
     let location = match origin {
         Origin::Web | Origin::Cli => format!("{public}/connections/{cid}/success"),
         Origin::Vscode => format!("vscode://autokitteh.autokitteh?cid={cid}"),
-        Origin::Dash => format!("{public}/internal/dashboard/connections/{cid}?msg=Success"),
+        // The dashboard is AutoKitteh's own, on its host (the API host unless configured).
+        Origin::Dash => dashboard_finish(service.config.dashboard_url.as_ref(), cid)
+            .unwrap_or_else(|| {
+                format!("{public}/internal/dashboard/connections/{cid}?msg=Success")
+            }),
     };
     pages::redirect(&location, cookies)
 }
@@ -438,10 +443,22 @@ fn rfc3339(t: time::OffsetDateTime) -> String {
 
 /// Sends the browser where AutoKitteh expects it for each origin. None of these URLs carries
 /// a token.
-fn finish_browser(flow: &PendingFlow, account: &str, cookies: &[String]) -> Response<Body> {
+fn finish_browser(
+    flow: &PendingFlow,
+    account: &str,
+    dashboard: Option<&oauth2::url::Url>,
+    cookies: &[String],
+) -> Response<Body> {
     let cid = &flow.connection_id;
-    match flow.origin {
-        Origin::Web | Origin::Cli => {
+    let dashboard = match flow.origin {
+        Origin::Dash => dashboard_finish(dashboard, cid),
+        _ => None,
+    };
+    match (flow.origin, dashboard) {
+        (Origin::Dash, Some(location)) => pages::redirect(&location, cookies),
+        // Standalone without a configured dashboard there is nowhere to send the browser
+        // back to: it gets the success page, as the web UI's popup does.
+        (Origin::Web | Origin::Cli | Origin::Dash, _) => {
             // What the confirmation page showed, repeated with the account that was chosen.
             let mut page = Page::connected(account);
             if let Some(name) = &flow.connection_name {
@@ -453,13 +470,16 @@ fn finish_browser(flow: &PendingFlow, account: &str, cookies: &[String]) -> Resp
             }
             page.with_fact("Microsoft account", account).into_response(cookies)
         }
-        Origin::Vscode => {
+        (Origin::Vscode, _) => {
             pages::redirect(&format!("vscode://autokitteh.autokitteh?cid={cid}"), cookies)
         }
-        Origin::Dash => {
-            pages::redirect(&format!("/internal/dashboard/connections/{cid}?msg=Success"), cookies)
-        }
     }
+}
+
+/// AutoKitteh's dashboard page for the connection, on the configured dashboard host.
+fn dashboard_finish(dashboard: Option<&oauth2::url::Url>, cid: &ConnectionId) -> Option<String> {
+    let base = dashboard?.as_str().trim_end_matches('/');
+    Some(format!("{base}/internal/dashboard/connections/{cid}?msg=Success"))
 }
 
 #[cfg(test)]
@@ -507,7 +527,6 @@ mod tests {
         PendingFlow {
             connection_id: "con_01h9x3k6rtv2d9yb3pfcw6qz7m".parse().unwrap(),
             origin: Origin::Web,
-            tenant: "organizations".parse().unwrap(),
             pkce_verifier: SecretString::from("v".repeat(43)),
             browser_hash: browser_hash("the-real-browser"),
             created_at: now,

@@ -261,7 +261,6 @@ async fn begin(
     let flow = PendingFlow {
         connection_id: cid.clone(),
         origin,
-        tenant: service.config.tenant.clone(),
         pkce_verifier: SecretString::from(secrets.pkce_verifier.secret().to_owned()),
         browser_hash: browser_hash(secrets.browser_nonce.expose_secret()),
         created_at: now,

@@ -29,10 +29,8 @@ async fn every_origin_connects_and_finishes_where_autokitteh_expects() {
                     Some(format!("vscode://autokitteh.autokitteh?cid={cid}").as_str())
                 );
             }
-            Origin::Dash => assert_eq!(
-                flow.finish.location.as_deref(),
-                Some(format!("/internal/dashboard/connections/{cid}?msg=Success").as_str())
-            ),
+            // No dashboard configured: the success page, not a 404 on this host.
+            Origin::Dash => assert_page(&flow.finish, 200, "adele.vance@contoso.example"),
         }
         // The browser-binding cookie is cleared once the flow is over.
         assert!(browser.cookies().is_empty(), "{origin}: {:?}", browser.cookies());
@@ -214,4 +212,23 @@ async fn a_sign_in_schedules_its_first_refresh_by_the_configured_margin() {
     assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
     let stored = app.connection(&cid).await.unwrap().connection;
     assert_eq!(stored.refresh_due_at, stored.token_expires_at - 1200);
+}
+
+#[tokio::test]
+async fn dashboard_sign_ins_finish_on_the_configured_dashboard() {
+    let dashboard = "https://dash.autokitteh.example";
+    let app = spawn_app_with(AppOptions {
+        dashboard_url: Some(dashboard.into()),
+        ..AppOptions::default()
+    })
+    .await;
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Dash, "work").await;
+    assert_eq!(
+        flow.finish.location.as_deref(),
+        Some(format!("{dashboard}/internal/dashboard/connections/{cid}?msg=Success").as_str())
+    );
+    // The other origins are unchanged by it.
+    let web = app.connect(&Browser::new(), &new_cid(), Origin::Web, "work").await;
+    assert_eq!(web.finish.status, 200);
 }

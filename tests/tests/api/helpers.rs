@@ -101,6 +101,8 @@ pub struct AppOptions {
     pub stalled_dynamodb: bool,
     /// `TOKEN_REFRESH_MARGIN_SECONDS`, when not the default.
     pub refresh_margin_secs: Option<u64>,
+    /// `AUTOKITTEH_DASHBOARD_URL`.
+    pub dashboard_url: Option<String>,
     pub dead_kms: bool,
     pub dead_secrets_manager: bool,
     /// Inside an AutoKitteh deployment: a stand-in AutoKitteh behind a front door on the
@@ -119,6 +121,7 @@ impl Default for AppOptions {
             dead_dynamodb: false,
             stalled_dynamodb: false,
             refresh_margin_secs: None,
+            dashboard_url: None,
             dead_kms: false,
             dead_secrets_manager: false,
             autokitteh: false,
@@ -228,6 +231,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     ]);
     if let Some(tenant) = &options.tenant {
         vars.insert(config::MICROSOFT_TENANT_ID, tenant.clone());
+    }
+    if let Some(dashboard) = &options.dashboard_url {
+        vars.insert(config::AUTOKITTEH_DASHBOARD_URL, dashboard.clone());
     }
     if let Some(margin) = options.refresh_margin_secs {
         vars.insert(config::TOKEN_REFRESH_MARGIN_SECONDS, margin.to_string());

@@ -1,6 +1,6 @@
 //! Secrets read from the environment or from AWS Secrets Manager, cached per warm instance.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
@@ -37,7 +37,19 @@ pub struct CachedSecret {
     source: SecretSource,
     client: Option<aws_sdk_secretsmanager::Client>,
     cached: Mutex<Option<(SecretString, Instant)>>,
+    /// When the current version was made (Secrets Manager's `CreatedDate`): a rotation.
+    current_since: Mutex<Option<SystemTime>>,
+    /// The version before it (`AWSPREVIOUS`), and when it was read.
+    previous: Mutex<Option<(Option<SecretString>, Instant)>>,
     ttl: Duration,
+}
+
+/// The value a secret held before its last rotation.
+#[derive(Debug, Clone)]
+pub struct Previous {
+    pub value: SecretString,
+    /// When the current value replaced it.
+    pub replaced_at: SystemTime,
 }
 
 impl CachedSecret {
@@ -52,7 +64,14 @@ impl CachedSecret {
         client: Option<aws_sdk_secretsmanager::Client>,
         ttl: Duration,
     ) -> Self {
-        Self { source, client, cached: Mutex::new(None), ttl }
+        Self {
+            source,
+            client,
+            cached: Mutex::new(None),
+            current_since: Mutex::new(None),
+            previous: Mutex::new(None),
+            ttl,
+        }
     }
 
     /// The secret, from the cache while it is fresh.
@@ -85,6 +104,46 @@ impl CachedSecret {
         }
     }
 
+    /// Reads the secret again if the cached value is older than a tenth of the cache's
+    /// lifetime, at most [`STALE_RETRY_AFTER`] (so a stream of bad requests cannot turn into
+    /// a stream of Secrets Manager calls); `Some` with the new value when it changed.
+    pub async fn newer(&self) -> Result<Option<SecretString>, SecretError> {
+        let SecretSource::SecretsManager { arn } = &self.source else {
+            return Ok(None);
+        };
+        let mut cached = self.cached.lock().await;
+        let reread_after = (self.ttl / 10).min(STALE_RETRY_AFTER);
+        let old = match cached.as_ref() {
+            Some((_, fetched)) if fetched.elapsed() < reread_after => return Ok(None),
+            Some((value, _)) => Some(value.clone()),
+            None => None,
+        };
+        let value = self.fetch(arn).await?;
+        *cached = Some((value.clone(), Instant::now()));
+        let changed = old.is_none_or(|old| old.expose_secret() != value.expose_secret());
+        Ok(changed.then_some(value))
+    }
+
+    /// The value before the last rotation (`AWSPREVIOUS`) and when it was replaced; `None`
+    /// for values given directly or when there is no previous version. Cached like the
+    /// current value.
+    pub async fn previous(&self) -> Result<Option<Previous>, SecretError> {
+        let SecretSource::SecretsManager { arn } = &self.source else {
+            return Ok(None);
+        };
+        let mut previous = self.previous.lock().await;
+        let value = match previous.as_ref() {
+            Some((value, fetched)) if fetched.elapsed() < self.ttl => value.clone(),
+            _ => {
+                let value = self.fetch_stage(arn, "AWSPREVIOUS").await?.map(|(v, _)| v);
+                *previous = Some((value.clone(), Instant::now()));
+                value
+            }
+        };
+        let replaced_at = *self.current_since.lock().await;
+        Ok(value.zip(replaced_at).map(|(value, replaced_at)| Previous { value, replaced_at }))
+    }
+
     /// Reads the secret again, bypassing the cache. Returns `None` when the value did not
     /// change (so a caller retrying after a rejected secret knows a retry is pointless).
     pub async fn refresh_if_changed(
@@ -101,21 +160,41 @@ impl CachedSecret {
     }
 
     async fn fetch(&self, arn: &str) -> Result<SecretString, SecretError> {
+        let (value, created) = self
+            .fetch_stage(arn, "AWSCURRENT")
+            .await?
+            .ok_or_else(|| SecretError::Empty { arn: arn.to_owned() })?;
+        *self.current_since.lock().await = created;
+        Ok(value)
+    }
+
+    /// The value of version stage `stage` and when that version was made; `None` when the
+    /// secret has no such version.
+    async fn fetch_stage(
+        &self,
+        arn: &str,
+        stage: &str,
+    ) -> Result<Option<(SecretString, Option<SystemTime>)>, SecretError> {
         let client = self.client.as_ref().ok_or_else(|| SecretError::Unavailable {
             arn: arn.to_owned(),
             source: "no Secrets Manager client configured".into(),
         })?;
-        let output = client.get_secret_value().secret_id(arn).send().await.map_err(|e| {
-            SecretError::Unavailable {
-                arn: arn.to_owned(),
-                source: Box::new(e.into_service_error()),
+        let result = client.get_secret_value().secret_id(arn).version_stage(stage).send().await;
+        let output = match result {
+            Ok(output) => output,
+            Err(e) => {
+                let e = e.into_service_error();
+                if stage != "AWSCURRENT" && e.is_resource_not_found_exception() {
+                    return Ok(None);
+                }
+                return Err(SecretError::Unavailable { arn: arn.to_owned(), source: Box::new(e) });
             }
-        })?;
-        let raw = output
-            .secret_string
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| SecretError::Empty { arn: arn.to_owned() })?;
-        secret_value(arn, raw.trim())
+        };
+        let created = output.created_date.and_then(|d| SystemTime::try_from(d).ok());
+        let Some(raw) = output.secret_string.filter(|s| !s.trim().is_empty()) else {
+            return Err(SecretError::Empty { arn: arn.to_owned() });
+        };
+        Ok(Some((secret_value(arn, raw.trim())?, created)))
     }
 }
 

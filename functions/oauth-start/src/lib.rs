@@ -17,7 +17,9 @@ use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
-use ms_oauth::grant::{CLOCK_SKEW_SECS, GrantError, GrantKey, MAX_GRANT_LEN};
+use ms_oauth::grant::{
+    CLOCK_SKEW_SECS, GrantError, GrantKey, MAX_GRANT_LEN, MAX_GRANT_LIFETIME_SECS,
+};
 use ms_oauth::microsoft::Endpoints;
 use ms_oauth::pages::{self, Page, PageForm};
 use ms_oauth::request::{Query, ak_session, binding_cookie, confirm_cookie, cookie, posted_from};
@@ -115,11 +117,35 @@ impl StartService {
         Ok(Self::new(config, endpoints, store, Arc::new(SystemClock), start_key))
     }
 
-    async fn grant_key(&self) -> Result<GrantKey, FlowError> {
+    /// `check` with the start-link key; when it finds a signature it cannot verify, with a
+    /// key rotated in since this instance read it, then with the key before the rotation
+    /// while a link or confirmation signed with it may still be valid.
+    async fn with_key<T>(
+        &self,
+        check: impl Fn(&GrantKey) -> Result<T, GrantError>,
+    ) -> Result<T, FlowError> {
         let start_key =
             self.start_key.as_ref().ok_or(FlowError::Config("no start-link key".into()))?;
-        let secret: SecretString = start_key.get().await?;
-        GrantKey::new(secret).map_err(|e| FlowError::Config(e.to_string()))
+        let key = |secret: SecretString| {
+            GrantKey::new(secret).map_err(|e| FlowError::Config(e.to_string()))
+        };
+        let refused = match check(&key(start_key.get().await?)?) {
+            Err(e @ (GrantError::Invalid | GrantError::ConfirmationInvalid)) => e,
+            other => return Ok(other?),
+        };
+        if let Some(newer) = start_key.newer().await? {
+            return Ok(check(&key(newer)?)?);
+        }
+        if let Some(previous) = start_key.previous().await? {
+            let since = self.clock.now() - time::OffsetDateTime::from(previous.replaced_at);
+            if since <= ROTATION_OVERLAP
+                && let Ok(checked) = check(&key(previous.value)?)
+            {
+                tracing::info!("accepted a signature of the start-link key before its rotation");
+                return Ok(checked);
+            }
+        }
+        Err(refused.into())
     }
 }
 
@@ -140,6 +166,12 @@ async fn answer(service: &StartService, req: Request) -> Response<Body> {
     };
     outcome.unwrap_or_else(|e| e.into_response(&service.page_context, &[]))
 }
+
+/// How long after a rotation of the start-link key links and confirmations signed with the
+/// key before it are still accepted: a grant's longest life plus the clock skew, and a
+/// confirmation's life (both 10 minutes).
+const ROTATION_OVERLAP: time::Duration =
+    time::Duration::seconds(MAX_GRANT_LIFETIME_SECS + CLOCK_SKEW_SECS);
 
 /// What a link lambda_http could not read gets told.
 const UNREADABLE: &str = "it contains characters a web address may not hold";
@@ -174,8 +206,9 @@ async fn show_confirmation(
     let (cid, origin) = link_target(&query)?;
     let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
     let now = service.clock.now().unix_timestamp();
-    let key = service.grant_key().await?;
-    let claims = key.verify(grant, &cid, origin, now)?;
+    let (key, claims) = service
+        .with_key(|key| key.verify(grant, &cid, origin, now).map(|claims| (key.clone(), claims)))
+        .await?;
     // Single use: whoever opens the link first is the one asked; a second opening (a link
     // passed on after use, a replay) is refused.
     if !service.store.spend_grant(&claims.jti, claims.exp + CLOCK_SKEW_SECS).await? {
@@ -215,7 +248,7 @@ async fn confirmed(service: &StartService, req: &Request) -> Result<Response<Bod
     let form = Query::from_form(req)?;
     let ticket = form.single("ticket", MAX_GRANT_LEN)?.unwrap_or_default();
     let now = service.clock.now().unix_timestamp();
-    let confirmation = service.grant_key().await?.verify_confirmation(ticket, now)?;
+    let confirmation = service.with_key(|key| key.verify_confirmation(ticket, now)).await?;
     let nonce = cookie(req, &confirm_cookie_name(&confirmation.nh)).unwrap_or_default();
     if !constant_time_eq(&browser_hash(nonce), &confirmation.nh) {
         return Err(GrantError::OtherBrowser.into());

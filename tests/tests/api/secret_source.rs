@@ -55,3 +55,87 @@ async fn a_secrets_manager_outage_after_the_cache_went_stale_keeps_the_cached_va
     assert!(never_read.get().await.is_err());
     proxy.set(0.0, 0.0);
 }
+
+/// Opens a start link signed with `key` at `clock`'s time; the status of the answer.
+async fn open(service: &oauth_start::StartService, key: &str, clock: &MovableClock) -> u16 {
+    use ms_oauth::domain::Origin;
+    use ms_oauth::grant::{GrantKey, StartGrant};
+    let cid = ms_oauth_tests::new_connection_id();
+    let grant = StartGrant::new(cid.clone(), Origin::Web, "ada", "Ada's mail").unwrap();
+    let now = ms_oauth::clock::Clock::now(clock).unix_timestamp();
+    let token = GrantKey::new(key.to_owned().into()).unwrap().sign(&grant, now).unwrap();
+    let uri =
+        format!("https://api.example.com/oauth/start/microsoft?cid={cid}&origin=web&grant={token}");
+    let request =
+        lambda_http::http::Request::builder().uri(uri).body(lambda_http::Body::Empty).unwrap();
+    oauth_start::handle(service, request).await.status().as_u16()
+}
+
+/// A clock the rotation test moves.
+#[derive(Debug)]
+struct MovableClock(std::sync::Mutex<time::OffsetDateTime>);
+
+impl ms_oauth::clock::Clock for MovableClock {
+    fn now(&self) -> time::OffsetDateTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn links_signed_just_before_or_after_a_rotation_of_the_start_link_key_keep_working() {
+    use std::sync::Arc;
+
+    use ms_oauth::config::{self, Config};
+    use ms_oauth::microsoft::Endpoints;
+    use ms_oauth::store::MemoryStore;
+    use oauth_start::StartService;
+
+    let old_key = format!("old-{}", ms_oauth_tests::random_base32(40));
+    let new_key = format!("new-{}", ms_oauth_tests::random_base32(40));
+    let (arn, client) = secret(&old_key).await;
+    let vars = [
+        (config::WEBHOOK_ADDRESS, "api.example.com"),
+        (config::MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
+        (config::OAUTH_TABLE_NAME, "t"),
+    ];
+    let config =
+        Config::from_lookup(&|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()))
+            .unwrap();
+    let clock = Arc::new(MovableClock(std::sync::Mutex::new(time::OffsetDateTime::now_utc())));
+    let ttl = Duration::from_secs(2);
+    let service = |clock: Arc<MovableClock>| {
+        StartService::new(
+            config.clone(),
+            Endpoints::new(&config),
+            Arc::new(MemoryStore::default()),
+            clock,
+            CachedSecret::with_ttl(
+                SecretSource::SecretsManager { arn: arn.clone() },
+                Some(client.clone()),
+                ttl,
+            ),
+        )
+    };
+    // An instance reads the key; then the key is rotated and the platform signs with the
+    // new one while the instance still holds the old one.
+    let warm = service(clock.clone());
+    assert_eq!(open(&warm, &old_key, &clock).await, 200);
+    client.put_secret_value().secret_id(&arn).secret_string(&new_key).send().await.unwrap();
+    tokio::time::sleep(ttl / 5).await;
+    assert_eq!(open(&warm, &new_key, &clock).await, 200, "a key rotated in is read again");
+
+    // A new instance holds the new key; a link minted with the old one just before the
+    // rotation still opens.
+    let fresh = service(clock.clone());
+    assert_eq!(open(&fresh, &new_key, &clock).await, 200);
+    assert_eq!(open(&fresh, &old_key, &clock).await, 200, "the previous key, just after rotating");
+
+    // Once every link of the old key has expired, the old key is refused.
+    *clock.0.lock().unwrap() += time::Duration::minutes(11);
+    let later = service(clock.clone());
+    assert_eq!(open(&later, &new_key, &clock).await, 200);
+    assert_eq!(open(&later, &old_key, &clock).await, 403, "the previous key, long after");
+    // A key that never was one is refused throughout.
+    let forged = format!("forged-{}", ms_oauth_tests::random_base32(40));
+    assert_eq!(open(&later, &forged, &clock).await, 403);
+}

@@ -172,6 +172,10 @@ async function main() {
     popup.on("console", (msg) => {
       if (/Content Security Policy|Refused to/i.test(msg.text())) violations.push(msg.text());
     });
+    const visited = [];
+    popup.on("framenavigated", (frame) => {
+      if (frame === popup.mainFrame()) visited.push(frame.url());
+    });
     // The start link first shows who and what is being connected, and waits for the button.
     await popup.waitForSelector("text=Connect a Microsoft account?", { timeout: 15_000 });
     const asked = await popup.textContent("main");
@@ -185,8 +189,12 @@ async function main() {
     await popup.waitForSelector("text=Microsoft account connected", { timeout: 15_000 });
     const text = await popup.textContent("main");
     text.includes("adele.vance@contoso.example") || fail(`success page does not name the account: ${text}`);
-    /[?&](code|state|access_token)=/.test(popup.url()) && !popup.url().includes("/oauth/redirect/microsoft")
-      && fail(`unexpected URL ${popup.url()}`);
+    // The success page is the callback itself; no token ever travelled in a URL.
+    new URL(popup.url()).pathname === "/oauth/redirect/microsoft" || fail(`success page at ${popup.url()}`);
+    visited.some((u) => u.includes("/authorize?")) && visited.some((u) => u.includes("/oauth/redirect/microsoft?"))
+      || fail(`navigations not seen: ${visited}`);
+    const leaked = visited.filter((u) => /[?&#](access_token|refresh_token|id_token)=/.test(u));
+    leaked.length === 0 || fail(`a token reached a URL: ${leaked.join(" ")}`);
     await popup.screenshot({ path: path.join(artifacts, "success.png") });
     await closed;
     console.log("ok - start link → confirmation → stand-in consent → success page; the popup closed itself");

@@ -488,7 +488,7 @@ mod tests {
     use ms_oauth::crypto::FakeDataKeys;
     use ms_oauth::events::NoEvents;
     use ms_oauth::store::MemoryStore;
-    use ms_oauth::testing::{parse_event, proptest_cases, query_map, query_pair};
+    use ms_oauth::testing::{parse_event, proptest_cases, query_pair, set_query};
     use proptest::prelude::*;
 
     use super::*;
@@ -572,8 +572,7 @@ mod tests {
             event["rawPath"] = serde_json::json!(config::REDIRECT_PATH);
             event["requestContext"]["http"]["path"] = serde_json::json!(config::REDIRECT_PATH);
             event["requestContext"]["http"]["method"] = serde_json::json!(method);
-            event["queryStringParameters"] = query_map(&query, with_map);
-            event["rawQueryString"] = serde_json::json!(query);
+            set_query(&mut event, &query, with_map);
             event["cookies"] = serde_json::json!([cookie]);
             let request = parse_event(&event);
             prop_assume!(request.is_some());

@@ -353,7 +353,7 @@ mod tests {
     use ms_oauth::config::SecretSource;
     use ms_oauth::grant::StartGrant;
     use ms_oauth::store::MemoryStore;
-    use ms_oauth::testing::{parse_event, proptest_cases, query_map, query_pair};
+    use ms_oauth::testing::{parse_event, proptest_cases, query_pair, set_query};
 
     use super::*;
 
@@ -578,8 +578,7 @@ mod tests {
             let query = if use_raw { raw } else { pairs.join("&") };
             let mut event: serde_json::Value =
                 serde_json::from_str(include_str!("../tests/data/apigw-v2-start.json")).unwrap();
-            event["queryStringParameters"] = query_map(&query, with_map);
-            event["rawQueryString"] = serde_json::Value::String(query);
+            set_query(&mut event, &query, with_map);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let store = Arc::new(MemoryStore::default());
             let service = service(store.clone());

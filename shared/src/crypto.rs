@@ -34,12 +34,40 @@ pub enum CryptoError {
 /// Key/value pairs that bind a ciphertext to where it is stored.
 pub type EncryptionContext = BTreeMap<String, String>;
 
-/// The context used for a connection's secrets.
-pub fn connection_context(table: &str, connection_id: &str) -> EncryptionContext {
+/// The logical name of the token store in every encryption context. Not the table's name:
+/// a point-in-time restore (or any copy) always makes a new table, and tokens bound to the
+/// old name could never be opened there.
+pub const TOKEN_STORE: &str = "autokitteh-microsoft-oauth";
+
+/// How a [`Sealed`] value's context was formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextScheme {
+    /// `{table: <physical table name>, connection_id}`: values sealed before the logical
+    /// name; opened until their next refresh re-seals them.
+    #[default]
+    Table,
+    /// `{store: TOKEN_STORE, connection_id}`.
+    Store,
+}
+
+/// The context every new seal of a connection's secrets uses.
+pub fn connection_context(connection_id: &str) -> EncryptionContext {
     BTreeMap::from([
-        ("table".to_owned(), table.to_owned()),
+        ("store".to_owned(), TOKEN_STORE.to_owned()),
         ("connection_id".to_owned(), connection_id.to_owned()),
     ])
+}
+
+/// The context `sealed` was made with, for a connection in `table`.
+pub fn context_of(sealed: &Sealed, table: &str, connection_id: &str) -> EncryptionContext {
+    match sealed.scheme {
+        ContextScheme::Store => connection_context(connection_id),
+        ContextScheme::Table => BTreeMap::from([
+            ("table".to_owned(), table.to_owned()),
+            ("connection_id".to_owned(), connection_id.to_owned()),
+        ]),
+    }
 }
 
 /// A fresh data key: the plaintext for local use, the KMS-wrapped copy for storage.
@@ -129,6 +157,9 @@ pub struct Sealed {
     pub nonce: Vec<u8>,
     #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
+    /// How the context was formed (absent in values sealed before the logical store name).
+    #[serde(default)]
+    pub scheme: ContextScheme,
 }
 
 /// Encrypts `plaintext` under `key`, authenticating `context` with it.
@@ -150,6 +181,11 @@ pub fn seal(
         wrapped_key: key.wrapped.clone(),
         nonce: nonce.to_vec(),
         ciphertext,
+        scheme: if context.contains_key("store") {
+            ContextScheme::Store
+        } else {
+            ContextScheme::Table
+        },
     })
 }
 
@@ -227,7 +263,7 @@ mod tests {
     #[tokio::test]
     async fn sealed_values_round_trip_and_hide_the_plaintext() {
         let keys = FakeDataKeys;
-        let ctx = connection_context("t", "con_a");
+        let ctx = connection_context("con_a");
         let key = keys.generate(&ctx).await.unwrap();
         let sealed = seal(&key, &ctx, b"secret-token-value").unwrap();
         assert!(!sealed.ciphertext.windows(6).any(|w| w == b"secret"));
@@ -238,10 +274,10 @@ mod tests {
     #[tokio::test]
     async fn sealed_values_do_not_open_under_another_connection() {
         let keys = FakeDataKeys;
-        let ctx = connection_context("t", "con_a");
+        let ctx = connection_context("con_a");
         let key = keys.generate(&ctx).await.unwrap();
         let sealed = seal(&key, &ctx, b"x").unwrap();
-        let other = connection_context("t", "con_b");
+        let other = connection_context("con_b");
         assert!(open(&keys, &other, &sealed).await.is_err());
         // Even with the right data key, the AES-GCM associated data catches the move.
         let cipher = cipher(&key.plaintext).unwrap();
@@ -255,11 +291,48 @@ mod tests {
     #[tokio::test]
     async fn tampering_is_detected() {
         let keys = FakeDataKeys;
-        let ctx = connection_context("t", "con_a");
+        let ctx = connection_context("con_a");
         let key = keys.generate(&ctx).await.unwrap();
         let mut sealed = seal(&key, &ctx, b"x").unwrap();
         sealed.ciphertext[0] ^= 1;
         assert!(matches!(open(&keys, &ctx, &sealed).await, Err(CryptoError::Integrity)));
+    }
+
+    #[tokio::test]
+    async fn new_seals_name_the_store_not_the_table_and_old_ones_still_open() {
+        let keys = FakeDataKeys;
+        let ctx = connection_context("con_a");
+        assert_eq!(ctx.get("store").map(String::as_str), Some(TOKEN_STORE));
+        assert!(!ctx.contains_key("table"));
+        let key = keys.generate(&ctx).await.unwrap();
+        let sealed = seal(&key, &ctx, b"x").unwrap();
+        assert_eq!(sealed.scheme, ContextScheme::Store);
+        // Read back from any table (a restored copy has another name).
+        for table in ["oauth", "oauth-restored-2026-11-29"] {
+            let opened = open(&keys, &context_of(&sealed, table, "con_a"), &sealed).await;
+            assert_eq!(opened.unwrap().expose_secret(), b"x");
+        }
+        // A value sealed the earlier way (bound to the table's name) still opens in its table.
+        let legacy = BTreeMap::from([
+            ("table".to_owned(), "oauth".to_owned()),
+            ("connection_id".to_owned(), "con_a".to_owned()),
+        ]);
+        let key = keys.generate(&legacy).await.unwrap();
+        let mut old = seal(&key, &legacy, b"y").unwrap();
+        assert_eq!(old.scheme, ContextScheme::Table);
+        let opened = open(&keys, &context_of(&old, "oauth", "con_a"), &old).await.unwrap();
+        assert_eq!(opened.expose_secret(), b"y");
+        // Claiming the other scheme does not help a moved value.
+        old.scheme = ContextScheme::Store;
+        assert!(open(&keys, &context_of(&old, "oauth", "con_a"), &old).await.is_err());
+    }
+
+    #[test]
+    fn sealed_values_without_a_scheme_are_the_table_kind() {
+        let json =
+            r#"{"alg":"A256GCM","key_id":"k","wrapped_key":[1],"nonce":[2],"ciphertext":[3]}"#;
+        let sealed: Sealed = serde_json::from_str(json).unwrap();
+        assert_eq!(sealed.scheme, ContextScheme::Table);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::clock::Clock;
-use crate::crypto::{CryptoError, DataKeys, connection_context, open, seal};
+use crate::crypto::{CryptoError, DataKeys, connection_context, context_of, open, seal};
 use crate::domain::ConnectionId;
 use crate::events::{ConnectionEvent, EventKind, Events};
 use crate::microsoft::{Microsoft, Refreshed, TokenError};
@@ -249,8 +249,9 @@ impl TokenService {
     }
 
     async fn open_secrets(&self, stored: &StoredConnection) -> Result<SecretVars, TokenFailure> {
-        let context = connection_context(&self.table, stored.connection.connection_id.as_str());
-        let plaintext = open(self.keys.as_ref(), &context, &stored.connection.secrets).await?;
+        let c = &stored.connection;
+        let context = context_of(&c.secrets, &self.table, c.connection_id.as_str());
+        let plaintext = open(self.keys.as_ref(), &context, &c.secrets).await?;
         serde_json::from_slice(plaintext.expose_secret()).map_err(|_| TokenFailure::Corrupt)
     }
 
@@ -297,7 +298,7 @@ impl TokenService {
         };
         let refresh_token = RefreshToken::new(refresh_token);
         let client_secret = self.client_secret.get().await?;
-        let context = connection_context(&self.table, cid.as_str());
+        let context = connection_context(cid.as_str());
         // The data key for the new tokens is made while Microsoft answers.
         let (refreshed, data_key) = tokio::join!(
             self.refresh_with_retries(&refresh_token, client_secret),

@@ -393,3 +393,15 @@ fn the_sam_local_environment_only_overrides_variables_the_template_defines() {
         }
     }
 }
+
+#[test]
+fn the_key_policies_name_the_store_the_code_seals_with() {
+    let text = std::fs::read_to_string(workspace_root().join("infra/template.yaml")).unwrap();
+    let named: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("kms:EncryptionContext:store: "))
+        .collect();
+    // The redirect's role, the API's and the refresher's, and the two key policy statements.
+    assert_eq!(named.len(), 5, "{named:?}");
+    assert!(named.iter().all(|n| *n == ms_oauth::crypto::TOKEN_STORE), "{named:?}");
+}

@@ -194,7 +194,7 @@ async fn finish(
     let (tokens, ()) = tokio::join!(redeem, discard);
     let tokens = tokens?;
 
-    let context = connection_context(&service.config.table_name, flow.connection_id.as_str());
+    let context = connection_context(flow.connection_id.as_str());
     let personal = tokens.claims.is_personal_account();
     let (user, organization, data_key) = tokio::join!(
         service.microsoft.me(&tokens.access_token),

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use connection_api::ConnectionApi;
 use ms_oauth::clock::Clock;
 use ms_oauth::config::{self, Config};
-use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, open};
+use ms_oauth::crypto::{DataKeys, KmsDataKeys, context_of, open};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::events::RecordedEvents;
 use ms_oauth::grant::{DEFAULT_GRANT_LIFETIME_SECS, StartGrant};
@@ -627,7 +627,8 @@ impl TestApp {
     /// The decrypted secret vars of a stored connection.
     pub async fn secret_vars(&self, stored: &StoredConnection) -> serde_json::Value {
         let keys = KmsDataKeys::new(self.kms.clone(), "unused-for-decrypt");
-        let context = connection_context(&self.table, stored.connection.connection_id.as_str());
+        let c = &stored.connection;
+        let context = context_of(&c.secrets, &self.table, c.connection_id.as_str());
         let plaintext =
             open(&keys as &dyn DataKeys, &context, &stored.connection.secrets).await.expect("open");
         serde_json::from_slice(plaintext.expose_secret()).expect("json")

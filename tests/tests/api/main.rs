@@ -13,6 +13,7 @@ mod helpers;
 mod load;
 mod openapi;
 mod refresher;
+mod restore;
 mod retries;
 mod secret_source;
 mod secrets;

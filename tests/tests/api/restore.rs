@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ms_oauth::crypto::{ContextScheme, DataKeys, seal};
+use ms_oauth::crypto::{ContextScheme, seal};
 use ms_oauth::domain::Origin;
 use ms_oauth::store::{DynamoStore, Store};
 use ms_oauth::tokens::TokenService;

@@ -405,3 +405,38 @@ fn the_key_policies_name_the_store_the_code_seals_with() {
     assert_eq!(named.len(), 5, "{named:?}");
     assert!(named.iter().all(|n| *n == ms_oauth::crypto::TOKEN_STORE), "{named:?}");
 }
+
+#[test]
+fn the_platform_api_and_the_sign_in_routes_are_throttled_apart() {
+    let template = template();
+    let stage = &resources(&template)["HttpApiStage"]["Properties"];
+    let refs = |v: &Value| match v {
+        Value::Tagged(t) => t.value.as_str().unwrap_or_default().to_owned(),
+        other => panic!("not a parameter reference: {other:?}"),
+    };
+    let default = &stage["DefaultRouteSettings"];
+    assert_eq!(refs(&default["ThrottlingRateLimit"]), "SignInRateLimit");
+    assert_eq!(refs(&default["ThrottlingBurstLimit"]), "SignInBurstLimit");
+    // !If [ServeConnectionApi, {route key: settings}, NoValue]
+    let Value::Tagged(route_settings) = &stage["RouteSettings"] else { panic!("RouteSettings") };
+    let branches = route_settings.value.as_sequence().expect("If");
+    assert_eq!(branches[0].as_str(), Some("ServeConnectionApi"));
+    let per_route = branches[1].as_mapping().expect("route settings");
+    let api_routes: BTreeSet<String> = resources_of_type(&template, "AWS::ApiGatewayV2::Route")
+        .into_iter()
+        .filter_map(|(_, r)| r["Properties"]["RouteKey"].as_str().map(str::to_owned))
+        .filter(|k| k.contains("/connections/"))
+        .collect();
+    let configured: BTreeSet<String> =
+        per_route.keys().map(|k| k.as_str().unwrap().to_owned()).collect();
+    assert_eq!(configured, api_routes, "every connection API route, and only those");
+    for settings in per_route.values() {
+        assert_eq!(refs(&settings["ThrottlingRateLimit"]), "ConnectionApiRateLimit");
+        assert_eq!(refs(&settings["ThrottlingBurstLimit"]), "ConnectionApiBurstLimit");
+    }
+    // The sign-in functions can reserve (and be held to) their own concurrency.
+    for id in ["StartFunction", "RedirectFunction"] {
+        let reserved = &resources(&template)[id]["Properties"]["ReservedConcurrentExecutions"];
+        assert!(matches!(reserved, Value::Tagged(_)), "{id}: {reserved:?}");
+    }
+}

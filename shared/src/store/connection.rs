@@ -1,0 +1,94 @@
+//! The connection aggregate: tokens (sealed) and vars of one AutoKitteh connection.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Sealed;
+use crate::domain::ConnectionId;
+
+/// A connection's identity and vars, as AutoKitteh names them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ConnectionVars {
+    pub oauth_token_type: String,
+    pub oauth_expiry: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_principal_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_given_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_surname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_mail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_language: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub user_mobile_phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub org_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub org_display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub org_tenant_type: Option<String>,
+}
+
+/// A connection authorised through the flow, ready to be saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub connection_id: ConnectionId,
+    pub auth_type: String,
+    pub status: String,
+    /// The Microsoft account's stable key: tenant id and object id.
+    pub tenant_id: String,
+    pub object_id: String,
+    pub vars: ConnectionVars,
+    /// `oauth_access_token` and `oauth_refresh_token`, sealed together.
+    pub secrets: Sealed,
+    pub updated_at: String,
+    /// Why the connection needs a new sign-in (with `status = needs_reauth`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_reason: Option<String>,
+    /// Access-token expiry in epoch seconds. Not `expires_at`: that is the table's TTL
+    /// attribute, and a connection must never expire.
+    pub token_expires_at: i64,
+    /// When the tokens were last obtained (sign-in or refresh), RFC 3339.
+    pub last_refresh_at: String,
+    /// When the refresher should renew the tokens next, epoch seconds.
+    pub refresh_due_at: i64,
+    /// The AutoKitteh user who made the connection inside an AutoKitteh deployment (its vars
+    /// live there too, so refreshes and removals are written back).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub autokitteh_user_id: Option<String>,
+    /// Partition key of the refresh index; present only while the connection can refresh.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refresh_queue: Option<String>,
+}
+
+/// A connection as read back, with the fields the store maintains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredConnection {
+    #[serde(flatten)]
+    pub connection: Connection,
+    pub version: u64,
+    pub created_at: String,
+}
+
+/// What is still needed of a deleted connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Removed {
+    /// Set for a connection made inside AutoKitteh (see [`Connection::autokitteh_user_id`]).
+    #[serde(default)]
+    pub autokitteh_user_id: Option<String>,
+}
+
+/// What a refresh writes.
+#[derive(Debug, Clone)]
+pub struct RefreshUpdate {
+    pub secrets: Sealed,
+    pub oauth_expiry: String,
+    pub token_expires_at: i64,
+    pub last_refresh_at: String,
+    pub refresh_due_at: i64,
+}

@@ -1,0 +1,188 @@
+//! In-memory double of the store, for unit tests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::*;
+
+/// In-memory [`Store`] with the same semantics, for unit tests.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    grants: Mutex<HashMap<String, i64>>,
+    states: Mutex<HashMap<String, PendingFlow>>,
+    connections: Mutex<HashMap<String, StoredConnection>>,
+    leases: Mutex<HashMap<String, (String, i64)>>,
+}
+
+impl MemoryStore {
+    /// Number of pending flows.
+    pub fn pending(&self) -> usize {
+        self.states.lock().map(|s| s.len()).unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn spend_grant(&self, grant_id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let mut grants = self.grants.lock().map_err(|_| poisoned())?;
+        Ok(grants.insert(grant_key(grant_id), expires_at).is_none())
+    }
+
+    async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError> {
+        let mut states = self.states.lock().map_err(|_| poisoned())?;
+        if states.contains_key(&state_key(key)) {
+            return Err(StoreError::Duplicate);
+        }
+        states.insert(state_key(key), flow.clone());
+        Ok(())
+    }
+
+    async fn consume_state(
+        &self,
+        key: &StateKey,
+        browser_hash: &str,
+        now: i64,
+    ) -> Result<PendingFlow, ConsumeError> {
+        let mut states = self.states.lock().map_err(|_| poisoned())?;
+        let flow = states.get(&state_key(key)).ok_or(ConsumeError::NotFound)?;
+        if flow.expires_at <= now
+            || !crate::state::constant_time_eq(&flow.browser_hash, browser_hash)
+        {
+            return Err(classify_failed_consume(flow, now));
+        }
+        states.remove(&state_key(key)).ok_or(ConsumeError::NotFound)
+    }
+
+    async fn discard_state(&self, key: &StateKey) -> Result<(), StoreError> {
+        // `consume_state` already removed it: nothing here retries a lost answer.
+        self.states.lock().map_err(|_| poisoned())?.remove(&state_key(key));
+        Ok(())
+    }
+
+    async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        let key = connection_key(&connection.connection_id);
+        let (version, created_at) = match connections.get(&key) {
+            Some(old) => (old.version + 1, old.created_at.clone()),
+            None => (1, connection.updated_at.clone()),
+        };
+        connections
+            .insert(key, StoredConnection { connection: connection.clone(), version, created_at });
+        Ok(version)
+    }
+
+    async fn get_connection(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<StoredConnection>, StoreError> {
+        let connections = self.connections.lock().map_err(|_| poisoned())?;
+        Ok(connections.get(&connection_key(id)).cloned())
+    }
+
+    async fn acquire_lease(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        let current = connections.get(&key).map(|c| c.version);
+        let free = leases
+            .get(&key)
+            .is_none_or(|(holder, held_until)| *held_until < now || holder == owner);
+        if current == Some(version) && free {
+            leases.insert(key, (owner.to_owned(), until));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn save_refresh(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        update: &RefreshUpdate,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        let holds = leases.get(&key).is_some_and(|(o, _)| o == owner);
+        match connections.get_mut(&key) {
+            Some(stored) if holds && stored.version == version => {
+                let c = &mut stored.connection;
+                c.secrets = update.secrets.clone();
+                c.vars.oauth_expiry = update.oauth_expiry.clone();
+                c.token_expires_at = update.token_expires_at;
+                c.last_refresh_at = update.last_refresh_at.clone();
+                c.updated_at = update.last_refresh_at.clone();
+                c.refresh_due_at = update.refresh_due_at;
+                stored.version += 1;
+                leases.remove(&key);
+                Ok(Some(stored.version))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn mark_needs_reauth(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        if leases.get(&key).is_none_or(|(o, _)| o != owner) {
+            return Ok(false);
+        }
+        let Some(stored) = connections.get_mut(&key) else { return Ok(false) };
+        stored.connection.status = STATUS_NEEDS_REAUTH.to_owned();
+        stored.connection.status_reason = Some(reason.to_owned());
+        stored.connection.refresh_queue = None;
+        stored.connection.updated_at = now.to_owned();
+        stored.version += 1;
+        leases.remove(&key);
+        Ok(true)
+    }
+
+    async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        if leases.get(&key).is_some_and(|(o, _)| o == owner) {
+            leases.remove(&key);
+        }
+        Ok(())
+    }
+
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        Ok(connections
+            .remove(&connection_key(id))
+            .map(|old| Removed { autokitteh_user_id: old.connection.autokitteh_user_id }))
+    }
+
+    async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
+        let connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut due: Vec<_> = connections
+            .values()
+            .filter(|c| c.connection.refresh_queue.is_some() && c.connection.refresh_due_at <= now)
+            .map(|c| (c.connection.refresh_due_at, c.connection.connection_id.clone()))
+            .collect();
+        due.sort_by_key(|(at, _)| *at);
+        Ok(due.into_iter().take(usize::try_from(limit).unwrap_or(0)).map(|(_, id)| id).collect())
+    }
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable { operation: "memory", source: "lock poisoned".into() }
+}

@@ -1,0 +1,154 @@
+//! The DynamoDB table: one-time flow state items (and used start grants) and connection
+//! items. One module per aggregate, the DynamoDB store and its in-memory double apart.
+
+use async_trait::async_trait;
+
+use crate::domain::ConnectionId;
+use crate::state::StateKey;
+
+mod connection;
+mod dynamo;
+mod flow;
+mod memory;
+
+pub use connection::{Connection, ConnectionVars, RefreshUpdate, Removed, StoredConnection};
+pub use dynamo::DynamoStore;
+pub use flow::PendingFlow;
+#[doc(hidden)]
+pub use memory::MemoryStore;
+
+/// Attribute holding the partition key of every item.
+pub const KEY_ATTRIBUTE: &str = "pk";
+/// Attribute DynamoDB TTL is configured on (epoch seconds).
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// `auth_type` of connections made with the server-wide app.
+pub const AUTH_TYPE_DEFAULT: &str = "oauthDefault";
+/// Name of the sparse index of connections by refresh time.
+pub const REFRESH_INDEX: &str = "refresh-due";
+/// The one partition of the refresh index.
+pub const REFRESH_QUEUE: &str = "due";
+/// `status` of a usable connection.
+pub const STATUS_OK: &str = "ok";
+/// `status` of a connection whose grant is dead until the user signs in again.
+pub const STATUS_NEEDS_REAUTH: &str = "needs_reauth";
+
+/// Why a state could not be consumed. Only `Store` is a server fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("no pending sign-in matches this state")]
+    NotFound,
+    #[error("the pending sign-in expired")]
+    Expired,
+    #[error("the sign-in was started in a different browser")]
+    WrongBrowser,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// DynamoDB failed or returned something we cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DynamoDB {operation} failed")]
+    Unavailable {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("DynamoDB item could not be mapped")]
+    Mapping(#[from] serde_dynamo::Error),
+    #[error("a pending sign-in with this state already exists")]
+    Duplicate,
+}
+
+/// The persistence the flow needs. A seam so handlers can be unit-tested without DynamoDB.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Records that the start grant with id `grant_id` was used; `Ok(false)` if it had been
+    /// used before. The record lasts until `expires_at`, after which the grant is refused
+    /// as expired anyway. Safe to retry after a lost answer.
+    async fn spend_grant(&self, grant_id: &str, expires_at: i64) -> Result<bool, StoreError>;
+    /// Saves a new pending flow; fails if one already exists under `key`.
+    async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError>;
+    /// Atomically spends and returns the pending flow, if it exists, has not expired at `now`,
+    /// was started by the browser holding `browser_hash` and was not spent before. Safe to
+    /// retry: a repeat of the same call (the SDK retrying after a lost answer) gets the flow
+    /// again; any other call finds it spent.
+    async fn consume_state(
+        &self,
+        key: &StateKey,
+        browser_hash: &str,
+        now: i64,
+    ) -> Result<PendingFlow, ConsumeError>;
+    /// Deletes a spent flow (its PKCE verifier is no longer needed); what it misses, TTL
+    /// removes.
+    async fn discard_state(&self, key: &StateKey) -> Result<(), StoreError>;
+    /// Creates or replaces a connection's tokens and vars in one write.
+    async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError>;
+    /// Reads a connection.
+    async fn get_connection(
+        &self,
+        id: &ConnectionId,
+    ) -> Result<Option<StoredConnection>, StoreError>;
+    /// Takes the refresh lease of a connection still at `version`, unless another holder's
+    /// lease runs past `now`. `Ok(false)` when someone else holds it or the item changed.
+    async fn acquire_lease(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Writes refreshed tokens if `owner` still holds the lease on `version`; releases the
+    /// lease. `Ok(None)` when the lease was lost (nothing written).
+    async fn save_refresh(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        owner: &str,
+        update: &RefreshUpdate,
+    ) -> Result<Option<u64>, StoreError>;
+    /// Marks the connection as needing a new sign-in (if `owner` holds the lease) and takes
+    /// it off the refresh index.
+    async fn mark_needs_reauth(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<bool, StoreError>;
+    /// Gives the lease back without writing tokens.
+    async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError>;
+    /// Deletes the connection (tokens and all vars). `Ok(None)` if there was none.
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError>;
+    /// Connections whose refresh is due at `now`, oldest first, at most `limit`.
+    async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError>;
+}
+
+/// Key of a connection item.
+pub fn connection_key(id: &ConnectionId) -> String {
+    format!("conn#{id}")
+}
+
+/// Key of the item recording a used start grant: the hash of its id, so the key space is
+/// uniform whatever ids the platform picks.
+pub fn grant_key(grant_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("grant#{}", crate::state::hex(&Sha256::digest(grant_id.as_bytes())))
+}
+
+/// Key of a state item.
+pub fn state_key(key: &StateKey) -> String {
+    format!("state#{}", key.as_hex())
+}
+
+fn unavailable<E>(operation: &'static str) -> impl FnOnce(E) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| StoreError::Unavailable { operation, source: Box::new(e) }
+}
+
+fn classify_failed_consume(flow: &PendingFlow, now: i64) -> ConsumeError {
+    if flow.expires_at <= now { ConsumeError::Expired } else { ConsumeError::WrongBrowser }
+}

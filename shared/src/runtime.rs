@@ -271,6 +271,25 @@ fn converts(payload: &LambdaRequest) -> bool {
     .is_ok()
 }
 
+/// The REST API and ALB events carry the same single- and multi-value fields.
+macro_rules! clear_multi_value {
+    ($r:expr, $step:expr, $marker:expr) => {{
+        match $step {
+            0 => {
+                $r.query_string_parameters = Default::default();
+                $r.multi_value_query_string_parameters = Default::default();
+            }
+            1 => $r.path = Some("/".into()),
+            _ => {
+                $r.headers.remove(http::header::HOST);
+                $r.multi_value_headers.remove(http::header::HOST);
+            }
+        }
+        $r.headers.insert(UNREADABLE_REQUEST, $marker.clone());
+        $r.multi_value_headers.insert(UNREADABLE_REQUEST, $marker);
+    }};
+}
+
 fn clear(payload: &mut LambdaRequest, step: u8) {
     let marker = http::HeaderValue::from_static("1");
     match payload {
@@ -289,36 +308,12 @@ fn clear(payload: &mut LambdaRequest, step: u8) {
             r.headers.insert(UNREADABLE_REQUEST, marker);
         }
         LambdaRequest::ApiGatewayV1(r) => {
-            match step {
-                0 => {
-                    r.query_string_parameters = Default::default();
-                    r.multi_value_query_string_parameters = Default::default();
-                }
-                1 => r.path = Some("/".into()),
-                _ => {
-                    r.headers.remove(http::header::HOST);
-                    r.multi_value_headers.remove(http::header::HOST);
-                    r.request_context.domain_name = None;
-                }
+            clear_multi_value!(r, step, marker);
+            if step >= 2 {
+                r.request_context.domain_name = None;
             }
-            r.headers.insert(UNREADABLE_REQUEST, marker.clone());
-            r.multi_value_headers.insert(UNREADABLE_REQUEST, marker);
         }
-        LambdaRequest::Alb(r) => {
-            match step {
-                0 => {
-                    r.query_string_parameters = Default::default();
-                    r.multi_value_query_string_parameters = Default::default();
-                }
-                1 => r.path = Some("/".into()),
-                _ => {
-                    r.headers.remove(http::header::HOST);
-                    r.multi_value_headers.remove(http::header::HOST);
-                }
-            }
-            r.headers.insert(UNREADABLE_REQUEST, marker.clone());
-            r.multi_value_headers.insert(UNREADABLE_REQUEST, marker);
-        }
+        LambdaRequest::Alb(r) => clear_multi_value!(r, step, marker),
         _ => {}
     }
 }
@@ -457,6 +452,28 @@ mod tests {
         assert_eq!(in_time(Some(left), stalled, || "too late").await, "too late");
         assert_eq!(in_time(Some(left), async { "done" }, || "too late").await, "done");
         assert_eq!(in_time(None, async { "done" }, || "too late").await, "done");
+    }
+
+    #[tokio::test]
+    async fn a_rest_api_event_lambda_http_cannot_read_is_cleared_too() {
+        let event = |host: &str| -> LambdaRequest {
+            serde_json::from_value(serde_json::json!({
+                "resource": "/oauth/start/microsoft", "path": "/oauth/start/microsoft",
+                "httpMethod": "GET", "headers": {"Host": host},
+                "multiValueHeaders": {"Host": [host]},
+                "queryStringParameters": {"cid": "x"}, "multiValueQueryStringParameters": {"cid": ["x"]},
+                "requestContext": {"accountId": "1", "resourceId": "r", "stage": "prod",
+                    "requestId": "i", "identity": {"sourceIp": "203.0.113.7"},
+                    "resourcePath": "/oauth/start/microsoft", "httpMethod": "GET", "apiId": "a"},
+                "body": null, "isBase64Encoded": false,
+            }))
+            .unwrap()
+        };
+        let probe =
+            std::panic::catch_unwind(|| drop(lambda_http::Request::from(event("bad host"))));
+        assert!(probe.is_err(), "lambda_http reads it now; this case may go");
+        assert_eq!(status_for(event("bad host")).await, 400);
+        assert_eq!(status_for(event("api.example.com")).await, 200);
     }
 
     #[test]

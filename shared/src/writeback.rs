@@ -110,19 +110,18 @@ impl WriteBack {
 
     /// Deletes the token vars: AutoKitteh then shows that a new sign-in is needed.
     pub async fn needs_reauth(&self, cid: &ConnectionId) -> Result<(), WriteBackError> {
-        bounded(async {
-            let token = self.bearer().await?;
-            self.autokitteh.delete_vars(&token, cid, &TOKEN_VARS).await?;
-            Ok(())
-        })
-        .await
+        self.delete(cid, &TOKEN_VARS).await
     }
 
     /// Deletes every var the flow wrote (and nothing the user set, such as a private app).
     pub async fn disconnected(&self, cid: &ConnectionId) -> Result<(), WriteBackError> {
+        self.delete(cid, &CONNECTION_VARS).await
+    }
+
+    async fn delete(&self, cid: &ConnectionId, names: &[&str]) -> Result<(), WriteBackError> {
         bounded(async {
             let token = self.bearer().await?;
-            self.autokitteh.delete_vars(&token, cid, &CONNECTION_VARS).await?;
+            self.autokitteh.delete_vars(&token, cid, names).await?;
             Ok(())
         })
         .await

@@ -3,7 +3,7 @@ use token_refresher::Refresher;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    ms_oauth::runtime::init_tracing();
     let refresher = ms_oauth::runtime::from_process_env(Refresher::from_sdk).await?;
     let refresher = &refresher;
     run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {

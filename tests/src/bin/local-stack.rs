@@ -59,9 +59,9 @@ fn port_var(name: &str, default: u16) -> Result<u16, String> {
 }
 
 async fn run() -> Result<(), String> {
-    let filter =
-        env("RUST_LOG").unwrap_or_else(|| "info,aws_config=warn,aws_smithy_runtime=warn".into());
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init();
+    // The functions' own logging: RUST_LOG (a level) for our crates, libraries capped.
+    let level = ms_oauth::runtime::log_level(&|k: &str| std::env::var(k).ok());
+    let _ = ms_oauth::runtime::try_init_tracing(level, false, std::io::stdout);
 
     let mut vars: HashMap<&'static str, String> = HashMap::new();
     let webhook = env(config::WEBHOOK_ADDRESS).unwrap_or_else(|| DEFAULT_WEBHOOK_ADDRESS.into());

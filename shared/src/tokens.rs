@@ -22,9 +22,18 @@ use crate::writeback::{RefreshedVars, WriteBack};
 
 /// Refresh when the access token expires within this margin (unless configured).
 pub use crate::config::DEFAULT_REFRESH_MARGIN;
-/// Refresh at least this often, so refresh tokens never lapse from idleness (Microsoft's
-/// last 90 days and slide on use).
-pub const IDLE_REFRESH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// How often a connection is refreshed only to keep its refresh token alive (Microsoft's
+/// end after 90 days unused, and each use starts the 90 days again).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How widely keep-alive refreshes are spread around the interval.
+pub const KEEPALIVE_SPREAD: Duration = Duration::from_secs(24 * 3600);
+/// The first wait after a failed scheduled refresh; it doubles per failure in a row.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// The longest wait between retries of a failing connection.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(12 * 3600);
+/// Failures in a row after which a connection is reported as stuck (an error line and a
+/// failed refresher run, which the function's error alarm sees).
+pub const STUCK_AFTER: u32 = 6;
 /// How long a refresh lease is held at most. Longer than a refresh can take (three attempts
 /// of at most 10 s plus backoff), so a lease never lapses under a working holder.
 pub const LEASE_SECS: i64 = 60;
@@ -87,14 +96,54 @@ pub enum RenewOutcome {
     NeedsReauth,
     /// Not due any more, refreshing elsewhere, or gone.
     Skipped,
+    /// Failed; retried after a backoff.
     Failed(TokenFailure),
+    /// Failed [`STUCK_AFTER`] or more times in a row.
+    Stuck(TokenFailure),
 }
 
-/// When a connection with these times should be refreshed next.
-pub fn refresh_due_at(token_expires_at: i64, last_refresh_at: i64, margin: Duration) -> i64 {
-    let margin = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX);
-    let idle = i64::try_from(IDLE_REFRESH_INTERVAL.as_secs()).unwrap_or(i64::MAX);
-    (token_expires_at.saturating_sub(margin)).min(last_refresh_at.saturating_add(idle))
+/// What the scheduled refresh of a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// A fresh access token where it is read without us: AutoKitteh's vars, written back
+    /// after every refresh. Due shortly before the access token expires.
+    AccessToken,
+    /// A live refresh token: readers get fresh access tokens from the token API, which
+    /// refreshes on read. Due every [`KEEPALIVE_INTERVAL`] (spread by a day), far inside
+    /// Microsoft's 90 days of inactivity after which a refresh token ends.
+    RefreshToken,
+}
+
+/// When a connection refreshed at `refreshed_at`, whose access token expires at
+/// `token_expires_at`, is due again.
+pub fn refresh_due_at(
+    keep: Keep,
+    cid: &ConnectionId,
+    token_expires_at: i64,
+    refreshed_at: i64,
+    margin: Duration,
+) -> i64 {
+    match keep {
+        Keep::AccessToken => {
+            token_expires_at.saturating_sub(i64::try_from(margin.as_secs()).unwrap_or(i64::MAX))
+        }
+        Keep::RefreshToken => {
+            let interval = i64::try_from(KEEPALIVE_INTERVAL.as_secs()).unwrap_or(i64::MAX);
+            let spread = i64::try_from(KEEPALIVE_SPREAD.as_secs()).unwrap_or(1).max(1);
+            // Spread by connection and time, so connections made together do not all come
+            // due in the same run.
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::digest(format!("{cid}/{refreshed_at}").as_bytes());
+            let draw = u64::from_be_bytes(digest[..8].try_into().unwrap_or([0; 8]));
+            let offset = i64::try_from(draw % spread.unsigned_abs()).unwrap_or(0);
+            refreshed_at.saturating_add(interval - spread / 2 + offset)
+        }
+    }
+}
+
+/// The wait before retrying a connection whose refresh failed `failures` times in a row.
+pub fn backoff_after(failures: u32) -> Duration {
+    FIRST_BACKOFF.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1))).min(MAX_BACKOFF)
 }
 
 /// Serves and refreshes tokens; shared by the API, the refresher and `akoauth`.
@@ -333,6 +382,8 @@ impl TokenService {
             token_expires_at: expires_at.unix_timestamp(),
             last_refresh_at: rfc3339(now),
             refresh_due_at: refresh_due_at(
+                self.keep(c.autokitteh_user_id.as_ref()),
+                cid,
                 expires_at.unix_timestamp(),
                 now.unix_timestamp(),
                 self.margin,
@@ -464,11 +515,32 @@ impl TokenService {
             Ok(_) => RenewOutcome::Refreshed,
             Err(TokenFailure::NeedsReauth { .. }) => RenewOutcome::NeedsReauth,
             Err(e) => {
-                if let Err(release) = self.store.release_lease(cid, &owner).await {
-                    tracing::warn!(cid = %cid, error = %crate::error::chain(&release), "lease not released");
+                // Not again every run: back off, doubling, and report a connection that
+                // keeps failing.
+                let failures = c.refresh_failures.saturating_add(1);
+                let backoff = i64::try_from(backoff_after(failures).as_secs()).unwrap_or(i64::MAX);
+                let due = now.saturating_add(backoff);
+                match self.store.postpone_refresh(cid, &owner, due, failures).await {
+                    Ok(_) => {}
+                    Err(postpone) => {
+                        tracing::warn!(cid = %cid, error = %crate::error::chain(&postpone), "failed refresh not postponed; retried next run");
+                    }
+                }
+                if failures >= STUCK_AFTER {
+                    tracing::error!(cid = %cid, failures, error = %crate::error::chain(&e), "refresh keeps failing");
+                    return RenewOutcome::Stuck(e);
                 }
                 RenewOutcome::Failed(e)
             }
+        }
+    }
+
+    /// What a connection's scheduled refreshes are for: its access token when it is written
+    /// back to AutoKitteh, its refresh token otherwise.
+    fn keep(&self, autokitteh_user_id: Option<&String>) -> Keep {
+        match self.write_back_for(autokitteh_user_id) {
+            Some(_) => Keep::AccessToken,
+            None => Keep::RefreshToken,
         }
     }
 
@@ -577,11 +649,38 @@ mod tests {
     }
 
     #[test]
-    fn refresh_is_due_before_expiry_or_after_a_day_idle() {
+    fn scheduled_refreshes_keep_what_is_read_fresh() {
         let hour = 3600;
-        // A fresh token: due 5 minutes before it expires.
-        assert_eq!(refresh_due_at(10 * hour, 9 * hour, DEFAULT_REFRESH_MARGIN), 10 * hour - 300);
-        // A long-lived token: due a day after the last refresh.
-        assert_eq!(refresh_due_at(100 * hour, 0, DEFAULT_REFRESH_MARGIN), 24 * hour);
+        let day = 24 * hour;
+        let cid: ConnectionId = "con_01h9x3k6rtv2d9yb3pfcw6qz7m".parse().unwrap();
+        // Written back to AutoKitteh: due 5 minutes before the access token expires.
+        assert_eq!(
+            refresh_due_at(Keep::AccessToken, &cid, 10 * hour, 9 * hour, DEFAULT_REFRESH_MARGIN),
+            10 * hour - 300
+        );
+        // Otherwise a week after the refresh, spread over a day, whatever the token's expiry.
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 0..200 {
+            let cid: ConnectionId = format!("con_{n:026}").parse().unwrap();
+            let due =
+                refresh_due_at(Keep::RefreshToken, &cid, 10 * hour, 0, DEFAULT_REFRESH_MARGIN);
+            assert!((7 * day - day / 2..7 * day + day / 2).contains(&due), "{due}");
+            seen.insert(due / hour);
+        }
+        assert!(seen.len() > 12, "spread over the day: {} distinct hours", seen.len());
+        // The same connection and time give the same answer (a retried write agrees).
+        assert_eq!(
+            refresh_due_at(Keep::RefreshToken, &cid, 1, 5, DEFAULT_REFRESH_MARGIN),
+            refresh_due_at(Keep::RefreshToken, &cid, 2, 5, DEFAULT_REFRESH_MARGIN)
+        );
+    }
+
+    #[test]
+    fn failing_connections_back_off_doubling_to_half_a_day() {
+        assert_eq!(backoff_after(1), Duration::from_secs(300));
+        assert_eq!(backoff_after(2), Duration::from_secs(600));
+        assert_eq!(backoff_after(4), Duration::from_secs(2400));
+        assert_eq!(backoff_after(9), MAX_BACKOFF);
+        assert_eq!(backoff_after(u32::MAX), MAX_BACKOFF);
     }
 }

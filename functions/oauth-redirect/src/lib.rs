@@ -27,7 +27,7 @@ use ms_oauth::store::{
     AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, REFRESH_QUEUE,
     STATUS_OK, Store,
 };
-use ms_oauth::tokens::refresh_due_at;
+use ms_oauth::tokens::{Keep, refresh_due_at};
 use oauth2::{AuthorizationCode, PkceCodeVerifier};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use time::format_description::well_known::Rfc3339;
@@ -230,12 +230,17 @@ async fn finish(
         status_reason: None,
         token_expires_at: expiry.unix_timestamp(),
         last_refresh_at: rfc3339(now),
+        // Inside AutoKitteh its vars hold the access token: keep it fresh (written back when
+        // that is configured); standalone, the token API refreshes on read.
         refresh_due_at: refresh_due_at(
+            if flow.ak_user_id.is_some() { Keep::AccessToken } else { Keep::RefreshToken },
+            &flow.connection_id,
             expiry.unix_timestamp(),
             now.unix_timestamp(),
             service.config.refresh_margin,
         ),
         autokitteh_user_id: flow.ak_user_id.clone(),
+        refresh_failures: 0,
         refresh_queue: Some(REFRESH_QUEUE.to_owned()),
     };
     // AutoKitteh's copy: every var checked against its limits before anything is written.

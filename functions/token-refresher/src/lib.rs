@@ -1,6 +1,9 @@
-//! Runs on a schedule: renews every connection whose access token is due, or that has not
-//! been refreshed for a day, so refresh tokens never lapse from idleness. Finds them through
-//! the sparse `refresh-due` index (no scans) and works with bounded concurrency.
+//! Runs on a schedule: renews every connection whose scheduled refresh is due — a week after
+//! the last one to keep its refresh token alive, or shortly before its access token expires
+//! when AutoKitteh reads that token from its vars (write-back). Finds them through the sparse
+//! `refresh-due` index (no scans), page after page until none is due or the run's time is
+//! spent, with bounded concurrency; a connection that fails is retried after a doubling
+//! backoff and reported once it keeps failing.
 
 use futures::StreamExt;
 use ms_oauth::config::ConfigError;
@@ -9,8 +12,10 @@ use serde::Serialize;
 
 /// Connections renewed at once.
 pub const CONCURRENCY: usize = 8;
-/// Connections taken per run; the rest wait for the next run (every 5 minutes).
-pub const BATCH: i32 = 500;
+/// Connections read from the index per page.
+pub const PAGE: i32 = 500;
+/// How long a run keeps taking pages (the function has 300 s; a page in flight finishes).
+pub const RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// The refresher's state, built once per instance.
 #[derive(Debug)]
@@ -26,6 +31,8 @@ pub struct Report {
     pub needs_reauth: usize,
     pub skipped: usize,
     pub failed: usize,
+    /// Failed [`ms_oauth::tokens::STUCK_AFTER`] or more times in a row.
+    pub stuck: usize,
 }
 
 impl Refresher {
@@ -36,10 +43,47 @@ impl Refresher {
         Ok(Self { tokens: TokenService::from_sdk(lookup, sdk)? })
     }
 
-    /// One pass over the due connections.
+    /// One pass over the due connections, page by page.
     pub async fn run(&self) -> Result<Report, ms_oauth::store::StoreError> {
-        let now = self.tokens.clock.now().unix_timestamp();
-        let due = self.tokens.store.due_connections(now, BATCH).await?;
+        self.run_with_page(PAGE).await
+    }
+
+    /// The same with pages of `page` connections (tests use small ones).
+    pub async fn run_with_page(&self, page: i32) -> Result<Report, ms_oauth::store::StoreError> {
+        let began = std::time::Instant::now();
+        let mut report = Report::default();
+        while began.elapsed() < RUN_BUDGET {
+            let now = self.tokens.clock.now().unix_timestamp();
+            let due = self.tokens.store.due_connections(now, page).await?;
+            if due.is_empty() {
+                break;
+            }
+            let page = self.renew(due).await;
+            report.due += page.due;
+            report.refreshed += page.refreshed;
+            report.needs_reauth += page.needs_reauth;
+            report.skipped += page.skipped;
+            report.failed += page.failed;
+            report.stuck += page.stuck;
+            // Every handled connection leaves the due range (renewed, marked, or postponed);
+            // a page of nothing but skips (held elsewhere) would come back unchanged.
+            if page.skipped == page.due {
+                break;
+            }
+        }
+        tracing::info!(
+            due = report.due,
+            refreshed = report.refreshed,
+            needs_reauth = report.needs_reauth,
+            skipped = report.skipped,
+            failed = report.failed,
+            stuck = report.stuck,
+            "refresh run finished"
+        );
+        Ok(report)
+    }
+
+    async fn renew(&self, due: Vec<ms_oauth::domain::ConnectionId>) -> Report {
         let mut report = Report { due: due.len(), ..Report::default() };
         let mut outcomes = futures::stream::iter(due)
             .map(|cid| async move {
@@ -54,18 +98,14 @@ impl Refresher {
                 RenewOutcome::Skipped => report.skipped += 1,
                 RenewOutcome::Failed(e) => {
                     report.failed += 1;
-                    tracing::warn!(cid = %cid, error = %ms_oauth::error::chain(&e), "renewal failed; retried next run");
+                    tracing::warn!(cid = %cid, error = %ms_oauth::error::chain(&e), "renewal failed; retried after a backoff");
+                }
+                RenewOutcome::Stuck(_) => {
+                    report.failed += 1;
+                    report.stuck += 1;
                 }
             }
         }
-        tracing::info!(
-            due = report.due,
-            refreshed = report.refreshed,
-            needs_reauth = report.needs_reauth,
-            skipped = report.skipped,
-            failed = report.failed,
-            "refresh run finished"
-        );
-        Ok(report)
+        report
     }
 }

@@ -7,8 +7,17 @@ async fn main() -> Result<(), Error> {
     let refresher = ms_oauth::runtime::from_process_env(Refresher::from_sdk).await?;
     let refresher = &refresher;
     run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
-        // A failed query fails the invocation, so the error alarm sees it.
-        Ok::<_, Error>(refresher.run().await?)
+        // A failed query, or a connection that keeps failing, fails the invocation, so the
+        // function's error alarm sees it.
+        let report = refresher.run().await?;
+        if report.stuck > 0 {
+            return Err(Error::from(format!(
+                "{} connection(s) failed {} or more refreshes in a row",
+                report.stuck,
+                ms_oauth::tokens::STUCK_AFTER
+            )));
+        }
+        Ok::<_, Error>(report)
     }))
     .await
 }

@@ -61,6 +61,9 @@ pub struct Connection {
     /// live there too, so refreshes and removals are written back).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub autokitteh_user_id: Option<String>,
+    /// Scheduled refreshes failed in a row (0 after a success).
+    #[serde(default)]
+    pub refresh_failures: u32,
     /// Partition key of the refresh index; present only while the connection can refresh.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub refresh_queue: Option<String>,

@@ -274,10 +274,12 @@ impl Store for DynamoStore {
             .update_expression(
                 "SET secrets = :secrets, vars.oauth_expiry = :expiry, token_expires_at = :exp, \
                  last_refresh_at = :at, updated_at = :at, refresh_due_at = :due, \
-                 version = version + :one, written_by = :owner REMOVE lease_owner, lease_until",
+                 refresh_failures = :zero, version = version + :one, written_by = :owner \
+                 REMOVE lease_owner, lease_until",
             )
             .condition_expression("lease_owner = :owner AND version = :version")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
             .expression_attribute_values(":secrets", secrets)
             .expression_attribute_values(":expiry", AttributeValue::S(update.oauth_expiry.clone()))
             .expression_attribute_values(
@@ -325,6 +327,33 @@ impl Store for DynamoStore {
             .send()
             .await;
         written_by_us(result, owner, 0, "UpdateItem")
+    }
+
+    async fn postpone_refresh(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        due_at: i64,
+        failures: u32,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .update_expression(
+                "SET refresh_due_at = :due, refresh_failures = :failures \
+                 REMOVE lease_owner, lease_until",
+            )
+            // Repeated after a lost answer it finds the lease gone and reports false; the
+            // postponement was made all the same.
+            .condition_expression("lease_owner = :owner")
+            .expression_attribute_values(":due", AttributeValue::N(due_at.to_string()))
+            .expression_attribute_values(":failures", AttributeValue::N(failures.to_string()))
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .send()
+            .await;
+        conditional(result.map(drop), "UpdateItem")
     }
 
     async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError> {

@@ -155,6 +155,27 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn postpone_refresh(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        due_at: i64,
+        failures: u32,
+    ) -> Result<bool, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        if leases.get(&key).is_none_or(|(holder, _)| holder != owner) {
+            return Ok(false);
+        }
+        leases.remove(&key);
+        if let Some(stored) = connections.get_mut(&key) {
+            stored.connection.refresh_due_at = due_at;
+            stored.connection.refresh_failures = failures;
+        }
+        Ok(true)
+    }
+
     async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError> {
         let mut leases = self.leases.lock().map_err(|_| poisoned())?;
         let key = connection_key(id);

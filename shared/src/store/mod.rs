@@ -117,6 +117,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: &str,
         now: &str,
     ) -> Result<bool, StoreError>;
+    /// After a failed refresh: gives the lease back and moves the next attempt to `due_at`,
+    /// counting `failures` in a row. `Ok(false)` when `owner` no longer held the lease.
+    async fn postpone_refresh(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        due_at: i64,
+        failures: u32,
+    ) -> Result<bool, StoreError>;
     /// Gives the lease back without writing tokens.
     async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError>;
     /// Deletes the connection (tokens and all vars). `Ok(None)` if there was none.

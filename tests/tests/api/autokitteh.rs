@@ -143,6 +143,9 @@ async fn the_autokitteh_popup_flow_connects_and_autokitteh_shows_the_connection_
     // The same sign-in in DynamoDB, with the same tokens.
     let cid = d.cid.parse().unwrap();
     let stored = d.app.connection(&cid).await.expect("saved in DynamoDB");
+    // AutoKitteh reads the access token from its vars: the refresh is due before it expires.
+    let c = &stored.connection;
+    assert_eq!(c.refresh_due_at, c.token_expires_at - 300);
     let secrets = d.app.secret_vars(&stored).await;
     assert_eq!(secrets["oauth_access_token"], var("oauth_access_token").value);
     assert_eq!(secrets["oauth_refresh_token"], var("oauth_refresh_token").value);

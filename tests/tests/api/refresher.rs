@@ -1,36 +1,46 @@
-//! The scheduled refresher: exactly the due connections, through the index.
+//! The scheduled refresher: exactly the due connections, through the index, a week apart
+//! for standalone connections, with a backoff for failing ones.
 
 use std::time::Duration;
 
 use ms_oauth::domain::Origin;
+use ms_oauth::tokens::{FIRST_BACKOFF, STUCK_AFTER, backoff_after};
 use token_refresher::Report;
 
 use crate::helpers::*;
+
+const DAY: u64 = 24 * 3600;
 
 #[tokio::test]
 async fn the_refresher_renews_exactly_the_due_connections() {
     let app = spawn_app().await;
     let early = new_cid();
     app.connect(&Browser::new(), &early, Origin::Web, "work").await;
-    app.clock.advance(Duration::from_secs(30 * 60));
+    app.clock.advance(Duration::from_secs(3 * DAY));
     let late = new_cid();
     app.connect(&Browser::new(), &late, Origin::Web, "personal").await;
 
-    // Nothing is due yet.
+    // Nothing is due yet: not at the access token's expiry (the token API refreshes on
+    // read), and not for days after.
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report::default());
+    app.clock.advance(Duration::from_secs(3 * DAY));
+    assert_eq!(app.refresher.run().await.unwrap(), Report::default());
 
-    // 56 minutes after the first sign-in, only its token is inside the refresh margin.
-    app.clock.advance(Duration::from_secs(26 * 60));
+    // A week and a half after the first sign-in (its keep-alive is due within 6½–7½ days),
+    // only it is due.
+    app.clock.advance(Duration::from_secs(DAY + DAY / 2));
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 1, refreshed: 1, ..Report::default() });
     assert_eq!(app.connection(&early).await.unwrap().version, 2);
     assert_eq!(app.connection(&late).await.unwrap().version, 1);
     assert_eq!(app.standin.calls().refreshes, 1);
 
-    // The renewed connection is not due again until its new token nears expiry.
-    let report = app.refresher.run().await.unwrap();
-    assert_eq!(report, Report::default());
+    // The renewed connection is not due again for about a week.
+    let renewed = app.connection(&early).await.unwrap().connection;
+    let now = ms_oauth::clock::Clock::now(app.clock.as_ref()).unix_timestamp();
+    assert!(renewed.refresh_due_at >= now + 6 * DAY as i64, "{}", renewed.refresh_due_at - now);
+    assert_eq!(app.refresher.run().await.unwrap(), Report::default());
 }
 
 #[tokio::test]
@@ -39,7 +49,7 @@ async fn a_dead_grant_leaves_the_refresh_index() {
     let cid = new_cid();
     app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
     app.standin.revoke_refresh_tokens(50173);
-    app.clock.advance(Duration::from_secs(56 * 60));
+    app.clock.advance(Duration::from_secs(8 * DAY));
 
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 1, needs_reauth: 1, ..Report::default() });
@@ -47,23 +57,61 @@ async fn a_dead_grant_leaves_the_refresh_index() {
     assert_eq!(stored.connection.status, "needs_reauth");
     assert!(stored.connection.refresh_queue.is_none());
 
-    // Hours later it is still not picked up: no retries against a dead grant.
-    app.clock.advance(Duration::from_secs(6 * 3600));
+    // Weeks later it is still not picked up: no retries against a dead grant.
+    app.clock.advance(Duration::from_secs(20 * DAY));
     assert_eq!(app.refresher.run().await.unwrap(), Report::default());
     assert_eq!(app.standin.calls().refreshes, 1);
 }
 
 #[tokio::test]
-async fn transient_failures_are_counted_and_retried_next_run() {
+async fn failing_connections_back_off_and_are_reported_once_stuck() {
     let app = spawn_app().await;
     let cid = new_cid();
     app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
     app.standin.set_token_fault(Some(ms_oauth_tests::standin::Fault::Status(500)));
-    app.clock.advance(Duration::from_secs(56 * 60));
+    app.clock.advance(Duration::from_secs(8 * DAY));
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 1, failed: 1, ..Report::default() });
+    let refreshes = app.standin.calls().refreshes;
 
+    // Not again at the next run (every 5 minutes), but after the backoff.
+    assert_eq!(app.refresher.run().await.unwrap(), Report::default());
+    assert_eq!(app.standin.calls().refreshes, refreshes, "no call while backing off");
+    let stored = app.connection(&cid).await.unwrap().connection;
+    assert_eq!(stored.refresh_failures, 1);
+    let now = ms_oauth::clock::Clock::now(app.clock.as_ref()).unix_timestamp();
+    assert_eq!(stored.refresh_due_at, now + FIRST_BACKOFF.as_secs() as i64);
+
+    // Each failure doubles the wait; at STUCK_AFTER in a row the run reports it.
+    for failures in 2..=STUCK_AFTER {
+        app.clock.advance(backoff_after(failures - 1));
+        let report = app.refresher.run().await.unwrap();
+        let stuck = usize::from(failures >= STUCK_AFTER);
+        assert_eq!(report, Report { due: 1, failed: 1, stuck, ..Report::default() }, "{failures}");
+    }
+    assert!(captured_logs().contains("refresh keeps failing"));
+
+    // Microsoft answers again: the next attempt renews it and clears the count.
     app.standin.set_token_fault(None);
+    app.clock.advance(backoff_after(STUCK_AFTER));
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 1, refreshed: 1, ..Report::default() });
+    assert_eq!(app.connection(&cid).await.unwrap().connection.refresh_failures, 0);
+}
+
+#[tokio::test]
+async fn a_run_takes_every_due_connection_page_after_page() {
+    let app = spawn_app().await;
+    let cids: Vec<_> = (0..3).map(|_| new_cid()).collect();
+    for cid in &cids {
+        app.connect(&Browser::new(), cid, Origin::Web, "work").await;
+    }
+    app.clock.advance(Duration::from_secs(8 * DAY));
+    // Pages of one: three pages in one run.
+    let refresher = token_refresher::Refresher { tokens: app.refresher.tokens.clone() };
+    let report = refresher.run_with_page(1).await.unwrap();
+    assert_eq!(report, Report { due: 3, refreshed: 3, ..Report::default() });
+    for cid in &cids {
+        assert_eq!(app.connection(cid).await.unwrap().version, 2);
+    }
 }

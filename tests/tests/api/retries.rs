@@ -49,6 +49,7 @@ fn connection(cid: &ConnectionId, autokitteh_user_id: Option<&str>) -> Connectio
         last_refresh_at: "2026-11-29T00:00:00Z".into(),
         refresh_due_at: 1,
         autokitteh_user_id: autokitteh_user_id.map(str::to_owned),
+        refresh_failures: 0,
         refresh_queue: Some(REFRESH_QUEUE.into()),
     }
 }

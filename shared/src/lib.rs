@@ -1,6 +1,10 @@
 //! Microsoft OAuth 2.0 connection flow for AutoKitteh: the library both Lambda functions and
 //! the `akoauth` tool are built on.
 
+// The handlers' futures (a refresh with its retries, KMS, DynamoDB and the AutoKitteh
+// write-back inside the deadline guard) are deeper than the compiler lays out by default.
+#![recursion_limit = "256"]
+
 pub mod autokitteh;
 pub mod aws_http;
 pub mod clock;

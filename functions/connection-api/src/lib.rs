@@ -6,6 +6,10 @@
 //!
 //! Documented in `openapi.yaml` beside this crate.
 
+// The handlers' futures (a refresh with its retries, KMS, DynamoDB and the AutoKitteh
+// write-back inside the deadline guard) are deeper than the compiler lays out by default.
+#![recursion_limit = "256"]
+
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
 use ms_oauth::config::ConfigError;

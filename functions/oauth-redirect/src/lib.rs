@@ -6,6 +6,10 @@
 //! consumed, before the code is redeemed), and the connection's vars are written into
 //! AutoKitteh as that user, alongside the save to DynamoDB.
 
+// The handlers' futures (a refresh with its retries, KMS, DynamoDB and the AutoKitteh
+// write-back inside the deadline guard) are deeper than the compiler lays out by default.
+#![recursion_limit = "256"]
+
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};

@@ -8,6 +8,10 @@
 //! AutoKitteh session decides: the connection must be one this user may use, of the
 //! integration the path names, and the flow remembers who started it.
 
+// The handlers' futures (a refresh with its retries, KMS, DynamoDB and the AutoKitteh
+// write-back inside the deadline guard) are deeper than the compiler lays out by default.
+#![recursion_limit = "256"]
+
 use std::sync::Arc;
 
 use lambda_http::http::Method;

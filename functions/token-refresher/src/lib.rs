@@ -5,6 +5,10 @@
 //! spent, with bounded concurrency; a connection that fails is retried after a doubling
 //! backoff and reported once it keeps failing.
 
+// The handlers' futures (a refresh with its retries, KMS, DynamoDB and the AutoKitteh
+// write-back inside the deadline guard) are deeper than the compiler lays out by default.
+#![recursion_limit = "256"]
+
 use futures::StreamExt;
 use ms_oauth::config::ConfigError;
 use ms_oauth::tokens::{RenewOutcome, TokenService};

@@ -1,3 +1,6 @@
+// The handler future, with its refresh, retries and write-back, is deeper than the default.
+#![recursion_limit = "256"]
+
 use std::convert::Infallible;
 
 use lambda_http::{Error, service_fn};

@@ -1,3 +1,6 @@
+// The handler future, with its refresh, retries and write-back, is deeper than the default.
+#![recursion_limit = "256"]
+
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use token_refresher::Refresher;
 

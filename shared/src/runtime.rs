@@ -249,26 +249,39 @@ fn make_readable(payload: &mut LambdaRequest) {
     }
 }
 
-/// Whether lambda_http turns a copy of `payload` into a request without panicking.
+/// Whether lambda_http turns `payload` into a request without panicking.
 fn converts(payload: &LambdaRequest) -> bool {
     let copy = match payload {
-        LambdaRequest::ApiGatewayV2(r) => LambdaRequest::ApiGatewayV2(r.clone()),
+        // The HTTP API (what the template deploys): check the URI lambda_http will build —
+        // scheme, host and path through `Url`, then the raw query appended — without copying
+        // and converting the whole event on every request.
+        LambdaRequest::ApiGatewayV2(r) => return v2_uri_builds(r),
+        // REST API and ALB events (other front doors): try a copy.
         LambdaRequest::ApiGatewayV1(r) => LambdaRequest::ApiGatewayV1(r.clone()),
         LambdaRequest::Alb(r) => LambdaRequest::Alb(r.clone()),
         _ => return true,
     };
-    // A well-formed query never reaches the slow path below.
-    if let LambdaRequest::ApiGatewayV2(r) = &copy
-        && r.raw_query_string
-            .as_deref()
-            .is_some_and(|q| http::uri::PathAndQuery::try_from(format!("/?{q}").as_str()).is_err())
-    {
-        return false;
-    }
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         drop(lambda_http::Request::from(copy));
     }))
     .is_ok()
+}
+
+/// What lambda_http does with an HTTP API event's URI parts, as fallible steps.
+fn v2_uri_builds(r: &lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequest) -> bool {
+    let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(host) = header("host").or(r.request_context.domain_name.as_deref()) else {
+        return true;
+    };
+    let scheme = header("x-forwarded-proto").unwrap_or("https");
+    let path = r.raw_path.as_deref().unwrap_or_default();
+    let Ok(url) = url::Url::parse(&format!("{scheme}://{host}{path}")) else { return false };
+    let mut uri = url.to_string();
+    if let Some(query) = r.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
+        uri.push('?');
+        uri.push_str(query);
+    }
+    http::Uri::try_from(uri).is_ok()
 }
 
 /// The REST API and ALB events carry the same single- and multi-value fields.
@@ -434,6 +447,20 @@ mod tests {
             200
         );
         assert_eq!(status_for(v2_event("/oauth/start/microsoft", "")).await, 200);
+        // A host lambda_http cannot put in a URL panics it too.
+        let mut bad_host = v2_event("/oauth/start/microsoft", "cid=x");
+        if let LambdaRequest::ApiGatewayV2(r) = &mut bad_host {
+            r.headers.insert("host", "bad host".parse().unwrap());
+        }
+        let probe = std::panic::catch_unwind(|| {
+            let mut copy = v2_event("/oauth/start/microsoft", "cid=x");
+            if let LambdaRequest::ApiGatewayV2(r) = &mut copy {
+                r.headers.insert("host", "bad host".parse().unwrap());
+            }
+            drop(lambda_http::Request::from(copy));
+        });
+        assert!(probe.is_err());
+        assert_eq!(status_for(bad_host).await, 400);
     }
 
     #[tokio::test]

@@ -83,9 +83,12 @@ pub struct DataKey {
 pub trait DataKeys: Send + Sync + std::fmt::Debug {
     /// A new 256-bit data key bound to `context`.
     async fn generate(&self, context: &EncryptionContext) -> Result<DataKey, CryptoError>;
-    /// Unwraps a data key produced by [`DataKeys::generate`] with the same `context`.
+    /// Unwraps a data key that [`DataKeys::generate`] made under `key_id` with the same
+    /// `context`. Naming the key makes KMS refuse a ciphertext of any other key (and lets a
+    /// key policy be checked against the call).
     async fn unwrap(
         &self,
+        key_id: &str,
         wrapped: &[u8],
         context: &EncryptionContext,
     ) -> Result<SecretSlice<u8>, CryptoError>;
@@ -130,12 +133,14 @@ impl DataKeys for KmsDataKeys {
 
     async fn unwrap(
         &self,
+        key_id: &str,
         wrapped: &[u8],
         context: &EncryptionContext,
     ) -> Result<SecretSlice<u8>, CryptoError> {
         let out = self
             .client
             .decrypt()
+            .key_id(key_id)
             .ciphertext_blob(Blob::new(wrapped))
             .set_encryption_context(Some(context.clone().into_iter().collect()))
             .send()
@@ -198,7 +203,7 @@ pub async fn open(
     if sealed.alg != ALGORITHM || sealed.nonce.len() != NONCE_LEN {
         return Err(CryptoError::Integrity);
     }
-    let key = keys.unwrap(&sealed.wrapped_key, context).await?;
+    let key = keys.unwrap(&sealed.key_id, &sealed.wrapped_key, context).await?;
     let cipher = cipher(&key)?;
     let aad = associated_data(context);
     let plaintext = cipher
@@ -245,9 +250,13 @@ impl DataKeys for FakeDataKeys {
 
     async fn unwrap(
         &self,
+        key_id: &str,
         wrapped: &[u8],
         context: &EncryptionContext,
     ) -> Result<SecretSlice<u8>, CryptoError> {
+        if key_id != "fake-key" {
+            return Err(CryptoError::Kms("the ciphertext was made under another key".into()));
+        }
         let (key, bound) = wrapped.split_at_checked(32).ok_or(CryptoError::Integrity)?;
         if bound != associated_data(context).as_slice() {
             return Err(CryptoError::Kms("invalid ciphertext for this context".into()));

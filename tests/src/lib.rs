@@ -6,8 +6,10 @@ pub mod autokitteh;
 pub mod aws;
 pub mod chaos;
 pub mod frontdoor;
+pub mod iam;
 pub mod load;
 pub mod local;
+pub mod recorder;
 pub mod standin;
 pub mod startlink;
 

@@ -401,8 +401,8 @@ fn the_key_policies_name_the_store_the_code_seals_with() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("kms:EncryptionContext:store: "))
         .collect();
-    // The redirect's role, the API's and the refresher's, and the two key policy statements.
-    assert_eq!(named.len(), 5, "{named:?}");
+    // The token key's two statements for new seals: the redirect's, the API's and refresher's.
+    assert_eq!(named.len(), 2, "{named:?}");
     assert!(named.iter().all(|n| *n == ms_oauth::crypto::TOKEN_STORE), "{named:?}");
 }
 

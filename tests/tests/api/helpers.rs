@@ -1,7 +1,7 @@
 //! Spawns the whole product for one test: moto (shared), a fresh table/key/secrets, the
 //! stand-in identity platform and both functions behind a local HTTP address.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -22,6 +22,7 @@ use ms_oauth::writeback::WriteBack;
 use ms_oauth_tests::autokitteh::AkStandin;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
+use ms_oauth_tests::recorder::Recorder;
 use ms_oauth_tests::standin::{Registration, Standin};
 use ms_oauth_tests::startlink;
 use oauth_redirect::RedirectService;
@@ -111,6 +112,10 @@ pub struct AppOptions {
     /// With `autokitteh`: the connection API and the refresher write back to AutoKitteh as
     /// a service user (`TestApp::ak_service_user`) whose API token is in Secrets Manager.
     pub ak_write_back: bool,
+    /// Build every function as it runs on Lambda (`from_sdk`) from the environment the
+    /// template gives it in a deployment of this app, each reaching AWS through a recorder of
+    /// its own (see [`TestApp::deployed`]).
+    pub from_template: bool,
 }
 
 impl Default for AppOptions {
@@ -126,6 +131,7 @@ impl Default for AppOptions {
             dead_secrets_manager: false,
             autokitteh: false,
             ak_write_back: false,
+            from_template: false,
         }
     }
 }
@@ -133,6 +139,9 @@ impl Default for AppOptions {
 /// The product under test.
 pub struct TestApp {
     pub address: String,
+    /// Where the functions themselves listen (the connection API's address; inside
+    /// AutoKitteh the public address is the front door's, which serves only sign-ins).
+    pub api_address: String,
     pub standin: Standin,
     pub clock: Arc<TestClock>,
     pub table: String,
@@ -149,7 +158,20 @@ pub struct TestApp {
     /// The service user writing back to AutoKitteh, and its API token (with
     /// `AppOptions::ak_write_back`); it belongs to no org until a test adds it.
     pub ak_service_user: Option<(String, String)>,
+    /// With `AppOptions::from_template`: the deployment and each function's recorded calls.
+    pub deployed: Option<Deployed>,
 }
+
+/// A test deployment of the template: the functions' set-up and the AWS calls each made.
+pub struct Deployed {
+    pub deployment: ms_oauth_tests::iam::Deployment,
+    /// By the template's logical id of the function.
+    pub functions: BTreeMap<String, (ms_oauth_tests::iam::FunctionSetUp, Recorder)>,
+}
+
+/// The four functions of the template.
+pub const TEMPLATE_FUNCTIONS: [&str; 4] =
+    ["StartFunction", "RedirectFunction", "ConnectionApiFunction", "TokenRefresherFunction"];
 
 /// A fresh AutoKitteh connection id.
 pub fn new_cid() -> ConnectionId {
@@ -210,7 +232,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         tokio::spawn(ms_oauth_tests::frontdoor::serve(door, functions_address.clone(), ak.url()));
         (address, Some(ak))
     } else {
-        (functions_address, None)
+        (functions_address.clone(), None)
     };
     let standin = Standin::spawn(
         TcpListener::bind("127.0.0.1:0").await.expect("bind stand-in"),
@@ -244,6 +266,21 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     }
     let mut config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("config");
     config.http_timeout = options.http_timeout;
+
+    if options.from_template {
+        let resources = DeployedResources {
+            endpoint: endpoint.clone(),
+            table: table.clone(),
+            kms_key,
+            client_secret: client_secret.clone(),
+            client_secret_arn: client_secret_arn.clone(),
+            start_key: start_key.clone(),
+            suffix,
+        };
+        let addresses = (address, functions_address);
+        return spawn_from_template(options, resources, listener, addresses, standin, autokitteh)
+            .await;
+    }
 
     let dead = |yes: bool| if yes { DEAD_ENDPOINT.to_owned() } else { endpoint.clone() };
     let dynamodb_endpoint = if options.stalled_dynamodb {
@@ -351,6 +388,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 
     TestApp {
         address,
+        api_address: functions_address,
         standin,
         clock,
         table,
@@ -364,6 +402,129 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         refresher: Refresher { tokens },
         autokitteh,
         ak_service_user,
+        deployed: None,
+    }
+}
+
+struct DeployedResources {
+    endpoint: String,
+    table: String,
+    kms_key: String,
+    client_secret: String,
+    client_secret_arn: String,
+    start_key: String,
+    suffix: String,
+}
+
+/// The app as the template deploys it: each function built by its `from_sdk` from exactly
+/// the variables the template sets on it (resolved for this deployment), with its own AWS
+/// endpoint, a recorder in front of the emulator.
+async fn spawn_from_template(
+    options: AppOptions,
+    r: DeployedResources,
+    listener: TcpListener,
+    (address, api_address): (String, String),
+    standin: Standin,
+    autokitteh: Option<AkStandin>,
+) -> TestApp {
+    use ms_oauth_tests::recorder::{ACCOUNT, REGION};
+    let sdk = aws::sdk_config(&r.endpoint).await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    let kms = aws_sdk_kms::Client::new(&sdk);
+    let secretsmanager = aws_sdk_secretsmanager::Client::new(&sdk);
+    let secret = |name: &str, value: String| {
+        let client = secretsmanager.clone();
+        let name = format!("oauth-test/{}/{name}", r.suffix);
+        async move { aws::ensure_secret(&client, &name, &value).await.expect("secret") }
+    };
+    let start_key_arn = secret("start-link-key", r.start_key.clone()).await;
+
+    let mut parameters = BTreeMap::from([
+        ("MicrosoftClientId".to_owned(), CLIENT_ID.to_owned()),
+        ("MicrosoftClientSecretArn".to_owned(), r.client_secret_arn.clone()),
+        ("MicrosoftAuthorityHost".to_owned(), standin.url()),
+        ("MicrosoftGraphUrl".to_owned(), standin.url()),
+    ]);
+    if let Some(tenant) = &options.tenant {
+        parameters.insert("MicrosoftTenantId".into(), tenant.clone());
+    }
+    let mut ak_service_user = None;
+    if let Some(ak) = &autokitteh {
+        parameters.insert("AutoKittehApiUrl".into(), ak.url());
+        parameters.insert("AutoKittehUiUrl".into(), address.clone());
+        if options.ak_write_back {
+            let user = ak.add_user("automation@service.contoso.example", &[]);
+            let token = ak.session_for(&user);
+            parameters
+                .insert("AutoKittehApiTokenArn".into(), secret("ak-token", token.clone()).await);
+            ak_service_user = Some((user, token));
+        }
+    }
+    let table_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}", r.table);
+    let key_arn = format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/{}", r.kms_key);
+    let deployment = ms_oauth_tests::iam::Deployment::new(
+        serde_yaml_ng::from_str(
+            &std::fs::read_to_string(aws::workspace_root().join("infra/template.yaml"))
+                .expect("template"),
+        )
+        .expect("template is YAML"),
+        "oauth-test",
+        parameters,
+        BTreeMap::from([
+            ("Table".to_owned(), r.table.clone()),
+            ("StartLinkKey".to_owned(), start_key_arn),
+            ("TokenKey".to_owned(), r.kms_key.clone()),
+        ]),
+        BTreeMap::from([("Table.Arn".to_owned(), table_arn), ("TokenKey.Arn".to_owned(), key_arn)]),
+    );
+
+    let mut functions = BTreeMap::new();
+    let mut sdks = BTreeMap::new();
+    for id in TEMPLATE_FUNCTIONS {
+        let set_up = deployment.function(id);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind recorder");
+        let recorder = Recorder::spawn(listener, &r.endpoint).expect("recorder");
+        sdks.insert(id, aws::sdk_config(recorder.url()).await);
+        functions.insert(id.to_owned(), (set_up, recorder));
+    }
+    let build = |id: &str| {
+        let (set_up, _) = &functions[id];
+        // Only the public address differs: here it is this loopback address.
+        let mut env = set_up.environment.clone();
+        env.insert(config::WEBHOOK_ADDRESS.to_owned(), address.clone());
+        move |k: &str| env.get(k).cloned()
+    };
+    let start = StartService::from_sdk(&build("StartFunction"), &sdks["StartFunction"])
+        .expect("start from the template's environment");
+    let redirect = RedirectService::from_sdk(&build("RedirectFunction"), &sdks["RedirectFunction"])
+        .expect("redirect from the template's environment");
+    let api =
+        ConnectionApi::from_sdk(&build("ConnectionApiFunction"), &sdks["ConnectionApiFunction"])
+            .expect("connection API from the template's environment");
+    let refresher =
+        Refresher::from_sdk(&build("TokenRefresherFunction"), &sdks["TokenRefresherFunction"])
+            .expect("refresher from the template's environment");
+    tokio::spawn(local::serve(
+        listener,
+        Functions { start: Arc::new(start), redirect: Arc::new(redirect), api: Arc::new(api) },
+    ));
+    TestApp {
+        address,
+        api_address,
+        standin,
+        clock: Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc()))),
+        table: r.table,
+        dynamodb,
+        kms,
+        secretsmanager,
+        client_secret: r.client_secret,
+        client_secret_arn: r.client_secret_arn,
+        start_key: r.start_key,
+        events: Arc::new(RecordedEvents::default()),
+        refresher,
+        autokitteh,
+        ak_service_user,
+        deployed: Some(Deployed { deployment, functions }),
     }
 }
 

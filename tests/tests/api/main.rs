@@ -12,6 +12,7 @@ mod flow;
 mod helpers;
 mod load;
 mod openapi;
+mod policies;
 mod refresher;
 mod restore;
 mod retries;

@@ -1,0 +1,250 @@
+//! The template's IAM roles and KMS key policies hold against what the code really does.
+//! The emulator enforces neither, so each function is built from the environment the template
+//! gives it and reaches AWS through a recorder of its own; after a scenario that takes every
+//! AWS code path, every recorded call (action, resource, encryption context) must be allowed
+//! to that function's role as AWS would decide it, every permission a role or key policy
+//! grants must have been used, and calls no code path makes must be refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use ms_oauth::autokitteh::Integration;
+use ms_oauth::config;
+use ms_oauth::crypto::{ContextScheme, DataKeys, KmsDataKeys, seal};
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::store::{DynamoStore, Store};
+use ms_oauth_tests::iam::{Decision, assert_unique_sids, authorize, unused_grants};
+use ms_oauth_tests::recorder::{ACCOUNT, AwsCall, REGION};
+use token_refresher::Report;
+
+use crate::helpers::*;
+
+async fn api(app: &TestApp, method: reqwest::Method, path: &str) -> u16 {
+    let response = reqwest::Client::new()
+        .request(method, format!("{}{path}", app.api_address))
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+fn env_of<'a>(app: &'a TestApp, function: &str, var: &str) -> &'a str {
+    let (set_up, _) = &app.deployed.as_ref().unwrap().functions[function];
+    set_up.environment.get(var).map(String::as_str).unwrap_or_default()
+}
+
+/// Re-seals `cid`'s secrets bound to the table's name, as earlier versions stored them
+/// (the test's own KMS client: not a call of any function).
+async fn seal_the_earlier_way(app: &TestApp, cid: &ConnectionId) {
+    let stored = app.connection(cid).await.unwrap();
+    let secrets = app.secret_vars(&stored).await;
+    let key_arn = env_of(app, "ConnectionApiFunction", config::TOKEN_KMS_KEY_ID);
+    let keys = KmsDataKeys::new(app.kms.clone(), key_arn);
+    let legacy = BTreeMap::from([
+        ("table".to_owned(), app.table.clone()),
+        ("connection_id".to_owned(), cid.to_string()),
+    ]);
+    let key = keys.generate(&legacy).await.unwrap();
+    let mut connection = stored.connection.clone();
+    connection.secrets = seal(&key, &legacy, secrets.to_string().as_bytes()).unwrap();
+    connection.secrets.scheme = ContextScheme::Table;
+    DynamoStore::new(app.dynamodb.clone(), app.table.clone())
+        .save_connection(&connection)
+        .await
+        .unwrap();
+}
+
+/// Makes `cid` due for the refresher now.
+async fn make_due(app: &TestApp, cid: &ConnectionId) {
+    app.dynamodb
+        .update_item()
+        .table_name(&app.table)
+        .key("pk", AttributeValue::S(format!("conn#{cid}")))
+        .update_expression("SET refresh_due_at = :past")
+        .expression_attribute_values(":past", AttributeValue::N("1".into()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Every recorded call allowed, every grant used, every probe refused.
+fn assert_policies_hold(app: &TestApp, probes: &[(&str, AwsCall)]) {
+    let deployed = app.deployed.as_ref().expect("a deployment of the template");
+    let key_policies = deployed.deployment.key_policies();
+    let mut refused = Vec::new();
+    let mut unused = BTreeSet::new();
+    for (key, policy) in &key_policies {
+        assert_unique_sids(key, policy);
+    }
+    for (id, (set_up, recorder)) in &deployed.functions {
+        assert_eq!(
+            recorder.unreadable(),
+            Vec::<String>::new(),
+            "{id}: calls the recorder could not read"
+        );
+        let calls: BTreeSet<AwsCall> = recorder.calls().into_iter().collect();
+        assert!(!calls.is_empty(), "{id} made no AWS call: the scenario did not reach it");
+        let iam = deployed.deployment.role_statements(&set_up.role);
+        assert_unique_sids(&set_up.role, &iam);
+        let decided: Vec<(AwsCall, Decision)> = calls
+            .into_iter()
+            .map(|call| {
+                let decision = authorize(&set_up.role_arn, &iam, &key_policies, &call);
+                (call, decision)
+            })
+            .collect();
+        for (call, decision) in &decided {
+            if let Decision::Denied(why) = decision {
+                refused.push(format!(
+                    "{id}: {} on {} {:?}: {why}",
+                    call.action, call.resource, call.context
+                ));
+            }
+        }
+        unused.extend(unused_grants(&set_up.role, &iam, &decided, "role", &set_up.role_arn));
+        for (key, policy) in &key_policies {
+            let on_key: Vec<(AwsCall, Decision)> =
+                decided.iter().filter(|(c, _)| &c.resource == key).cloned().collect();
+            let who = format!("{} on {key}", set_up.role);
+            unused.extend(unused_grants(&who, policy, &on_key, "key", &set_up.role_arn));
+        }
+    }
+    assert_eq!(refused, Vec::<String>::new(), "calls the template does not allow");
+    assert_eq!(unused, BTreeSet::new(), "grants no code path uses");
+    for (id, probe) in probes {
+        let (set_up, _) = &deployed.functions[*id];
+        let iam = deployed.deployment.role_statements(&set_up.role);
+        let decision = authorize(&set_up.role_arn, &iam, &key_policies, probe);
+        assert!(matches!(decision, Decision::Denied(_)), "{id} may {probe:?}: {decision:?}");
+    }
+}
+
+/// Calls no function makes: each must be refused to the function named.
+fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
+    let table = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}", app.table);
+    let index = format!("{table}/index/{}", ms_oauth::store::REFRESH_INDEX);
+    let key = env_of(app, "ConnectionApiFunction", config::TOKEN_KMS_KEY_ID).to_owned();
+    let cid = "con_0123456789abcdefghjkmnpqrs";
+    let store = ms_oauth::crypto::TOKEN_STORE;
+    let sealed = [("store", store), ("connection_id", cid)];
+    let kms = |action: &str, context: &[(&str, &str)]| AwsCall::new(action, &key, context);
+    let client_secret = app.client_secret_arn.clone();
+    let other_secret = format!("arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:other-AbCdEf");
+    vec![
+        ("StartFunction", kms("kms:Decrypt", &sealed)),
+        ("StartFunction", kms("kms:GenerateDataKey", &sealed)),
+        ("StartFunction", AwsCall::new("secretsmanager:GetSecretValue", &client_secret, &[])),
+        ("StartFunction", AwsCall::new("dynamodb:GetItem", &table, &[])),
+        ("RedirectFunction", kms("kms:Decrypt", &sealed)),
+        ("RedirectFunction", kms("kms:GenerateDataKey", &[("store", store)])),
+        ("RedirectFunction", AwsCall::new("dynamodb:Query", &index, &[])),
+        ("RedirectFunction", AwsCall::new("secretsmanager:GetSecretValue", &other_secret, &[])),
+        ("ConnectionApiFunction", kms("kms:Decrypt", &[("store", store)])),
+        (
+            "ConnectionApiFunction",
+            kms("kms:Decrypt", &[("store", "another-store"), ("connection_id", cid)]),
+        ),
+        (
+            "ConnectionApiFunction",
+            kms("kms:Decrypt", &[("store", store), ("connection_id", cid), ("x", "y")]),
+        ),
+        (
+            "ConnectionApiFunction",
+            kms("kms:GenerateDataKey", &[("table", &app.table), ("connection_id", cid)]),
+        ),
+        ("ConnectionApiFunction", AwsCall::new("dynamodb:Query", &index, &[])),
+        ("TokenRefresherFunction", AwsCall::new("dynamodb:DeleteItem", &table, &[])),
+        ("TokenRefresherFunction", AwsCall::new("dynamodb:Scan", &table, &[])),
+        ("TokenRefresherFunction", kms("kms:Encrypt", &sealed)),
+    ]
+}
+
+#[tokio::test]
+async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is_used() {
+    let app = spawn_app_with(AppOptions { from_template: true, ..AppOptions::default() }).await;
+    let cids: Vec<ConnectionId> = (0..5).map(|_| new_cid()).collect();
+    for (i, cid) in cids.iter().enumerate() {
+        let account = if i % 2 == 0 { "work" } else { "personal" };
+        let flow = app.connect(&Browser::new(), cid, Origin::Web, account).await;
+        assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    }
+    // The connection API: status, a stored token, a forced refresh.
+    let path = |cid: &ConnectionId, tail: &str| format!("/connections/{cid}{tail}");
+    assert_eq!(api(&app, reqwest::Method::GET, &path(&cids[0], "")).await, 200);
+    assert_eq!(api(&app, reqwest::Method::GET, &path(&cids[0], "/token")).await, 200);
+    let forced = path(&cids[0], "/token?force_refresh=true");
+    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
+    // Values sealed the earlier way, opened and re-sealed by the API and by the refresher.
+    seal_the_earlier_way(&app, &cids[1]).await;
+    let forced = path(&cids[1], "/token?force_refresh=true");
+    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
+    seal_the_earlier_way(&app, &cids[2]).await;
+    make_due(&app, &cids[2]).await;
+    make_due(&app, &cids[3]).await;
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report, Report { due: 2, refreshed: 2, ..Report::default() });
+    // A dead grant found by the refresher; a disconnect through the API.
+    app.standin.revoke_refresh_tokens(700_082);
+    make_due(&app, &cids[4]).await;
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report, Report { due: 1, needs_reauth: 1, ..Report::default() });
+    assert_eq!(api(&app, reqwest::Method::DELETE, &path(&cids[0], "")).await, 200);
+
+    assert_policies_hold(&app, &probes(&app));
+}
+
+#[tokio::test]
+async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_grant_is_used() {
+    let app = spawn_app_with(AppOptions {
+        from_template: true,
+        autokitteh: true,
+        ak_write_back: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let ak = app.autokitteh.clone().unwrap();
+    let org = ak.add_org("Contoso automation");
+    let user = ak.add_user("adele@contoso.example", &[&org]);
+    let (service_user, _) = app.ak_service_user.clone().unwrap();
+    ak.set_membership(&org, &service_user, true);
+    let browser = Browser::new();
+    let login = browser
+        .post_form(&format!("{}/login", app.address), &[("user_id".to_owned(), user.clone())])
+        .await;
+    assert_eq!(login.status, 303, "sign-in: {}", login.body);
+    let mut cids = Vec::new();
+    for _ in 0..3 {
+        let cid: ConnectionId =
+            ak.add_connection(&org, Integration::Microsoft, "teams").parse().unwrap();
+        let start = browser
+            .get(&format!("{}{}?cid={cid}&origin=web", app.address, config::START_PATH))
+            .await;
+        assert_eq!(start.status, 302, "start: {}", start.body);
+        let callback = app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+        let finish = browser.get(&callback).await;
+        assert!(matches!(finish.status, 200 | 302), "finish: {}", finish.body);
+        assert!(app.connection(&cid).await.is_some());
+        cids.push(cid);
+    }
+    // Refreshes written back to AutoKitteh by the API and by the refresher; a dead grant.
+    let forced = format!("/connections/{}/token?force_refresh=true", cids[0]);
+    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
+    seal_the_earlier_way(&app, &cids[1]).await;
+    make_due(&app, &cids[1]).await;
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report.refreshed, 1, "{report:?}");
+    seal_the_earlier_way(&app, &cids[2]).await;
+    let forced = format!("/connections/{}/token?force_refresh=true", cids[2]);
+    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
+    app.standin.revoke_refresh_tokens(700_082);
+    make_due(&app, &cids[0]).await;
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report.needs_reauth, 1, "{report:?}");
+    assert_eq!(api(&app, reqwest::Method::DELETE, &format!("/connections/{}", cids[1])).await, 200);
+
+    let mut probes = probes(&app);
+    let start_key =
+        format!("arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:start-link-key-AbCdEf");
+    probes.push(("StartFunction", AwsCall::new("secretsmanager:GetSecretValue", &start_key, &[])));
+    assert_policies_hold(&app, &probes);
+}

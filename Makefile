@@ -96,7 +96,9 @@ lint-rust:
 lint-infra: deps-infra
 	cd infra && $(SAM_ENV) ../$(VENV)/bin/cfn-lint template.yaml
 	cd infra && $(SAM_ENV) ../$(VENV)/bin/sam validate --lint --template template.yaml
-	cd infra && $(SAM_ENV) ../$(VENV)/bin/python check_sam_local.py
+	cd infra && $(SAM_ENV) ../$(VENV)/bin/python local_template.py --check
+	cd infra && $(SAM_ENV) ../$(VENV)/bin/python check_sam_local.py template.yaml
+	cd infra && $(SAM_ENV) ../$(VENV)/bin/python check_sam_local.py .sam-local/template.yaml
 
 ## Release builds for Lambda (Graviton, arm64).
 build: deps-build

@@ -2,7 +2,8 @@
 
 SAM CLI's own providers read the template the way `sam local` does; this prints the routes
 and functions they find and fails if a route or a function is missing or misconfigured.
-Run from infra/ with the project's virtualenv: ../.venv/bin/python check_sam_local.py
+Run from infra/ with the project's virtualenv: ../.venv/bin/python check_sam_local.py [TEMPLATE]
+(default template.yaml; `make lint-infra` also checks the local copy, .sam-local/template.yaml).
 """
 
 import sys
@@ -22,9 +23,10 @@ EXPECTED = {
 }
 
 
-def main() -> int:
+def main(template: str) -> int:
+    print(f"== {template}")
     stacks, _ = SamLocalStackProvider.get_stacks(
-        "template.yaml",
+        template,
         parameter_overrides={"MicrosoftClientId": "00000000-0000-0000-0000-0000000a11ce"},
     )
     found = {}
@@ -53,4 +55,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "template.yaml"))

@@ -15,7 +15,8 @@ use oauth_redirect::RedirectService;
 use oauth_start::StartService;
 use serde_yaml_ng::Value;
 
-/// Variables read by the AWS SDK rather than by our configuration.
+/// Variables read by the AWS SDK rather than by our configuration; only the copy of the
+/// template that `sam local` runs (`infra/local_template.py`) declares them.
 const SDK_VARIABLES: [&str; 1] = ["AWS_ENDPOINT_URL"];
 /// Secrets may reach deployed functions only through Secrets Manager.
 const PLAIN_SECRET_VARIABLES: [&str; 2] = [config::MICROSOFT_CLIENT_SECRET, config::START_LINK_KEY];
@@ -385,7 +386,7 @@ fn the_sam_local_environment_only_overrides_variables_the_template_defines() {
     for (id, vars) in env {
         let (_, defined) =
             functions.get(&id).unwrap_or_else(|| panic!("env.json names unknown function {id}"));
-        for var in vars.keys() {
+        for var in vars.keys().filter(|v| !SDK_VARIABLES.contains(&v.as_str())) {
             assert!(
                 defined.contains(var),
                 "env.json sets {var} on {id}, which the template does not define"
@@ -439,4 +440,67 @@ fn the_platform_api_and_the_sign_in_routes_are_throttled_apart() {
         let reserved = &resources(&template)[id]["Properties"]["ReservedConcurrentExecutions"];
         assert!(matches!(reserved, Value::Tagged(_)), "{id}: {reserved:?}");
     }
+}
+
+#[test]
+fn the_production_template_has_nothing_local_in_it() {
+    let text = std::fs::read_to_string(workspace_root().join("infra/template.yaml")).unwrap();
+    for local in SDK_VARIABLES.iter().chain(&["LocalAwsEndpointUrl", "127.0.0.1", "localhost"]) {
+        assert!(!text.contains(local), "infra/template.yaml mentions {local}");
+    }
+}
+
+/// The value of `!Name value` (a tag), or panics.
+fn tagged<'a>(v: &'a Value, name: &str) -> &'a Value {
+    match v {
+        Value::Tagged(t) if t.tag == name => &t.value,
+        other => panic!("expected !{name}, found {other:?}"),
+    }
+}
+
+#[test]
+fn the_per_client_limit_in_front_passes_requests_whole_and_counts_only_sign_ins() {
+    let template = template();
+    let distribution = &resources(&template)["EdgeDistribution"];
+    assert_eq!(distribution["Condition"].as_str(), Some("UseEdge"));
+    let config = &distribution["Properties"]["DistributionConfig"];
+    let behavior = &config["DefaultCacheBehavior"];
+    // CachingDisabled and AllViewer: nothing cached; Host, cookies, query, SigV4 headers pass.
+    assert_eq!(behavior["CachePolicyId"].as_str(), Some("4135ea2d-6df8-44a3-9df3-4b5a84be39ad"));
+    assert_eq!(
+        behavior["OriginRequestPolicyId"].as_str(),
+        Some("216adef6-5c7f-47e4-b989-5492eafa07d3")
+    );
+    assert_eq!(behavior["ViewerProtocolPolicy"].as_str(), Some("https-only"));
+    let methods: BTreeSet<&str> = behavior["AllowedMethods"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for route in resources_of_type(&template, "AWS::ApiGatewayV2::Route") {
+        let key = route.1["Properties"]["RouteKey"].as_str().unwrap();
+        let method = key.split(' ').next().unwrap();
+        assert!(method == "ANY" || methods.contains(method), "CloudFront refuses {key}");
+    }
+    let origin = &config["Origins"][0];
+    assert_eq!(
+        tagged(&origin["DomainName"], "GetAtt").as_str(),
+        Some("DomainName.RegionalDomainName")
+    );
+    assert_eq!(origin["CustomOriginConfig"]["OriginProtocolPolicy"].as_str(), Some("https-only"));
+
+    let acl = &resources(&template)["EdgeWebAcl"]["Properties"];
+    assert_eq!(acl["Scope"].as_str(), Some("CLOUDFRONT"));
+    let rule = &acl["Rules"][0];
+    assert_eq!(rule["Action"]["Block"]["CustomResponse"]["ResponseCode"].as_u64(), Some(429));
+    let rate = &rule["Statement"]["RateBasedStatement"];
+    assert_eq!(rate["AggregateKeyType"].as_str(), Some("IP"));
+    assert_eq!(tagged(&rate["Limit"], "Ref").as_str(), Some("EdgeRateLimit"));
+    let scope = &rate["ScopeDownStatement"]["ByteMatchStatement"];
+    assert_eq!(scope["SearchString"].as_str(), Some("/oauth/"));
+    assert_eq!(scope["PositionalConstraint"].as_str(), Some("STARTS_WITH"));
+    // A partial set-up is refused before anything is created.
+    let rule = &template["Rules"]["EdgeNeedsDomainAndCertificate"];
+    assert_eq!(rule["Assertions"].as_sequence().unwrap().len(), 3);
 }

@@ -59,7 +59,7 @@ $(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package.json $(BR
 
 ## Local run: no AWS account, no Azure app needed.
 run: deps-moto
-	cargo build --bin local-stack
+	cargo build -p ms-oauth-tests --bin local-stack
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/debug/local-stack
 
 link:
@@ -102,7 +102,7 @@ lint-infra: deps-infra
 
 ## Release builds for Lambda (Graviton, arm64).
 build: deps-build
-	PATH=$(abspath $(VENV))/bin:$$PATH cargo lambda build --release --arm64 $(foreach f,$(FUNCTIONS),--bin $(f))
+	PATH=$(abspath $(VENV))/bin:$$PATH cargo lambda build --release --arm64 $(foreach f,$(FUNCTIONS),-p $(f))
 	@du -b $(foreach f,$(FUNCTIONS),target/lambda/$(f)/bootstrap) | awk '{ printf "%-44s %6.2f MiB (arm64)\n", $$2, $$1/1048576 }'
 
 sam-build: deps-infra deps-build
@@ -124,20 +124,21 @@ bench-handlers:
 	cargo bench -p ms-oauth-tests --bench handlers
 
 bench-load: deps-moto
-	cargo build --release --bin load
+	cargo build --release -p ms-oauth-tests --bin load
 	@mkdir -p $(BENCH_OUT)
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/load 1000 64 --json $(BENCH_OUT)/load.json
 bench-tokens: deps-moto
-	cargo build --bin local-stack
+	cargo build -p ms-oauth-tests --bin local-stack
 	MOTO_SERVER=$(abspath $(MOTO)) python3 tests/bench/token_latency.py
 
 bench-coldstart: deps-moto
-	cargo build --release $(foreach f,$(FUNCTIONS) hello-lambda coldstart,--bin $(f))
+	cargo build --release $(foreach f,$(FUNCTIONS),-p $(f))
+	cargo build --release -p ms-oauth-tests --bin hello-lambda --bin coldstart
 	@mkdir -p $(BENCH_OUT)
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/coldstart 15 --json $(BENCH_OUT)/coldstart.json
 
 bench-critical-path: deps-moto
-	cargo build --release --bin critical-path
+	cargo build --release -p ms-oauth-tests --bin critical-path
 	@mkdir -p $(BENCH_OUT)
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 50 --json $(BENCH_OUT)/critical-path-50.json
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 200 --json $(BENCH_OUT)/critical-path-200.json

@@ -233,11 +233,12 @@ fn associated_data(context: &EncryptionContext) -> Vec<u8> {
 }
 
 /// In-memory [`DataKeys`] for unit tests: "wraps" a key by XOR with a fixed master key and
-/// refuses to unwrap under a different context, like KMS.
-#[doc(hidden)]
+/// refuses to unwrap under a different context or key, like KMS.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct FakeDataKeys;
 
+#[cfg(any(test, feature = "testing"))]
 #[async_trait]
 impl DataKeys for FakeDataKeys {
     async fn generate(&self, context: &EncryptionContext) -> Result<DataKey, CryptoError> {

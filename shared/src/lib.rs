@@ -28,4 +28,6 @@ pub mod writeback;
 #[cfg(test)]
 mod parser_properties;
 #[doc(hidden)]
+/// Test doubles and helpers (`testing` feature): never compiled into the functions.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

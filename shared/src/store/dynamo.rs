@@ -181,18 +181,22 @@ impl Store for DynamoStore {
         ];
         names.insert("#kind".into(), "kind".into());
         names.insert("#created".into(), "created_at".into());
-        for (i, (name, value)) in values.into_iter().enumerate() {
-            names.insert(format!("#a{i}"), name);
-            attribute_values.insert(format!(":a{i}"), value);
+        for (i, (name, value)) in values.iter().enumerate() {
+            names.insert(format!("#a{i}"), name.clone());
+            attribute_values.insert(format!(":a{i}"), value.clone());
             sets.push(format!("#a{i} = :a{i}"));
         }
         // A new sign-in clears what the previous grant left: a re-auth reason and any lease.
         let mut removes = vec!["#lease_owner".to_owned(), "#lease_until".to_owned()];
         names.insert("#lease_owner".into(), "lease_owner".into());
         names.insert("#lease_until".into(), "lease_until".into());
-        if connection.status_reason.is_none() {
-            removes.push("#status_reason".into());
-            names.insert("#status_reason".into(), "status_reason".into());
+        // And whatever optional attribute this save does not set (a re-auth reason, the
+        // AutoKitteh user of a connection now made outside AutoKitteh, a refresh queue).
+        for (i, name) in OPTIONAL_CONNECTION_ATTRIBUTES.iter().enumerate() {
+            if !values.contains_key(*name) {
+                removes.push(format!("#o{i}"));
+                names.insert(format!("#o{i}"), (*name).to_owned());
+            }
         }
         let out = self
             .client

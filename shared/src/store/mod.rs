@@ -9,13 +9,17 @@ use crate::state::StateKey;
 mod connection;
 mod dynamo;
 mod flow;
-mod memory;
 
+#[cfg(any(test, feature = "testing"))]
+pub use crate::testing::MemoryStore;
 pub use connection::{Connection, ConnectionVars, RefreshUpdate, Removed, StoredConnection};
 pub use dynamo::DynamoStore;
 pub use flow::PendingFlow;
-#[doc(hidden)]
-pub use memory::MemoryStore;
+
+/// Top-level attributes of a connection item that are absent when unset: a save that does
+/// not set one must remove it, or a re-sign-in would keep the previous grant's value.
+pub(crate) const OPTIONAL_CONNECTION_ATTRIBUTES: [&str; 3] =
+    ["status_reason", "autokitteh_user_id", "refresh_queue"];
 
 /// Attribute holding the partition key of every item.
 pub const KEY_ATTRIBUTE: &str = "pk";
@@ -158,6 +162,6 @@ where
     move |e| StoreError::Unavailable { operation, source: Box::new(e) }
 }
 
-fn classify_failed_consume(flow: &PendingFlow, now: i64) -> ConsumeError {
+pub(crate) fn classify_failed_consume(flow: &PendingFlow, now: i64) -> ConsumeError {
     if flow.expires_at <= now { ConsumeError::Expired } else { ConsumeError::WrongBrowser }
 }

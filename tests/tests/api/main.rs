@@ -18,4 +18,5 @@ mod restore;
 mod retries;
 mod secret_source;
 mod secrets;
+mod store_contract;
 mod tokens;

@@ -5,10 +5,14 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::*;
+use crate::domain::ConnectionId;
+use crate::state::StateKey;
+use crate::store::classify_failed_consume;
+use crate::store::*;
 
-/// In-memory [`Store`] with the same semantics, for unit tests.
-#[doc(hidden)]
+/// In-memory [`Store`] with DynamoDB's semantics (the store contract,
+/// [`super::store_contract`], holds both to it), for unit tests. Leases live with their
+/// connection: a new sign-in or a delete ends them.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     grants: Mutex<HashMap<String, i64>>,
@@ -69,6 +73,7 @@ impl Store for MemoryStore {
             Some(old) => (old.version + 1, old.created_at.clone()),
             None => (1, connection.updated_at.clone()),
         };
+        self.leases.lock().map_err(|_| poisoned())?.remove(&key);
         connections
             .insert(key, StoredConnection { connection: connection.clone(), version, created_at });
         Ok(version)
@@ -124,6 +129,7 @@ impl Store for MemoryStore {
                 c.last_refresh_at = update.last_refresh_at.clone();
                 c.updated_at = update.last_refresh_at.clone();
                 c.refresh_due_at = update.refresh_due_at;
+                c.refresh_failures = 0;
                 stored.version += 1;
                 leases.remove(&key);
                 Ok(Some(stored.version))
@@ -187,6 +193,7 @@ impl Store for MemoryStore {
 
     async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError> {
         let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        self.leases.lock().map_err(|_| poisoned())?.remove(&connection_key(id));
         Ok(connections
             .remove(&connection_key(id))
             .map(|old| Removed { autokitteh_user_id: old.connection.autokitteh_user_id }))

@@ -1,4 +1,12 @@
-//! Helpers the functions' property tests share. Not part of the product's API.
+//! Test doubles and helpers the unit, property and integration tests share (the `testing`
+//! feature; never compiled into the functions): the in-memory store, the store contract both
+//! stores are held to, and event helpers.
+
+mod memory;
+pub mod store_contract;
+
+pub use crate::crypto::FakeDataKeys;
+pub use memory::MemoryStore;
 
 /// Test cases per property: `PROPTEST_CASES` when set (long runs), otherwise `default`.
 pub fn proptest_cases(default: u32) -> u32 {

@@ -1,0 +1,279 @@
+//! What every [`Store`] must do, as one suite run against DynamoDB (on the emulator, from the
+//! integration tests) and against [`super::MemoryStore`] (here): where the double drifts from
+//! DynamoDB, unit tests built on it would prove nothing.
+//!
+//! Each check uses fresh ids, so the suite can share a table with other tests. A check that
+//! fails panics with what the store did.
+
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
+use secrecy::SecretString;
+
+use crate::crypto::{ContextScheme, Sealed};
+use crate::domain::{ConnectionId, Origin};
+use crate::state::StateKey;
+use crate::store::{
+    AUTH_TYPE_DEFAULT, Connection, ConnectionVars, ConsumeError, PendingFlow, REFRESH_QUEUE,
+    RefreshUpdate, STATUS_NEEDS_REAUTH, STATUS_OK, Store, StoreError,
+};
+
+const NOW: i64 = 1_800_000_000;
+
+fn fresh_id(tag: &str) -> String {
+    let id = crate::state::attempt_id().expect("randomness");
+    format!("{tag}-{id}")
+}
+
+fn fresh_connection_id() -> ConnectionId {
+    const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let mut bytes = [0u8; 26];
+    getrandom::fill(&mut bytes).expect("randomness");
+    let tail: String = bytes.iter().map(|b| ALPHABET[*b as usize % 32] as char).collect();
+    format!("con_{tail}").parse().expect("a connection id")
+}
+
+fn sealed(mark: u8) -> Sealed {
+    Sealed {
+        alg: crate::crypto::ALGORITHM.into(),
+        key_id: "contract-key".into(),
+        wrapped_key: vec![mark; 8],
+        nonce: vec![mark; 12],
+        ciphertext: vec![mark; 24],
+        scheme: ContextScheme::Store,
+    }
+}
+
+/// A connection as a sign-in saves it, due for refresh at `due`.
+pub fn connection(id: &ConnectionId, due: i64) -> Connection {
+    Connection {
+        connection_id: id.clone(),
+        auth_type: AUTH_TYPE_DEFAULT.into(),
+        status: STATUS_OK.into(),
+        tenant_id: "72f988bf-86f1-41af-91ab-2d7cd011db47".into(),
+        object_id: "00000000-0000-0000-0000-00000000a11e".into(),
+        vars: ConnectionVars {
+            oauth_token_type: "Bearer".into(),
+            oauth_expiry: "2027-01-15T10:00:00Z".into(),
+            user_principal_name: Some("adele@contoso.example".into()),
+            ..ConnectionVars::default()
+        },
+        secrets: sealed(1),
+        updated_at: "2027-01-15T09:00:00Z".into(),
+        status_reason: None,
+        token_expires_at: NOW + 3600,
+        last_refresh_at: "2027-01-15T09:00:00Z".into(),
+        refresh_due_at: due,
+        autokitteh_user_id: None,
+        refresh_failures: 0,
+        refresh_queue: Some(REFRESH_QUEUE.into()),
+    }
+}
+
+fn flow(id: &ConnectionId, browser_hash: &str, expires_at: i64) -> PendingFlow {
+    PendingFlow {
+        connection_id: id.clone(),
+        origin: Origin::Web,
+        pkce_verifier: SecretString::from("contract-verifier".to_owned()),
+        browser_hash: browser_hash.into(),
+        created_at: NOW - 10,
+        expires_at,
+        ak_user_id: None,
+        platform_user: Some("user".into()),
+        connection_name: Some("name".into()),
+    }
+}
+
+fn update(mark: u8, due: i64) -> RefreshUpdate {
+    RefreshUpdate {
+        secrets: sealed(mark),
+        oauth_expiry: "2027-01-15T11:00:00Z".into(),
+        token_expires_at: NOW + 7200,
+        last_refresh_at: "2027-01-15T10:00:00Z".into(),
+        refresh_due_at: due,
+    }
+}
+
+/// Runs every check against `store`.
+pub async fn check(store: &dyn Store) {
+    grants_are_spent_once(store).await;
+    flows_are_consumed_once_by_their_browser_before_they_expire(store).await;
+    connections_are_saved_whole_and_versioned(store).await;
+    a_new_sign_in_clears_what_the_previous_grant_left(store).await;
+    leases_are_exclusive_and_end_with_the_write(store).await;
+    a_dead_grant_leaves_the_refresh_queue(store).await;
+    failed_refreshes_are_postponed_and_counted_until_one_succeeds(store).await;
+    deletes_report_what_was_removed_once(store).await;
+}
+
+async fn grants_are_spent_once(store: &dyn Store) {
+    let grant = fresh_id("grant");
+    assert!(store.spend_grant(&grant, NOW + 60).await.unwrap(), "a new grant is spent");
+    assert!(!store.spend_grant(&grant, NOW + 60).await.unwrap(), "a grant is spent once");
+    assert!(store.spend_grant(&fresh_id("grant"), NOW + 60).await.unwrap());
+}
+
+async fn flows_are_consumed_once_by_their_browser_before_they_expire(store: &dyn Store) {
+    let id = fresh_connection_id();
+    let key = StateKey::from_state(&fresh_id("state"));
+    store.put_state(&key, &flow(&id, "browser-a", NOW + 600)).await.unwrap();
+    assert!(matches!(
+        store.put_state(&key, &flow(&id, "browser-b", NOW + 600)).await,
+        Err(StoreError::Duplicate)
+    ));
+    assert!(matches!(
+        store.consume_state(&key, "browser-b", NOW).await,
+        Err(ConsumeError::WrongBrowser)
+    ));
+    assert!(matches!(
+        store.consume_state(&key, "browser-a", NOW + 600).await,
+        Err(ConsumeError::Expired)
+    ));
+    let consumed = store.consume_state(&key, "browser-a", NOW).await.unwrap();
+    assert_eq!(consumed.connection_id, id);
+    assert_eq!(consumed.browser_hash, "browser-a");
+    assert_eq!(consumed.platform_user.as_deref(), Some("user"));
+    use secrecy::ExposeSecret;
+    assert_eq!(consumed.pkce_verifier.expose_secret(), "contract-verifier");
+    // Spent: another consume finds nothing, whoever asks; discarding it twice is fine.
+    assert!(matches!(
+        store.consume_state(&key, "browser-a", NOW).await,
+        Err(ConsumeError::NotFound)
+    ));
+    store.discard_state(&key).await.unwrap();
+    store.discard_state(&key).await.unwrap();
+    assert!(matches!(
+        store.consume_state(&key, "browser-a", NOW).await,
+        Err(ConsumeError::NotFound)
+    ));
+    let unknown = StateKey::from_state(&fresh_id("state"));
+    assert!(matches!(
+        store.consume_state(&unknown, "browser-a", NOW).await,
+        Err(ConsumeError::NotFound)
+    ));
+}
+
+async fn connections_are_saved_whole_and_versioned(store: &dyn Store) {
+    let id = fresh_connection_id();
+    assert!(store.get_connection(&id).await.unwrap().is_none());
+    let first = connection(&id, NOW + 100);
+    assert_eq!(store.save_connection(&first).await.unwrap(), 1);
+    let stored = store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(stored.connection, first);
+    assert_eq!(stored.version, 1);
+    assert_eq!(stored.created_at, first.updated_at);
+    let mut again = connection(&id, NOW + 200);
+    again.vars.user_principal_name = None;
+    again.vars.user_mail = Some("other@contoso.example".into());
+    again.updated_at = "2027-01-16T09:00:00Z".into();
+    assert_eq!(store.save_connection(&again).await.unwrap(), 2);
+    let stored = store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(stored.connection, again, "the vars are replaced whole");
+    assert_eq!(stored.created_at, first.updated_at, "created once");
+}
+
+async fn a_new_sign_in_clears_what_the_previous_grant_left(store: &dyn Store) {
+    let id = fresh_connection_id();
+    let mut inside = connection(&id, NOW + 100);
+    inside.autokitteh_user_id = Some("u-123".into());
+    store.save_connection(&inside).await.unwrap();
+    assert!(store.acquire_lease(&id, 1, "owner", NOW + 60, NOW).await.unwrap());
+    assert!(store.mark_needs_reauth(&id, "owner", "invalid_grant", "2027").await.unwrap());
+    // Signed in again, now outside AutoKitteh and not refreshable.
+    let mut outside = connection(&id, NOW + 100);
+    outside.refresh_queue = None;
+    store.save_connection(&outside).await.unwrap();
+    let stored = store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(stored.connection, outside, "no stale user, reason or queue");
+    assert!(!store.due_connections(NOW + 1000, 1000).await.unwrap().contains(&id));
+    // And no lease of the earlier grant survives it.
+    assert!(store.acquire_lease(&id, stored.version, "new-owner", NOW + 60, NOW).await.unwrap());
+}
+
+async fn leases_are_exclusive_and_end_with_the_write(store: &dyn Store) {
+    let id = fresh_connection_id();
+    store.save_connection(&connection(&id, NOW + 100)).await.unwrap();
+    assert!(!store.acquire_lease(&id, 2, "a", NOW + 60, NOW).await.unwrap(), "stale version");
+    assert!(store.acquire_lease(&id, 1, "a", NOW + 60, NOW).await.unwrap());
+    assert!(store.acquire_lease(&id, 1, "a", NOW + 60, NOW).await.unwrap(), "its own again");
+    assert!(!store.acquire_lease(&id, 1, "b", NOW + 60, NOW).await.unwrap(), "held");
+    assert!(store.save_refresh(&id, 1, "b", &update(2, NOW + 500)).await.unwrap().is_none());
+    assert_eq!(store.save_refresh(&id, 1, "a", &update(2, NOW + 500)).await.unwrap(), Some(2));
+    let stored = store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(stored.version, 2);
+    assert_eq!(stored.connection.secrets, sealed(2));
+    assert_eq!(stored.connection.refresh_due_at, NOW + 500);
+    assert_eq!(stored.connection.token_expires_at, NOW + 7200);
+    assert_eq!(stored.connection.vars.oauth_expiry, "2027-01-15T11:00:00Z");
+    // Released by the write: the next holder takes it at the new version only.
+    assert!(!store.acquire_lease(&id, 1, "b", NOW + 60, NOW).await.unwrap());
+    assert!(store.acquire_lease(&id, 2, "b", NOW + 60, NOW).await.unwrap());
+    store.release_lease(&id, "a").await.unwrap();
+    assert!(!store.acquire_lease(&id, 2, "c", NOW + 60, NOW).await.unwrap(), "not a's to give");
+    store.release_lease(&id, "b").await.unwrap();
+    assert!(store.acquire_lease(&id, 2, "c", NOW + 60, NOW).await.unwrap());
+    // An expired lease is anyone's.
+    assert!(store.acquire_lease(&id, 2, "d", NOW + 200, NOW + 61).await.unwrap());
+}
+
+async fn a_dead_grant_leaves_the_refresh_queue(store: &dyn Store) {
+    let id = fresh_connection_id();
+    store.save_connection(&connection(&id, NOW - 5)).await.unwrap();
+    assert!(store.due_connections(NOW, 1000).await.unwrap().contains(&id));
+    assert!(!store.mark_needs_reauth(&id, "nobody", "r", "2027").await.unwrap(), "no lease");
+    assert!(store.acquire_lease(&id, 1, "a", NOW + 60, NOW).await.unwrap());
+    assert!(store.mark_needs_reauth(&id, "a", "invalid_grant", "2027-02").await.unwrap());
+    let stored = store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(stored.connection.status, STATUS_NEEDS_REAUTH);
+    assert_eq!(stored.connection.status_reason.as_deref(), Some("invalid_grant"));
+    assert_eq!(stored.connection.refresh_queue, None);
+    assert_eq!(stored.connection.updated_at, "2027-02");
+    assert_eq!(stored.version, 2);
+    assert!(!store.due_connections(NOW, 1000).await.unwrap().contains(&id));
+    assert!(store.acquire_lease(&id, 2, "b", NOW + 60, NOW).await.unwrap(), "lease ended");
+}
+
+async fn failed_refreshes_are_postponed_and_counted_until_one_succeeds(store: &dyn Store) {
+    let early = fresh_connection_id();
+    let late = fresh_connection_id();
+    store.save_connection(&connection(&late, NOW - 1)).await.unwrap();
+    store.save_connection(&connection(&early, NOW - 2)).await.unwrap();
+    let due = store.due_connections(NOW, 1000).await.unwrap();
+    let position = |id: &ConnectionId| due.iter().position(|d| d == id).unwrap();
+    assert!(position(&early) < position(&late), "oldest first");
+    assert!(!store.postpone_refresh(&early, "a", NOW + 300, 1).await.unwrap(), "no lease");
+    assert!(store.acquire_lease(&early, 1, "a", NOW + 60, NOW).await.unwrap());
+    assert!(store.postpone_refresh(&early, "a", NOW + 300, 1).await.unwrap());
+    let stored = store.get_connection(&early).await.unwrap().unwrap();
+    assert_eq!(stored.connection.refresh_due_at, NOW + 300);
+    assert_eq!(stored.connection.refresh_failures, 1);
+    assert_eq!(stored.version, 1, "a postponement is not a new version");
+    assert!(!store.due_connections(NOW, 1000).await.unwrap().contains(&early));
+    // The lease is given back; a later refresh succeeds and resets the count.
+    assert!(store.acquire_lease(&early, 1, "b", NOW + 60, NOW).await.unwrap());
+    assert_eq!(store.save_refresh(&early, 1, "b", &update(3, NOW + 900)).await.unwrap(), Some(2));
+    let stored = store.get_connection(&early).await.unwrap().unwrap();
+    assert_eq!(stored.connection.refresh_failures, 0);
+}
+
+async fn deletes_report_what_was_removed_once(store: &dyn Store) {
+    let id = fresh_connection_id();
+    let mut inside = connection(&id, NOW + 100);
+    inside.autokitteh_user_id = Some("u-9".into());
+    store.save_connection(&inside).await.unwrap();
+    assert!(store.acquire_lease(&id, 1, "a", NOW + 60, NOW).await.unwrap());
+    let removed = store.delete_connection(&id).await.unwrap().expect("it existed");
+    assert_eq!(removed.autokitteh_user_id.as_deref(), Some("u-9"));
+    assert!(store.delete_connection(&id).await.unwrap().is_none());
+    assert!(store.get_connection(&id).await.unwrap().is_none());
+    // A connection made again starts over: version 1, no lease of the deleted one.
+    assert_eq!(store.save_connection(&connection(&id, NOW + 100)).await.unwrap(), 1);
+    assert!(store.acquire_lease(&id, 1, "b", NOW + 60, NOW).await.unwrap());
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn the_in_memory_store_keeps_the_contract() {
+        super::check(&super::super::MemoryStore::default()).await;
+    }
+}

@@ -239,49 +239,129 @@ where
 }
 
 /// The parts of a request lambda_http builds its URI from, cleared in turn until the request
-/// converts: the query, then the path, then the host.
-fn make_readable(payload: &mut LambdaRequest) {
+/// converts: the query, then the path (and stage), then the host. A body marked base64 that
+/// does not decode (lambda_http panics on it too) is dropped first.
+pub fn make_readable(payload: &mut LambdaRequest) {
+    if !body_decodes(payload) {
+        clear_body(payload);
+    }
     for step in 0..3 {
-        if converts(payload) {
+        if uri_builds(payload) {
             return;
         }
         clear(payload, step);
     }
 }
 
-/// Whether lambda_http turns `payload` into a request without panicking.
-fn converts(payload: &LambdaRequest) -> bool {
-    let copy = match payload {
-        // The HTTP API (what the template deploys): check the URI lambda_http will build —
-        // scheme, host and path through `Url`, then the raw query appended — without copying
-        // and converting the whole event on every request.
-        LambdaRequest::ApiGatewayV2(r) => return v2_uri_builds(r),
-        // REST API and ALB events (other front doors): try a copy.
-        LambdaRequest::ApiGatewayV1(r) => LambdaRequest::ApiGatewayV1(r.clone()),
-        LambdaRequest::Alb(r) => LambdaRequest::Alb(r.clone()),
-        _ => return true,
-    };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        drop(lambda_http::Request::from(copy));
-    }))
-    .is_ok()
+/// Whether lambda_http turns `payload` into a request without panicking. A mirror of its
+/// conversion (lambda_http 1.3: the URI from host, stage, path and query; the body), as
+/// fallible steps: no copy of the event, no unwinding (which a fuzzer cannot run through).
+/// The `event` fuzz target checks the mirror against lambda_http itself.
+pub fn converts(payload: &LambdaRequest) -> bool {
+    body_decodes(payload) && uri_builds(payload)
 }
 
-/// What lambda_http does with an HTTP API event's URI parts, as fallible steps.
-fn v2_uri_builds(r: &lambda_http::aws_lambda_events::apigw::ApiGatewayV2httpRequest) -> bool {
-    let header = |name: &str| r.headers.get(name).and_then(|v| v.to_str().ok());
-    let Some(host) = header("host").or(r.request_context.domain_name.as_deref()) else {
-        return true;
+fn body_decodes(payload: &LambdaRequest) -> bool {
+    use base64::Engine as _;
+    let (encoded, body) = match payload {
+        LambdaRequest::ApiGatewayV2(r) => (r.is_base64_encoded, r.body.as_deref()),
+        LambdaRequest::ApiGatewayV1(r) => (r.is_base64_encoded, r.body.as_deref()),
+        LambdaRequest::Alb(r) => (r.is_base64_encoded, r.body.as_deref()),
+        _ => return true,
     };
-    let scheme = header("x-forwarded-proto").unwrap_or("https");
-    let path = r.raw_path.as_deref().unwrap_or_default();
-    let Ok(url) = url::Url::parse(&format!("{scheme}://{host}{path}")) else { return false };
-    let mut uri = url.to_string();
-    if let Some(query) = r.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
-        uri.push('?');
-        uri.push_str(query);
+    match body {
+        Some(b) if encoded => base64::engine::general_purpose::STANDARD.decode(b).is_ok(),
+        _ => true,
     }
-    http::Uri::try_from(uri).is_ok()
+}
+
+fn clear_body(payload: &mut LambdaRequest) {
+    let marker = http::HeaderValue::from_static("1");
+    match payload {
+        LambdaRequest::ApiGatewayV2(r) => {
+            r.body = None;
+            r.headers.insert(UNREADABLE_REQUEST, marker);
+        }
+        LambdaRequest::ApiGatewayV1(r) => {
+            r.body = None;
+            r.headers.insert(UNREADABLE_REQUEST, marker.clone());
+            r.multi_value_headers.insert(UNREADABLE_REQUEST, marker);
+        }
+        LambdaRequest::Alb(r) => {
+            r.body = None;
+            r.headers.insert(UNREADABLE_REQUEST, marker.clone());
+            r.multi_value_headers.insert(UNREADABLE_REQUEST, marker);
+        }
+        _ => {}
+    }
+}
+
+fn uri_builds(payload: &LambdaRequest) -> bool {
+    use lambda_http::aws_lambda_events::query_map::QueryMap;
+    let single = |headers: &http::HeaderMap| -> Option<String> {
+        headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    };
+    let queries = |mv: &QueryMap, sv: &QueryMap| -> String {
+        if !mv.is_empty() {
+            format!("?{}", mv.to_query_string())
+        } else if !sv.is_empty() {
+            format!("?{}", sv.to_query_string())
+        } else {
+            String::new()
+        }
+    };
+    let (path, headers, host, query) = match payload {
+        LambdaRequest::ApiGatewayV2(r) => {
+            let host = single(&r.headers).or(r.request_context.domain_name.clone());
+            let path = path_with_stage(&r.request_context.stage, r.raw_path.as_deref());
+            let query = match r.raw_query_string.as_deref() {
+                Some(q) if !q.is_empty() => format!("?{q}"),
+                _ => String::new(),
+            };
+            (path, &r.headers, host, query)
+        }
+        LambdaRequest::ApiGatewayV1(r) => {
+            let host = single(&r.headers).or(r.request_context.domain_name.clone());
+            let path = path_with_stage(&r.request_context.stage, r.path.as_deref());
+            let query = queries(&r.multi_value_query_string_parameters, &r.query_string_parameters);
+            (path, &r.headers, host, query)
+        }
+        LambdaRequest::Alb(r) => {
+            let decode = |map: &QueryMap| -> QueryMap {
+                let text = map.to_query_string();
+                let decoded = percent_encoding::percent_decode(text.as_bytes()).decode_utf8_lossy();
+                decoded.parse().unwrap_or_default()
+            };
+            let query = queries(
+                &decode(&r.multi_value_query_string_parameters),
+                &decode(&r.query_string_parameters),
+            );
+            (r.path.clone().unwrap_or_default(), &r.headers, single(&r.headers), query)
+        }
+        _ => return true,
+    };
+    let base = match host {
+        None => url::Url::parse(&format!("http://localhost{path}")).map(|u| u.path().to_owned()),
+        Some(host) => {
+            let scheme =
+                headers.get("x-forwarded-proto").and_then(|s| s.to_str().ok()).unwrap_or("https");
+            url::Url::parse(&format!("{scheme}://{host}{path}")).map(|u| u.to_string())
+        }
+    };
+    base.is_ok_and(|base| http::Uri::try_from(base + &query).is_ok())
+}
+
+/// lambda_http's stage prefix of API Gateway paths.
+fn path_with_stage(stage: &Option<String>, path: Option<&str>) -> String {
+    let path = path.unwrap_or_default();
+    if std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_some() {
+        return path.to_owned();
+    }
+    match stage.as_deref() {
+        None | Some("$default") => path.to_owned(),
+        Some(stage) if path.starts_with(&format!("/{stage}/")) => path.to_owned(),
+        Some(stage) => format!("/{stage}{path}"),
+    }
 }
 
 /// The REST API and ALB events carry the same single- and multi-value fields.
@@ -312,7 +392,10 @@ fn clear(payload: &mut LambdaRequest, step: u8) {
                     r.raw_query_string = None;
                     r.query_string_parameters = Default::default();
                 }
-                1 => r.raw_path = Some("/".into()),
+                1 => {
+                    r.raw_path = Some("/".into());
+                    r.request_context.stage = None;
+                }
                 _ => {
                     r.headers.remove(http::header::HOST);
                     r.request_context.domain_name = None;
@@ -322,6 +405,9 @@ fn clear(payload: &mut LambdaRequest, step: u8) {
         }
         LambdaRequest::ApiGatewayV1(r) => {
             clear_multi_value!(r, step, marker);
+            if step == 1 {
+                r.request_context.stage = None;
+            }
             if step >= 2 {
                 r.request_context.domain_name = None;
             }
@@ -501,6 +587,37 @@ mod tests {
         assert!(probe.is_err(), "lambda_http reads it now; this case may go");
         assert_eq!(status_for(event("bad host")).await, 400);
         assert_eq!(status_for(event("api.example.com")).await, 200);
+    }
+
+    #[tokio::test]
+    async fn an_alb_path_or_a_body_lambda_http_would_panic_on_is_cleared() {
+        let alb = |path: &str, host: Option<&str>, body: &str| -> LambdaRequest {
+            let headers =
+                host.map_or_else(|| serde_json::json!({}), |h| serde_json::json!({"host": h}));
+            serde_json::from_value(serde_json::json!({
+                "requestContext": {"elb": {"targetGroupArn": "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/t/1"}},
+                "httpMethod": "GET", "path": path, "queryStringParameters": {},
+                "headers": headers, "body": body, "isBase64Encoded": true,
+            }))
+            .unwrap()
+        };
+        for (path, host, body) in [(":x/y", None, ""), ("/ok", Some("api.example.com"), "%%%")] {
+            assert!(!converts(&alb(path, host, body)), "{path} {body}");
+            let probe = std::panic::catch_unwind(|| {
+                drop(lambda_http::Request::from(alb(path, host, body)))
+            });
+            assert!(probe.is_err(), "lambda_http reads {path:?} {body:?} now; this case may go");
+            assert_eq!(status_for(alb(path, host, body)).await, 400);
+        }
+        let fine = alb("/oauth/start/microsoft", Some("api.example.com"), "aGk=");
+        assert!(converts(&fine));
+        assert_eq!(status_for(fine).await, 200);
+        // A stage lambda_http puts in front of a path is mirrored too.
+        let mut staged = v2_event("/x", "");
+        if let LambdaRequest::ApiGatewayV2(r) = &mut staged {
+            r.request_context.stage = Some("prod".into());
+        }
+        assert!(converts(&staged));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-.PHONY: help run link test test-rust test-browser lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
+.PHONY: help run link test test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -7,6 +7,11 @@ MOTO := $(VENV)/bin/moto_server
 SDK_VENV := .venv-sdk
 SDK_PYTHON := $(SDK_VENV)/bin/python
 BROWSER_DIR := tests/browser
+# schemathesis, for the connection API's conformance to its OpenAPI document.
+API_VENV := .venv-api
+# Executions per fuzz target for `make fuzz` (8 targets: over 10 million in all).
+FUZZ_RUNS ?= 1300000
+CARGO_FUZZ_VERSION := 0.13.2
 CHROMIUM ?= /usr/bin/chromium
 # Local defaults shared by `make run` and `make link` (see README, "Local run").
 LOCAL_WEBHOOK_ADDRESS ?= http://localhost:9000
@@ -30,6 +35,9 @@ help:
 	@echo "make bench-tokens - token request latency through the local stack"
 	@echo "make bench-coldstart - Init, first invocation and RSS of each function vs hello world"
 	@echo "make bench-critical-path - sequential hops of the redirect with latency added to every dependency"
+	@echo "make bench-api - schemathesis against the connection API, 1,000 examples per operation"
+	@echo "make fuzz   - every fuzz target, $(FUZZ_RUNS) executions each (cargo-fuzz), counts in target/bench/fuzz.json"
+	@echo "make fuzz-smoke - the same, 20,000 executions each (CI)"
 
 ## Dependencies, installed into project-local folders on first use.
 deps: deps-moto deps-sdk deps-browser
@@ -67,8 +75,14 @@ link:
 	  START_LINK_KEY=$${START_LINK_KEY:-$(LOCAL_START_LINK_KEY)} \
 	  cargo run --quiet --bin akoauth -- start-link --cid $${CID:-con_0123456789abcdefghjkmnpqrs} --origin $${ORIGIN:-web} --ttl 600
 
+deps-api: $(API_VENV)/.installed
+$(API_VENV)/.installed:
+	python3 -m venv $(API_VENV)
+	$(API_VENV)/bin/pip install --quiet --disable-pip-version-check 'schemathesis>=4.30,<5'
+	touch $@
+
 ## Tests.
-test: deps test-rust test-browser
+test: deps test-rust test-browser test-api
 
 test-rust: deps-moto deps-sdk
 	MOTO_SERVER=$(abspath $(MOTO)) AK_SDK_PYTHON=$(abspath $(SDK_PYTHON)) cargo test --workspace --all-targets
@@ -77,6 +91,28 @@ test-browser: deps-moto deps-browser
 	# The same build as the Rust tests (features unified with dev-dependencies), so nothing is rebuilt.
 	cargo test --workspace --all-targets --no-run
 	MOTO_SERVER=$(abspath $(MOTO)) CHROMIUM=$(CHROMIUM) node $(BROWSER_DIR)/e2e.mjs
+
+# The connection API through the local stack, checked by schemathesis (30 examples each).
+test-api: deps-moto deps-api
+	cargo build -p ms-oauth-tests --bin local-stack
+	MOTO_SERVER=$(abspath $(MOTO)) $(VENV)/bin/python tests/conformance/run.py 30
+
+bench-api: deps-moto deps-api
+	cargo build -p ms-oauth-tests --bin local-stack
+	MOTO_SERVER=$(abspath $(MOTO)) $(VENV)/bin/python tests/conformance/run.py 1000
+
+## Fuzzing (cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its -Z flags).
+deps-fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@$(CARGO_FUZZ_VERSION)
+
+fuzz: deps-fuzz
+	python3 fuzz/seeds.py
+	@mkdir -p $(BENCH_OUT)
+	python3 fuzz/run.py $(FUZZ_RUNS) --json $(BENCH_OUT)/fuzz.json
+
+fuzz-smoke: deps-fuzz
+	python3 fuzz/seeds.py
+	python3 fuzz/run.py 20000
 
 deps-infra: $(VENV)/bin/sam
 $(VENV)/bin/sam: $(MOTO)
@@ -117,7 +153,7 @@ $(VENV)/.bench-deps: $(MOTO)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
 	touch $@
 
-bench: deps-moto deps-bench bench-handlers bench-coldstart bench-critical-path bench-load build
+bench: deps-moto deps-bench bench-handlers bench-coldstart bench-critical-path bench-load bench-api fuzz build
 	$(VENV)/bin/python tests/bench/report.py
 
 bench-handlers:
@@ -146,4 +182,4 @@ bench-critical-path: deps-moto
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/critical-path 200 --autokitteh --json $(BENCH_OUT)/critical-path-ak-200.json
 
 clean-local:
-	rm -rf $(VENV) $(SDK_VENV) $(BROWSER_DIR)/node_modules
+	rm -rf $(VENV) $(SDK_VENV) $(API_VENV) $(BROWSER_DIR)/node_modules

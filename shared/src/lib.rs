@@ -25,9 +25,12 @@ pub mod store;
 pub mod tokens;
 pub mod writeback;
 
+#[doc(hidden)]
+/// Entry points of the fuzz targets in `fuzz/` (`fuzzing` feature).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 #[cfg(test)]
 mod parser_properties;
-#[doc(hidden)]
 /// Test doubles and helpers (`testing` feature): never compiled into the functions.
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

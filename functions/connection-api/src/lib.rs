@@ -60,13 +60,18 @@ enum Route {
     Disconnect(ConnectionId),
 }
 
-/// A request the API refuses before doing anything.
-struct Refusal(StatusCode, &'static str, String);
+/// A request the API refuses before doing anything; a 405 names the methods the resource
+/// answers (RFC 9110 `Allow`).
+struct Refusal(StatusCode, &'static str, String, Option<&'static str>);
+
+/// The methods each resource answers (the `Allow` header of its 405).
+const CONNECTION_METHODS: &str = "GET, DELETE";
+const TOKEN_METHODS: &str = "GET";
 
 fn route(req: &Request) -> Result<Route, Refusal> {
     if ms_oauth::runtime::is_unreadable(req) {
         let message = "the path or query contains characters a URL may not hold".to_owned();
-        return Err(Refusal(StatusCode::BAD_REQUEST, "invalid_request", message));
+        return Err(Refusal(StatusCode::BAD_REQUEST, "invalid_request", message, None));
     }
     let path = req.raw_http_path();
     let path = if path.is_empty() { req.uri().path().to_owned() } else { path.to_owned() };
@@ -74,10 +79,17 @@ fn route(req: &Request) -> Result<Route, Refusal> {
     let (cid, tail) = match parts.as_slice() {
         ["connections", cid] => (*cid, None),
         ["connections", cid, "token"] => (*cid, Some("token")),
-        _ => return Err(Refusal(StatusCode::NOT_FOUND, "not_found", "no such resource".into())),
+        _ => {
+            return Err(Refusal(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such resource".into(),
+                None,
+            ));
+        }
     };
     let cid: ConnectionId = cid.parse().map_err(|e: ms_oauth::domain::InvalidInput| {
-        Refusal(StatusCode::BAD_REQUEST, "invalid_request", e.to_string())
+        Refusal(StatusCode::BAD_REQUEST, "invalid_request", e.to_string(), None)
     })?;
     match (req.method(), tail) {
         (&Method::GET, None) => Ok(Route::Status(cid)),
@@ -92,16 +104,21 @@ fn route(req: &Request) -> Result<Route, Refusal> {
                             StatusCode::BAD_REQUEST,
                             "invalid_request",
                             "force_refresh must be true or false".into(),
+                            None,
                         ));
                     }
                 };
             Ok(Route::Token(cid, force))
         }
-        _ => Err(Refusal(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed here".into(),
-        )),
+        (_, tail) => {
+            let allow = if tail.is_some() { TOKEN_METHODS } else { CONNECTION_METHODS };
+            Err(Refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this resource answers {allow}"),
+                Some(allow),
+            ))
+        }
     }
 }
 
@@ -121,7 +138,13 @@ pub async fn handle(api: &ConnectionApi, req: Request) -> Response<Body> {
 
 async fn answer(api: &ConnectionApi, req: Request) -> Response<Body> {
     match route(&req) {
-        Err(Refusal(status, code, message)) => error(status, code, &message),
+        Err(Refusal(status, code, message, allow)) => {
+            let mut response = error(status, code, &message);
+            if let Some(allow) = allow {
+                response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            response
+        }
         Ok(Route::Status(cid)) => status(api, &cid).await,
         Ok(Route::Token(cid, force)) => token(api, &cid, force).await,
         Ok(Route::Disconnect(cid)) => match api.tokens.disconnect(&cid).await {

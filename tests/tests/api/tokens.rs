@@ -217,9 +217,14 @@ async fn bad_requests_get_json_errors() {
     let (status, body, _) =
         api(&app, reqwest::Method::GET, &format!("/connections/{}/other", new_cid())).await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
-    let (status, body, _) =
+    let (status, body, headers) =
         api(&app, reqwest::Method::POST, &format!("/connections/{}", new_cid())).await;
     assert_eq!((status, body["error"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(headers["allow"], "GET, DELETE");
+    let (status, _, headers) =
+        api(&app, reqwest::Method::DELETE, &format!("/connections/{}/token", new_cid())).await;
+    assert_eq!(status, 405);
+    assert_eq!(headers["allow"], "GET");
     let path = format!("/connections/{}/token?force_refresh=yes", new_cid());
     let (status, body, _) = api(&app, reqwest::Method::GET, &path).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_request")));

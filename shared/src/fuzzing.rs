@@ -164,7 +164,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 /// Splits fuzz input into (which call, status, body).
 fn canned(data: &[u8]) -> Option<(u8, Canned)> {
-    let (&[which, hi, lo], body) = data.split_first_chunk::<3>()? else { return None };
+    let (&[which, hi, lo], body) = data.split_first_chunk::<3>()?;
     let status = 100 + u16::from_be_bytes([hi, lo]) % 500;
     Some((which, Canned { status, body: body.to_vec() }))
 }

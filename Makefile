@@ -1,4 +1,4 @@
-.PHONY: help run link test test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
+.PHONY: help run link test bench-coldstart-static test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -153,7 +153,7 @@ $(VENV)/.bench-deps: $(MOTO)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
 	touch $@
 
-bench: deps-moto deps-bench bench-handlers bench-coldstart bench-critical-path bench-load bench-api fuzz build
+bench: deps-moto deps-bench bench-handlers bench-coldstart bench-coldstart-static bench-critical-path bench-load bench-api fuzz build
 	$(VENV)/bin/python tests/bench/report.py
 
 bench-handlers:
@@ -172,6 +172,16 @@ bench-coldstart: deps-moto
 	cargo build --release -p ms-oauth-tests --bin hello-lambda --bin coldstart
 	@mkdir -p $(BENCH_OUT)
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/coldstart 15 --json $(BENCH_OUT)/coldstart.json
+
+# The same functions and hello world built without dynamic relocations (static, non-PIE),
+# side by side with the default build: the first lever for Init (docs/benchmarks.md, §1).
+STATIC_TARGET := x86_64-unknown-linux-gnu
+bench-coldstart-static: deps-moto
+	RUSTFLAGS="-C relocation-model=static" CARGO_TARGET_DIR=target/static cargo build --release --target $(STATIC_TARGET) $(foreach f,$(FUNCTIONS),-p $(f))
+	RUSTFLAGS="-C relocation-model=static" CARGO_TARGET_DIR=target/static cargo build --release --target $(STATIC_TARGET) -p ms-oauth-tests --bin hello-lambda
+	cargo build --release -p ms-oauth-tests --bin coldstart
+	@mkdir -p $(BENCH_OUT)
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/coldstart 15 --dir target/static/$(STATIC_TARGET)/release --json $(BENCH_OUT)/coldstart-static.json
 
 bench-critical-path: deps-moto
 	cargo build --release -p ms-oauth-tests --bin critical-path

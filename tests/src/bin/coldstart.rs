@@ -9,7 +9,8 @@
 //! and each function's Init is reported as a ratio to it. Dependencies run on loopback
 //! (moto); their own latency is measured and printed separately.
 //!
-//! Usage: coldstart [RUNS] (binaries from target/release; `make bench-coldstart` builds them)
+//! Usage: coldstart [RUNS] [--dir DIR] [--json PATH] (binaries from target/release unless
+//! `--dir` names another folder; `make bench-coldstart` builds them)
 
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::expect_used, clippy::unwrap_used)]
 
@@ -194,7 +195,12 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().position(|a| a == "--json").and_then(|i| args.get(i + 1)).cloned();
     let runs: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(15);
-    let release = aws::workspace_root().join("target/release");
+    // `--dir DIR`: the binaries of another build (e.g. `make bench-coldstart-static`).
+    let release = args
+        .iter()
+        .position(|a| a == "--dir")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(|| aws::workspace_root().join("target/release"), std::path::PathBuf::from);
 
     // Dependencies on loopback, with their own latency measured.
     let endpoint = aws::spawn_moto(aws::free_port().unwrap()).expect("moto");

@@ -1,4 +1,4 @@
-.PHONY: help run link test bench-coldstart-static test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
+.PHONY: help run link test bench-coldstart-static sam-local test-sam-local test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -26,6 +26,8 @@ help:
 	@echo "              (LOCAL_AUTOKITTEH=1 make run: inside a stand-in AutoKitteh, behind a front door)"
 	@echo "make link   - print a new start link for the local stack (CID=con_… ORIGIN=web|cli|vscode|dash)"
 	@echo "make test   - install test dependencies and run every test (unit, integration, browser)"
+	@echo "make sam-local - the stack served by sam local start-api (Docker, a local base image), like make run"
+	@echo "make test-sam-local - a whole sign-in through sam local start-api (CI runs it)"
 	@echo "make lint   - rustfmt, clippy (warnings are errors), cfn-lint and sam validate --lint"
 	@echo "make build  - arm64 release build of the functions for Lambda, with their sizes"
 	@echo "make sam-build - sam build of the stack (what sam deploy uploads)"
@@ -135,6 +137,13 @@ lint-infra: deps-infra
 	cd infra && $(SAM_ENV) ../$(VENV)/bin/python local_template.py --check
 	cd infra && $(SAM_ENV) ../$(VENV)/bin/python check_sam_local.py template.yaml
 	cd infra && $(SAM_ENV) ../$(VENV)/bin/python check_sam_local.py .sam-local/template.yaml
+
+## SAM local: the template's own API emulation on this machine (see README, "SAM local").
+sam-local: deps-moto deps-infra
+	python3 infra/sam_local.py serve
+
+test-sam-local: deps-moto deps-infra
+	python3 infra/sam_local.py test
 
 ## Release builds for Lambda (Graviton, arm64).
 build: deps-build

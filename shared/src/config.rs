@@ -135,6 +135,17 @@ impl PublicAddress {
     }
 }
 
+/// `AWS_SAM_LOCAL`, which SAM CLI sets (to `true`) in the containers of `sam local` and
+/// Lambda never sets.
+pub const AWS_SAM_LOCAL: &str = "AWS_SAM_LOCAL";
+
+/// Under `sam local` the functions run in containers and reach the local stand-ins on the
+/// Docker bridge's private address, over plain HTTP like loopback.
+fn is_sam_local_peer(lookup: &dyn Fn(&str) -> Option<String>, url: &Url) -> bool {
+    lookup(AWS_SAM_LOCAL).is_some_and(|v| v.trim() == "true")
+        && matches!(url.host(), Some(url::Host::Ipv4(ip)) if ip.is_private())
+}
+
 fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
@@ -316,7 +327,7 @@ fn service_url(
         .map_err(|e| ConfigError::new(var, format!("is not a URL ({e})")))?;
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(&url) => {}
+        "http" if is_loopback(&url) || is_sam_local_peer(lookup, &url) => {}
         _ => {
             return Err(ConfigError::new(
                 var,
@@ -459,6 +470,29 @@ mod tests {
         for bad in ["3001", "-1", "5m", "1.5"] {
             assert_eq!(with(bad).unwrap_err().var, TOKEN_REFRESH_MARGIN_SECONDS, "{bad}");
         }
+    }
+
+    #[test]
+    fn plain_http_to_a_private_address_only_under_sam_local() {
+        let base = [
+            (WEBHOOK_ADDRESS, "http://localhost:9000"),
+            (MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
+            (OAUTH_TABLE_NAME, "t"),
+            (MICROSOFT_AUTHORITY_HOST, "http://172.17.0.1:9100"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let vars: Vec<(&str, &str)> = base.iter().chain(extra).copied().collect();
+            Config::from_lookup(&|k| {
+                vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+            })
+        };
+        let refused = with(&[]).unwrap_err();
+        assert_eq!(refused.var, MICROSOFT_AUTHORITY_HOST);
+        assert!(with(&[(AWS_SAM_LOCAL, "true")]).is_ok());
+        assert!(with(&[(AWS_SAM_LOCAL, "false")]).is_err());
+        // A public address stays https-only even there.
+        let public = [(AWS_SAM_LOCAL, "true"), (MICROSOFT_GRAPH_URL, "http://203.0.113.9")];
+        assert_eq!(with(&public).unwrap_err().var, MICROSOFT_GRAPH_URL);
     }
 
     #[test]

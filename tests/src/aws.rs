@@ -34,9 +34,14 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts moto on `port`. It is stopped when this process exits: a watcher shell polls its
-/// parent, because a test binary's statics are never dropped.
+/// Starts moto on `127.0.0.1:port` (see [`spawn_moto_on`]).
 pub fn spawn_moto(port: u16) -> std::io::Result<String> {
+    spawn_moto_on("127.0.0.1", port)
+}
+
+/// Starts moto on `host:port`. It is stopped when this process exits: a watcher shell polls
+/// its parent, because a test binary's statics are never dropped.
+pub fn spawn_moto_on(host: &str, port: u16) -> std::io::Result<String> {
     let moto = moto_binary();
     let script = r#"quiet="$1"; shift; "$@" >"$quiet" 2>&1 & m=$!; while kill -0 "$PPID" 2>/dev/null && kill -0 "$m" 2>/dev/null; do sleep 1; done; kill "$m" 2>/dev/null"#;
     let log = std::env::temp_dir().join(format!("moto-{port}.log"));
@@ -46,12 +51,12 @@ pub fn spawn_moto(port: u16) -> std::io::Result<String> {
         .arg("moto-watch")
         .arg(&log)
         .arg(&moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-H", host, "-p", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = format!("http://{host}:{port}");
     wait_for_http(&format!("{endpoint}/moto-api/"), Duration::from_secs(60)).map_err(|e| {
         std::io::Error::other(format!(
             "moto server ({}) did not start on port {port}: {e}; see {} (install with `make deps`)",

@@ -8,6 +8,11 @@
 //! front door on the public address (the three OAuth paths to the functions, the rest to the
 //! stand-in); with `AUTOKITTEH_API_URL` set it uses that AutoKitteh, starts neither, and
 //! serves the functions on `LOCAL_PORT` for the user's own front door.
+//!
+//! For `make sam-local`: `LOCAL_SERVICES_ONLY=1` starts only what the functions depend on
+//! (moto, the stand-in, the resources) and prints the start link, for the functions SAM runs;
+//! `LOCAL_BIND_ADDRESS` makes moto and the stand-in listen there (Docker's bridge address,
+//! which SAM's containers reach) instead of 127.0.0.1.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -83,6 +88,11 @@ async fn run() -> Result<(), String> {
     };
     vars.insert(config::WEBHOOK_ADDRESS, webhook);
 
+    let bind = env("LOCAL_BIND_ADDRESS").unwrap_or_else(|| "127.0.0.1".into());
+    bind.parse::<std::net::IpAddr>()
+        .map_err(|_| format!("LOCAL_BIND_ADDRESS must be an IP address, not {bind:?}"))?;
+    let services_only = env("LOCAL_SERVICES_ONLY").is_some_and(|v| v != "0" && v != "false");
+
     // AWS: an endpoint given by the user, or moto started here.
     let endpoint = match env("AWS_ENDPOINT_URL") {
         Some(url) => {
@@ -91,7 +101,7 @@ async fn run() -> Result<(), String> {
         }
         None => {
             let port = port_var("MOTO_PORT", 4566)?;
-            let url = aws::spawn_moto(port).map_err(|e| e.to_string())?;
+            let url = aws::spawn_moto_on(&bind, port).map_err(|e| e.to_string())?;
             println!("AWS emulator:       {url} (moto, started here)");
             url
         }
@@ -148,10 +158,8 @@ async fn run() -> Result<(), String> {
         }
         None => {
             let port = port_var("STANDIN_PORT", 9100)?;
-            let listener = TcpListener::bind(("127.0.0.1", port)).await.map_err(|e| {
-                format!(
-                    "cannot listen on 127.0.0.1:{port} for the stand-in ({e}); set STANDIN_PORT"
-                )
+            let listener = TcpListener::bind((bind.as_str(), port)).await.map_err(|e| {
+                format!("cannot listen on {bind}:{port} for the stand-in ({e}); set STANDIN_PORT")
             })?;
             let standin = Standin::spawn(
                 listener,
@@ -220,6 +228,18 @@ async fn run() -> Result<(), String> {
         standin_ak = Some((ak, user));
     }
 
+    if services_only {
+        println!("Functions:          not served here (LOCAL_SERVICES_ONLY): sam local runs them");
+        println!("Table / KMS key:    {table} / {kms_key}");
+        if let Some(key) = start_key {
+            print_start_link(&public, &key)?;
+        }
+        println!("\nReady. Press Ctrl-C to stop.");
+        let _ = tokio::signal::ctrl_c().await;
+        println!("Stopping.");
+        return Ok(());
+    }
+
     let lookup = |k: &str| vars.get(k).cloned();
     let start = StartService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
     let redirect = RedirectService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
@@ -261,14 +281,7 @@ async fn run() -> Result<(), String> {
             public.origin()
         );
     } else if let Some(key) = start_key {
-        let cid = ms_oauth_tests::new_connection_id();
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let grant = ms_oauth_tests::startlink::grant(&cid, Origin::Web, MAX_GRANT_LIFETIME_SECS);
-        let link = ms_oauth_tests::startlink::start_link(&public.origin(), &key, &grant, now)?;
-        println!(
-            "\nOpen this start link in a browser (opens once, within 10 minutes; `make link` makes a new one):"
-        );
-        println!("START_LINK={link}");
+        print_start_link(&public, &key)?;
     }
     println!("\nReady. Press Ctrl-C to stop.");
 
@@ -281,4 +294,17 @@ async fn run() -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// Prints a start link for a new connection, signed with the local start-link key.
+fn print_start_link(public: &PublicAddress, key: &str) -> Result<(), String> {
+    let cid = ms_oauth_tests::new_connection_id();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let grant = ms_oauth_tests::startlink::grant(&cid, Origin::Web, MAX_GRANT_LIFETIME_SECS);
+    let link = ms_oauth_tests::startlink::start_link(&public.origin(), key, &grant, now)?;
+    println!(
+        "\nOpen this start link in a browser (opens once, within 10 minutes; `make link` makes a new one):"
+    );
+    println!("START_LINK={link}");
+    Ok(())
 }

@@ -1,0 +1,335 @@
+"""The stack served by `sam local start-api` on this machine, against moto and the stand-in.
+
+    python3 infra/sam_local.py serve   # make sam-local: serve until Ctrl-C, print a start link
+    python3 infra/sam_local.py test    # make test-sam-local: one whole sign-in through it
+
+What it does, each step skipped when already done:
+1. a Docker engine: Debian's docker.io installed (as root) if missing, `dockerd` started if
+   not running;
+2. the local base image `ms-oauth/lambda-base:bookworm`: no registry is needed, the image is
+   a minimal Debian made by `debootstrap --variant=minbase bookworm` and imported with
+   `docker import` (the root file system is cached as a tar under ~/.cache/ms-oauth/); SAM CLI
+   adds its Runtime Interface Emulator on top, as it does to Lambda's own images;
+3. the four functions built by cargo for this machine (debug, like the tests), each binary
+   linked as `bootstrap` into infra/.sam-local/code/<FunctionId>/, and a copy of the
+   template that runs them (infra/local_template.py --prebuilt; Architecture = this machine's);
+4. the local stack's services (moto and the stand-in identity platform, the table, key and
+   secrets) on Docker's bridge address, which the functions' containers reach (SAM CLI gives
+   containers no host network), and infra/.sam-local/env.json pointing the functions there;
+5. `sam local start-api` on the public address `make run` uses (WEBHOOK_ADDRESS, default
+   http://localhost:9000), with the local base image, warm containers.
+Every variable `make run` honours is honoured here (MOTO_PORT, STANDIN_PORT, WEBHOOK_ADDRESS);
+DOCKER_BRIDGE_ADDRESS overrides the bridge address. Ctrl-C (or SIGTERM) stops SAM, the
+local stack and the containers.
+"""
+
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+INFRA = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(INFRA)
+WORK = os.path.join(INFRA, ".sam-local")
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "ms-oauth")
+IMAGE = "ms-oauth/lambda-base:bookworm"
+VENV = os.path.join(ROOT, ".venv", "bin")
+LOCAL_CLIENT_ID = "00000000-0000-0000-0000-0000000a11ce"
+FUNCTIONS = {
+    "StartFunction": "oauth-start",
+    "RedirectFunction": "oauth-redirect",
+    "ConnectionApiFunction": "connection-api",
+    "TokenRefresherFunction": "token-refresher",
+}
+# Names the local stack creates (tests/src/bin/local-stack.rs).
+LOCAL = {
+    "OAUTH_TABLE_NAME": "autokitteh-oauth-local",
+    "TOKEN_KMS_KEY_ID": "alias/autokitteh-oauth-local",
+    "MICROSOFT_CLIENT_SECRET_ARN": "autokitteh-oauth-local/microsoft-client-secret",
+    "START_LINK_KEY_ARN": "autokitteh-oauth-local/start-link-key",
+}
+SAM_ENV = {
+    "SAM_CLI_TELEMETRY": "0",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+}
+
+
+def say(text):
+    print(f"sam-local: {text}", flush=True)
+
+
+def run(command, **kwargs):
+    return subprocess.run(command, check=True, **kwargs)
+
+
+def quiet(command):
+    return subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def apt_install(*packages):
+    if os.geteuid() != 0:
+        raise SystemExit(f"sam-local: install {' '.join(packages)} (sudo apt-get install {' '.join(packages)})")
+    say(f"installing Debian's {' '.join(packages)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if subprocess.run(["apt-get", "install", "-y", "-qq", *packages], env=env,
+                      stdout=subprocess.DEVNULL).returncode != 0:
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", *packages], env=env, stdout=subprocess.DEVNULL)
+
+
+def ensure_docker():
+    if quiet(["docker", "info"]):
+        return
+    if not shutil.which("dockerd"):
+        apt_install("docker.io")
+    if not quiet(["docker", "info"]):
+        if os.geteuid() != 0:
+            raise SystemExit("sam-local: the Docker engine is not running; start it (sudo dockerd)")
+        os.makedirs(CACHE, exist_ok=True)
+        log = open(os.path.join(CACHE, "dockerd.log"), "ab")
+        subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+        deadline = time.time() + 60
+        while not quiet(["docker", "info"]):
+            if time.time() > deadline:
+                raise SystemExit(f"sam-local: dockerd did not start; see {log.name}")
+            time.sleep(0.5)
+        say("started the Docker engine")
+
+
+def ensure_image():
+    if quiet(["docker", "image", "inspect", IMAGE]):
+        return
+    os.makedirs(CACHE, exist_ok=True)
+    tar = os.path.join(CACHE, f"bookworm-minbase-{platform.machine()}.tar")
+    if not os.path.exists(tar):
+        if not shutil.which("debootstrap"):
+            apt_install("debootstrap")
+        if os.geteuid() != 0:
+            raise SystemExit("sam-local: making the base image needs root (debootstrap)")
+        began = time.time()
+        with tempfile.TemporaryDirectory(prefix="ms-oauth-rootfs-") as rootfs:
+            say("making the base image's root file system (debootstrap --variant=minbase bookworm)")
+            run(["debootstrap", "--variant=minbase", "bookworm", rootfs], stdout=subprocess.DEVNULL)
+            partial = tar + ".partial"
+            with open(partial, "wb") as out:
+                run(["tar", "-C", rootfs, "-c", "."], stdout=out)
+            os.replace(partial, tar)
+        say(f"root file system made in {time.time() - began:.0f} s, cached at {tar}")
+    began = time.time()
+    with open(tar, "rb") as source:
+        run(["docker", "import", "-", IMAGE], stdin=source, stdout=subprocess.DEVNULL)
+    say(f"imported {IMAGE} in {time.time() - began:.1f} s")
+
+
+def build():
+    say("building the functions for this machine (cargo, debug)")
+    # One build of the functions and the local stack together: the same features as the
+    # test build, so after `make test` nothing is compiled again.
+    packages = [arg for name in [*FUNCTIONS.values(), "ms-oauth-tests"] for arg in ("-p", name)]
+    run(["cargo", "build", "--quiet", *packages, "--bins"], cwd=ROOT)
+    for function_id, binary in FUNCTIONS.items():
+        folder = os.path.join(WORK, "code", function_id)
+        os.makedirs(folder, exist_ok=True)
+        target = os.path.join(folder, "bootstrap")
+        if os.path.lexists(target):
+            os.remove(target)
+        source = os.path.join(ROOT, "target", "debug", binary)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    run([os.path.join(VENV, "python"), "local_template.py", "--prebuilt", "code"], cwd=INFRA,
+        stdout=subprocess.DEVNULL, env=dict(os.environ, **SAM_ENV))
+
+
+def bridge_address():
+    given = os.environ.get("DOCKER_BRIDGE_ADDRESS")
+    if given:
+        return given
+    out = subprocess.run(["docker", "network", "inspect", "bridge", "-f",
+                          "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}};{{end}}"],
+                         capture_output=True, text=True, check=True).stdout
+    for entry in out.split(";"):
+        parts = entry.split()
+        if len(parts) == 2:
+            return parts[1]
+        if len(parts) == 1 and "." in parts[0]:
+            # Docker's default bridge names no gateway: it is the subnet's first address.
+            return str(next(ipaddress.ip_network(parts[0]).hosts()))
+    raise SystemExit("sam-local: cannot find Docker's bridge address; set DOCKER_BRIDGE_ADDRESS")
+
+
+def port_free(host, port):
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_for_port(host, port, timeout, what, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.2)
+    raise SystemExit(f"sam-local: {what} did not come up on {host}:{port}")
+
+
+class Stack:
+    """The local stack's services and `sam local start-api`, stopped together."""
+
+    def __init__(self):
+        self.procs = []
+        self.link = None
+
+    def start(self):
+        began = time.time()
+        ensure_docker()
+        ensure_image()
+        build()
+        bridge = bridge_address()
+        public = os.environ.get("WEBHOOK_ADDRESS", "http://localhost:9000")
+        parsed = urllib.parse.urlsplit(public)
+        host, port = parsed.hostname or "localhost", parsed.port or 80
+        if not port_free("127.0.0.1", port):
+            raise SystemExit(f"sam-local: {host}:{port} is taken; stop `make run` or set WEBHOOK_ADDRESS")
+        moto_port = int(os.environ.get("MOTO_PORT", "4566"))
+        standin_port = int(os.environ.get("STANDIN_PORT", "9100"))
+        os.makedirs(WORK, exist_ok=True)
+
+        stack_log = open(os.path.join(WORK, "local-stack.log"), "w+", encoding="utf-8")
+        stack_env = dict(os.environ, LOCAL_SERVICES_ONLY="1", LOCAL_BIND_ADDRESS=bridge,
+                         WEBHOOK_ADDRESS=public, MOTO_PORT=str(moto_port),
+                         STANDIN_PORT=str(standin_port),
+                         MOTO_SERVER=os.path.join(VENV, "moto_server"))
+        stack_env.pop("AWS_ENDPOINT_URL", None)
+        stack = subprocess.Popen([os.path.join(ROOT, "target", "debug", "local-stack")], env=stack_env,
+                                 stdout=stack_log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                 start_new_session=True)
+        self.procs.append(stack)
+        deadline = time.time() + 90
+        while self.link is None:
+            if stack.poll() is not None or time.time() > deadline:
+                stack_log.seek(0)
+                raise SystemExit(f"sam-local: the local stack did not start:\n{stack_log.read()}")
+            time.sleep(0.2)
+            stack_log.seek(0)
+            for line in stack_log.read().splitlines():
+                if line.startswith("START_LINK="):
+                    self.link = line.split("=", 1)[1]
+
+        variables = dict(LOCAL,
+                         WEBHOOK_ADDRESS=public,
+                         MICROSOFT_CLIENT_ID=LOCAL_CLIENT_ID,
+                         MICROSOFT_AUTHORITY_HOST=f"http://{bridge}:{standin_port}",
+                         MICROSOFT_GRAPH_URL=f"http://{bridge}:{standin_port}",
+                         AWS_ENDPOINT_URL=f"http://{bridge}:{moto_port}",
+                         EVENT_BUS_NAME="")
+        env_json = os.path.join(WORK, "env.json")
+        with open(env_json, "w", encoding="utf-8") as f:
+            json.dump({function_id: variables for function_id in FUNCTIONS}, f, indent=1)
+
+        arch = "x86_64" if platform.machine() in ("x86_64", "AMD64") else "arm64"
+        sam_log = open(os.path.join(WORK, "sam.log"), "w+", encoding="utf-8")
+        command = [
+            os.path.join(VENV, "sam"), "local", "start-api",
+            "--template", os.path.join(WORK, "template.yaml"),
+            "--env-vars", env_json,
+            "--parameter-overrides", f"Architecture={arch} MicrosoftClientId={LOCAL_CLIENT_ID}",
+            "--invoke-image", IMAGE, "--skip-pull-image",
+            "--warm-containers", "LAZY",
+            "--host", "127.0.0.1", "--port", str(port),
+        ]
+        sam = subprocess.Popen(command, cwd=INFRA, env=dict(os.environ, **SAM_ENV),
+                               stdout=sam_log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(sam)
+        if not wait_for_port("127.0.0.1", port, 120, "sam local start-api", sam):
+            sam_log.seek(0)
+            raise SystemExit(f"sam-local: sam local start-api stopped:\n{sam_log.read()[-4000:]}")
+        say(f"ready in {time.time() - began:.1f} s: {public} served by sam local start-api "
+            f"(logs: {sam_log.name}, {stack_log.name})")
+        return public
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGINT)
+                    proc.wait(timeout=15)
+                except (subprocess.TimeoutExpired, ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        # Warm containers SAM did not get to remove.
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=sam.cli.container.type=lambda"],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def serve():
+    stack = Stack()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        stack.start()
+        print(f"\nOpen this start link in a browser (opens once, within 10 minutes):\nSTART_LINK={stack.link}")
+        print("\nReady. Press Ctrl-C to stop.", flush=True)
+        while all(p.poll() is None for p in stack.procs):
+            time.sleep(1)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()
+
+
+def test():
+    sys.path.insert(0, os.path.join(ROOT, "tests", "conformance"))
+    from run import request, sign_in  # noqa: E402  (the same browser steps as the conformance run)
+
+    stack = Stack()
+    try:
+        public = stack.start()
+        cid = urllib.parse.parse_qs(urllib.parse.urlsplit(stack.link).query)["cid"][0]
+        began = time.time()
+        sign_in(stack.link, cid)
+        say(f"signed in {cid} through sam local in {time.time() - began:.1f} s")
+        status, _, body = request("GET", f"{public}/connections/{cid}")
+        assert status == 200 and json.loads(body)["status"] == "ok", (status, body)
+        assert json.loads(body)["vars"]["user_principal_name"], body
+        status, _, body = request("GET", f"{public}/connections/{cid}/token")
+        assert status == 200 and json.loads(body)["access_token"], (status, body[:200])
+        # The Teams start path reaches the start function too: without a grant, its refusal.
+        status, _, body = request("GET", f"{public}/oauth/start/microsoft_teams?cid={cid}&origin=web")
+        assert status == 403 and "not issued by AutoKitteh" in body, (status, body[:300])
+        status, _, body = request("DELETE", f"{public}/connections/{cid}")
+        assert status == 200, (status, body)
+        status, _, body = request("GET", f"{public}/connections/{cid}")
+        assert status == 200 and json.loads(body)["status"] == "init_required", (status, body)
+        say("every route of the template answered by its function through sam local: "
+            "start link, confirmation, redirect, status, token, Teams start, disconnect")
+        print("1 passed, 0 failed")
+        return 0
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in ("serve", "test"):
+        raise SystemExit(__doc__)
+    sys.exit(serve() if sys.argv[1] == "serve" else test())

@@ -153,7 +153,17 @@ fn every_function_is_a_workspace_binary_with_settings_for_lambda() {
     let globals = &template["Globals"]["Function"];
     assert_eq!(globals["Runtime"].as_str(), Some("provided.al2023"));
     assert_eq!(globals["Handler"].as_str(), Some("bootstrap"));
-    assert_eq!(globals["Architectures"][0].as_str(), Some("arm64"));
+    // Graviton on Lambda unless a local run (sam local on x86_64) asks for its own.
+    assert_eq!(tagged(&globals["Architectures"][0], "Ref").as_str(), Some("Architecture"));
+    let architecture = &template["Parameters"]["Architecture"];
+    assert_eq!(architecture["Default"].as_str(), Some("arm64"));
+    let allowed: Vec<&str> = architecture["AllowedValues"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(allowed, ["arm64", "x86_64"]);
 }
 
 #[test]

@@ -140,10 +140,10 @@ lint-infra: deps-infra
 
 ## SAM local: the template's own API emulation on this machine (see README, "SAM local").
 sam-local: deps-moto deps-infra
-	python3 infra/sam_local.py serve
+	$(VENV)/bin/python infra/sam_local.py serve
 
 test-sam-local: deps-moto deps-infra
-	python3 infra/sam_local.py test
+	$(VENV)/bin/python infra/sam_local.py test
 
 ## Release builds for Lambda (Graviton, arm64).
 build: deps-build

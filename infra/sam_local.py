@@ -170,6 +170,24 @@ def bridge_address():
     raise SystemExit("sam-local: cannot find Docker's bridge address; set DOCKER_BRIDGE_ADDRESS")
 
 
+def environments(variables):
+    """Each function's share of `variables`: SAM applies only what the template declares,
+    and a function that cannot be pointed at the local services must not run at all (it
+    would call real AWS or Microsoft)."""
+    from samcli.yamlhelper import yaml_parse
+
+    with open(os.path.join(WORK, "template.yaml"), encoding="utf-8") as f:
+        resources = yaml_parse(f.read())["Resources"]
+    out = {}
+    for function_id in FUNCTIONS:
+        declared = resources[function_id]["Properties"]["Environment"]["Variables"]
+        for local in ("WEBHOOK_ADDRESS", "AWS_ENDPOINT_URL", "MICROSOFT_AUTHORITY_HOST"):
+            if local not in declared:
+                raise SystemExit(f"sam-local: {function_id} does not declare {local}; it cannot run locally")
+        out[function_id] = {k: v for k, v in variables.items() if k in declared}
+    return out
+
+
 def port_free(host, port):
     with socket.socket() as s:
         try:
@@ -244,7 +262,7 @@ class Stack:
                          EVENT_BUS_NAME="")
         env_json = os.path.join(WORK, "env.json")
         with open(env_json, "w", encoding="utf-8") as f:
-            json.dump({function_id: variables for function_id in FUNCTIONS}, f, indent=1)
+            json.dump(environments(variables), f, indent=1)
 
         arch = "x86_64" if platform.machine() in ("x86_64", "AMD64") else "arm64"
         sam_log = open(os.path.join(WORK, "sam.log"), "w+", encoding="utf-8")

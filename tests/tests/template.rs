@@ -388,24 +388,6 @@ async fn every_route_in_the_template_reaches_its_handler() {
 }
 
 #[test]
-fn the_sam_local_environment_only_overrides_variables_the_template_defines() {
-    let functions = functions(&template());
-    let path = workspace_root().join("infra/env.json");
-    let env: BTreeMap<String, BTreeMap<String, String>> =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    for (id, vars) in env {
-        let (_, defined) =
-            functions.get(&id).unwrap_or_else(|| panic!("env.json names unknown function {id}"));
-        for var in vars.keys().filter(|v| !SDK_VARIABLES.contains(&v.as_str())) {
-            assert!(
-                defined.contains(var),
-                "env.json sets {var} on {id}, which the template does not define"
-            );
-        }
-    }
-}
-
-#[test]
 fn the_key_policies_name_the_store_the_code_seals_with() {
     let text = std::fs::read_to_string(workspace_root().join("infra/template.yaml")).unwrap();
     let named: Vec<&str> = text

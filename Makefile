@@ -101,7 +101,8 @@ test-api: deps-moto deps-api
 
 bench-api: deps-moto deps-api
 	cargo build -p ms-oauth-tests --bin local-stack
-	MOTO_SERVER=$(abspath $(MOTO)) $(VENV)/bin/python tests/conformance/run.py 1000
+	@mkdir -p $(BENCH_OUT)
+	MOTO_SERVER=$(abspath $(MOTO)) $(VENV)/bin/python tests/conformance/run.py 1000 --json $(BENCH_OUT)/schemathesis.json
 
 ## Fuzzing (cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its -Z flags).
 deps-fuzz:

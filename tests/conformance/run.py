@@ -1,6 +1,6 @@
 """The connection API against its own OpenAPI document, checked by schemathesis.
 
-    python tests/conformance/run.py EXAMPLES
+    python tests/conformance/run.py EXAMPLES [--json PATH]
 
 Starts the local stack (moto, the stand-in identity platform, the four functions) on free
 ports, signs one connection in through the real flow (start link, confirmation, consent,
@@ -97,8 +97,21 @@ def sign_in(start_link, cid):
     assert status == 200 and '"ok"' in body, f"the connection is not stored: {status} {body[:300]}"
 
 
+def summary(output):
+    """schemathesis's closing counts: test cases generated and passed, failures."""
+    generated = re.findall(r"(\d+) generated", output)
+    passed = re.findall(r"(\d+) passed", output)
+    failures = re.findall(r"(\d+) (?:unique )?failures?", output)
+    return {
+        "generated": int(generated[-1]) if generated else 0,
+        "passed": int(passed[-1]) if passed else 0,
+        "failures": int(failures[-1]) if failures else 0,
+    }
+
+
 def main(argv):
     examples = int(argv[0]) if argv else 30
+    out = argv[argv.index("--json") + 1] if "--json" in argv else None
     port = free_port()
     env = dict(os.environ, WEBHOOK_ADDRESS=f"http://localhost:{port}", MOTO_PORT=str(free_port()),
                STANDIN_PORT=str(free_port()), RUST_LOG="warn")
@@ -141,7 +154,17 @@ def main(argv):
             "--seed", "1", "--no-color",
         ]
         print(" ".join(command[1:]))
-        result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, SCHEMATHESIS_HOOKS=""))
+        began = time.time()
+        result = subprocess.run(command, cwd=ROOT, env=dict(os.environ, SCHEMATHESIS_HOOKS=""),
+                                capture_output=True, text=True)
+        sys.stdout.write(result.stdout + result.stderr)
+        if out:
+            import json
+            counts = dict(summary(result.stdout), examples=examples, exit=result.returncode,
+                          seconds=round(time.time() - began, 1))
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with open(out, "w", encoding="utf-8") as f:
+                json.dump(counts, f, indent=1)
         return result.returncode
     finally:
         stack.terminate()

@@ -201,10 +201,18 @@ pub fn microsoft(data: &[u8]) {
                     .await
                 {
                     assert_eq!(tokens.claims.aud, CLIENT_ID, "a token for another app");
+                    let now = time::OffsetDateTime::from_unix_timestamp(NOW).unwrap();
+                    let expiry = crate::microsoft::expiry_after(now, tokens.expires_in);
+                    assert!(expiry >= now && expiry <= now + crate::microsoft::MAX_TOKEN_LIFETIME);
                 }
             }
             1 => {
-                let _ = client.refresh(&RefreshToken::new("rt".into()), &secret).await;
+                if let Ok(refreshed) =
+                    client.refresh(&RefreshToken::new("rt".into()), &secret).await
+                {
+                    let now = time::OffsetDateTime::from_unix_timestamp(NOW).unwrap();
+                    let _ = crate::microsoft::expiry_after(now, refreshed.expires_in);
+                }
             }
             2 => {
                 let _ = client.me(&AccessToken::new("at".into())).await;
@@ -261,9 +269,18 @@ mod tests {
         cookies(b"ak_logged_in=true; ak_user_session=abc\nms_oauth_state_x=1");
         grant(b"{\"aud\":\"autokitteh-oauth-start:microsoft\",\"cid\":\"con_0123456789abcdefghjkmnpqrs\"}");
         grant(b"not.a.grant");
+        // Extreme times, validly signed: refused, not an overflow.
+        let cid = CID;
+        for (iat, exp) in [(i64::MIN, i64::MAX), (0, i64::MAX), (i64::MIN, NOW), (NOW, i64::MIN)] {
+            let claims = serde_json::json!({"aud": "autokitteh-oauth-start:microsoft", "cid": cid,
+                "origin": "web", "sub": "u", "name": "n", "jti": "0123456789abcdef0123456789abcdef",
+                "iat": iat, "exp": exp});
+            grant(claims.to_string().as_bytes());
+        }
         id_token(b"{\"alg\":\"none\"}\n{\"tid\":\"t\",\"oid\":\"o\",\"aud\":\"a\"}\nsig");
         microsoft(b"\x00\x00\x64{\"access_token\":\"a\",\"token_type\":\"Bearer\",\"id_token\":\"x.y.z\"}");
         microsoft(b"\x01\x01\x2c{\"error\":\"invalid_grant\"}");
+        microsoft(b"\x01\x00\x64{\"access_token\":\"a\",\"token_type\":\"Bearer\",\"expires_in\":18446744073709551615}");
         microsoft(b"\x02\x00\x64{\"id\":\"u\"}");
         microsoft(b"\x03\x00\x64{\"value\":[]}");
         autokitteh(b"\x00\x00\x64{\"user\":{\"userId\":\"u\"}}");

@@ -222,11 +222,12 @@ impl GrantKey {
         if !is_label(&claims.sub) || !is_label(&claims.name) || !is_grant_id(&claims.jti) {
             return Err(GrantError::Invalid);
         }
-        if claims.exp + CLOCK_SKEW_SECS <= now {
+        // Saturating: times of any size, even validly signed, are refused, never an overflow.
+        if claims.exp.saturating_add(CLOCK_SKEW_SECS) <= now {
             return Err(GrantError::Expired);
         }
-        if claims.exp - claims.iat > MAX_GRANT_LIFETIME_SECS
-            || claims.exp > now + MAX_GRANT_LIFETIME_SECS + CLOCK_SKEW_SECS
+        if claims.exp.saturating_sub(claims.iat) > MAX_GRANT_LIFETIME_SECS
+            || claims.exp > now.saturating_add(MAX_GRANT_LIFETIME_SECS + CLOCK_SKEW_SECS)
         {
             return Err(GrantError::TooLong);
         }

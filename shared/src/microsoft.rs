@@ -177,6 +177,19 @@ impl IdClaims {
     }
 }
 
+/// The longest access-token lifetime taken at its word. Microsoft issues 60 to 90 minutes
+/// (up to 28 hours with continuous access evaluation); a longer `expires_in` is clamped, so
+/// an absurd answer can neither overflow a date nor keep a token "valid" for years.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(2 * 24 * 3600);
+
+/// When a token issued at `now` with `expires_in` expires (`now` when Microsoft gave none).
+pub fn expiry_after(
+    now: time::OffsetDateTime,
+    expires_in: Option<Duration>,
+) -> time::OffsetDateTime {
+    expires_in.map_or(now, |d| now + d.min(MAX_TOKEN_LIFETIME))
+}
+
 /// Tokens and identity from a successful code exchange.
 #[derive(Debug)]
 pub struct Tokens {
@@ -441,6 +454,18 @@ pub(crate) fn read_id_token(id_token: &str) -> Result<IdClaims, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_absurd_token_lifetime_is_clamped_not_an_overflow() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        assert_eq!(expiry_after(now, None), now);
+        assert_eq!(
+            expiry_after(now, Some(Duration::from_secs(3599))).unix_timestamp(),
+            1_800_003_599
+        );
+        let clamped = expiry_after(now, Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(clamped, now + MAX_TOKEN_LIFETIME);
+    }
 
     #[test]
     fn aadsts_codes_are_read_from_descriptions() {

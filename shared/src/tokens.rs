@@ -375,7 +375,7 @@ impl TokenService {
         .map_err(|_| TokenFailure::Corrupt)?;
         let sealed = seal(&data_key, &context, &plaintext)?;
         let now = self.clock.now();
-        let expires_at = refreshed.expires_in.map_or(now, |d| now + d);
+        let expires_at = crate::microsoft::expiry_after(now, refreshed.expires_in);
         let update = RefreshUpdate {
             secrets: sealed,
             oauth_expiry: rfc3339(expires_at),

@@ -221,7 +221,7 @@ async fn finish(
 
     let secrets = secret_vars(&tokens)?;
     let sealed = seal(&data_key, &context, secrets.expose_secret())?;
-    let expiry = tokens.expires_in.map_or(now, |d| now + d);
+    let expiry = ms_oauth::microsoft::expiry_after(now, tokens.expires_in);
     let connection = Connection {
         connection_id: flow.connection_id.clone(),
         auth_type: AUTH_TYPE_DEFAULT.to_owned(),

@@ -88,6 +88,24 @@ def apt_install(*packages):
         run(["apt-get", "install", "-y", "-qq", *packages], env=env, stdout=subprocess.DEVNULL)
 
 
+def clear_stale_pid_files():
+    """An engine that was killed (a machine handed over, a CI run that ended) leaves its pid
+    files behind, and dockerd refuses to start while they name a process."""
+    for path in ("/var/run/docker.pid", "/var/run/docker/containerd/containerd.pid"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                pid = int(f.read().strip() or "0")
+        except (OSError, ValueError):
+            continue
+        try:
+            with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
+                alive = f.read().strip() in ("dockerd", "containerd")
+        except OSError:
+            alive = False
+        if not alive:
+            os.remove(path)
+
+
 def ensure_docker():
     if quiet(["docker", "info"]):
         return
@@ -97,6 +115,7 @@ def ensure_docker():
         if os.geteuid() != 0:
             raise SystemExit("sam-local: the Docker engine is not running; start it (sudo dockerd)")
         os.makedirs(CACHE, exist_ok=True)
+        clear_stale_pid_files()
         log = open(os.path.join(CACHE, "dockerd.log"), "ab")
         subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
         deadline = time.time() + 60

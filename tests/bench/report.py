@@ -216,10 +216,16 @@ def main():
     w(
         "This machine is a shared VM and the ratio moves with its load. Runs of the same "
         "binaries during development measured oauth-start 1.34–1.64×, oauth-redirect "
-        "1.58–1.69×, connection-api 1.53–1.91× and token-refresher 1.53–1.82×, and up to 2.4× "
+        "1.58–1.92×, connection-api 1.53–1.98× and token-refresher 1.53–2.01×, and up to 2.4× "
         "while the VM was busy. Each round starts every function once and the ratio is the "
         "median of per-round ratios, so drift within a run affects all functions alike; the "
-        "spread between runs remains.\n"
+        "spread between runs remains. To tell a change from the VM's mood, the release build of "
+        "an earlier commit can be measured interleaved with the current one: on 2026-12-06, "
+        "commit d45db2f against this one, 30 rounds each, two runs each way: oauth-start "
+        "1.64/1.60× against 1.65/1.64×, oauth-redirect 1.92/1.89× against 1.91/1.91×, "
+        "connection-api 1.92/1.90× against 1.85/1.88×, token-refresher 1.90/1.90× against "
+        "1.97/1.97×: the same within the noise. That day's VM simply gives higher ratios than "
+        "the day of the earlier report (1.51–1.69×).\n"
     )
     w(
         "Where Init goes (`valgrind --tool=callgrind` on oauth-start built with symbols, "

@@ -479,12 +479,17 @@ def main():
         )
     w(
         f"\n**{fuzz['total']:,} executions in all, no crash.** CI runs `make fuzz-smoke` "
-        "(20,000 executions per target). What fuzzing found while the targets were written: "
-        "lambda_http panics on an ALB event whose path cannot follow `http://localhost` in a "
-        "URL and on a body marked base64 that does not decode; the readability check now clears "
-        "both (and the query, path with its stage, or host lambda_http cannot put in a URI) "
-        "without unwinding, and the request gets our 400. The property tests (proptest, in "
-        "`make test`) cover the same parsers and the handlers with shrinking "
+        "(20,000 executions per target). The readability check mirrors lambda_http's conversion, "
+        "including the two panics of lambda_http known before these targets ran (an ALB event "
+        "whose path cannot follow `http://localhost` in a URL, a body marked base64 that does "
+        "not decode): both are cleared without unwinding and the request gets our 400. That the "
+        "`event` target would notice a gap was checked by breaking the mirror on purpose (the "
+        "body check skipped): it crashed within seconds. Writing the entry points' edge cases "
+        "found two overflows the random search had not reached: a validly signed grant with "
+        "extreme `exp`/`iat` (now compared saturating) and an `expires_in` of 2^64−1 from the "
+        "token endpoint (now clamped to 2 days); both are in the unit test of the entry points. "
+        "The property tests (proptest, in `make test`) cover the same parsers and the handlers "
+        "with shrinking "
         "(`PROPTEST_CASES` for longer runs).\n"
     )
 

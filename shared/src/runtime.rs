@@ -190,10 +190,11 @@ pub fn autokitteh_from_config(
     Some(crate::autokitteh::AutoKitteh::new(ak.api_url.clone(), std::sync::Arc::new(http.clone())))
 }
 
-/// Set on a request whose query, path or host lambda_http could not turn into a URI (it
-/// panics on those, which Lambda reports as an invocation error and API Gateway as a bare
-/// 502). The request reaches the handler with those parts cleared and this header, and the
-/// handler answers its own 400. A client sending it only gets that 400.
+/// Set on a request whose query, path or host lambda_http could not turn into a URI, or whose
+/// body marked base64 does not decode (it panics on those, which Lambda reports as an
+/// invocation error and API Gateway as a bare 502). The request reaches the handler with
+/// those parts cleared and this header, and the handler answers its own 400. A client
+/// sending it only gets that 400.
 pub const UNREADABLE_REQUEST: &str = "x-ms-oauth-unreadable-request";
 
 /// Whether [`Readable`] had to clear parts of this request.

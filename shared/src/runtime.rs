@@ -299,9 +299,9 @@ fn clear_body(payload: &mut LambdaRequest) {
 
 fn uri_builds(payload: &LambdaRequest) -> bool {
     use lambda_http::aws_lambda_events::query_map::QueryMap;
-    let single = |headers: &http::HeaderMap| -> Option<String> {
-        headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned)
-    };
+    fn single(headers: &http::HeaderMap) -> Option<&str> {
+        headers.get(http::header::HOST).and_then(|v| v.to_str().ok())
+    }
     let queries = |mv: &QueryMap, sv: &QueryMap| -> String {
         if !mv.is_empty() {
             format!("?{}", mv.to_query_string())
@@ -313,7 +313,7 @@ fn uri_builds(payload: &LambdaRequest) -> bool {
     };
     let (path, headers, host, query) = match payload {
         LambdaRequest::ApiGatewayV2(r) => {
-            let host = single(&r.headers).or(r.request_context.domain_name.clone());
+            let host = single(&r.headers).or(r.request_context.domain_name.as_deref());
             let path = path_with_stage(&r.request_context.stage, r.raw_path.as_deref());
             let query = match r.raw_query_string.as_deref() {
                 Some(q) if !q.is_empty() => format!("?{q}"),
@@ -322,7 +322,7 @@ fn uri_builds(payload: &LambdaRequest) -> bool {
             (path, &r.headers, host, query)
         }
         LambdaRequest::ApiGatewayV1(r) => {
-            let host = single(&r.headers).or(r.request_context.domain_name.clone());
+            let host = single(&r.headers).or(r.request_context.domain_name.as_deref());
             let path = path_with_stage(&r.request_context.stage, r.path.as_deref());
             let query = queries(&r.multi_value_query_string_parameters, &r.query_string_parameters);
             (path, &r.headers, host, query)
@@ -355,7 +355,11 @@ fn uri_builds(payload: &LambdaRequest) -> bool {
 /// lambda_http's stage prefix of API Gateway paths.
 fn path_with_stage(stage: &Option<String>, path: Option<&str>) -> String {
     let path = path.unwrap_or_default();
-    if std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_some() {
+    // Read once per instance, not per request (lambda_http reads it per event).
+    static IGNORE_STAGE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *IGNORE_STAGE
+        .get_or_init(|| std::env::var_os("AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH").is_some())
+    {
         return path.to_owned();
     }
     match stage.as_deref() {

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use http::StatusCode;
 use lambda_http::{Body, Response};
 
+use crate::apps::AppError;
 use crate::autokitteh::{AkError, VarLimit};
 use crate::config::Config;
 use crate::crypto::CryptoError;
@@ -33,6 +34,15 @@ pub enum FlowError {
     State(ConsumeError),
     #[error("Microsoft returned an error: {0}")]
     Microsoft(Box<MicrosoftError>),
+    /// Microsoft refused the connection's own app (client id given).
+    #[error("Microsoft refused the connection's app {0}: {1}")]
+    OwnApp(String, Box<MicrosoftError>),
+    #[error("the connection's app credential cannot be used: {0}")]
+    AppCredential(#[from] AppError),
+    #[error("the connection uses a daemon app, which no one signs in to")]
+    DaemonApp,
+    #[error("the connection's app changed during the sign-in")]
+    AppChanged,
     #[error("code exchange failed")]
     Token(#[from] TokenError),
     #[error("Graph read failed")]
@@ -208,6 +218,39 @@ impl FlowError {
                 Some(START_AGAIN),
             ),
             FlowError::Microsoft(e) => microsoft_page(e, ctx),
+            FlowError::OwnApp(client_id, e) => own_app_page(client_id, e, ctx),
+            FlowError::Token(TokenError::Credential(e)) | FlowError::AppCredential(e) => {
+                Page::error(
+                    S::BAD_GATEWAY,
+                    "The connection's Microsoft app credential cannot be used",
+                    &format!("Nothing was saved: {e}."),
+                    Some(
+                        "The owner of the connection's app must upload a new certificate or client secret to it in Microsoft Entra ID and set it on the connection again.",
+                    ),
+                )
+            }
+            FlowError::Token(TokenError::OtherTenant(_)) => Page::error(
+                S::FORBIDDEN,
+                "This account belongs to another organization",
+                "The connection's Microsoft app accepts accounts of its own directory only, and the account you chose belongs to another one. Nothing was saved.",
+                Some(
+                    "Start the connection again and sign in with an account of the app's organization.",
+                ),
+            ),
+            FlowError::DaemonApp => Page::error(
+                S::BAD_REQUEST,
+                "This connection signs in as an app",
+                "The connection uses a daemon app: it gets its tokens with the app's own credential, so no one signs in to it.",
+                Some(
+                    "If the app lacks permissions, a Microsoft Entra administrator of its tenant must grant them (admin consent).",
+                ),
+            ),
+            FlowError::AppChanged => Page::error(
+                S::CONFLICT,
+                "The connection's app changed during the sign-in",
+                "The connection's Microsoft app was replaced or removed after this sign-in started, so its code cannot be used. Nothing was saved.",
+                Some(START_AGAIN),
+            ),
             FlowError::Token(TokenError::Rejected(e)) => microsoft_page(e, ctx),
             FlowError::Token(TokenError::Unavailable(_))
             | FlowError::Graph(GraphError::Unavailable(_) | GraphError::Status(500..)) => {
@@ -457,6 +500,62 @@ fn microsoft_page(e: &MicrosoftError, ctx: &PageContext) -> Page {
             "Microsoft ended the sign-in with an error. Nothing was connected.",
             Some(START_AGAIN),
         )
+    };
+    page.with_reference(Some(reference(e)))
+}
+
+/// Pages for Microsoft's refusals of a connection's own app: the app's owner acts, not the
+/// deployment's operator.
+fn own_app_page(client_id: &str, e: &MicrosoftError, ctx: &PageContext) -> Page {
+    use StatusCode as S;
+    let code = |c: u32| e.has_code(c);
+    let app = format!("the app registration {client_id}");
+    let page = if code(50011) {
+        Page::error(
+            S::BAD_REQUEST,
+            "The connection's app does not list this redirect URI",
+            &format!(
+                "Microsoft refused to return to {}: {app} does not list it.",
+                ctx.redirect_uri
+            ),
+            Some(&format!(
+                "The owner of {app} must add {} exactly, as a \"Web\" redirect URI, then start again.",
+                ctx.redirect_uri
+            )),
+        )
+    } else if code(700_016) || e.error == "unauthorized_client" {
+        Page::error(
+            S::BAD_REQUEST,
+            "The connection's Microsoft app was not found",
+            &format!("Microsoft does not know {app} in the tenant the connection names."),
+            Some(
+                "Check the connection's client id and tenant: the app must be registered in that tenant, or be multi-tenant.",
+            ),
+        )
+    } else if code(50194) {
+        Page::error(
+            S::BAD_REQUEST,
+            "The connection's app is single-tenant",
+            &format!(
+                "{app} accepts accounts of one directory only, but the connection's tenant is not that directory."
+            ),
+            Some(
+                "Set the connection's tenant to the app's Directory (tenant) ID, then start again.",
+            ),
+        )
+    } else if e.class() == crate::microsoft::FailureClass::AppMisconfigured {
+        Page::error(
+            S::BAD_GATEWAY,
+            "The connection's app credential was refused",
+            &format!(
+                "Microsoft rejected the client secret or certificate of {app}; it may have expired. Nothing was saved."
+            ),
+            Some(
+                "The app's owner must create a new client secret or certificate in Microsoft Entra ID and set it on the connection again.",
+            ),
+        )
+    } else {
+        return microsoft_page(e, ctx);
     };
     page.with_reference(Some(reference(e)))
 }

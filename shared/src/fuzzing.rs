@@ -185,19 +185,25 @@ fn endpoints() -> Endpoints {
 /// (code and refresh), Graph `/me` and `/organization`, and the error pages' parsers.
 pub fn microsoft(data: &[u8]) {
     let _ = serde_json::from_slice::<MicrosoftTokenResponse>(data);
-    let _ = serde_json::from_slice::<MicrosoftError>(data);
+    if let Ok(e) = serde_json::from_slice::<MicrosoftError>(data) {
+        let _ = e.reason();
+    }
     let as_text = text(data);
     let _ = crate::microsoft::aadsts_code(&as_text);
     let _ = MicrosoftError::from_callback(&as_text, Some(&as_text));
     let Some((which, transport)) = canned(data) else { return };
-    let client = Microsoft::with_transport(endpoints(), Arc::new(transport));
-    let secret = SecretString::from("secret".to_owned());
+    let endpoints = endpoints();
+    let auth = crate::microsoft::ClientAuth::default_app(
+        &endpoints,
+        SecretString::from("secret".to_owned()),
+    );
+    let client = Microsoft::with_transport(endpoints, Arc::new(transport));
     runtime().block_on(async {
-        match which % 4 {
+        match which % 5 {
             0 => {
                 let verifier = PkceCodeVerifier::new("v".repeat(43));
                 if let Ok(tokens) = client
-                    .exchange_code(AuthorizationCode::new("code".into()), verifier, &secret)
+                    .exchange_code(AuthorizationCode::new("code".into()), verifier, &auth)
                     .await
                 {
                     assert_eq!(tokens.claims.aud, CLIENT_ID, "a token for another app");
@@ -207,8 +213,7 @@ pub fn microsoft(data: &[u8]) {
                 }
             }
             1 => {
-                if let Ok(refreshed) =
-                    client.refresh(&RefreshToken::new("rt".into()), &secret).await
+                if let Ok(refreshed) = client.refresh(&RefreshToken::new("rt".into()), &auth).await
                 {
                     let now = time::OffsetDateTime::from_unix_timestamp(NOW).unwrap();
                     let _ = crate::microsoft::expiry_after(now, refreshed.expires_in);
@@ -216,6 +221,16 @@ pub fn microsoft(data: &[u8]) {
             }
             2 => {
                 let _ = client.me(&AccessToken::new("at".into())).await;
+            }
+            3 => {
+                // A daemon app's client-credentials token.
+                if let Ok(token) = client.app_token(&auth).await {
+                    let now = time::OffsetDateTime::from_unix_timestamp(NOW).unwrap();
+                    let _ = crate::microsoft::expiry_after(now, token.expires_in);
+                }
+                if let Err(e) = client.app_token(&auth).await {
+                    let _ = e.class();
+                }
             }
             _ => {
                 let _ = client.organization(&AccessToken::new("at".into())).await;

@@ -5,6 +5,7 @@
 // write-back inside the deadline guard) are deeper than the compiler lays out by default.
 #![recursion_limit = "256"]
 
+pub mod apps;
 pub mod autokitteh;
 pub mod aws_http;
 pub mod clock;

@@ -17,8 +17,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::apps::{ASSERTION_TYPE, AppError, Credential};
 use crate::config::Config;
-use crate::domain::PERSONAL_ACCOUNT_TENANT;
+use crate::domain::{PERSONAL_ACCOUNT_TENANT, Tenant};
 use crate::http::{HttpError, OAuthHttp, Transport};
 use crate::state::FlowSecrets;
 
@@ -77,6 +78,84 @@ impl MicrosoftError {
     pub fn has_code(&self, code: u32) -> bool {
         self.error_codes.contains(&code)
     }
+
+    /// The first AADSTS code, if any.
+    pub fn code(&self) -> Option<u32> {
+        self.error_codes.first().copied()
+    }
+
+    /// Who must act, from the AADSTS codes where one is known and `error` otherwise.
+    pub fn class(&self) -> FailureClass {
+        let known = self.error_codes.iter().find_map(|&c| class_of_code(c));
+        known.unwrap_or(match self.error.as_str() {
+            "temporarily_unavailable" | "server_error" => FailureClass::Transient,
+            "invalid_client"
+            | "unauthorized_client"
+            | "invalid_request"
+            | "invalid_scope"
+            | "invalid_resource"
+            | "unsupported_grant_type" => FailureClass::AppMisconfigured,
+            _ => FailureClass::SignInAgain,
+        })
+    }
+
+    /// `<class>: <error> (AADSTS<code>)`: what a connection's status and events carry.
+    pub fn reason(&self) -> String {
+        match self.code() {
+            Some(code) => format!("{}: {} (AADSTS{code})", self.class().as_str(), self.error),
+            None => format!("{}: {}", self.class().as_str(), self.error),
+        }
+    }
+}
+
+/// Who must act on a failure from Microsoft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The user must sign in again (declined, expired or revoked grant, MFA or policy).
+    SignInAgain,
+    /// A tenant administrator must grant consent to the app.
+    AdminConsent,
+    /// The app's registration or credential is wrong: secret, certificate, redirect URI,
+    /// audience, tenant, unknown app. An operator (or the app's owner) must fix it.
+    AppMisconfigured,
+    /// Trying again later may succeed.
+    Transient,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::SignInAgain => "sign_in_again",
+            FailureClass::AdminConsent => "admin_consent",
+            FailureClass::AppMisconfigured => "app_misconfigured",
+            FailureClass::Transient => "transient",
+        }
+    }
+}
+
+/// The AADSTS codes whose meaning decides the class (Microsoft's error-code reference).
+fn class_of_code(code: u32) -> Option<FailureClass> {
+    use FailureClass as C;
+    Some(match code {
+        // Consent required; admin consent required; admin approval required.
+        65001 | 90094 | 90095 | 900_941 => C::AdminConsent,
+        // Client secret invalid or expired; assertion signature, time or audience; redirect
+        // URI; single-tenant app on a multi-tenant endpoint; app not in the tenant; app
+        // disabled; personal accounts not supported; resource not in the tenant; tenant
+        // unknown; no credential.
+        7_000_215 | 7_000_222 | 700_027 | 700_024 | 700_023 | 50011 | 50194 | 700_016
+        | 7_000_112 | 9_002_332 | 500_011 | 90002 | 900_023 | 7_000_218 | 50012 => {
+            C::AppMisconfigured
+        }
+        // Declined; code expired or reused; grant expired, revoked or needing MFA, a new
+        // sign-in or Conditional Access; account not in the tenant.
+        65004 | 70008 | 54005 | 700_082 | 50173 | 70043 | 50076 | 50079 | 53003 | 50020 | 50072
+        | 50055 | 50058 => C::SignInAgain,
+        // Service busy or failing.
+        90033 | 50196 => C::Transient,
+        _ => return None,
+    })
 }
 
 impl fmt::Display for MicrosoftError {
@@ -130,12 +209,30 @@ pub enum TokenError {
     /// The response lacks what the flow needs (an id_token with `tid` and `oid`).
     #[error("token response is incomplete: {0}")]
     Incomplete(&'static str),
+    /// A single-tenant app's sign-in came back from another tenant.
+    #[error("the tokens were issued by tenant {0}, not the app's tenant")]
+    OtherTenant(String),
+    /// The app's credential cannot be used (an expired certificate, a failed signature).
+    #[error("the app's credential cannot be used: {0}")]
+    Credential(#[from] AppError),
 }
 
 impl TokenError {
     /// True when the client secret was refused (invalid or expired).
     pub fn is_invalid_client(&self) -> bool {
         matches!(self, TokenError::Rejected(e) if e.error == "invalid_client")
+    }
+
+    /// Who must act, for failures Microsoft reported or our credential caused.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            TokenError::Rejected(e) => e.class(),
+            TokenError::Credential(_) => FailureClass::AppMisconfigured,
+            TokenError::OtherTenant(_) => FailureClass::SignInAgain,
+            TokenError::Unavailable(_) | TokenError::Malformed | TokenError::Incomplete(_) => {
+                FailureClass::Transient
+            }
+        }
     }
 
     /// True when the grant itself is dead (`invalid_grant`: expired, revoked, or a policy
@@ -151,7 +248,10 @@ impl TokenError {
             TokenError::Rejected(e) => {
                 e.error == "temporarily_unavailable" || e.error == "server_error"
             }
-            TokenError::Malformed | TokenError::Incomplete(_) => false,
+            TokenError::Malformed
+            | TokenError::Incomplete(_)
+            | TokenError::OtherTenant(_)
+            | TokenError::Credential(_) => false,
         }
     }
 }
@@ -252,13 +352,47 @@ struct OrganizationList {
     value: Vec<GraphOrganization>,
 }
 
+/// The app that authenticates at the token endpoint and the tenant it goes through: the
+/// server-wide app or a connection's own.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    pub client_id: String,
+    pub tenant: Tenant,
+    pub credential: Credential,
+}
+
+impl ClientAuth {
+    /// The server-wide app of `endpoints` with its client secret.
+    pub fn default_app(endpoints: &Endpoints, secret: SecretString) -> Self {
+        Self {
+            client_id: endpoints.client_id.to_string(),
+            tenant: endpoints.tenant.clone(),
+            credential: Credential::Secret(secret),
+        }
+    }
+
+    /// The tenant id every token must come from, when the app names one tenant by GUID.
+    fn single_tenant(&self) -> Option<&str> {
+        let t = self.tenant.as_str();
+        let guid = t.len() == 36 && t.bytes().filter(|b| *b == b'-').count() == 4;
+        guid.then_some(t)
+    }
+}
+
+/// An app-only access token (client credentials).
+#[derive(Debug)]
+pub struct AppToken {
+    pub access_token: AccessToken,
+    pub expires_in: Option<Duration>,
+}
+
 /// The app's endpoints and request parameters, validated once at init. Enough to send a
 /// browser to Microsoft; makes no HTTP call itself (so the start function needs no client).
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     client_id: ClientId,
-    auth_url: AuthUrl,
-    token_url: TokenUrl,
+    tenant: Tenant,
+    authority_host: Url,
     redirect_url: RedirectUrl,
     scopes: Vec<Scope>,
     graph_url: Url,
@@ -268,18 +402,54 @@ impl Endpoints {
     pub fn new(config: &Config) -> Self {
         Self {
             client_id: config.client_id.clone(),
-            auth_url: config.authorize_endpoint(),
-            token_url: config.token_endpoint(),
+            tenant: config.tenant.clone(),
+            authority_host: config.authority_host.clone(),
             redirect_url: config.redirect_url(),
             scopes: config.scopes.iter().cloned().map(Scope::new).collect(),
             graph_url: config.graph_url.clone(),
         }
     }
 
-    fn oauth(&self, secret: Option<&SecretString>) -> MicrosoftOAuthClient {
-        let client = oauth2::Client::new(self.client_id.clone())
-            .set_auth_uri(self.auth_url.clone())
-            .set_token_uri(self.token_url.clone())
+    fn authority(&self, tenant: &Tenant, tail: &[&str]) -> Url {
+        let mut url = self.authority_host.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().push(tenant.as_str()).extend(tail);
+        }
+        url
+    }
+
+    /// `{authority}/{tenant}/oauth2/v2.0/token`: also the audience of client assertions.
+    pub fn token_url(&self, tenant: &Tenant) -> TokenUrl {
+        TokenUrl::from_url(self.authority(tenant, &["oauth2", "v2.0", "token"]))
+    }
+
+    /// `{authority}/{tenant}/v2.0/adminconsent`
+    pub fn admin_consent_url(&self, tenant: &Tenant) -> Url {
+        self.authority(tenant, &["v2.0", "adminconsent"])
+    }
+
+    /// The Graph `.default` scope of the configured cloud (what application permissions are
+    /// requested with).
+    pub fn graph_default_scope(&self) -> String {
+        format!("{}/.default", self.graph_url.as_str().trim_end_matches('/'))
+    }
+
+    /// The exact redirect URI.
+    pub fn redirect_uri(&self) -> &str {
+        self.redirect_url.as_str()
+    }
+
+    fn oauth(
+        &self,
+        client_id: &str,
+        tenant: &Tenant,
+        secret: Option<&SecretString>,
+    ) -> MicrosoftOAuthClient {
+        let client = oauth2::Client::new(ClientId::new(client_id.to_owned()))
+            .set_auth_uri(AuthUrl::from_url(
+                self.authority(tenant, &["oauth2", "v2.0", "authorize"]),
+            ))
+            .set_token_uri(self.token_url(tenant))
             .set_redirect_uri(self.redirect_url.clone())
             // MSAL sends the secret in the body; Basic auth with URL-encoded secrets is a known
             // source of `invalid_client` for secrets with special characters.
@@ -290,11 +460,22 @@ impl Endpoints {
         }
     }
 
-    /// The URL the browser is sent to, with `state` and the PKCE challenge of `secrets`.
+    /// The URL the browser is sent to for the server-wide app.
     pub fn authorize_url(&self, secrets: &FlowSecrets) -> Url {
+        self.authorize_url_for(secrets, &self.client_id, &self.tenant)
+    }
+
+    /// The URL the browser is sent to for the app `client_id` through `tenant`, with `state`
+    /// and the PKCE challenge of `secrets`.
+    pub fn authorize_url_for(
+        &self,
+        secrets: &FlowSecrets,
+        client_id: &str,
+        tenant: &Tenant,
+    ) -> Url {
         let state = secrets.state.clone();
         let (url, _) = self
-            .oauth(None)
+            .oauth(client_id, tenant, None)
             .authorize_url(move || state)
             .add_scopes(self.scopes.iter().cloned())
             .set_pkce_challenge(secrets.pkce_challenge.clone())
@@ -303,6 +484,13 @@ impl Endpoints {
             .url();
         url
     }
+}
+
+/// The client authentication of one token request: the secret for the oauth2 client, or a
+/// freshly signed assertion sent as extra parameters.
+enum Authn {
+    Secret(SecretString),
+    Assertion(SecretString),
 }
 
 /// Client of the token endpoint and Graph, built once per instance.
@@ -327,35 +515,56 @@ impl Microsoft {
         &self.endpoints
     }
 
-    /// Redeems an authorization code with its PKCE verifier and the client secret.
+    fn authn(&self, auth: &ClientAuth) -> Result<Authn, TokenError> {
+        match &auth.credential {
+            Credential::Secret(s) => Ok(Authn::Secret(s.clone())),
+            Credential::Certificate(cert) => {
+                let now = time::OffsetDateTime::now_utc();
+                cert.check_valid_at(now)?;
+                let audience = self.endpoints.token_url(&auth.tenant);
+                Ok(Authn::Assertion(cert.assertion(&auth.client_id, audience.as_str(), now)?))
+            }
+        }
+    }
+
+    fn client(&self, auth: &ClientAuth, authn: &Authn) -> MicrosoftOAuthClient {
+        let secret = match authn {
+            Authn::Secret(s) => Some(s),
+            Authn::Assertion(_) => None,
+        };
+        self.endpoints.oauth(&auth.client_id, &auth.tenant, secret)
+    }
+
+    /// Redeems an authorization code with its PKCE verifier, as the app of `auth`.
     pub async fn exchange_code(
         &self,
         code: AuthorizationCode,
         verifier: PkceCodeVerifier,
-        client_secret: &SecretString,
+        auth: &ClientAuth,
     ) -> Result<Tokens, TokenError> {
-        let response = self
-            .endpoints
-            .oauth(Some(client_secret))
-            .exchange_code(code)
-            .set_pkce_verifier(verifier)
-            .request_async(&OAuthHttp(self.http.as_ref()))
-            .await
-            .map_err(|e| match e {
-                RequestTokenError::ServerResponse(err) => TokenError::Rejected(Box::new(err)),
-                RequestTokenError::Request(err) => TokenError::Unavailable(err),
-                RequestTokenError::Parse(_, _) | RequestTokenError::Other(_) => {
-                    TokenError::Malformed
-                }
-            })?;
+        let authn = self.authn(auth)?;
+        let client = self.client(auth, &authn);
+        let mut request = client.exchange_code(code).set_pkce_verifier(verifier);
+        if let Authn::Assertion(a) = &authn {
+            request = request
+                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
+                .add_extra_param("client_assertion", a.expose_secret().to_owned());
+        }
+        let response =
+            request.request_async(&OAuthHttp(self.http.as_ref())).await.map_err(token_error)?;
         let id_token = response
             .extra_fields()
             .id_token
             .as_deref()
             .ok_or(TokenError::Incomplete("no id_token"))?;
         let claims = read_id_token(id_token)?;
-        if claims.aud != *self.endpoints.client_id {
+        if !claims.aud.eq_ignore_ascii_case(&auth.client_id) {
             return Err(TokenError::Incomplete("id_token was issued for another application"));
+        }
+        if let Some(tenant) = auth.single_tenant()
+            && !claims.tid.eq_ignore_ascii_case(tenant)
+        {
+            return Err(TokenError::OtherTenant(claims.tid));
         }
         Ok(Tokens {
             access_token: response.access_token().clone(),
@@ -366,25 +575,50 @@ impl Microsoft {
         })
     }
 
-    /// Redeems a refresh token for new tokens.
+    /// Redeems a refresh token for new tokens, as the app that obtained it.
     pub async fn refresh(
         &self,
         refresh_token: &RefreshToken,
-        client_secret: &SecretString,
+        auth: &ClientAuth,
     ) -> Result<Refreshed, TokenError> {
-        let response = self
-            .endpoints
-            .oauth(Some(client_secret))
+        let authn = self.authn(auth)?;
+        let client = self.client(auth, &authn);
+        let mut request = client
             .exchange_refresh_token(refresh_token)
             // Microsoft's v2 endpoint documents `scope` as required on a refresh: the same
             // scopes the sign-in asked for.
-            .add_scopes(self.endpoints.scopes.iter().cloned())
-            .request_async(&OAuthHttp(self.http.as_ref()))
-            .await
-            .map_err(token_error)?;
+            .add_scopes(self.endpoints.scopes.iter().cloned());
+        if let Authn::Assertion(a) = &authn {
+            request = request
+                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
+                .add_extra_param("client_assertion", a.expose_secret().to_owned());
+        }
+        let response =
+            request.request_async(&OAuthHttp(self.http.as_ref())).await.map_err(token_error)?;
         Ok(Refreshed {
             access_token: response.access_token().clone(),
             refresh_token: response.refresh_token().cloned(),
+            expires_in: response.expires_in(),
+        })
+    }
+
+    /// An app-only token for the Graph `.default` scope (client credentials grant), as a
+    /// daemon app gets one.
+    pub async fn app_token(&self, auth: &ClientAuth) -> Result<AppToken, TokenError> {
+        let authn = self.authn(auth)?;
+        let client = self.client(auth, &authn);
+        let mut request = client
+            .exchange_client_credentials()
+            .add_scope(Scope::new(self.endpoints.graph_default_scope()));
+        if let Authn::Assertion(a) = &authn {
+            request = request
+                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
+                .add_extra_param("client_assertion", a.expose_secret().to_owned());
+        }
+        let response =
+            request.request_async(&OAuthHttp(self.http.as_ref())).await.map_err(token_error)?;
+        Ok(AppToken {
+            access_token: response.access_token().clone(),
             expires_in: response.expires_in(),
         })
     }

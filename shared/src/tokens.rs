@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::apps::{AppKind, Credential, OpenAppError};
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, DataKeys, connection_context, context_of, open, seal};
 use crate::domain::ConnectionId;
 use crate::events::{ConnectionEvent, EventKind, Events};
-use crate::microsoft::{Microsoft, Refreshed, TokenError};
+use crate::microsoft::{ClientAuth, FailureClass, Microsoft, Refreshed, TokenError};
 use crate::secrets::{CachedSecret, SecretError};
 use crate::store::{RefreshUpdate, STATUS_NEEDS_REAUTH, Store, StoreError, StoredConnection};
 use crate::writeback::{RefreshedVars, WriteBack};
@@ -87,6 +88,13 @@ pub enum TokenFailure {
     Secret(#[from] SecretError),
     #[error("the stored secrets are unreadable")]
     Corrupt,
+}
+
+/// What a new token for a connection comes from: a refresh token (default and private
+/// user-delegated apps) or the app's own credential (daemon apps).
+enum Renewal {
+    Refreshed(Refreshed),
+    AppToken(crate::microsoft::AppToken),
 }
 
 /// What the refresher did with one connection.
@@ -332,6 +340,40 @@ impl TokenService {
         }
     }
 
+    /// The app a connection's tokens belong to: the server-wide app, or the connection's
+    /// own (its credential opened from the table). `Err(reason)` when the connection's own
+    /// app is gone or is no longer the one its tokens were issued to.
+    pub async fn client_auth(
+        &self,
+        c: &crate::store::Connection,
+    ) -> Result<Result<ClientAuth, String>, TokenFailure> {
+        let Some(kind) = AppKind::from_auth_type(&c.auth_type) else {
+            let secret = self.client_secret.get().await?;
+            return Ok(Ok(ClientAuth::default_app(self.microsoft.endpoints(), secret)));
+        };
+        let cid = &c.connection_id;
+        let opened = match crate::apps::open_app(self.store.as_ref(), self.keys.as_ref(), cid).await
+        {
+            Ok(opened) => opened,
+            Err(OpenAppError::Store(e)) => return Err(e.into()),
+            Err(OpenAppError::Crypto(e)) => return Err(e.into()),
+            Err(OpenAppError::Corrupt) => return Err(TokenFailure::Corrupt),
+        };
+        let Some(app) = opened else {
+            return Ok(Err(format!(
+                "{}: the connection's own app was removed",
+                FailureClass::AppMisconfigured.as_str()
+            )));
+        };
+        if app.kind != kind || c.app_client_id.as_deref() != Some(app.auth.client_id.as_str()) {
+            return Ok(Err(format!(
+                "{}: the connection's own app changed since the sign-in",
+                FailureClass::AppMisconfigured.as_str()
+            )));
+        }
+        Ok(Ok(app.auth))
+    }
+
     async fn refresh_locked(
         &self,
         stored: &StoredConnection,
@@ -339,43 +381,74 @@ impl TokenService {
     ) -> Result<AccessGrant, TokenFailure> {
         let c = &stored.connection;
         let cid = &c.connection_id;
-        let secrets = self.open_secrets(stored).await?;
-        let Some(refresh_token) = secrets.oauth_refresh_token.clone() else {
-            return self
-                .needs_reauth(stored, owner, "no refresh token (offline_access not granted)")
-                .await;
+        let daemon = AppKind::from_auth_type(&c.auth_type) == Some(AppKind::Daemon);
+        let refresh_token = if daemon {
+            None
+        } else {
+            let secrets = self.open_secrets(stored).await?;
+            let Some(refresh_token) = secrets.oauth_refresh_token.clone() else {
+                return self
+                    .needs_reauth(stored, owner, "no refresh token (offline_access not granted)")
+                    .await;
+            };
+            Some(RefreshToken::new(refresh_token))
         };
-        let refresh_token = RefreshToken::new(refresh_token);
-        let client_secret = self.client_secret.get().await?;
+        let auth = match self.client_auth(c).await? {
+            Ok(auth) => auth,
+            Err(reason) => return self.needs_reauth(stored, owner, &reason).await,
+        };
+        // Only the server-wide app's secret rotates in Secrets Manager; a connection's own
+        // app gets a new one through the app API.
+        let rotating = AppKind::from_auth_type(&c.auth_type).is_none();
         let context = connection_context(cid.as_str());
         // The data key for the new tokens is made while Microsoft answers.
-        let (refreshed, data_key) = tokio::join!(
-            self.refresh_with_retries(&refresh_token, client_secret),
+        let (renewed, data_key) = tokio::join!(
+            async {
+                match &refresh_token {
+                    Some(rt) => self
+                        .with_retries(auth, rotating, |auth| async move {
+                            self.microsoft.refresh(rt, &auth).await
+                        })
+                        .await
+                        .map(Renewal::Refreshed),
+                    None => self
+                        .with_retries(auth, false, |auth| async move {
+                            self.microsoft.app_token(&auth).await
+                        })
+                        .await
+                        .map(Renewal::AppToken),
+                }
+            },
             self.keys.generate(&context),
         );
-        let refreshed = match refreshed {
+        let renewed = match renewed {
             Ok(r) => r,
-            Err(TokenFailure::Token(e)) if e.is_invalid_grant() => {
+            Err(TokenFailure::Token(e)) if needs_new_grant(&e) => {
                 let reason = match &e {
-                    TokenError::Rejected(m) => m.to_string(),
-                    other => other.to_string(),
+                    TokenError::Rejected(m) => m.reason(),
+                    other => format!("{}: {other}", e.class().as_str()),
                 };
                 return self.needs_reauth(stored, owner, &reason).await;
             }
             Err(e) => return Err(e),
         };
         let data_key = data_key?;
+        let (access_token, new_refresh_token, expires_in) = match renewed {
+            Renewal::Refreshed(r) => (r.access_token, r.refresh_token, r.expires_in),
+            Renewal::AppToken(t) => (t.access_token, None, t.expires_in),
+        };
 
         // Microsoft rotates refresh tokens; when a response has none, the old one stays.
-        let kept = refreshed.refresh_token.as_ref().map_or(refresh_token.secret(), |t| t.secret());
+        let kept =
+            new_refresh_token.as_ref().or(refresh_token.as_ref()).map(|t| t.secret().clone());
         let plaintext = serde_json::to_vec(&SecretVars {
-            oauth_access_token: refreshed.access_token.secret().clone(),
-            oauth_refresh_token: Some(kept.clone()),
+            oauth_access_token: access_token.secret().clone(),
+            oauth_refresh_token: kept.clone(),
         })
         .map_err(|_| TokenFailure::Corrupt)?;
         let sealed = seal(&data_key, &context, &plaintext)?;
         let now = self.clock.now();
-        let expires_at = crate::microsoft::expiry_after(now, refreshed.expires_in);
+        let expires_at = crate::microsoft::expiry_after(now, expires_in);
         let update = RefreshUpdate {
             secrets: sealed,
             oauth_expiry: rfc3339(expires_at),
@@ -391,13 +464,13 @@ impl TokenService {
         };
         match self.store.save_refresh(cid, stored.version, owner, &update).await? {
             Some(version) => {
-                tracing::info!(cid = %cid, version, rotated = refreshed.refresh_token.is_some(), "tokens refreshed");
+                tracing::info!(cid = %cid, version, auth_type = %c.auth_type, rotated = new_refresh_token.is_some(), "tokens refreshed");
                 // Only the refresh that was saved is written back, so AutoKitteh never gets a
                 // token this table does not hold.
-                if let Some(write_back) =
-                    self.write_back_for(stored.connection.autokitteh_user_id.as_ref())
+                if let (Some(write_back), Some(kept)) =
+                    (self.write_back_for(stored.connection.autokitteh_user_id.as_ref()), &kept)
                 {
-                    let access = SecretString::from(refreshed.access_token.secret().clone());
+                    let access = SecretString::from(access_token.secret().clone());
                     let vars = RefreshedVars {
                         access_token: &access,
                         refresh_token: kept,
@@ -421,7 +494,7 @@ impl TokenService {
             }
         }
         Ok(AccessGrant {
-            access_token: SecretString::from(refreshed.access_token.secret().clone()),
+            access_token: SecretString::from(access_token.secret().clone()),
             token_type: c.vars.oauth_token_type.clone(),
             expires_at,
             refreshed: true,
@@ -429,27 +502,38 @@ impl TokenService {
         })
     }
 
-    async fn refresh_with_retries(
+    /// Calls the token endpoint as `auth`, retrying transient failures with a doubling
+    /// backoff; when `rotating` (the server-wide secret), a refused secret is read again once
+    /// from Secrets Manager.
+    async fn with_retries<T, F, Fut>(
         &self,
-        refresh_token: &RefreshToken,
-        mut client_secret: SecretString,
-    ) -> Result<Refreshed, TokenFailure> {
+        mut auth: ClientAuth,
+        rotating: bool,
+        call: F,
+    ) -> Result<T, TokenFailure>
+    where
+        F: Fn(ClientAuth) -> Fut,
+        Fut: std::future::Future<Output = Result<T, TokenError>>,
+    {
         let mut secret_reread = false;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.microsoft.refresh(refresh_token, &client_secret).await {
+            match call(auth.clone()).await {
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_invalid_client() && !secret_reread => {
+                Err(e) if e.is_invalid_client() && rotating && !secret_reread => {
                     secret_reread = true;
-                    match self.client_secret.refresh_if_changed(&client_secret).await? {
-                        Some(fresh) => client_secret = fresh,
+                    let Credential::Secret(stale) = &auth.credential else {
+                        return Err(TokenFailure::Token(e));
+                    };
+                    match self.client_secret.refresh_if_changed(stale).await? {
+                        Some(fresh) => auth.credential = Credential::Secret(fresh),
                         None => return Err(TokenFailure::Token(e)),
                     }
                 }
                 Err(e) if e.is_transient() && attempt < REFRESH_ATTEMPTS => {
                     let backoff = self.backoff * 2u32.pow(attempt - 1);
-                    tracing::warn!(attempt, error = %crate::error::chain(&e), "refresh failed; retrying");
+                    tracing::warn!(attempt, error = %crate::error::chain(&e), "token request failed; retrying");
                     tokio::time::sleep(backoff + Duration::from_millis(u64::from(jitter_ms())))
                         .await;
                 }
@@ -579,6 +663,17 @@ impl TokenService {
                 .await;
         }
         Ok(existed)
+    }
+}
+
+/// True when a refused renewal cannot succeed until someone acts: the user signs in again
+/// or an administrator consents (the grant is dead until then).
+fn needs_new_grant(e: &TokenError) -> bool {
+    match e {
+        TokenError::Rejected(m) => {
+            matches!(m.class(), FailureClass::SignInAgain | FailureClass::AdminConsent)
+        }
+        _ => false,
     }
 }
 

@@ -240,6 +240,7 @@ async fn pending_redirect(store: &MemoryStore, n: u64) -> String {
         ak_user_id: None,
         platform_user: None,
         connection_name: None,
+        app_client_id: None,
     };
     store.put_state(&key, &flow).await.unwrap();
     let code = format!("M.C5_{}", "c".repeat(1000));

@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
+use ms_oauth::apps::{AUTH_TYPE_PRIVATE, AppKind, Credential, OpenAppError, open_app};
 use ms_oauth::autokitteh::{self, AkError, AutoKitteh, Var};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
@@ -21,7 +22,8 @@ use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
 use ms_oauth::events::{ConnectionEvent, EventKind, Events};
 use ms_oauth::microsoft::{
-    Endpoints, GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError, Tokens,
+    ClientAuth, Endpoints, GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError,
+    TokenError, Tokens,
 };
 use ms_oauth::pages::{self, Page};
 use ms_oauth::request::{Query, ak_session, clear_cookie, cookie};
@@ -193,7 +195,13 @@ async fn finish(
         if service.autokitteh.is_some() {
             same_user(&flow, who)?;
         }
-        exchange(service, code, &flow, secret?).await
+        let auth = match &flow.app_client_id {
+            None => {
+                AppUse::Default(ClientAuth::default_app(service.microsoft.endpoints(), secret?))
+            }
+            Some(client_id) => AppUse::Own(own_app(service, &flow, client_id).await?),
+        };
+        exchange(service, code, &flow, auth).await
     };
     let (tokens, ()) = tokio::join!(redeem, discard);
     let tokens = tokens?;
@@ -222,9 +230,11 @@ async fn finish(
     let secrets = secret_vars(&tokens)?;
     let sealed = seal(&data_key, &context, secrets.expose_secret())?;
     let expiry = ms_oauth::microsoft::expiry_after(now, tokens.expires_in);
+    let auth_type =
+        if flow.app_client_id.is_some() { AUTH_TYPE_PRIVATE } else { AUTH_TYPE_DEFAULT };
     let connection = Connection {
         connection_id: flow.connection_id.clone(),
-        auth_type: AUTH_TYPE_DEFAULT.to_owned(),
+        auth_type: auth_type.to_owned(),
         status: STATUS_OK.to_owned(),
         tenant_id: tokens.claims.tid.clone(),
         object_id: tokens.claims.oid.clone(),
@@ -246,6 +256,7 @@ async fn finish(
         autokitteh_user_id: flow.ak_user_id.clone(),
         refresh_failures: 0,
         refresh_queue: Some(REFRESH_QUEUE.to_owned()),
+        app_client_id: flow.app_client_id.clone(),
     };
     // AutoKitteh's copy: every var checked against its limits before anything is written.
     let pushed = match (&service.autokitteh, &session) {
@@ -325,7 +336,7 @@ fn autokitteh_vars(tokens: &Tokens, connection: &Connection) -> Result<Vec<Var>,
     let expiry = time::OffsetDateTime::from_unix_timestamp(connection.token_expires_at)
         .map_err(|_| FlowError::Internal("token expiry out of range"))?;
     Ok(vec![
-        Var::plain("auth_type", AUTH_TYPE_DEFAULT),
+        Var::plain("auth_type", connection.auth_type.as_str()),
         Var::secret("oauth_access_token", tokens.access_token.secret().as_str()),
         Var::secret(
             "oauth_refresh_token",
@@ -368,23 +379,63 @@ fn finish_in_autokitteh(
     pages::redirect(&location, cookies)
 }
 
-/// Redeems the code. A refused client secret is read again once, so a rotation reaches
-/// warm instances at once; the code is still unused then, as Microsoft checks the client
-/// before the grant.
+/// Which app redeems the code.
+enum AppUse {
+    /// The server-wide app: its secret is read again once when refused (rotation).
+    Default(ClientAuth),
+    /// The connection's own app.
+    Own(ClientAuth),
+}
+
+/// Opens the connection's own app the flow was started with; refuses one replaced since.
+async fn own_app(
+    service: &RedirectService,
+    flow: &PendingFlow,
+    client_id: &str,
+) -> Result<ClientAuth, FlowError> {
+    let opened = open_app(service.store.as_ref(), service.keys.as_ref(), &flow.connection_id)
+        .await
+        .map_err(|e| match e {
+            OpenAppError::Store(e) => FlowError::Store(e),
+            OpenAppError::Crypto(e) => FlowError::Crypto(e),
+            OpenAppError::Corrupt => FlowError::Internal("the stored app is unreadable"),
+        })?;
+    match opened {
+        Some(app) if app.kind == AppKind::Private && app.auth.client_id == client_id => {
+            Ok(app.auth)
+        }
+        _ => Err(FlowError::AppChanged),
+    }
+}
+
+/// Redeems the code. A refused client secret of the server-wide app is read again once, so
+/// a rotation reaches warm instances at once; the code is still unused then, as Microsoft
+/// checks the client before the grant.
 async fn exchange(
     service: &RedirectService,
     code: &str,
     flow: &PendingFlow,
-    secret: SecretString,
+    app: AppUse,
 ) -> Result<Tokens, FlowError> {
     let verifier = || PkceCodeVerifier::new(flow.pkce_verifier.expose_secret().to_owned());
     let code = AuthorizationCode::new(code.to_owned());
-    match service.microsoft.exchange_code(code.clone(), verifier(), &secret).await {
+    let mut auth = match app {
+        AppUse::Own(auth) => {
+            return match service.microsoft.exchange_code(code, verifier(), &auth).await {
+                Err(TokenError::Rejected(e)) => Err(FlowError::OwnApp(auth.client_id, e)),
+                other => Ok(other?),
+            };
+        }
+        AppUse::Default(auth) => auth,
+    };
+    match service.microsoft.exchange_code(code.clone(), verifier(), &auth).await {
         Err(e) if e.is_invalid_client() => {
-            match service.client_secret.refresh_if_changed(&secret).await? {
+            let Credential::Secret(stale) = &auth.credential else { return Err(e.into()) };
+            match service.client_secret.refresh_if_changed(stale).await? {
                 Some(fresh) => {
                     tracing::warn!(cid = %flow.connection_id, "client secret refused; retrying with the rotated one");
-                    Ok(service.microsoft.exchange_code(code, verifier(), &fresh).await?)
+                    auth.credential = Credential::Secret(fresh);
+                    Ok(service.microsoft.exchange_code(code, verifier(), &auth).await?)
                 }
                 None => Err(e.into()),
             }
@@ -543,6 +594,7 @@ mod tests {
             ak_user_id: None,
             platform_user: None,
             connection_name: None,
+            app_client_id: None,
         }
     }
 

@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
+use ms_oauth::apps::AppKind;
 use ms_oauth::autokitteh::{AutoKitteh, Integration};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
-use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::domain::{ConnectionId, Origin, Tenant};
 use ms_oauth::error::{FlowError, PageContext};
 use ms_oauth::grant::{
     CLOCK_SKEW_SECS, GrantError, GrantKey, MAX_GRANT_LEN, MAX_GRANT_LIFETIME_SECS,
@@ -287,6 +288,21 @@ async fn begin(
     starter: Starter,
     clear: Option<String>,
 ) -> Result<Response<Body>, FlowError> {
+    // The connection's own app, when it has one: the sign-in goes through that app.
+    let app = service.store.get_app(&cid).await?.map(|stored| stored.app.summary);
+    let own_app = match &app {
+        None => None,
+        Some(app) => match AppKind::from_auth_type(&app.auth_type) {
+            Some(AppKind::Private) => {
+                let tenant: Tenant = app
+                    .private_tenant_id
+                    .parse()
+                    .map_err(|_| FlowError::Internal("stored tenant unreadable"))?;
+                Some((app.private_client_id.clone(), tenant))
+            }
+            _ => return Err(FlowError::DaemonApp),
+        },
+    };
     let now = service.clock.now().unix_timestamp();
     let secrets = FlowSecrets::generate().map_err(|_| FlowError::Internal("no randomness"))?;
     let key = StateKey::from_state(secrets.state.secret());
@@ -305,15 +321,22 @@ async fn begin(
         ak_user_id,
         platform_user,
         connection_name,
+        app_client_id: own_app.as_ref().map(|(client_id, _)| client_id.clone()),
     };
     service.store.put_state(&key, &flow).await?;
 
-    let location = service.endpoints.authorize_url(&secrets);
+    let location = match &own_app {
+        Some((client_id, tenant)) => {
+            service.endpoints.authorize_url_for(&secrets, client_id, tenant)
+        }
+        None => service.endpoints.authorize_url(&secrets),
+    };
     let cookie = binding_cookie(&key.cookie_name(), secrets.browser_nonce.expose_secret(), ttl);
     tracing::info!(
         cid = %cid,
         origin = %origin,
-        tenant = %service.config.tenant,
+        tenant = %own_app.as_ref().map_or(&service.config.tenant, |(_, t)| t),
+        app = own_app.as_ref().map_or("default", |(id, _)| id.as_str()),
         ak_user = flow.ak_user_id.as_deref().unwrap_or(""),
         user = flow.platform_user.as_deref().unwrap_or(""),
         "flow started"

@@ -67,6 +67,10 @@ pub struct Connection {
     /// Partition key of the refresh index; present only while the connection can refresh.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub refresh_queue: Option<String>,
+    /// The client id of the connection's own app (`oauthPrivate`, `daemonApp`) its tokens
+    /// were issued to: refreshes must use that app.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub app_client_id: Option<String>,
 }
 
 /// A connection as read back, with the fields the store maintains.

@@ -425,6 +425,83 @@ impl Store for DynamoStore {
         let items: Vec<Due> = serde_dynamo::from_items(out.items.unwrap_or_default())?;
         Ok(items.into_iter().map(|d| d.connection_id).collect())
     }
+
+    async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError> {
+        let values: HashMap<String, AttributeValue> = serde_dynamo::to_item(app)?;
+        let mut names = HashMap::from([
+            ("#version".to_owned(), "version".to_owned()),
+            ("#kind".to_owned(), "kind".to_owned()),
+        ]);
+        let mut attribute_values = HashMap::from([
+            (":zero".to_owned(), AttributeValue::N("0".into())),
+            (":one".to_owned(), AttributeValue::N("1".into())),
+            (":kind".to_owned(), AttributeValue::S("app".into())),
+        ]);
+        let mut sets = vec![
+            "#version = if_not_exists(#version, :zero) + :one".to_owned(),
+            "#kind = :kind".to_owned(),
+        ];
+        for (i, (name, value)) in values.iter().enumerate() {
+            names.insert(format!("#a{i}"), name.clone());
+            attribute_values.insert(format!(":a{i}"), value.clone());
+            sets.push(format!("#a{i} = :a{i}"));
+        }
+        // A secret replacing a certificate leaves none of the certificate's facts behind.
+        let mut removes = Vec::new();
+        for (i, name) in OPTIONAL_APP_ATTRIBUTES.iter().enumerate() {
+            if !values.contains_key(*name) {
+                removes.push(format!("#o{i}"));
+                names.insert(format!("#o{i}"), (*name).to_owned());
+            }
+        }
+        let remove = if removes.is_empty() {
+            String::new()
+        } else {
+            format!(" REMOVE {}", removes.join(", "))
+        };
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(app_key(&app.connection_id)))
+            .update_expression(format!("SET {}{remove}", sets.join(", ")))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(attribute_values))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| unavailable("UpdateItem")(e.into_service_error()))?;
+        Ok(out
+            .attributes
+            .and_then(|a| a.get("version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()))
+            .unwrap_or(1))
+    }
+
+    async fn get_app(&self, id: &ConnectionId) -> Result<Option<StoredApp>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(app_key(id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem")(e.into_service_error()))?;
+        out.item.map(serde_dynamo::from_item).transpose().map_err(StoreError::from)
+    }
+
+    async fn delete_app(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(app_key(id)))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| unavailable("DeleteItem")(e.into_service_error()))?;
+        Ok(out.attributes.is_some_and(|a| !a.is_empty()))
+    }
 }
 
 /// Like [`conditional`] for a write that records `written_by = owner`: when its condition

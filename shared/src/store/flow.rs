@@ -26,6 +26,9 @@ pub struct PendingFlow {
     pub platform_user: Option<String>,
     /// The connection's display name, as the start grant gave it (standalone mode).
     pub connection_name: Option<String>,
+    /// The client id of the connection's own app the flow signs in through; `None` for the
+    /// server-wide app. The redirect redeems the code as that same app.
+    pub app_client_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +47,8 @@ pub(super) struct StateItem {
     platform_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     connection_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    app_client_id: Option<String>,
     /// Set once, by the consume that spent the flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) consumed_by: Option<String>,
@@ -64,6 +69,7 @@ impl StateItem {
             ak_user_id: flow.ak_user_id.clone(),
             platform_user: flow.platform_user.clone(),
             connection_name: flow.connection_name.clone(),
+            app_client_id: flow.app_client_id.clone(),
             consumed_by: None,
         }
     }
@@ -78,6 +84,7 @@ impl StateItem {
             expires_at: self.expires_at,
             ak_user_id: self.ak_user_id,
             platform_user: self.platform_user,
+            app_client_id: self.app_client_id,
             connection_name: self.connection_name,
         }
     }

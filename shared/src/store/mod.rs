@@ -6,27 +6,33 @@ use async_trait::async_trait;
 use crate::domain::ConnectionId;
 use crate::state::StateKey;
 
+mod app;
 mod connection;
 mod dynamo;
 mod flow;
 
 #[cfg(any(test, feature = "testing"))]
 pub use crate::testing::MemoryStore;
+pub use app::{AppRecord, StoredApp};
 pub use connection::{Connection, ConnectionVars, RefreshUpdate, Removed, StoredConnection};
 pub use dynamo::DynamoStore;
 pub use flow::PendingFlow;
 
 /// Top-level attributes of a connection item that are absent when unset: a save that does
 /// not set one must remove it, or a re-sign-in would keep the previous grant's value.
-pub(crate) const OPTIONAL_CONNECTION_ATTRIBUTES: [&str; 3] =
-    ["status_reason", "autokitteh_user_id", "refresh_queue"];
+pub(crate) const OPTIONAL_CONNECTION_ATTRIBUTES: [&str; 4] =
+    ["status_reason", "autokitteh_user_id", "refresh_queue", "app_client_id"];
+
+/// Attributes of an app item that are absent when unset (a certificate's facts).
+pub(crate) const OPTIONAL_APP_ATTRIBUTES: [&str; 3] =
+    ["certificate_thumbprint", "certificate_thumbprint_sha256", "certificate_expires_at"];
 
 /// Attribute holding the partition key of every item.
 pub const KEY_ATTRIBUTE: &str = "pk";
 /// Attribute DynamoDB TTL is configured on (epoch seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// `auth_type` of connections made with the server-wide app.
-pub const AUTH_TYPE_DEFAULT: &str = "oauthDefault";
+pub use crate::apps::AUTH_TYPE_DEFAULT;
 /// Name of the sparse index of connections by refresh time.
 pub const REFRESH_INDEX: &str = "refresh-due";
 /// The one partition of the refresh index.
@@ -136,6 +142,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError>;
     /// Connections whose refresh is due at `now`, oldest first, at most `limit`.
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError>;
+    /// Creates or replaces a connection's own app; returns its new version.
+    async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError>;
+    /// Reads a connection's own app.
+    async fn get_app(&self, id: &ConnectionId) -> Result<Option<StoredApp>, StoreError>;
+    /// Deletes a connection's own app; `true` if there was one. Idempotent.
+    async fn delete_app(&self, id: &ConnectionId) -> Result<bool, StoreError>;
+}
+
+/// Key of a connection's app item.
+pub fn app_key(id: &ConnectionId) -> String {
+    format!("app#{id}")
 }
 
 /// Key of a connection item.

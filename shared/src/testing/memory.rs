@@ -19,6 +19,7 @@ pub struct MemoryStore {
     states: Mutex<HashMap<String, PendingFlow>>,
     connections: Mutex<HashMap<String, StoredConnection>>,
     leases: Mutex<HashMap<String, (String, i64)>>,
+    apps: Mutex<HashMap<String, StoredApp>>,
 }
 
 impl MemoryStore {
@@ -208,6 +209,21 @@ impl Store for MemoryStore {
             .collect();
         due.sort_by_key(|(at, _)| *at);
         Ok(due.into_iter().take(usize::try_from(limit).unwrap_or(0)).map(|(_, id)| id).collect())
+    }
+
+    async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError> {
+        let mut apps = self.apps.lock().map_err(|_| poisoned())?;
+        let version = apps.get(&app_key(&app.connection_id)).map_or(0, |a| a.version) + 1;
+        apps.insert(app_key(&app.connection_id), StoredApp { app: app.clone(), version });
+        Ok(version)
+    }
+
+    async fn get_app(&self, id: &ConnectionId) -> Result<Option<StoredApp>, StoreError> {
+        Ok(self.apps.lock().map_err(|_| poisoned())?.get(&app_key(id)).cloned())
+    }
+
+    async fn delete_app(&self, id: &ConnectionId) -> Result<bool, StoreError> {
+        Ok(self.apps.lock().map_err(|_| poisoned())?.remove(&app_key(id)).is_some())
     }
 }
 

@@ -2,6 +2,7 @@
 //! feature; never compiled into the functions): the in-memory store, the store contract both
 //! stores are held to, and event helpers.
 
+pub mod certs;
 mod memory;
 pub mod store_contract;
 

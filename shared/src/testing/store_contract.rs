@@ -66,6 +66,7 @@ pub fn connection(id: &ConnectionId, due: i64) -> Connection {
         autokitteh_user_id: None,
         refresh_failures: 0,
         refresh_queue: Some(REFRESH_QUEUE.into()),
+        app_client_id: None,
     }
 }
 
@@ -80,6 +81,7 @@ fn flow(id: &ConnectionId, browser_hash: &str, expires_at: i64) -> PendingFlow {
         ak_user_id: None,
         platform_user: Some("user".into()),
         connection_name: Some("name".into()),
+        app_client_id: Some("0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3".into()),
     }
 }
 
@@ -103,6 +105,49 @@ pub async fn check(store: &dyn Store) {
     a_dead_grant_leaves_the_refresh_queue(store).await;
     failed_refreshes_are_postponed_and_counted_until_one_succeeds(store).await;
     deletes_report_what_was_removed_once(store).await;
+    apps_are_replaced_whole_and_kept_apart_from_tokens(store).await;
+}
+
+async fn apps_are_replaced_whole_and_kept_apart_from_tokens(store: &dyn Store) {
+    use crate::apps::AppSummary;
+    use crate::store::AppRecord;
+    let id = fresh_connection_id();
+    assert!(store.get_app(&id).await.unwrap().is_none());
+    let with_certificate = AppRecord {
+        connection_id: id.clone(),
+        summary: AppSummary {
+            auth_type: "daemonApp".into(),
+            private_client_id: "0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3".into(),
+            private_tenant_id: "contoso.com".into(),
+            credential: "certificate".into(),
+            certificate_thumbprint: Some("AB".repeat(20)),
+            certificate_thumbprint_sha256: Some("x".repeat(43)),
+            certificate_expires_at: Some("2027-12-01T00:00:00Z".into()),
+        },
+        credential_sealed: sealed(7),
+        updated_at: "2027-01-15T10:00:00Z".into(),
+    };
+    assert_eq!(store.save_app(&with_certificate).await.unwrap(), 1);
+    // Saving the same again (a retry after a lost answer) leaves the same app.
+    assert_eq!(store.save_app(&with_certificate).await.unwrap(), 2);
+    let mut with_secret = with_certificate.clone();
+    with_secret.summary.credential = "secret".into();
+    with_secret.summary.certificate_thumbprint = None;
+    with_secret.summary.certificate_thumbprint_sha256 = None;
+    with_secret.summary.certificate_expires_at = None;
+    with_secret.credential_sealed = sealed(8);
+    assert_eq!(store.save_app(&with_secret).await.unwrap(), 3);
+    let read = store.get_app(&id).await.unwrap().unwrap();
+    assert_eq!(read.app, with_secret, "no certificate fact outlives the certificate");
+    assert_eq!(read.version, 3);
+    // The app is not a connection: no tokens appear, and a disconnect leaves the app.
+    assert!(store.get_connection(&id).await.unwrap().is_none());
+    store.save_connection(&connection(&id, NOW + 60)).await.unwrap();
+    store.delete_connection(&id).await.unwrap();
+    assert!(store.get_app(&id).await.unwrap().is_some());
+    assert!(store.delete_app(&id).await.unwrap());
+    assert!(!store.delete_app(&id).await.unwrap(), "a second delete finds nothing");
+    assert!(store.get_app(&id).await.unwrap().is_none());
 }
 
 async fn grants_are_spent_once(store: &dyn Store) {
@@ -132,6 +177,7 @@ async fn flows_are_consumed_once_by_their_browser_before_they_expire(store: &dyn
     assert_eq!(consumed.connection_id, id);
     assert_eq!(consumed.browser_hash, "browser-a");
     assert_eq!(consumed.platform_user.as_deref(), Some("user"));
+    assert_eq!(consumed.app_client_id.as_deref(), Some("0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3"));
     use secrecy::ExposeSecret;
     assert_eq!(consumed.pkce_verifier.expose_secret(), "contract-verifier");
     // Spent: another consume finds nothing, whoever asks; discarding it twice is fine.

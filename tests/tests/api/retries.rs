@@ -51,6 +51,7 @@ fn connection(cid: &ConnectionId, autokitteh_user_id: Option<&str>) -> Connectio
         autokitteh_user_id: autokitteh_user_id.map(str::to_owned),
         refresh_failures: 0,
         refresh_queue: Some(REFRESH_QUEUE.into()),
+        app_client_id: None,
     }
 }
 

@@ -51,6 +51,8 @@ pub const START_PATH: &str = "/oauth/start/microsoft";
 pub const START_PATH_TEAMS: &str = "/oauth/start/microsoft_teams";
 /// Path of the redirect function on the public address; registered in Azure.
 pub const REDIRECT_PATH: &str = "/oauth/redirect/microsoft";
+/// Where an administrator is sent to grant a connection's app tenant-wide consent.
+pub const ADMIN_CONSENT_PATH: &str = "/oauth/adminconsent/microsoft";
 
 /// A configuration variable that is missing or invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

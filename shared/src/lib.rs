@@ -18,6 +18,7 @@ pub mod grant;
 pub mod http;
 pub mod microsoft;
 pub mod pages;
+pub mod registration;
 pub mod request;
 pub mod runtime;
 pub mod secrets;

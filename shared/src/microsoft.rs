@@ -138,8 +138,9 @@ impl FailureClass {
 fn class_of_code(code: u32) -> Option<FailureClass> {
     use FailureClass as C;
     Some(match code {
-        // Consent required; admin consent required; admin approval required.
-        65001 | 90094 | 90095 | 900_941 => C::AdminConsent,
+        // Consent required; admin consent required; admin approval required; the app has no
+        // service principal in the tenant yet (what an administrator's consent creates).
+        65001 | 90094 | 90095 | 900_941 | 7_000_229 => C::AdminConsent,
         // Client secret invalid or expired; assertion signature, time or audience; redirect
         // URI; single-tenant app on a multi-tenant endpoint; app not in the tenant; app
         // disabled; personal accounts not supported; resource not in the tenant; tenant

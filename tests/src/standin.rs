@@ -2,7 +2,11 @@
 //!
 //! It enforces what the real platform enforces and what our tests rely on: registered client
 //! id, exact redirect URI, PKCE S256, client authentication, one-time and expiring codes,
-//! codes bound to their tenant path. Its pages say plainly that they are not Microsoft.
+//! codes bound to their tenant path. Besides the server-wide app it holds the registrations
+//! of connections' own apps (tenants, secrets, certificates, redirect URIs, admin consent),
+//! verifies certificate client assertions (signature, thumbprint, audience, lifetime, one use
+//! per `jti`), issues client-credentials tokens and runs the admin-consent endpoint. Its pages
+//! say plainly that they are not Microsoft.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,6 +28,32 @@ use tokio::net::TcpListener;
 pub const PERSONAL_TENANT: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
 /// Tenant of the work account when the flow uses `common` or `organizations`.
 pub const WORK_TENANT: &str = "2f6a3d1c-5b4e-4c8a-9f17-0a1b2c3d4e5f";
+/// Another organization's tenant, where private apps of other organizations live.
+pub const OTHER_TENANT: &str = "7c1e9b2a-3d4f-4a5b-8c6d-9e0f1a2b3c4d";
+/// The tenants the stand-in knows (client credentials and admin consent need a real one).
+pub const KNOWN_TENANTS: [&str; 2] = [WORK_TENANT, OTHER_TENANT];
+
+/// A connection's own app as registered in Entra: where it lives, what authenticates it,
+/// where it may return, and whether its tenants' administrators consented.
+#[derive(Debug, Clone, Default)]
+pub struct AppRegistration {
+    pub client_id: String,
+    /// The tenant GUID the app is registered in.
+    pub home_tenant: String,
+    /// Accepts accounts of other organizations (and is provisioned there by consent).
+    pub multi_tenant: bool,
+    /// Client secrets that work.
+    pub secrets: Vec<String>,
+    /// Client secrets past their end date (refused with AADSTS7000222).
+    pub expired_secrets: Vec<String>,
+    /// Certificates (PEM, public part) whose keys may sign assertions.
+    pub certificates: Vec<String>,
+    /// Certificates uploaded but past their end date (refused with AADSTS700027).
+    pub expired_certificates: Vec<String>,
+    pub redirect_uris: Vec<String>,
+    /// Tenants whose administrator consented to the app's application permissions.
+    pub consented_tenants: Vec<String>,
+}
 
 /// What the stand-in accepts as a registered app.
 #[derive(Debug, Clone)]
@@ -161,6 +191,13 @@ struct Inner {
 struct Shared {
     registration: Mutex<Registration>,
     inner: Mutex<Inner>,
+    apps: Mutex<HashMap<String, AppRegistration>>,
+    /// `jti`s of the client assertions already presented.
+    assertion_ids: Mutex<std::collections::HashSet<String>>,
+    /// App-only access tokens: client id and tenant.
+    app_tokens: Mutex<HashMap<String, (String, String)>>,
+    /// Where this stand-in is reached (the audience of assertions).
+    base: String,
 }
 
 impl Shared {
@@ -170,6 +207,17 @@ impl Shared {
 
     fn registration(&self) -> Registration {
         self.registration.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn app(&self, client_id: &str) -> Option<AppRegistration> {
+        self.apps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(client_id).cloned()
+    }
+
+    fn with_app(&self, client_id: &str, change: impl FnOnce(&mut AppRegistration)) {
+        let mut apps = self.apps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(app) = apps.get_mut(client_id) {
+            change(app);
+        }
     }
 }
 
@@ -187,12 +235,22 @@ impl Standin {
     /// Serves on `listener` in the background.
     pub fn spawn(listener: TcpListener, registration: Registration) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
-        let shared =
-            Arc::new(Shared { registration: Mutex::new(registration), inner: Mutex::default() });
+        let shared = Arc::new(Shared {
+            registration: Mutex::new(registration),
+            inner: Mutex::default(),
+            apps: Mutex::default(),
+            assertion_ids: Mutex::default(),
+            app_tokens: Mutex::default(),
+            base: format!("http://{addr}"),
+        });
         let app = Router::new()
             .route("/", get(index))
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_page).post(authorize_decision))
             .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
+            .route(
+                "/{tenant}/v2.0/adminconsent",
+                get(admin_consent_page).post(admin_consent_decision),
+            )
             .route("/v1.0/me", get(me))
             .route("/v1.0/organization", get(organization))
             .with_state(shared.clone());
@@ -212,6 +270,34 @@ impl Standin {
         if let Ok(mut r) = self.shared.registration.lock() {
             r.client_secret = secret.to_owned();
         }
+    }
+
+    /// Registers (or replaces) a connection's own app.
+    pub fn register_app(&self, app: AppRegistration) {
+        let mut apps = self.shared.apps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        apps.insert(app.client_id.clone(), app);
+    }
+
+    /// Replaces an app's working secrets (a rotation in Entra); the old ones stop working.
+    pub fn set_app_secrets(&self, client_id: &str, secrets: &[&str]) {
+        self.shared.with_app(client_id, |app| {
+            app.secrets = secrets.iter().map(|s| (*s).to_owned()).collect();
+        });
+    }
+
+    /// Records an administrator's consent for `client_id` in `tenant`.
+    pub fn grant_admin_consent(&self, client_id: &str, tenant: &str) {
+        self.shared.with_app(client_id, |app| app.consented_tenants.push(tenant.to_owned()));
+    }
+
+    /// True when `tenant`'s administrator consented to `client_id`.
+    pub fn has_admin_consent(&self, client_id: &str, tenant: &str) -> bool {
+        self.shared.app(client_id).is_some_and(|a| a.consented_tenants.iter().any(|t| t == tenant))
+    }
+
+    /// App-only tokens issued so far.
+    pub fn app_tokens_issued(&self) -> usize {
+        self.shared.app_tokens.lock().map(|t| t.len()).unwrap_or(0)
     }
 
     pub fn set_token_fault(&self, fault: Option<Fault>) {
@@ -348,18 +434,54 @@ fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
     Redirect::to(url.as_str()).into_response()
 }
 
+/// True for the aliases that name no one tenant.
+fn is_alias(tenant: &str) -> bool {
+    matches!(tenant, "common" | "organizations" | "consumers")
+}
+
+/// Checks that `tenant` may use the own app `app`: the app must live there, or be
+/// multi-tenant; a single-tenant app cannot use the aliases.
+fn app_tenant_refusal(app: &AppRegistration, tenant: &str) -> Option<(u32, &'static str)> {
+    if app.multi_tenant || tenant == app.home_tenant {
+        return None;
+    }
+    if is_alias(tenant) {
+        return Some((50194, "Application is not configured as a multi-tenant application."));
+    }
+    Some((700_016, "Application with the given identifier was not found in the directory."))
+}
+
 /// Checks an authorize request the way the platform does before showing any page.
-fn check_authorize(shared: &Shared, params: &HashMap<String, String>) -> Result<(), Box<Response>> {
+fn check_authorize(
+    shared: &Shared,
+    tenant: &str,
+    params: &HashMap<String, String>,
+) -> Result<(), Box<Response>> {
     let registration = shared.registration();
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
-    if get("client_id") != registration.client_id {
-        return Err(Box::new(stand_in_error(
-            StatusCode::BAD_REQUEST,
-            "AADSTS700016",
-            "Application with the given identifier was not found in the directory.",
-        )));
-    }
-    if get("redirect_uri") != registration.redirect_uri {
+    let redirect_ok = match shared.app(get("client_id")) {
+        Some(app) => {
+            if let Some((code, message)) = app_tenant_refusal(&app, tenant) {
+                return Err(Box::new(stand_in_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("AADSTS{code}"),
+                    message,
+                )));
+            }
+            app.redirect_uris.iter().any(|u| u == get("redirect_uri"))
+        }
+        None if get("client_id") == registration.client_id => {
+            get("redirect_uri") == registration.redirect_uri
+        }
+        None => {
+            return Err(Box::new(stand_in_error(
+                StatusCode::BAD_REQUEST,
+                "AADSTS700016",
+                "Application with the given identifier was not found in the directory.",
+            )));
+        }
+    };
+    if !redirect_ok {
         // The platform never redirects to an unregistered URI.
         return Err(Box::new(stand_in_error(
             StatusCode::BAD_REQUEST,
@@ -393,7 +515,7 @@ async fn authorize_page(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     shared.inner().calls.authorize_tenants.push(tenant.clone());
-    if let Err(r) = check_authorize(&shared, &params) {
+    if let Err(r) = check_authorize(&shared, &tenant, &params) {
         return *r;
     }
     let hidden: String = params
@@ -433,7 +555,7 @@ async fn authorize_decision(
     Path(tenant): Path<String>,
     Form(params): Form<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_authorize(&shared, &params) {
+    if let Err(r) = check_authorize(&shared, &tenant, &params) {
         return *r;
     }
     let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
@@ -575,35 +697,17 @@ async fn token(
     if let Some(response) = apply_fault(fault).await {
         return response;
     }
-    let registration = shared.registration();
-    let Some((client_id, secret)) = client_credentials(&headers, &form) else {
-        return token_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7_000_215,
-            "Invalid client secret provided.",
-        );
+    let client_id = match authenticate(&shared, &tenant, &headers, &form) {
+        Ok(client_id) => client_id,
+        Err(response) => return *response,
     };
-    if client_id != registration.client_id {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            700_016,
-            "Application not found.",
-        );
-    }
-    if secret != registration.client_secret {
-        return token_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7_000_215,
-            "Invalid client secret provided.",
-        );
-    }
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     let grant = match get("grant_type") {
         "authorization_code" => redeem_code(&shared, &client_id, &tenant, &form),
         "refresh_token" => redeem_refresh_token(&shared, &client_id, &tenant, &form),
+        "client_credentials" => {
+            return client_credentials_grant(&shared, &client_id, &tenant, &form);
+        }
         _ => Err(refuse(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -612,9 +716,336 @@ async fn token(
         )),
     };
     match grant {
-        Ok(grant) => issue_tokens(&shared, &registration, &tenant, grant),
+        Ok(grant) => issue_tokens(&shared, &client_id, &tenant, grant),
         Err(response) => *response,
     }
+}
+
+/// Authenticates the client of a token request (a secret, or a certificate's signed
+/// assertion) and checks it may use `tenant`; returns its client id.
+fn authenticate(
+    shared: &Shared,
+    tenant: &str,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<String, Box<Response>> {
+    let invalid_client = |code: u32, message: &str| {
+        refuse(StatusCode::UNAUTHORIZED, "invalid_client", code, message)
+    };
+    let assertion = form.get("client_assertion");
+    let client_id = if let Some(assertion) = assertion {
+        if form.get("client_assertion_type").map(String::as_str) != Some(ASSERTION_TYPE)
+            || form.contains_key("client_secret")
+            || headers.contains_key(header::AUTHORIZATION)
+        {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                90014,
+                "Give exactly one client credential, with client_assertion_type jwt-bearer.",
+            ));
+        }
+        let client_id = verify_assertion(shared, tenant, assertion)?;
+        if form.get("client_id").is_some_and(|id| *id != client_id) {
+            return Err(invalid_client(
+                700_021,
+                "client_id does not match the assertion's subject.",
+            ));
+        }
+        client_id
+    } else {
+        let registration = shared.registration();
+        let Some((client_id, secret)) = client_credentials(headers, form) else {
+            return Err(invalid_client(7_000_215, "Invalid client secret provided."));
+        };
+        match shared.app(&client_id) {
+            Some(app) => {
+                if app.expired_secrets.contains(&secret) {
+                    return Err(invalid_client(
+                        7_000_222,
+                        "The provided client secret keys are expired.",
+                    ));
+                }
+                if !app.secrets.contains(&secret) {
+                    return Err(invalid_client(7_000_215, "Invalid client secret provided."));
+                }
+            }
+            None if client_id == registration.client_id => {
+                if secret != registration.client_secret {
+                    return Err(invalid_client(7_000_215, "Invalid client secret provided."));
+                }
+            }
+            None => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "unauthorized_client",
+                    700_016,
+                    "Application not found.",
+                ));
+            }
+        }
+        client_id
+    };
+    if let Some(app) = shared.app(&client_id)
+        && let Some((code, message)) = app_tenant_refusal(&app, tenant)
+    {
+        let error = if code == 700_016 { "unauthorized_client" } else { "invalid_request" };
+        return Err(refuse(StatusCode::BAD_REQUEST, error, code, message));
+    }
+    Ok(client_id)
+}
+
+/// The `client_assertion_type` of a signed JWT.
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// Base64url SHA-256 of a PEM certificate's DER, and its RSA public key as PKCS#1 DER.
+fn certificate_key(pem: &str) -> Option<(String, Vec<u8>)> {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    use rsa::pkcs8::DecodePublicKey;
+    use x509_cert::der::{DecodePem, Encode};
+    let cert = x509_cert::Certificate::from_pem(pem.as_bytes()).ok()?;
+    let der = cert.to_der().ok()?;
+    let spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
+    let public = rsa::RsaPublicKey::from_public_key_der(&spki).ok()?;
+    let pkcs1 = public.to_pkcs1_der().ok()?;
+    Some((URL_SAFE_NO_PAD.encode(Sha256::digest(&der)), pkcs1.as_bytes().to_vec()))
+}
+
+/// Verifies a certificate client assertion as Entra does; returns the client id it proves.
+fn verify_assertion(
+    shared: &Shared,
+    tenant: &str,
+    assertion: &str,
+) -> Result<String, Box<Response>> {
+    let signature = |reason: &str| {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700_027,
+            &format!("Client assertion failed signature validation. [Reason - {reason}]"),
+        )
+    };
+    let header = jsonwebtoken::decode_header(assertion)
+        .map_err(|_| signature("The assertion is not a JWT."))?;
+    if !matches!(header.alg, jsonwebtoken::Algorithm::PS256 | jsonwebtoken::Algorithm::RS256) {
+        return Err(signature("The algorithm is not accepted."));
+    }
+    let thumbprint = header.x5t_s256.ok_or_else(|| signature("The key was not found."))?;
+    let apps: Vec<AppRegistration> =
+        shared.apps.lock().map(|apps| apps.values().cloned().collect()).unwrap_or_default();
+    let mut found = None;
+    for app in &apps {
+        for (pem, expired) in app
+            .certificates
+            .iter()
+            .map(|c| (c, false))
+            .chain(app.expired_certificates.iter().map(|c| (c, true)))
+        {
+            if let Some((print, key)) = certificate_key(pem)
+                && print == thumbprint
+            {
+                found = Some((app.client_id.clone(), key, expired));
+            }
+        }
+    }
+    let (client_id, key, expired) = found.ok_or_else(|| signature("The key was not found."))?;
+    if expired {
+        return Err(signature("The key used is expired."));
+    }
+    let audience = format!("{}/{tenant}/oauth2/v2.0/token", shared.base);
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&[audience.as_str()]);
+    validation.set_issuer(&[client_id.as_str()]);
+    validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+    validation.validate_nbf = true;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        assertion,
+        &jsonwebtoken::DecodingKey::from_rsa_der(&key),
+        &validation,
+    )
+    .map_err(|e| match e.kind() {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature
+        | jsonwebtoken::errors::ErrorKind::ImmatureSignature => refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700_024,
+            "Client assertion is not within its valid time range.",
+        ),
+        jsonwebtoken::errors::ErrorKind::InvalidAudience => refuse(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            700_027,
+            "Client assertion audience is not this token endpoint.",
+        ),
+        _ => signature("The signature or claims are invalid."),
+    })?
+    .claims;
+    let number = |k: &str| claims.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
+    if claims.get("sub").and_then(serde_json::Value::as_str) != Some(client_id.as_str())
+        || number("exp") - number("nbf") > 600
+    {
+        return Err(signature("The subject or lifetime is invalid."));
+    }
+    let jti = claims.get("jti").and_then(serde_json::Value::as_str).unwrap_or("").to_owned();
+    let fresh = !jti.is_empty()
+        && shared.assertion_ids.lock().map(|mut ids| ids.insert(jti)).unwrap_or(false);
+    if !fresh {
+        return Err(signature("The assertion has no jti or was used before."));
+    }
+    Ok(client_id)
+}
+
+/// The client credentials grant of a daemon app: a real tenant, the `.default` scope of
+/// this Graph, and an administrator's consent in that tenant.
+fn client_credentials_grant(
+    shared: &Shared,
+    client_id: &str,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Response {
+    let Some(app) = shared.app(client_id) else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            700_016,
+            "The server-wide app of this stand-in has no application permissions.",
+        );
+    };
+    if !KNOWN_TENANTS.contains(&tenant) {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        );
+    }
+    let scope = form.get("scope").map(String::as_str).unwrap_or("");
+    if scope != format!("{}/.default", shared.base) {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            1_002_012,
+            "The provided value for scope is not valid; client credentials need <resource>/.default.",
+        );
+    }
+    if !app.consented_tenants.iter().any(|t| t == tenant) {
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7_000_229,
+            "The client application is missing service principal in the tenant: an administrator must consent.",
+        );
+    }
+    let access_token = format!("eyJ0eXAi.stand-in-app.{}", random(48));
+    shared.inner().issued_secrets.push(access_token.clone());
+    if let Ok(mut tokens) = shared.app_tokens.lock() {
+        tokens.insert(access_token.clone(), (client_id.to_owned(), tenant.to_owned()));
+    }
+    Json(json!({
+        "token_type": "Bearer",
+        "expires_in": 3599,
+        "ext_expires_in": 3599,
+        "access_token": access_token,
+    }))
+    .into_response()
+}
+
+/// The admin-consent page: an administrator of `tenant` approves an app's permissions.
+async fn admin_consent_page(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_admin_consent(&shared, &tenant, &params) {
+        return *r;
+    }
+    let hidden: String = params
+        .iter()
+        .map(|(k, v)| {
+            format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v))
+        })
+        .collect();
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Stand-in admin consent (not Microsoft)</title></head><body>\
+         <p style=\"background:#fde68a;padding:8px\"><strong>Local stand-in for the Microsoft identity platform. This is not Microsoft.</strong></p>\
+         <h1>Grant admin consent for your organization?</h1><p>Tenant: <code>{}</code></p><p>App: <code>{}</code></p>\
+         <form method=\"post\">{hidden}<button type=\"submit\" name=\"decision\" value=\"accept\" id=\"accept-admin\">Accept for the organization</button>\
+         <button type=\"submit\" name=\"decision\" value=\"cancel\" id=\"cancel\">Cancel</button></form></body></html>",
+        escape(&tenant),
+        escape(params.get("client_id").map(String::as_str).unwrap_or(""))
+    ))
+    .into_response()
+}
+
+async fn admin_consent_decision(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    Form(params): Form<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_admin_consent(&shared, &tenant, &params) {
+        return *r;
+    }
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    if get("decision") != "accept" {
+        return redirect_with(
+            get("redirect_uri"),
+            &[
+                ("error", "access_denied"),
+                ("error_description", "AADSTS65004: The administrator declined to consent."),
+                ("state", get("state")),
+            ],
+        );
+    }
+    // `organizations` is the signed-in administrator's own tenant.
+    let tid = if tenant == "organizations" { WORK_TENANT.to_owned() } else { tenant };
+    shared.with_app(get("client_id"), |app| app.consented_tenants.push(tid.clone()));
+    redirect_with(
+        get("redirect_uri"),
+        &[
+            ("admin_consent", "True"),
+            ("tenant", &tid),
+            ("scope", get("scope")),
+            ("state", get("state")),
+        ],
+    )
+}
+
+/// What the admin-consent endpoint checks before showing anything.
+fn check_admin_consent(
+    shared: &Shared,
+    tenant: &str,
+    params: &HashMap<String, String>,
+) -> Result<(), Box<Response>> {
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    if tenant != "organizations" && !KNOWN_TENANTS.contains(&tenant) {
+        return Err(Box::new(stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS90002",
+            "Admin consent needs a known tenant (or organizations), never common.",
+        )));
+    }
+    let Some(app) = shared.app(get("client_id")) else {
+        return Err(Box::new(stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS700016",
+            "Application with the given identifier was not found in the directory.",
+        )));
+    };
+    if !app.redirect_uris.iter().any(|u| u == get("redirect_uri")) {
+        return Err(Box::new(stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS50011",
+            "The redirect URI specified in the request does not match the redirect URIs configured for the application.",
+        )));
+    }
+    if !get("scope").split(' ').any(|s| s.ends_with("/.default")) || get("state").is_empty() {
+        return Err(Box::new(stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS900144",
+            "Admin consent needs scope <resource>/.default and a state.",
+        )));
+    }
+    Ok(())
 }
 
 /// Checks an authorization code; returns its account and scope.
@@ -759,12 +1190,7 @@ fn redeem_refresh_token(
     })
 }
 
-fn issue_tokens(
-    shared: &Shared,
-    registration: &Registration,
-    tenant: &str,
-    grant: Grant,
-) -> Response {
+fn issue_tokens(shared: &Shared, client_id: &str, tenant: &str, grant: Grant) -> Response {
     let Grant { account, scope, rotate, state } = grant;
     let scope = scope.as_str();
     let mut access_token = format!("eyJ0eXAi.stand-in-access.{}", random(48));
@@ -783,7 +1209,7 @@ fn issue_tokens(
         inner.refresh_tokens.insert(
             rt.clone(),
             RefreshGrant {
-                client_id: registration.client_id.clone(),
+                client_id: client_id.to_owned(),
                 tenant: tenant.to_owned(),
                 scope: scope.to_owned(),
                 account: account.clone(),
@@ -795,7 +1221,7 @@ fn issue_tokens(
     drop(inner);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = json!({
-        "aud": registration.client_id,
+        "aud": client_id,
         "iss": format!("https://login.microsoftonline.com/{}/v2.0", account.tid),
         "iat": now, "nbf": now, "exp": now + 3600,
         "tid": account.tid, "oid": account.oid,
@@ -823,6 +1249,12 @@ fn issue_tokens(
 fn bearer_account(shared: &Shared, headers: &HeaderMap) -> Option<Account> {
     let token = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?;
     shared.inner().access_tokens.get(token).cloned()
+}
+
+/// The tenant of an app-only bearer token.
+fn bearer_app_tenant(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+    let token = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?;
+    shared.app_tokens.lock().ok()?.get(token).map(|(_, tenant)| tenant.clone())
 }
 
 fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -857,6 +1289,13 @@ async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         inner.calls.graph_me += 1;
         inner.me_fault.clone()
     };
+    if bearer_app_tenant(&shared, &headers).is_some() {
+        return graph_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "/me request is only valid with delegated authentication flow.",
+        );
+    }
     let a = match graph_call(&shared, &headers, record).await {
         Ok(a) => a,
         Err(response) => return response,
@@ -882,6 +1321,11 @@ async fn organization(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
         inner.calls.graph_organization += 1;
         inner.organization_fault.clone()
     };
+    if let Some(tenant) = bearer_app_tenant(&shared, &headers) {
+        let name = if tenant == WORK_TENANT { "Contoso (stand-in)" } else { "Fabrikam (stand-in)" };
+        return Json(json!({"value": [{"id": tenant, "displayName": name, "tenantType": "AAD"}]}))
+            .into_response();
+    }
     let a = match graph_call(&shared, &headers, record).await {
         Ok(a) => a,
         Err(response) => return response,

@@ -3,6 +3,8 @@
 //! - `GET /connections/{cid}`: status, auth type, non-secret vars; never a token.
 //! - `GET /connections/{cid}/token[?force_refresh=true]`: a valid access token.
 //! - `DELETE /connections/{cid}`: deletes tokens and vars; idempotent.
+//! - `GET|PUT|DELETE /connections/{cid}/app`: the connection's own Entra app (private
+//!   user-delegated or daemon); its credential is written, never read back.
 //!
 //! Documented in `openapi.yaml` beside this crate.
 
@@ -12,9 +14,12 @@
 
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
+use ms_oauth::config::ADMIN_CONSENT_PATH;
 use ms_oauth::config::ConfigError;
 use ms_oauth::domain::ConnectionId;
-use ms_oauth::store::{ConnectionVars, STATUS_NEEDS_REAUTH};
+use ms_oauth::microsoft::{FailureClass, MicrosoftError, TokenError};
+use ms_oauth::registration::{AppFailure, AppRequest};
+use ms_oauth::store::{AUTH_TYPE_DEFAULT, ConnectionVars, STATUS_NEEDS_REAUTH};
 use ms_oauth::tokens::{TokenFailure, TokenService};
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -58,6 +63,9 @@ enum Route {
     Status(ConnectionId),
     Token(ConnectionId, bool),
     Disconnect(ConnectionId),
+    GetApp(ConnectionId),
+    SetApp(ConnectionId, Box<AppRequest>),
+    RemoveApp(ConnectionId),
 }
 
 /// A request the API refuses before doing anything; a 405 names the methods the resource
@@ -67,6 +75,9 @@ struct Refusal(StatusCode, &'static str, String, Option<&'static str>);
 /// The methods each resource answers (the `Allow` header of its 405).
 const CONNECTION_METHODS: &str = "GET, DELETE";
 const TOKEN_METHODS: &str = "GET";
+const APP_METHODS: &str = "GET, PUT, DELETE";
+/// Longest app request body (a certificate chain with its key is a few KB).
+const MAX_APP_BODY: usize = 64 * 1024;
 
 fn route(req: &Request) -> Result<Route, Refusal> {
     if ms_oauth::runtime::is_unreadable(req) {
@@ -79,6 +90,7 @@ fn route(req: &Request) -> Result<Route, Refusal> {
     let (cid, tail) = match parts.as_slice() {
         ["connections", cid] => (*cid, None),
         ["connections", cid, "token"] => (*cid, Some("token")),
+        ["connections", cid, "app"] => (*cid, Some("app")),
         _ => {
             return Err(Refusal(
                 StatusCode::NOT_FOUND,
@@ -94,6 +106,9 @@ fn route(req: &Request) -> Result<Route, Refusal> {
     match (req.method(), tail) {
         (&Method::GET, None) => Ok(Route::Status(cid)),
         (&Method::DELETE, None) => Ok(Route::Disconnect(cid)),
+        (&Method::GET, Some("app")) => Ok(Route::GetApp(cid)),
+        (&Method::DELETE, Some("app")) => Ok(Route::RemoveApp(cid)),
+        (&Method::PUT, Some("app")) => Ok(Route::SetApp(cid, Box::new(app_request(req)?))),
         (&Method::GET, Some(_)) => {
             let force =
                 match req.query_string_parameters_ref().and_then(|q| q.first("force_refresh")) {
@@ -111,7 +126,11 @@ fn route(req: &Request) -> Result<Route, Refusal> {
             Ok(Route::Token(cid, force))
         }
         (_, tail) => {
-            let allow = if tail.is_some() { TOKEN_METHODS } else { CONNECTION_METHODS };
+            let allow = match tail {
+                Some("app") => APP_METHODS,
+                Some(_) => TOKEN_METHODS,
+                None => CONNECTION_METHODS,
+            };
             Err(Refusal(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -120,6 +139,32 @@ fn route(req: &Request) -> Result<Route, Refusal> {
             ))
         }
     }
+}
+
+/// The body of `PUT /connections/{cid}/app`. Its text is never echoed: it holds a secret.
+fn app_request(req: &Request) -> Result<AppRequest, Refusal> {
+    let bad = |message: &str| {
+        Refusal(StatusCode::BAD_REQUEST, "invalid_request", message.to_owned(), None)
+    };
+    let body: &[u8] = req.body().as_ref();
+    if body.len() > MAX_APP_BODY {
+        return Err(Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the body is larger than {MAX_APP_BODY} bytes"),
+            None,
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        // The parser's message names fields and positions, never values.
+        let what = match e.classify() {
+            serde_json::error::Category::Data => {
+                "the body must hold auth_type, client_id, tenant_id and one of client_secret or certificate, as strings, and nothing else"
+            }
+            _ => "the body must be a JSON object",
+        };
+        bad(what)
+    })
 }
 
 /// Handles one request; every outcome is a JSON response.
@@ -153,6 +198,82 @@ async fn answer(api: &ConnectionApi, req: Request) -> Response<Body> {
             }
             Err(e) => failure(&cid, e),
         },
+        Ok(Route::GetApp(cid)) => match api.tokens.app_summary(&cid).await {
+            Ok(Some(app)) => respond(StatusCode::OK, &json!({"connection_id": cid, "app": app})),
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                "no_app",
+                "the connection uses the server-wide app (oauthDefault)",
+            ),
+            Err(e) => failure(&cid, e),
+        },
+        Ok(Route::SetApp(cid, request)) => match api.tokens.set_app(&cid, *request).await {
+            Ok(saved) => respond(
+                StatusCode::OK,
+                &json!({
+                    "connection_id": cid,
+                    "app": saved.summary,
+                    "version": saved.version,
+                    "organization": saved.organization,
+                }),
+            ),
+            Err(e) => app_failure(&cid, e),
+        },
+        Ok(Route::RemoveApp(cid)) => match api.tokens.remove_app(&cid).await {
+            Ok(removed) => respond(
+                StatusCode::OK,
+                &json!({"connection_id": cid, "removed": removed, "auth_type": AUTH_TYPE_DEFAULT}),
+            ),
+            Err(e) => failure(&cid, e),
+        },
+    }
+}
+
+/// What to do about a refused app, by its AADSTS code where one is known.
+fn app_advice(e: &MicrosoftError) -> &'static str {
+    match e.code() {
+        Some(7_000_215) => {
+            "the client secret is wrong: give the secret's Value from Certificates & secrets, not its Secret ID"
+        }
+        Some(7_000_222) => "the client secret expired: create a new one and set it here",
+        Some(700_027 | 700_024 | 700_023) => {
+            "the certificate was not accepted: upload its public part to the app registration, or set a certificate the app has"
+        }
+        Some(700_016) => {
+            "the app is not registered in this tenant: check client_id and tenant_id, or make the app multi-tenant"
+        }
+        Some(90002 | 900_023) => "the tenant is unknown: give its Directory (tenant) ID",
+        _ => match e.class() {
+            FailureClass::AdminConsent => {
+                "an administrator of the tenant must grant admin consent to the app's application permissions"
+            }
+            FailureClass::Transient => "Microsoft is temporarily unavailable; retry shortly",
+            _ => "Microsoft refused the app; check its client id, tenant and credential",
+        },
+    }
+}
+
+fn app_failure(cid: &ConnectionId, e: AppFailure) -> Response<Body> {
+    match e {
+        AppFailure::Invalid(e) => error(StatusCode::BAD_REQUEST, "invalid_app", &e.to_string()),
+        AppFailure::Refused(e) => {
+            let class = e.class();
+            let mut body = json!({
+                "error": if class == FailureClass::AdminConsent { "admin_consent_required" } else { "app_refused" },
+                "message": app_advice(&e),
+                "reason": e.reason(),
+            });
+            if class == FailureClass::AdminConsent {
+                body["admin_consent_path"] = json!(format!("{ADMIN_CONSENT_PATH}?cid={cid}"));
+            }
+            let status = match class {
+                FailureClass::AdminConsent => StatusCode::CONFLICT,
+                FailureClass::Transient => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            respond(status, &body)
+        }
+        AppFailure::Unavailable(e) => failure(cid, e),
     }
 }
 
@@ -216,6 +337,17 @@ fn failure(cid: &ConnectionId, e: TokenFailure) -> Response<Body> {
             StatusCode::CONFLICT,
             &json!({"error": STATUS_NEEDS_REAUTH, "message": "the connection needs a new sign-in", "reason": reason}),
         ),
+        TokenFailure::Token(e) if e.class() == FailureClass::AppMisconfigured => {
+            tracing::error!(cid = %cid, error = %ms_oauth::error::chain(&e), "the connection's app is refused");
+            let reason = match &e {
+                TokenError::Rejected(m) => m.reason(),
+                other => format!("{}: {other}", FailureClass::AppMisconfigured.as_str()),
+            };
+            respond(
+                StatusCode::BAD_GATEWAY,
+                &json!({"error": "app_misconfigured", "message": "Microsoft refused the connection's app credential; set a new secret or certificate on the app", "reason": reason}),
+            )
+        }
         TokenFailure::Corrupt => {
             tracing::error!(cid = %cid, error = %ms_oauth::error::chain(&e), "token request failed");
             error(

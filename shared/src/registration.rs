@@ -1,0 +1,299 @@
+//! Setting, showing and removing a connection's own app (the connection API's
+//! `/connections/{cid}/app` and `akoauth app`). A daemon app is proven when it is saved: a
+//! client-credentials token is minted and the tenant's organization read with it, so a
+//! wrong secret, an expired certificate, an app missing from the tenant or missing admin
+//! consent is reported at once, not at the first workflow run.
+
+use std::fmt;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use time::format_description::well_known::Rfc3339;
+
+use crate::apps::{
+    App, AppError, AppKind, AppSummary, Certificate, Credential, credential_context,
+};
+use crate::crypto::{connection_context, seal};
+use crate::domain::ConnectionId;
+use crate::events::{ConnectionEvent, EventKind};
+use crate::microsoft::{ClientAuth, FailureClass, MicrosoftError, TokenError};
+use crate::store::{AppRecord, Connection, ConnectionVars, STATUS_OK};
+use crate::tokens::{SecretVars, TokenFailure, TokenService};
+
+/// The body of `PUT /connections/{cid}/app`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRequest {
+    pub auth_type: String,
+    pub client_id: String,
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// PEM: the certificate and its unencrypted private key.
+    #[serde(default)]
+    pub certificate: Option<String>,
+}
+
+impl fmt::Debug for AppRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppRequest")
+            .field("auth_type", &self.auth_type)
+            .field("client_id", &self.client_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field("certificate", &self.certificate.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl AppRequest {
+    /// Validates the request into an app; a certificate must be valid now.
+    pub fn into_app(self, now: time::OffsetDateTime) -> Result<App, AppError> {
+        let kind = AppKind::from_auth_type(&self.auth_type).ok_or(AppError::AuthType)?;
+        let credential = match (self.client_secret, self.certificate) {
+            (Some(secret), None) => Credential::Secret(SecretString::from(secret)),
+            (None, Some(pem)) => {
+                let certificate = Certificate::from_pem(&pem)?;
+                certificate.check_valid_at(now)?;
+                Credential::Certificate(Box::new(certificate))
+            }
+            _ => return Err(AppError::Credential),
+        };
+        App::new(kind, &self.client_id, self.tenant_id.as_deref().unwrap_or(""), credential)
+    }
+}
+
+/// Why an app was not saved. Nothing was written in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum AppFailure {
+    #[error("invalid app: {0}")]
+    Invalid(#[from] AppError),
+    /// Microsoft refused the daemon app's credential or grant.
+    #[error("Microsoft refused the app: {0}")]
+    Refused(Box<MicrosoftError>),
+    #[error("the app could not be checked now")]
+    Unavailable(#[source] TokenFailure),
+}
+
+impl AppFailure {
+    /// Who must act.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            AppFailure::Invalid(_) => FailureClass::AppMisconfigured,
+            AppFailure::Refused(e) => e.class(),
+            AppFailure::Unavailable(_) => FailureClass::Transient,
+        }
+    }
+}
+
+impl From<TokenFailure> for AppFailure {
+    fn from(e: TokenFailure) -> Self {
+        AppFailure::Unavailable(e)
+    }
+}
+
+/// What saving an app did.
+#[derive(Debug)]
+pub struct AppSaved {
+    pub summary: AppSummary,
+    pub version: u64,
+    /// A daemon app's organization, read with its first token.
+    pub organization: Option<String>,
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+impl TokenService {
+    /// Validates and saves a connection's own app. A daemon app is proven first (a token is
+    /// minted and the organization read) and its connection saved with that token, so the
+    /// token API serves it at once.
+    pub async fn set_app(
+        &self,
+        cid: &ConnectionId,
+        request: AppRequest,
+    ) -> Result<AppSaved, AppFailure> {
+        let now = self.clock.now();
+        let app = request.into_app(now)?;
+        let auth = ClientAuth {
+            client_id: app.client_id.clone(),
+            tenant: app.tenant.clone(),
+            credential: app.credential.clone(),
+        };
+        let daemon = match app.kind {
+            AppKind::Daemon => Some(self.prove_daemon(cid, &auth, now).await?),
+            AppKind::Private => None,
+        };
+        let plaintext = app.credential.to_plaintext()?;
+        let context = credential_context(cid.as_str());
+        let key = self.keys.generate(&context).await.map_err(TokenFailure::from)?;
+        let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
+        let summary = app.summary();
+        let record = AppRecord {
+            connection_id: cid.clone(),
+            summary: summary.clone(),
+            credential_sealed: sealed,
+            updated_at: rfc3339(now),
+        };
+        let version = self.store.save_app(&record).await.map_err(TokenFailure::from)?;
+        let organization = match daemon {
+            Some(connection) => {
+                let name = connection.vars.org_display_name.clone();
+                self.store.save_connection(&connection).await.map_err(TokenFailure::from)?;
+                self.events
+                    .publish(&ConnectionEvent {
+                        kind: EventKind::Authorized,
+                        connection_id: cid.clone(),
+                        tenant_id: Some(connection.tenant_id.clone()),
+                        reason: None,
+                        at: rfc3339(now),
+                    })
+                    .await;
+                name
+            }
+            None => None,
+        };
+        tracing::info!(cid = %cid, auth_type = %summary.auth_type, client_id = %summary.private_client_id, tenant = %summary.private_tenant_id, credential = %summary.credential, version, "connection app saved");
+        Ok(AppSaved { summary, version, organization })
+    }
+
+    /// Mints a daemon app's first token and reads its organization; the connection to save.
+    async fn prove_daemon(
+        &self,
+        cid: &ConnectionId,
+        auth: &ClientAuth,
+        now: time::OffsetDateTime,
+    ) -> Result<Connection, AppFailure> {
+        let token = match self.microsoft.app_token(auth).await {
+            Ok(token) => token,
+            Err(TokenError::Rejected(e)) => {
+                tracing::warn!(cid = %cid, client_id = %auth.client_id, error = %e, class = e.class().as_str(), "daemon app refused");
+                return Err(AppFailure::Refused(e));
+            }
+            Err(TokenError::Credential(e)) => return Err(AppFailure::Invalid(e)),
+            Err(e) => return Err(TokenFailure::Token(e).into()),
+        };
+        // The organization only adds descriptive vars and needs Organization.Read.All; an app
+        // without it still works.
+        let organization = match self.microsoft.organization(&token.access_token).await {
+            Ok(org) => org,
+            Err(e) => {
+                tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "daemon app's organization not read");
+                None
+            }
+        };
+        let context = connection_context(cid.as_str());
+        let key = self.keys.generate(&context).await.map_err(TokenFailure::from)?;
+        let plaintext = serde_json::to_vec(&SecretVars {
+            oauth_access_token: token.access_token.secret().clone(),
+            oauth_refresh_token: None,
+        })
+        .map_err(|_| TokenFailure::Corrupt)?;
+        let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
+        let expiry = crate::microsoft::expiry_after(now, token.expires_in);
+        let org = organization.unwrap_or_default();
+        Ok(Connection {
+            connection_id: cid.clone(),
+            auth_type: AppKind::Daemon.auth_type().to_owned(),
+            status: STATUS_OK.to_owned(),
+            tenant_id: org.id.clone().unwrap_or_else(|| auth.tenant.to_string()),
+            object_id: String::new(),
+            vars: ConnectionVars {
+                oauth_token_type: "Bearer".to_owned(),
+                oauth_expiry: rfc3339(expiry),
+                org_id: org.id,
+                org_display_name: org.display_name,
+                org_tenant_type: org.tenant_type,
+                ..ConnectionVars::default()
+            },
+            secrets: sealed,
+            updated_at: rfc3339(now),
+            status_reason: None,
+            token_expires_at: expiry.unix_timestamp(),
+            last_refresh_at: rfc3339(now),
+            // Nothing to keep alive: the token API mints a new token when this one is due.
+            refresh_due_at: expiry.unix_timestamp(),
+            autokitteh_user_id: None,
+            refresh_failures: 0,
+            refresh_queue: None,
+            app_client_id: Some(auth.client_id.clone()),
+        })
+    }
+
+    /// The non-secret part of a connection's own app.
+    pub async fn app_summary(
+        &self,
+        cid: &ConnectionId,
+    ) -> Result<Option<AppSummary>, TokenFailure> {
+        Ok(self.store.get_app(cid).await?.map(|stored| stored.app.summary))
+    }
+
+    /// Removes a connection's own app: the connection goes back to the server-wide app, and
+    /// tokens its own app issued (useless to any other app) are removed with it. `true` if
+    /// there was an app.
+    pub async fn remove_app(&self, cid: &ConnectionId) -> Result<bool, TokenFailure> {
+        let connection = self.store.get_connection(cid).await?;
+        if connection.is_some_and(|c| c.connection.app_client_id.is_some()) {
+            self.disconnect(cid).await?;
+        }
+        let existed = self.store.delete_app(cid).await?;
+        if existed {
+            tracing::info!(cid = %cid, "connection app removed; back to the server-wide app");
+        }
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn requests_need_one_credential_and_hide_it() {
+        let request: AppRequest = serde_json::from_str(
+            r#"{"auth_type":"oauthPrivate","client_id":"0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3","client_secret":"cs~very-secret"}"#,
+        )
+        .unwrap();
+        assert!(!format!("{request:?}").contains("very-secret"));
+        let now = time::OffsetDateTime::now_utc();
+        let app = request.into_app(now).unwrap();
+        assert_eq!(app.tenant.as_str(), "common");
+        let Credential::Secret(s) = &app.credential else { panic!("a secret") };
+        assert_eq!(s.expose_secret(), "cs~very-secret");
+
+        let both: AppRequest = serde_json::from_str(
+            r#"{"auth_type":"daemonApp","client_id":"0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3","tenant_id":"contoso.com","client_secret":"a","certificate":"b"}"#,
+        )
+        .unwrap();
+        assert_eq!(both.into_app(now).unwrap_err(), AppError::Credential);
+        let unknown = serde_json::from_str::<AppRequest>(
+            r#"{"auth_type":"daemonApp","client_id":"x","secret":"a"}"#,
+        );
+        assert!(unknown.is_err(), "unknown fields are refused, not ignored");
+        let kind: AppRequest = serde_json::from_str(
+            r#"{"auth_type":"oauthDefault","client_id":"0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3","client_secret":"a"}"#,
+        )
+        .unwrap();
+        assert_eq!(kind.into_app(now).unwrap_err(), AppError::AuthType);
+    }
+
+    #[test]
+    fn an_expired_certificate_is_refused_when_set() {
+        let expired = crate::testing::certs::expired_certificate("old.example");
+        let request = AppRequest {
+            auth_type: "oauthPrivate".into(),
+            client_id: "0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3".into(),
+            tenant_id: None,
+            client_secret: None,
+            certificate: Some(expired.bundle()),
+        };
+        assert!(matches!(
+            request.into_app(time::OffsetDateTime::now_utc()),
+            Err(AppError::CertificateExpired(_))
+        ));
+    }
+}

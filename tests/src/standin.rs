@@ -285,6 +285,13 @@ impl Standin {
         });
     }
 
+    /// Deletes an app registration (its tokens and codes then stop working).
+    pub fn remove_app(&self, client_id: &str) {
+        if let Ok(mut apps) = self.shared.apps.lock() {
+            apps.remove(client_id);
+        }
+    }
+
     /// Records an administrator's consent for `client_id` in `tenant`.
     pub fn grant_admin_consent(&self, client_id: &str, tenant: &str) {
         self.shared.with_app(client_id, |app| app.consented_tenants.push(tenant.to_owned()));
@@ -786,6 +793,14 @@ fn authenticate(
         }
         client_id
     };
+    if shared.app(&client_id).is_some() && !is_alias(tenant) && !KNOWN_TENANTS.contains(&tenant) {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            90002,
+            &format!("Tenant '{tenant}' not found."),
+        ));
+    }
     if let Some(app) = shared.app(&client_id)
         && let Some((code, message)) = app_tenant_refusal(&app, tenant)
     {

@@ -33,6 +33,7 @@ pub fn assert_documented(method: &str, path: &str, status: u16, body: &Value) {
     let template = match segments.as_slice() {
         ["connections", _] => "/connections/{cid}",
         ["connections", _, "token"] => "/connections/{cid}/token",
+        ["connections", _, "app"] => "/connections/{cid}/app",
         // Unknown resources answer with the documented error shape.
         _ => return validate(doc, &json!({"$ref": "#/$defs/Error"}), body, path),
     };

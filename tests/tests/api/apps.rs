@@ -1,0 +1,417 @@
+//! Connections' own Entra apps: private user-delegated apps (secret or certificate) signing
+//! in through their own client id and tenant, daemon apps proven when set and served by the
+//! token API, rotation, removal, and the errors their owners can act on.
+
+use ms_oauth::config;
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::testing::certs::{self, TestCertificate};
+use ms_oauth_tests::standin::{AppRegistration, OTHER_TENANT, WORK_TENANT};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+pub const PRIVATE_CLIENT: &str = "5d0c4b3a-2e1f-4a6b-9c8d-7e6f5a4b3c2d";
+pub const DAEMON_CLIENT: &str = "8a7b6c5d-4e3f-4a2b-8c1d-0e9f8a7b6c5d";
+
+/// A call to the connection API, its answer checked against the OpenAPI document.
+pub async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request =
+        reqwest::Client::new().request(method.clone(), format!("{}{path}", app.api_address));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.unwrap();
+    crate::openapi::assert_documented(method.as_str(), path, status, &body);
+    (status, body)
+}
+
+/// Sets `cid`'s own app.
+pub async fn set_app(app: &TestApp, cid: &ConnectionId, body: Value) -> (u16, Value) {
+    call(app, reqwest::Method::PUT, &format!("/connections/{cid}/app"), Some(body)).await
+}
+
+/// A private app registered in `OTHER_TENANT` (single-tenant) with `secret` and our
+/// redirect URI.
+fn private_app(app: &TestApp, secret: &str) -> AppRegistration {
+    AppRegistration {
+        client_id: PRIVATE_CLIENT.into(),
+        home_tenant: OTHER_TENANT.into(),
+        secrets: vec![secret.into()],
+        redirect_uris: vec![format!("{}{}", app.address, config::REDIRECT_PATH)],
+        ..AppRegistration::default()
+    }
+}
+
+/// Signs `cid` in with a work account; the finish page.
+async fn sign_in(app: &TestApp, cid: &ConnectionId) -> Flow {
+    app.connect(&Browser::new(), cid, Origin::Web, "work").await
+}
+
+/// No secret appears in the logs or, in plaintext, in any table item.
+async fn assert_nowhere(app: &TestApp, secrets: &[&str]) {
+    let logs = captured_logs();
+    let items = format!("{:?}", app.items().await);
+    for secret in secrets {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+        assert!(!items.contains(secret), "a secret is stored in plaintext");
+    }
+}
+
+#[tokio::test]
+async fn a_private_app_signs_in_and_refreshes_through_its_own_client_and_tenant() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(private_app(&app, &secret));
+
+    let (status, body) = set_app(
+        &app,
+        &cid,
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["app"]["private_client_id"], PRIVATE_CLIENT);
+    assert_eq!(body["app"]["credential"], "secret");
+    let (status, shown) =
+        call(&app, reqwest::Method::GET, &format!("/connections/{cid}/app"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["app"]["private_tenant_id"], OTHER_TENANT);
+    assert!(!shown.to_string().contains(&secret), "the credential is never read back");
+
+    let flow = sign_in(&app, &cid).await;
+    assert!(
+        flow.authorize_url.contains(&format!("/{OTHER_TENANT}/oauth2/v2.0/authorize?")),
+        "{}",
+        flow.authorize_url
+    );
+    assert!(flow.authorize_url.contains(&format!("client_id={PRIVATE_CLIENT}")));
+    assert_page(&flow.finish, 200, "adele.vance@contoso.example");
+    let stored = app.connection(&cid).await.unwrap().connection;
+    assert_eq!(stored.auth_type, "oauthPrivate");
+    assert_eq!(stored.tenant_id, OTHER_TENANT);
+    assert_eq!(stored.app_client_id.as_deref(), Some(PRIVATE_CLIENT));
+
+    // A forced refresh goes to the app's tenant as the app (the stand-in binds refresh
+    // tokens to both).
+    let (status, token) = call(
+        &app,
+        reqwest::Method::GET,
+        &format!("/connections/{cid}/token?force_refresh=true"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["refreshed"], true);
+    assert!(app.standin.calls().token_tenants.iter().all(|t| t == OTHER_TENANT));
+    let (_, status_body) =
+        call(&app, reqwest::Method::GET, &format!("/connections/{cid}"), None).await;
+    assert_eq!(status_body["auth_type"], "oauthPrivate");
+    assert_nowhere(&app, &[&secret]).await;
+}
+
+#[tokio::test]
+async fn a_rotated_private_secret_is_set_again_without_a_new_sign_in() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let old = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(private_app(&app, &old));
+    let body = |secret: &str| json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
+    assert_eq!(set_app(&app, &cid, body(&old)).await.0, 200);
+    assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
+
+    // The owner rotates the secret in Entra: refreshes are refused as the app's fault, and
+    // the connection does not lose its grant. While the token is valid it is served stale.
+    let new = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.set_app_secrets(PRIVATE_CLIENT, &[&new]);
+    let token_path = format!("/connections/{cid}/token?force_refresh=true");
+    let (status, stale) = call(&app, reqwest::Method::GET, &token_path, None).await;
+    assert_eq!((status, &stale["stale"]), (200, &json!(true)), "{stale}");
+    app.clock.advance(std::time::Duration::from_secs(3600));
+    let (status, refused) = call(&app, reqwest::Method::GET, &token_path, None).await;
+    assert_eq!(status, 502, "{refused}");
+    assert_eq!(refused["error"], "app_misconfigured");
+    assert!(refused["reason"].as_str().unwrap().contains("7000215"), "{refused}");
+    let (_, connection) =
+        call(&app, reqwest::Method::GET, &format!("/connections/{cid}"), None).await;
+    assert_eq!(connection["status"], "ok");
+
+    let (status, saved) = set_app(&app, &cid, body(&new)).await;
+    assert_eq!(status, 200);
+    assert_eq!(saved["version"], 2);
+    let (status, token) = call(&app, reqwest::Method::GET, &token_path, None).await;
+    assert_eq!(status, 200, "{token}");
+    assert_nowhere(&app, &[&old, &new]).await;
+}
+
+/// The key's base64 body, which must never be stored or logged.
+fn key_body(cert: &TestCertificate) -> String {
+    cert.key_pem.lines().filter(|l| !l.starts_with("-----")).collect::<Vec<_>>().join("")
+}
+
+#[tokio::test]
+async fn a_private_app_with_a_certificate_signs_assertions_the_platform_verifies() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let cert = certs::valid_certificate("private-app.fabrikam.example");
+    app.standin.register_app(AppRegistration {
+        secrets: vec![],
+        certificates: vec![cert.certificate_pem.clone()],
+        ..private_app(&app, "unused")
+    });
+    let (status, body) = set_app(
+        &app,
+        &cid,
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "certificate": cert.bundle()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["app"]["credential"], "certificate");
+    assert_eq!(body["app"]["certificate_thumbprint"].as_str().unwrap().len(), 40);
+    assert!(body["app"]["certificate_expires_at"].is_string());
+
+    assert_page(&sign_in(&app, &cid).await.finish, 200, "adele.vance@contoso.example");
+    for _ in 0..2 {
+        // Each refresh signs a new assertion (the stand-in refuses a reused jti).
+        let (status, token) = call(
+            &app,
+            reqwest::Method::GET,
+            &format!("/connections/{cid}/token?force_refresh=true"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{token}");
+    }
+    assert_nowhere(&app, &[&key_body(&cert)]).await;
+}
+
+#[tokio::test]
+async fn expired_certificates_are_refused_when_set_and_when_microsoft_says_so() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let expired = certs::expired_certificate("old.fabrikam.example");
+    let (status, body) = set_app(
+        &app,
+        &cid,
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "certificate": expired.bundle()}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_app");
+    assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
+    assert_eq!(
+        call(&app, reqwest::Method::GET, &format!("/connections/{cid}/app"), None).await.0,
+        404
+    );
+
+    // Valid by its own dates, but ended in the app registration (its end date passed there).
+    let cert = certs::valid_certificate("ended.fabrikam.example");
+    app.standin.register_app(AppRegistration {
+        expired_certificates: vec![cert.certificate_pem.clone()],
+        ..private_app(&app, "unused")
+    });
+    let body = json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "certificate": cert.bundle()});
+    assert_eq!(set_app(&app, &cid, body).await.0, 200);
+    let flow = sign_in(&app, &cid).await;
+    assert_page(&flow.finish, 502, "credential was refused");
+    assert!(flow.finish.body.contains(PRIVATE_CLIENT), "the page names the app");
+    assert!(flow.finish.body.contains("700027"), "the page's reference has the code");
+    assert!(app.connection(&cid).await.is_none(), "nothing saved");
+}
+
+#[tokio::test]
+async fn a_private_app_missing_from_the_tenant_or_replaced_gets_pages_that_say_so() {
+    let app = spawn_app().await;
+    let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(private_app(&app, &secret));
+    let body = json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
+
+    // The app is deleted in Entra between the consent and the code exchange.
+    let cid = new_cid();
+    assert_eq!(set_app(&app, &cid, body.clone()).await.0, 200);
+    let browser = Browser::new();
+    let start = app.start(&browser, &app.start_link(&cid, Origin::Web)).await;
+    let callback = app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+    app.standin.remove_app(PRIVATE_CLIENT);
+    let finish = browser.get(&callback).await;
+    assert_page(&finish, 400, "The connection&#39;s Microsoft app was not found");
+    app.standin.register_app(private_app(&app, &secret));
+
+    // The connection's app is removed while the user is at Microsoft.
+    let cid = new_cid();
+    assert_eq!(set_app(&app, &cid, body).await.0, 200);
+    let browser = Browser::new();
+    let start = app.start(&browser, &app.start_link(&cid, Origin::Web)).await;
+    let callback = app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+    assert_eq!(
+        call(&app, reqwest::Method::DELETE, &format!("/connections/{cid}/app"), None).await.0,
+        200
+    );
+    assert_page(&browser.get(&callback).await, 409, "changed during the sign-in");
+    assert!(app.connection(&cid).await.is_none());
+}
+
+/// A daemon app in `OTHER_TENANT` with `secret`, not yet consented to.
+fn daemon_app(secret: &str) -> AppRegistration {
+    AppRegistration {
+        client_id: DAEMON_CLIENT.into(),
+        home_tenant: OTHER_TENANT.into(),
+        secrets: vec![secret.into()],
+        ..AppRegistration::default()
+    }
+}
+
+#[tokio::test]
+async fn a_daemon_app_needs_consent_then_serves_app_tokens_and_renews_them() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let secret = format!("dm~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(daemon_app(&secret));
+    let body = json!({"auth_type": "daemonApp", "client_id": DAEMON_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
+
+    let (status, refused) = set_app(&app, &cid, body.clone()).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"], "admin_consent_required");
+    assert_eq!(refused["admin_consent_path"], format!("{}?cid={cid}", config::ADMIN_CONSENT_PATH));
+    assert!(refused["reason"].as_str().unwrap().starts_with("admin_consent:"), "{refused}");
+    assert_eq!(
+        call(&app, reqwest::Method::GET, &format!("/connections/{cid}/app"), None).await.0,
+        404,
+        "nothing saved"
+    );
+    assert!(app.connection(&cid).await.is_none());
+
+    app.standin.grant_admin_consent(DAEMON_CLIENT, OTHER_TENANT);
+    let (status, saved) = set_app(&app, &cid, body).await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["organization"], "Fabrikam (stand-in)");
+    let (_, connection) =
+        call(&app, reqwest::Method::GET, &format!("/connections/{cid}"), None).await;
+    assert_eq!(connection["status"], "ok");
+    assert_eq!(connection["auth_type"], "daemonApp");
+    assert_eq!(connection["vars"]["org_id"], OTHER_TENANT);
+
+    let token_path = format!("/connections/{cid}/token");
+    let (status, first) = call(&app, reqwest::Method::GET, &token_path, None).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["refreshed"], false);
+    assert_eq!(app.standin.app_tokens_issued(), 1);
+    // Near its expiry the token API mints the next one under the lease.
+    app.clock.advance(std::time::Duration::from_secs(3599 - 120));
+    let (status, second) = call(&app, reqwest::Method::GET, &token_path, None).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["refreshed"], true);
+    assert_ne!(second["access_token"], first["access_token"]);
+    assert_eq!(app.standin.app_tokens_issued(), 2);
+    // Nothing to keep alive: the refresher never picks a daemon connection.
+    app.clock.advance(std::time::Duration::from_secs(30 * 24 * 3600));
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report.due, 0, "{report:?}");
+
+    // A sign-in link for it explains that no one signs in.
+    let page = app.start(&Browser::new(), &app.start_link(&cid, Origin::Web)).await;
+    assert_page(&page, 400, "This connection signs in as an app");
+    assert_nowhere(&app, &[&secret]).await;
+}
+
+#[tokio::test]
+async fn daemon_apps_microsoft_refuses_get_answers_that_say_what_to_fix() {
+    let app = spawn_app().await;
+    let good = format!("dm~{}", ms_oauth_tests::random_base32(30));
+    let expired = format!("dm~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(AppRegistration {
+        expired_secrets: vec![expired.clone()],
+        consented_tenants: vec![OTHER_TENANT.into()],
+        ..daemon_app(&good)
+    });
+    let cases = [
+        (json!({"client_secret": "wrong", "tenant_id": OTHER_TENANT}), 422, "7000215", "Value"),
+        (json!({"client_secret": expired, "tenant_id": OTHER_TENANT}), 422, "7000222", "expired"),
+        (
+            json!({"client_secret": good, "tenant_id": WORK_TENANT}),
+            422,
+            "700016",
+            "not registered in this tenant",
+        ),
+        (
+            json!({"client_secret": good, "tenant_id": "00000000-1111-2222-3333-444444444444"}),
+            422,
+            "90002",
+            "tenant is unknown",
+        ),
+        (json!({"client_secret": good, "tenant_id": "common"}), 400, "", "own tenant"),
+    ];
+    for (extra, status, code, advice) in cases {
+        let mut body = json!({"auth_type": "daemonApp", "client_id": DAEMON_CLIENT});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let cid = new_cid();
+        let (got, answer) = set_app(&app, &cid, body).await;
+        assert_eq!(got, status, "{answer}");
+        assert!(answer["reason"].as_str().unwrap_or("").contains(code), "{answer}");
+        assert!(answer["message"].as_str().unwrap().contains(advice), "{answer}");
+        assert!(app.connection(&cid).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn removing_the_app_goes_back_to_the_server_wide_app() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(private_app(&app, &secret));
+    let body = json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
+    assert_eq!(set_app(&app, &cid, body).await.0, 200);
+    assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
+
+    let path = format!("/connections/{cid}/app");
+    let (status, removed) = call(&app, reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(removed["removed"], true);
+    assert!(app.connection(&cid).await.is_none(), "tokens of the removed app are gone");
+    assert_eq!(call(&app, reqwest::Method::DELETE, &path, None).await.1["removed"], false);
+
+    let flow = sign_in(&app, &cid).await;
+    assert!(flow.authorize_url.contains(&format!("client_id={CLIENT_ID}")));
+    assert_eq!(app.connection(&cid).await.unwrap().connection.auth_type, "oauthDefault");
+}
+
+#[tokio::test]
+async fn app_requests_are_checked_and_never_echoed() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let path = format!("/connections/{cid}/app");
+    let bad = [
+        json!({"auth_type": "oauthPrivate", "client_id": "not-a-guid", "client_secret": "s3cr3t-x"}),
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT}),
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "client_secret": "s3cr3t-x", "certificate": "x"}),
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "certificate": "s3cr3t-x"}),
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "client_secret": "s3cr3t-x", "extra": 1}),
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "client_secret": 7}),
+        json!(["s3cr3t-x"]),
+    ];
+    for body in bad {
+        let (status, answer) = call(&app, reqwest::Method::PUT, &path, Some(body)).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(!answer.to_string().contains("s3cr3t-x"), "{answer}");
+    }
+    let response = reqwest::Client::new()
+        .put(format!("{}{path}", app.api_address))
+        .body("x".repeat(70 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    let (status, _) = call(&app, reqwest::Method::POST, &path, Some(json!({}))).await;
+    assert_eq!(status, 405);
+    assert!(app.items().await.is_empty(), "nothing written");
+}

@@ -388,9 +388,17 @@ pub fn wildcard(pattern: &str, text: &str, ignore_case: bool) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// The request context keys of `call` that conditions can test (KMS only; calls made
-/// directly by a function, so `kms:ViaService` is absent).
+/// The request context keys of `call` that conditions can test (KMS encryption context and
+/// DynamoDB's leading keys; calls made directly by a function, so `kms:ViaService` is
+/// absent).
 fn context_values(call: &AwsCall, key: &str) -> Option<Vec<String>> {
+    let dynamodb = call.action.starts_with("dynamodb:");
+    if key == crate::recorder::LEADING_KEYS {
+        return call.context.get(key).filter(|_| dynamodb).map(|v| vec![v.clone()]);
+    }
+    if dynamodb {
+        return None;
+    }
     if key == "kms:EncryptionContextKeys" {
         return (!call.context.is_empty()).then(|| call.context.keys().cloned().collect());
     }
@@ -418,6 +426,10 @@ fn condition_holds(c: &Condition, call: &AwsCall) -> bool {
         "ForAllValues:StringEquals" => {
             present.unwrap_or_default().iter().all(|v| c.values.contains(v))
         }
+        "ForAllValues:StringLike" => present
+            .unwrap_or_default()
+            .iter()
+            .all(|v| c.values.iter().any(|p| wildcard(p, v, false))),
         "ForAnyValue:StringEquals" => {
             present.unwrap_or_default().iter().any(|v| c.values.contains(v))
         }
@@ -639,6 +651,38 @@ mod tests {
         let elsewhere =
             AwsCall::new("kms:Decrypt", "k2", &[("store", "s"), ("connection_id", "c")]);
         assert!(matches!(authorize(role, &[], &keys, &elsewhere), Decision::Denied(_)));
+    }
+
+    #[test]
+    fn leading_keys_limit_a_dynamodb_grant_to_the_items_it_names() {
+        use crate::recorder::LEADING_KEYS;
+        let role = "arn:aws:iam::123456789012:role/r";
+        let grant = Statement {
+            sid: "ReadApps".into(),
+            allow: true,
+            principals: vec![],
+            actions: vec!["dynamodb:GetItem".into()],
+            resources: vec!["table".into()],
+            conditions: vec![
+                Condition {
+                    operator: "ForAllValues:StringLike".into(),
+                    key: LEADING_KEYS.into(),
+                    values: vec!["app#*".into()],
+                },
+                Condition {
+                    operator: "Null".into(),
+                    key: LEADING_KEYS.into(),
+                    values: vec!["false".into()],
+                },
+            ],
+        };
+        let get = |pk: &str| AwsCall::new("dynamodb:GetItem", "table", &[(LEADING_KEYS, pk)]);
+        let keys = BTreeMap::new();
+        let iam = std::slice::from_ref(&grant);
+        assert!(matches!(authorize(role, iam, &keys, &get("app#con_1")), Decision::Allowed(_)));
+        assert!(matches!(authorize(role, iam, &keys, &get("conn#con_1")), Decision::Denied(_)));
+        let unkeyed = AwsCall::new("dynamodb:GetItem", "table", &[]);
+        assert!(matches!(authorize(role, iam, &keys, &unkeyed), Decision::Denied(_)));
     }
 
     #[test]

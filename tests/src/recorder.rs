@@ -21,7 +21,8 @@ pub struct AwsCall {
     pub action: String,
     /// The ARN the call acts on.
     pub resource: String,
-    /// The KMS encryption context (empty for other services).
+    /// The KMS encryption context; for a DynamoDB call on one item, its partition key as
+    /// `dynamodb:LeadingKeys` (empty otherwise).
     pub context: BTreeMap<String, String>,
 }
 
@@ -147,6 +148,9 @@ fn signing_service(authorization: &str) -> Option<&str> {
 }
 
 /// Reads one JSON-protocol AWS request (DynamoDB, KMS, Secrets Manager, EventBridge) as the
+/// The condition key of a DynamoDB item's partition key.
+pub const LEADING_KEYS: &str = "dynamodb:LeadingKeys";
+
 /// calls IAM authorizes; a PutEvents of several buses is one call per bus.
 pub fn read_call(target: &str, authorization: &str, body: &[u8]) -> Result<Vec<AwsCall>, String> {
     let operation = target.rsplit('.').next().filter(|o| !o.is_empty());
@@ -165,9 +169,16 @@ pub fn read_call(target: &str, authorization: &str, body: &[u8]) -> Result<Vec<A
         "dynamodb" => {
             let table = text("TableName").ok_or_else(|| missing("TableName"))?;
             let table = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{table}");
+            // The partition key of the one item a call names (GetItem, UpdateItem and
+            // DeleteItem by `Key`, PutItem by `Item`): what `dynamodb:LeadingKeys` tests.
+            let item = if json["Key"].is_object() { &json["Key"] } else { &json["Item"] };
+            let leading: BTreeMap<String, String> = item["pk"]["S"]
+                .as_str()
+                .map(|pk| BTreeMap::from([(LEADING_KEYS.to_owned(), pk.to_owned())]))
+                .unwrap_or_default();
             match text("IndexName") {
                 Some(index) => one(format!("{table}/index/{index}"), BTreeMap::new()),
-                None => one(table, BTreeMap::new()),
+                None => one(table, leading),
             }
         }
         "kms" => {
@@ -240,6 +251,12 @@ mod tests {
             format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/t/index/refresh-due")
         );
         assert!(read_call("DynamoDB_20120810.Query", &auth, b"{}").is_err());
+        let body = br#"{"TableName":"t","Key":{"pk":{"S":"app#con_1"}}}"#;
+        let calls = read_call("DynamoDB_20120810.GetItem", &auth, body).unwrap();
+        assert_eq!(calls[0].context[LEADING_KEYS], "app#con_1");
+        let body = br#"{"TableName":"t","Item":{"pk":{"S":"state#ab"},"kind":{"S":"state"}}}"#;
+        let calls = read_call("DynamoDB_20120810.PutItem", &auth, body).unwrap();
+        assert_eq!(calls[0].context[LEADING_KEYS], "state#ab");
         assert!(read_call("", &auth, b"{}").is_err());
         assert!(read_call("TrentService.Decrypt", "", b"{}").is_err());
     }

@@ -17,7 +17,34 @@ use ms_oauth_tests::iam::{Decision, assert_unique_sids, authorize, unused_grants
 use ms_oauth_tests::recorder::{ACCOUNT, AwsCall, REGION};
 use token_refresher::Report;
 
+use crate::apps::{PRIVATE_CLIENT, set_app};
 use crate::helpers::*;
+
+/// Gives `cid` a private app (registered at the stand-in) and signs it in through that app
+/// in `browser` (a start link, or AutoKitteh's start when `ak_start` is set).
+async fn connect_private(app: &TestApp, cid: &ConnectionId, browser: &Browser, ak_start: bool) {
+    let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(ms_oauth_tests::standin::AppRegistration {
+        client_id: PRIVATE_CLIENT.into(),
+        home_tenant: ms_oauth_tests::standin::OTHER_TENANT.into(),
+        secrets: vec![secret.clone()],
+        redirect_uris: vec![format!("{}{}", app.address, config::REDIRECT_PATH)],
+        ..Default::default()
+    });
+    let body = serde_json::json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": ms_oauth_tests::standin::OTHER_TENANT, "client_secret": secret});
+    let (status, answer) = set_app(app, cid, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let start = if ak_start {
+        browser.get(&format!("{}{}?cid={cid}&origin=web", app.address, config::START_PATH)).await
+    } else {
+        app.start(browser, &app.start_link(cid, Origin::Web)).await
+    };
+    assert_eq!(start.status, 302, "start: {}", start.body);
+    let callback = app.consent(browser, start.location.as_deref().unwrap(), "work").await;
+    let finish = browser.get(&callback).await;
+    assert!(matches!(finish.status, 200 | 302), "finish: {}", finish.body);
+    assert_eq!(app.connection(cid).await.unwrap().connection.auth_type, "oauthPrivate");
+}
 
 async fn api(app: &TestApp, method: reqwest::Method, path: &str) -> u16 {
     let response = reqwest::Client::new()
@@ -127,6 +154,10 @@ fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
     let cid = "con_0123456789abcdefghjkmnpqrs";
     let store = ms_oauth::crypto::TOKEN_STORE;
     let sealed = [("store", store), ("connection_id", cid)];
+    let credential = [("store", store), ("connection_id", cid), ("purpose", "app_credential")];
+    let leading = ms_oauth_tests::recorder::LEADING_KEYS;
+    let get_item = |pk: &str| AwsCall::new("dynamodb:GetItem", &table, &[(leading, pk)]);
+    let connection_item = format!("conn#{cid}");
     let kms = |action: &str, context: &[(&str, &str)]| AwsCall::new(action, &key, context);
     let client_secret = app.client_secret_arn.clone();
     let other_secret = format!("arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:other-AbCdEf");
@@ -135,6 +166,18 @@ fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
         ("StartFunction", kms("kms:GenerateDataKey", &sealed)),
         ("StartFunction", AwsCall::new("secretsmanager:GetSecretValue", &client_secret, &[])),
         ("StartFunction", AwsCall::new("dynamodb:GetItem", &table, &[])),
+        ("StartFunction", get_item(&connection_item)),
+        ("StartFunction", kms("kms:Decrypt", &credential)),
+        ("RedirectFunction", get_item(&connection_item)),
+        ("RedirectFunction", kms("kms:GenerateDataKey", &credential)),
+        ("TokenRefresherFunction", kms("kms:GenerateDataKey", &credential)),
+        (
+            "ConnectionApiFunction",
+            kms(
+                "kms:Decrypt",
+                &[("store", store), ("connection_id", cid), ("purpose", "something_else")],
+            ),
+        ),
         ("RedirectFunction", kms("kms:Decrypt", &sealed)),
         ("RedirectFunction", kms("kms:GenerateDataKey", &[("store", store)])),
         ("RedirectFunction", AwsCall::new("dynamodb:Query", &index, &[])),
@@ -174,6 +217,12 @@ async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is
     assert_eq!(api(&app, reqwest::Method::GET, &path(&cids[0], "/token")).await, 200);
     let forced = path(&cids[0], "/token?force_refresh=true");
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
+    // A connection's own app: set through the API, signed in and refreshed through it.
+    let private = new_cid();
+    connect_private(&app, &private, &Browser::new(), false).await;
+    let forced = path(&private, "/token?force_refresh=true");
+    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
+    make_due(&app, &private).await;
     // Values sealed the earlier way, opened and re-sealed by the API and by the refresher.
     seal_the_earlier_way(&app, &cids[1]).await;
     let forced = path(&cids[1], "/token?force_refresh=true");
@@ -182,7 +231,7 @@ async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is
     make_due(&app, &cids[2]).await;
     make_due(&app, &cids[3]).await;
     let report = app.refresher.run().await.unwrap();
-    assert_eq!(report, Report { due: 2, refreshed: 2, ..Report::default() });
+    assert_eq!(report, Report { due: 3, refreshed: 3, ..Report::default() });
     // A dead grant found by the refresher; a disconnect through the API.
     app.standin.revoke_refresh_tokens(700_082);
     make_due(&app, &cids[4]).await;
@@ -226,13 +275,20 @@ async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_g
         assert!(app.connection(&cid).await.is_some());
         cids.push(cid);
     }
+    // A connection with its own app.
+    let private: ConnectionId =
+        ak.add_connection(&org, Integration::Microsoft, "own app").parse().unwrap();
+    connect_private(&app, &private, &browser, true).await;
+    let forced = format!("/connections/{private}/token?force_refresh=true");
+    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
     // Refreshes written back to AutoKitteh by the API and by the refresher; a dead grant.
     let forced = format!("/connections/{}/token?force_refresh=true", cids[0]);
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
     seal_the_earlier_way(&app, &cids[1]).await;
     make_due(&app, &cids[1]).await;
+    make_due(&app, &private).await;
     let report = app.refresher.run().await.unwrap();
-    assert_eq!(report.refreshed, 1, "{report:?}");
+    assert_eq!(report.refreshed, 2, "{report:?}");
     seal_the_earlier_way(&app, &cids[2]).await;
     let forced = format!("/connections/{}/token?force_refresh=true", cids[2]);
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);

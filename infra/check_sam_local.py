@@ -16,10 +16,14 @@ EXPECTED = {
     ("GET", "/oauth/start/microsoft"): "StartFunction",
     ("POST", "/oauth/start/microsoft"): "StartFunction",
     ("GET", "/oauth/start/microsoft_teams"): "StartFunction",
+    ("GET", "/oauth/adminconsent/microsoft"): "StartFunction",
     ("GET", "/oauth/redirect/microsoft"): "RedirectFunction",
     ("GET", "/connections/{cid}"): "ConnectionApiFunction",
     ("GET", "/connections/{cid}/token"): "ConnectionApiFunction",
     ("DELETE", "/connections/{cid}"): "ConnectionApiFunction",
+    ("GET", "/connections/{cid}/app"): "ConnectionApiFunction",
+    ("PUT", "/connections/{cid}/app"): "ConnectionApiFunction",
+    ("DELETE", "/connections/{cid}/app"): "ConnectionApiFunction",
 }
 
 

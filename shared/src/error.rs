@@ -43,6 +43,13 @@ pub enum FlowError {
     DaemonApp,
     #[error("the connection's app changed during the sign-in")]
     AppChanged,
+    /// Microsoft wants an administrator's consent; `link` is a one-time admin-consent link
+    /// for the app, to pass to one.
+    #[error("an administrator must consent: {cause}")]
+    NeedsAdminConsent { cause: Box<FlowError>, link: String },
+    /// An administrator granted consent, but the app still cannot get a token in its tenant.
+    #[error("admin consent is not in effect for the daemon app yet: {0}")]
+    ConsentPending(Box<MicrosoftError>),
     #[error("code exchange failed")]
     Token(#[from] TokenError),
     #[error("Graph read failed")]
@@ -245,6 +252,30 @@ impl FlowError {
                     "If the app lacks permissions, a Microsoft Entra administrator of its tenant must grant them (admin consent).",
                 ),
             ),
+            FlowError::NeedsAdminConsent { cause, link } => Page::error(
+                S::FORBIDDEN,
+                "An administrator must approve this app",
+                "Your organization requires an administrator to consent to the permissions this connection needs, so nothing was connected.",
+                Some(
+                    "Send the link below to a Microsoft Entra administrator of your organization. It works once, within 24 hours; after they approve, start the connection again.",
+                ),
+            )
+            .with_link(link, "Admin consent link for your administrator")
+            .with_reference(match cause.as_ref() {
+                FlowError::Microsoft(e)
+                | FlowError::OwnApp(_, e)
+                | FlowError::Token(TokenError::Rejected(e)) => Some(reference(e)),
+                _ => None,
+            }),
+            FlowError::ConsentPending(e) => Page::error(
+                S::CONFLICT,
+                "The consent is not in effect yet",
+                "Microsoft reported the consent, but the connection's daemon app still cannot get a token in its tenant. Consent can take a few minutes to apply, or it was granted in another organization than the app's.",
+                Some(
+                    "Wait a few minutes, then set the app on the connection again; if it still fails, grant consent as an administrator of the app's own tenant.",
+                ),
+            )
+            .with_reference(Some(reference(e))),
             FlowError::AppChanged => Page::error(
                 S::CONFLICT,
                 "The connection's app changed during the sign-in",

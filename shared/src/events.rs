@@ -19,6 +19,7 @@ pub enum EventKind {
     Authorized,
     NeedsReauth,
     Disconnected,
+    AdminConsentGranted,
 }
 
 impl EventKind {
@@ -28,6 +29,7 @@ impl EventKind {
             EventKind::Authorized => "Connection Authorized",
             EventKind::NeedsReauth => "Connection Needs Reauthorization",
             EventKind::Disconnected => "Connection Disconnected",
+            EventKind::AdminConsentGranted => "Admin Consent Granted",
         }
     }
 }

@@ -424,9 +424,27 @@ impl Endpoints {
         TokenUrl::from_url(self.authority(tenant, &["oauth2", "v2.0", "token"]))
     }
 
-    /// `{authority}/{tenant}/v2.0/adminconsent`
-    pub fn admin_consent_url(&self, tenant: &Tenant) -> Url {
-        self.authority(tenant, &["v2.0", "adminconsent"])
+    /// Where an administrator of `tenant` grants `client_id` the application and delegated
+    /// permissions it was configured with (v2 admin consent: the Graph `.default` scope),
+    /// coming back to the same redirect URI with `state`.
+    pub fn admin_consent_url(&self, client_id: &str, tenant: &Tenant, state: &str) -> Url {
+        let mut url = self.authority(tenant, &["v2.0", "adminconsent"]);
+        url.query_pairs_mut()
+            .append_pair("client_id", client_id)
+            .append_pair("scope", &self.graph_default_scope())
+            .append_pair("redirect_uri", self.redirect_url.as_str())
+            .append_pair("state", state);
+        url
+    }
+
+    /// The server-wide app's client id.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The server-wide app's tenant.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
     }
 
     /// The Graph `.default` scope of the configured cloud (what application permissions are

@@ -109,6 +109,33 @@ impl Page {
         }
     }
 
+    /// An administrator granted consent for an organization.
+    pub fn consent_granted(tenant: &str, ready: bool) -> Self {
+        let next = if ready {
+            "The connection's daemon app got its first token with this consent: the connection is ready."
+        } else {
+            "Users of that organization can now connect their accounts; ask them to start the connection again."
+        };
+        Self {
+            status: StatusCode::OK,
+            tone: Tone::Ok,
+            title: "Admin consent granted".into(),
+            message: vec![
+                format!(
+                    "Microsoft reports that an administrator of the organization {tenant} granted the app its permissions."
+                ),
+                next.into(),
+                "You can close this tab.".into(),
+            ],
+            action: None,
+            reference: None,
+            link: None,
+            facts: Vec::new(),
+            form: None,
+            close_popup: false,
+        }
+    }
+
     /// The confirmation shown before the browser goes to Microsoft: who and what is being
     /// connected, a warning against links from others, and the button that continues.
     pub fn confirm(facts: Vec<(String, String)>, form: PageForm) -> Self {

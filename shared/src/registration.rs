@@ -123,21 +123,21 @@ impl TokenService {
             credential: app.credential.clone(),
         };
         let daemon = match app.kind {
-            AppKind::Daemon => Some(self.prove_daemon(cid, &auth, now).await?),
+            AppKind::Daemon => match self.prove_daemon(cid, &auth, now).await {
+                Ok(connection) => Some(connection),
+                Err(AppFailure::Refused(e)) if e.class() == FailureClass::AdminConsent => {
+                    // Kept, so an administrator's consent link finds the app; the connection
+                    // is made when the consent comes back.
+                    let version = self.save_app_record(cid, &app, now).await?;
+                    tracing::info!(cid = %cid, client_id = %app.client_id, version, "daemon app saved; waiting for admin consent");
+                    return Err(AppFailure::Refused(e));
+                }
+                Err(e) => return Err(e),
+            },
             AppKind::Private => None,
         };
-        let plaintext = app.credential.to_plaintext()?;
-        let context = credential_context(cid.as_str());
-        let key = self.keys.generate(&context).await.map_err(TokenFailure::from)?;
-        let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
         let summary = app.summary();
-        let record = AppRecord {
-            connection_id: cid.clone(),
-            summary: summary.clone(),
-            credential_sealed: sealed,
-            updated_at: rfc3339(now),
-        };
-        let version = self.store.save_app(&record).await.map_err(TokenFailure::from)?;
+        let version = self.save_app_record(cid, &app, now).await?;
         let organization = match daemon {
             Some(connection) => {
                 let name = connection.vars.org_display_name.clone();
@@ -159,6 +159,26 @@ impl TokenService {
         Ok(AppSaved { summary, version, organization })
     }
 
+    /// Seals the app's credential and saves the app; its new version.
+    async fn save_app_record(
+        &self,
+        cid: &ConnectionId,
+        app: &App,
+        now: time::OffsetDateTime,
+    ) -> Result<u64, AppFailure> {
+        let plaintext = app.credential.to_plaintext()?;
+        let context = credential_context(cid.as_str());
+        let key = self.keys.generate(&context).await.map_err(TokenFailure::from)?;
+        let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
+        let record = AppRecord {
+            connection_id: cid.clone(),
+            summary: app.summary(),
+            credential_sealed: sealed,
+            updated_at: rfc3339(now),
+        };
+        Ok(self.store.save_app(&record).await.map_err(TokenFailure::from)?)
+    }
+
     /// Mints a daemon app's first token and reads its organization; the connection to save.
     async fn prove_daemon(
         &self,
@@ -166,60 +186,7 @@ impl TokenService {
         auth: &ClientAuth,
         now: time::OffsetDateTime,
     ) -> Result<Connection, AppFailure> {
-        let token = match self.microsoft.app_token(auth).await {
-            Ok(token) => token,
-            Err(TokenError::Rejected(e)) => {
-                tracing::warn!(cid = %cid, client_id = %auth.client_id, error = %e, class = e.class().as_str(), "daemon app refused");
-                return Err(AppFailure::Refused(e));
-            }
-            Err(TokenError::Credential(e)) => return Err(AppFailure::Invalid(e)),
-            Err(e) => return Err(TokenFailure::Token(e).into()),
-        };
-        // The organization only adds descriptive vars and needs Organization.Read.All; an app
-        // without it still works.
-        let organization = match self.microsoft.organization(&token.access_token).await {
-            Ok(org) => org,
-            Err(e) => {
-                tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "daemon app's organization not read");
-                None
-            }
-        };
-        let context = connection_context(cid.as_str());
-        let key = self.keys.generate(&context).await.map_err(TokenFailure::from)?;
-        let plaintext = serde_json::to_vec(&SecretVars {
-            oauth_access_token: token.access_token.secret().clone(),
-            oauth_refresh_token: None,
-        })
-        .map_err(|_| TokenFailure::Corrupt)?;
-        let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
-        let expiry = crate::microsoft::expiry_after(now, token.expires_in);
-        let org = organization.unwrap_or_default();
-        Ok(Connection {
-            connection_id: cid.clone(),
-            auth_type: AppKind::Daemon.auth_type().to_owned(),
-            status: STATUS_OK.to_owned(),
-            tenant_id: org.id.clone().unwrap_or_else(|| auth.tenant.to_string()),
-            object_id: String::new(),
-            vars: ConnectionVars {
-                oauth_token_type: "Bearer".to_owned(),
-                oauth_expiry: rfc3339(expiry),
-                org_id: org.id,
-                org_display_name: org.display_name,
-                org_tenant_type: org.tenant_type,
-                ..ConnectionVars::default()
-            },
-            secrets: sealed,
-            updated_at: rfc3339(now),
-            status_reason: None,
-            token_expires_at: expiry.unix_timestamp(),
-            last_refresh_at: rfc3339(now),
-            // Nothing to keep alive: the token API mints a new token when this one is due.
-            refresh_due_at: expiry.unix_timestamp(),
-            autokitteh_user_id: None,
-            refresh_failures: 0,
-            refresh_queue: None,
-            app_client_id: Some(auth.client_id.clone()),
-        })
+        daemon_connection(&self.microsoft, self.keys.as_ref(), cid, auth, now).await
     }
 
     /// The non-secret part of a connection's own app.
@@ -244,6 +211,72 @@ impl TokenService {
         }
         Ok(existed)
     }
+}
+
+/// Proves a daemon app: mints its first token (client credentials for the Graph `.default`
+/// scope, in the app's own tenant) and reads the organization with it; the connection to
+/// save. Used when an app is set and when an administrator's consent comes back.
+pub async fn daemon_connection(
+    microsoft: &crate::microsoft::Microsoft,
+    keys: &dyn crate::crypto::DataKeys,
+    cid: &ConnectionId,
+    auth: &ClientAuth,
+    now: time::OffsetDateTime,
+) -> Result<Connection, AppFailure> {
+    let token = match microsoft.app_token(auth).await {
+        Ok(token) => token,
+        Err(TokenError::Rejected(e)) => {
+            tracing::warn!(cid = %cid, client_id = %auth.client_id, error = %e, class = e.class().as_str(), "daemon app refused");
+            return Err(AppFailure::Refused(e));
+        }
+        Err(TokenError::Credential(e)) => return Err(AppFailure::Invalid(e)),
+        Err(e) => return Err(TokenFailure::Token(e).into()),
+    };
+    // The organization only adds descriptive vars and needs Organization.Read.All; an app
+    // without it still works.
+    let organization = match microsoft.organization(&token.access_token).await {
+        Ok(org) => org,
+        Err(e) => {
+            tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "daemon app's organization not read");
+            None
+        }
+    };
+    let context = connection_context(cid.as_str());
+    let key = keys.generate(&context).await.map_err(TokenFailure::from)?;
+    let plaintext = serde_json::to_vec(&SecretVars {
+        oauth_access_token: token.access_token.secret().clone(),
+        oauth_refresh_token: None,
+    })
+    .map_err(|_| TokenFailure::Corrupt)?;
+    let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
+    let expiry = crate::microsoft::expiry_after(now, token.expires_in);
+    let org = organization.unwrap_or_default();
+    Ok(Connection {
+        connection_id: cid.clone(),
+        auth_type: AppKind::Daemon.auth_type().to_owned(),
+        status: STATUS_OK.to_owned(),
+        tenant_id: org.id.clone().unwrap_or_else(|| auth.tenant.to_string()),
+        object_id: String::new(),
+        vars: ConnectionVars {
+            oauth_token_type: "Bearer".to_owned(),
+            oauth_expiry: rfc3339(expiry),
+            org_id: org.id,
+            org_display_name: org.display_name,
+            org_tenant_type: org.tenant_type,
+            ..ConnectionVars::default()
+        },
+        secrets: sealed,
+        updated_at: rfc3339(now),
+        status_reason: None,
+        token_expires_at: expiry.unix_timestamp(),
+        last_refresh_at: rfc3339(now),
+        // Nothing to keep alive: the token API mints a new token when this one is due.
+        refresh_due_at: expiry.unix_timestamp(),
+        autokitteh_user_id: None,
+        refresh_failures: 0,
+        refresh_queue: None,
+        app_client_id: Some(auth.client_id.clone()),
+    })
 }
 
 #[cfg(test)]

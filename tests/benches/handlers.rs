@@ -241,6 +241,7 @@ async fn pending_redirect(store: &MemoryStore, n: u64) -> String {
         platform_user: None,
         connection_name: None,
         app_client_id: None,
+        admin_consent: None,
     };
     store.put_state(&key, &flow).await.unwrap();
     let code = format!("M.C5_{}", "c".repeat(1000));

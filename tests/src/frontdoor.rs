@@ -10,12 +10,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use ms_oauth::config::{REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
+use ms_oauth::config::{ADMIN_CONSENT_PATH, REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
 use tokio::net::TcpListener;
 
 /// The paths the front door sends to the functions; nothing else under `/oauth/` (other
 /// integrations use it too).
-pub const FUNCTION_PATHS: [&str; 3] = [START_PATH, START_PATH_TEAMS, REDIRECT_PATH];
+pub const FUNCTION_PATHS: [&str; 4] =
+    [START_PATH, START_PATH_TEAMS, ADMIN_CONSENT_PATH, REDIRECT_PATH];
 
 /// Headers that belong to one hop and are never forwarded.
 const HOP_BY_HOP: [&str; 8] = [

@@ -17,8 +17,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lambda_http::Body;
 use ms_oauth::clock::SystemClock;
+use ms_oauth::config::{ADMIN_CONSENT_PATH, REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
 use ms_oauth::config::{Config, SecretSource};
-use ms_oauth::config::{REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
 use ms_oauth::crypto::KmsDataKeys;
 use ms_oauth::events::NoEvents;
 use ms_oauth::microsoft::{Endpoints, Microsoft};
@@ -144,12 +144,12 @@ async fn dispatch(
 ) -> hyper::Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let route = match path.as_str() {
-        START_PATH | START_PATH_TEAMS | REDIRECT_PATH => path.clone(),
+        START_PATH | START_PATH_TEAMS | REDIRECT_PATH | ADMIN_CONSENT_PATH => path.clone(),
         p if p.starts_with("/connections/") => "/connections/{proxy+}".to_owned(),
         _ => {
             return plain(
                 404,
-                "Not found. This local server serves /oauth/start/microsoft[_teams], /oauth/redirect/microsoft and /connections/….\n",
+                "Not found. This local server serves /oauth/start/microsoft[_teams], /oauth/adminconsent/microsoft, /oauth/redirect/microsoft and /connections/….\n",
             );
         }
     };
@@ -172,7 +172,9 @@ async fn dispatch(
         }
     };
     let response = match route.as_str() {
-        START_PATH | START_PATH_TEAMS => oauth_start::handle(&functions.start, request).await,
+        START_PATH | START_PATH_TEAMS | ADMIN_CONSENT_PATH => {
+            oauth_start::handle(&functions.start, request).await
+        }
         REDIRECT_PATH => oauth_redirect::handle(&functions.redirect, request).await,
         _ => connection_api::handle(&functions.api, request).await,
     };

@@ -185,6 +185,10 @@ struct Inner {
     code_ttl: Option<Duration>,
     /// Make access tokens at least this long (large tokens: many groups or scopes).
     access_token_len: usize,
+    /// Apps whose delegated permissions need an administrator's consent per tenant.
+    admin_consent_required: std::collections::HashSet<String>,
+    /// Administrators' consents: (client id, tenant).
+    consents: std::collections::HashSet<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -283,6 +287,12 @@ impl Standin {
         self.shared.with_app(client_id, |app| {
             app.secrets = secrets.iter().map(|s| (*s).to_owned()).collect();
         });
+    }
+
+    /// Makes users' sign-ins to `client_id` need an administrator's consent in their tenant
+    /// (AADSTS65001 until it is given).
+    pub fn require_admin_consent(&self, client_id: &str) {
+        self.shared.inner().admin_consent_required.insert(client_id.to_owned());
     }
 
     /// Deletes an app registration (its tokens and codes then stop working).
@@ -586,6 +596,28 @@ async fn authorize_decision(
             "This account cannot sign in to this tenant.",
         );
     };
+    let client_id = get("client_id");
+    let consented = |inner: &Inner| {
+        inner.consents.contains(&(client_id.to_owned(), account.tid.clone()))
+            || shared.app(client_id).is_some_and(|a| a.consented_tenants.contains(&account.tid))
+    };
+    {
+        let inner = shared.inner();
+        if inner.admin_consent_required.contains(client_id) && !consented(&inner) {
+            drop(inner);
+            return redirect_with(
+                get("redirect_uri"),
+                &[
+                    ("error", "consent_required"),
+                    (
+                        "error_description",
+                        "AADSTS65001: The user or administrator has not consented to use the application. An administrator of the organization must grant consent.",
+                    ),
+                    ("state", state),
+                ],
+            );
+        }
+    }
     let code = format!("M.C5_{}", random(96));
     let mut inner = shared.inner();
     inner.issued_secrets.push(code.clone());
@@ -1014,6 +1046,7 @@ async fn admin_consent_decision(
     // `organizations` is the signed-in administrator's own tenant.
     let tid = if tenant == "organizations" { WORK_TENANT.to_owned() } else { tenant };
     shared.with_app(get("client_id"), |app| app.consented_tenants.push(tid.clone()));
+    shared.inner().consents.insert((get("client_id").to_owned(), tid.clone()));
     redirect_with(
         get("redirect_uri"),
         &[
@@ -1039,14 +1072,21 @@ fn check_admin_consent(
             "Admin consent needs a known tenant (or organizations), never common.",
         )));
     }
-    let Some(app) = shared.app(get("client_id")) else {
-        return Err(Box::new(stand_in_error(
-            StatusCode::BAD_REQUEST,
-            "AADSTS700016",
-            "Application with the given identifier was not found in the directory.",
-        )));
+    let registration = shared.registration();
+    let redirect_ok = match shared.app(get("client_id")) {
+        Some(app) => app.redirect_uris.iter().any(|u| u == get("redirect_uri")),
+        None if get("client_id") == registration.client_id => {
+            get("redirect_uri") == registration.redirect_uri
+        }
+        None => {
+            return Err(Box::new(stand_in_error(
+                StatusCode::BAD_REQUEST,
+                "AADSTS700016",
+                "Application with the given identifier was not found in the directory.",
+            )));
+        }
     };
-    if !app.redirect_uris.iter().any(|u| u == get("redirect_uri")) {
+    if !redirect_ok {
         return Err(Box::new(stand_in_error(
             StatusCode::BAD_REQUEST,
             "AADSTS50011",

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use ms_oauth::config::{self, REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
+use ms_oauth::config::{self, ADMIN_CONSENT_PATH, REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
 use ms_oauth_tests::aws::workspace_root;
 use ms_oauth_tests::local::{self, Functions};
 use oauth_redirect::RedirectService;
@@ -322,7 +322,8 @@ async fn every_route_in_the_template_reaches_its_handler() {
             "oauth-start" => {
                 // GET for the links, POST for the confirm button of the standalone page.
                 assert!(
-                    (method == "GET" && [START_PATH, START_PATH_TEAMS].contains(&path))
+                    (method == "GET"
+                        && [START_PATH, START_PATH_TEAMS, ADMIN_CONSENT_PATH].contains(&path))
                         || (method == "POST" && path == START_PATH),
                     "{id}"
                 );
@@ -364,6 +365,10 @@ async fn every_route_in_the_template_reaches_its_handler() {
                 "GET /connections/{cid}",
                 "GET /connections/{cid}/token",
                 "DELETE /connections/{cid}",
+                "GET /connections/{cid}/app",
+                "PUT /connections/{cid}/app",
+                "DELETE /connections/{cid}/app",
+                "GET /oauth/adminconsent/microsoft",
             ]
             .map(str::to_owned)
         )
@@ -388,9 +393,15 @@ fn the_key_policies_name_the_store_the_code_seals_with() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("kms:EncryptionContext:store: "))
         .collect();
-    // The token key's two statements for new seals: the redirect's, the API's and refresher's.
-    assert_eq!(named.len(), 2, "{named:?}");
+    // The token key's statements for new seals (the redirect's, the API's and refresher's)
+    // and for app credentials (the API seals, sign-ins and refreshes open).
+    assert_eq!(named.len(), 4, "{named:?}");
     assert!(named.iter().all(|n| *n == ms_oauth::crypto::TOKEN_STORE), "{named:?}");
+    let purposes: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("kms:EncryptionContext:purpose: "))
+        .collect();
+    assert_eq!(purposes, [ms_oauth::apps::CREDENTIAL_PURPOSE; 2], "the app credential statements");
 }
 
 #[test]

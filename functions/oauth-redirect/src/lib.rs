@@ -18,21 +18,25 @@ use ms_oauth::autokitteh::{self, AkError, AutoKitteh, Var};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
+use ms_oauth::domain::Tenant;
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
 use ms_oauth::events::{ConnectionEvent, EventKind, Events};
 use ms_oauth::microsoft::{
-    ClientAuth, Endpoints, GraphOrganization, GraphUser, IdClaims, Microsoft, MicrosoftError,
-    TokenError, Tokens,
+    ClientAuth, Endpoints, FailureClass, GraphOrganization, GraphUser, IdClaims, Microsoft,
+    MicrosoftError, TokenError, Tokens,
 };
 use ms_oauth::pages::{self, Page};
+use ms_oauth::registration::{AppFailure, daemon_connection};
 use ms_oauth::request::{Query, ak_session, clear_cookie, cookie};
 use ms_oauth::secrets::CachedSecret;
+use ms_oauth::state::FlowSecrets;
 use ms_oauth::state::{MAX_STATE_LEN, StateKey, browser_hash, constant_time_eq};
 use ms_oauth::store::{
     AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, REFRESH_QUEUE,
     STATUS_OK, Store,
 };
+use ms_oauth::tokens::TokenFailure;
 use ms_oauth::tokens::{Keep, refresh_due_at};
 use oauth2::{AuthorizationCode, PkceCodeVerifier};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
@@ -184,6 +188,13 @@ async fn finish(
             tracing::warn!(cid = %flow.connection_id, error = %ms_oauth::error::chain(&e), "spent flow not deleted; TTL will remove it");
         }
     };
+    if let Some(asked) = &flow.admin_consent {
+        let (answer, ()) = tokio::join!(
+            consent_finished(service, &flow, asked, &query, error, error_description),
+            discard
+        );
+        return answer;
+    }
     let redeem = async {
         if let Some(error) = error {
             let error = MicrosoftError::from_callback(error, error_description);
@@ -204,7 +215,10 @@ async fn finish(
         exchange(service, code, &flow, auth).await
     };
     let (tokens, ()) = tokio::join!(redeem, discard);
-    let tokens = tokens?;
+    let tokens = match tokens {
+        Ok(tokens) => tokens,
+        Err(e) => return Err(offer_admin_consent(service, &flow, e).await),
+    };
 
     let context = connection_context(flow.connection_id.as_str());
     let personal = tokens.claims.is_personal_account();
@@ -308,6 +322,181 @@ async fn finish(
     Ok(finish_browser(&flow, &account_name(&tokens.claims, &user), dashboard, cookies))
 }
 
+/// How long the admin-consent link offered to a user who needs one stays usable: long
+/// enough to reach an administrator.
+const CONSENT_LINK_TTL_SECS: i64 = 24 * 3600;
+
+/// When Microsoft said an administrator must consent, records a one-time admin-consent
+/// state for the app of the flow and adds its link to the page, for the user to pass on.
+async fn offer_admin_consent(
+    service: &RedirectService,
+    flow: &PendingFlow,
+    e: FlowError,
+) -> FlowError {
+    let needs_admin = match &e {
+        FlowError::Microsoft(m) | FlowError::OwnApp(_, m) => {
+            m.class() == FailureClass::AdminConsent
+        }
+        FlowError::Token(TokenError::Rejected(m)) => m.class() == FailureClass::AdminConsent,
+        _ => false,
+    };
+    if !needs_admin {
+        return e;
+    }
+    let (client_id, tenant) = match &flow.app_client_id {
+        Some(client_id) => match service.store.get_app(&flow.connection_id).await {
+            Ok(Some(app)) => {
+                (client_id.clone(), app.app.summary.private_tenant_id.parse().unwrap_or_default())
+            }
+            _ => return e,
+        },
+        None => (
+            service.microsoft.endpoints().client_id().to_owned(),
+            service.microsoft.endpoints().tenant().clone(),
+        ),
+    };
+    // The user's own organization is the administrator's when the app names none.
+    let tenant: Tenant = if ms_oauth::apps::is_multi_tenant_alias(&tenant) {
+        "organizations".parse().unwrap_or_default()
+    } else {
+        tenant
+    };
+    let Ok(secrets) = FlowSecrets::generate() else { return e };
+    let now = service.clock.now().unix_timestamp();
+    let consent = PendingFlow {
+        connection_id: flow.connection_id.clone(),
+        origin: flow.origin,
+        pkce_verifier: SecretString::from(secrets.pkce_verifier.secret().to_owned()),
+        browser_hash: browser_hash(""),
+        created_at: now,
+        expires_at: now + CONSENT_LINK_TTL_SECS,
+        ak_user_id: flow.ak_user_id.clone(),
+        platform_user: flow.platform_user.clone(),
+        connection_name: flow.connection_name.clone(),
+        app_client_id: flow.app_client_id.clone(),
+        admin_consent: Some(tenant.to_string()),
+    };
+    let key = StateKey::from_state(secrets.state.secret());
+    if let Err(put) = service.store.put_state(&key, &consent).await {
+        tracing::warn!(cid = %flow.connection_id, error = %ms_oauth::error::chain(&put), "admin-consent link not recorded");
+        return e;
+    }
+    let link = service.microsoft.endpoints().admin_consent_url(
+        &client_id,
+        &tenant,
+        secrets.state.secret(),
+    );
+    tracing::info!(cid = %flow.connection_id, tenant = %tenant, app = %client_id, "admin consent needed; link offered");
+    FlowError::NeedsAdminConsent { cause: Box::new(e), link: link.to_string() }
+}
+
+/// An administrator came back from Microsoft's admin consent. For a daemon app the consent
+/// is proven with a token from the app's own tenant (the `tenant` Microsoft reports is only
+/// shown), and the connection is then ready.
+async fn consent_finished(
+    service: &RedirectService,
+    flow: &PendingFlow,
+    asked: &str,
+    query: &Query<'_>,
+    error: Option<&str>,
+    description: Option<&str>,
+) -> Result<Response<Body>, FlowError> {
+    let cid = &flow.connection_id;
+    if let Some(error) = error {
+        let e = Box::new(MicrosoftError::from_callback(error, description));
+        tracing::info!(cid = %cid, error = %e, "admin consent not granted");
+        return Err(match &flow.app_client_id {
+            Some(client_id) => FlowError::OwnApp(client_id.clone(), e),
+            None => FlowError::Microsoft(e),
+        });
+    }
+    let granted = query.single("admin_consent", 16)?.unwrap_or_default();
+    if !granted.eq_ignore_ascii_case("true") {
+        return Err(FlowError::BadQuery(
+            "Microsoft's answer does not say that consent was granted",
+        ));
+    }
+    let reported = query.single("tenant", 256)?.unwrap_or(asked);
+    let reported: Tenant = reported
+        .parse()
+        .map_err(|_| FlowError::BadQuery("the tenant Microsoft reports is not a tenant id"))?;
+    let now = service.clock.now();
+    let mut ready = false;
+    if let Some(client_id) = &flow.app_client_id {
+        let opened = open_app(service.store.as_ref(), service.keys.as_ref(), cid)
+            .await
+            .map_err(open_failure)?;
+        let app = match opened {
+            Some(app) if app.auth.client_id == *client_id => app,
+            _ => return Err(FlowError::AppChanged),
+        };
+        if app.kind == AppKind::Daemon {
+            let connection = match daemon_connection(
+                &service.microsoft,
+                service.keys.as_ref(),
+                cid,
+                &app.auth,
+                now,
+            )
+            .await
+            {
+                Ok(connection) => connection,
+                Err(AppFailure::Refused(e)) if e.class() == FailureClass::AdminConsent => {
+                    return Err(FlowError::ConsentPending(e));
+                }
+                Err(AppFailure::Refused(e)) => return Err(FlowError::OwnApp(client_id.clone(), e)),
+                Err(AppFailure::Invalid(e)) => return Err(FlowError::AppCredential(e)),
+                Err(AppFailure::Unavailable(e)) => return Err(token_failure(e)),
+            };
+            service.store.save_connection(&connection).await?;
+            service
+                .events
+                .publish(&ConnectionEvent {
+                    kind: EventKind::Authorized,
+                    connection_id: cid.clone(),
+                    tenant_id: Some(connection.tenant_id.clone()),
+                    reason: None,
+                    at: rfc3339(now),
+                })
+                .await;
+            ready = true;
+        }
+    }
+    service
+        .events
+        .publish(&ConnectionEvent {
+            kind: EventKind::AdminConsentGranted,
+            connection_id: cid.clone(),
+            tenant_id: Some(reported.to_string()),
+            reason: None,
+            at: rfc3339(now),
+        })
+        .await;
+    tracing::info!(cid = %cid, tenant = %reported, asked, ready, "admin consent granted");
+    Ok(Page::consent_granted(reported.as_str(), ready)
+        .with_fact("Connection id", cid.to_string())
+        .with_fact("Organization (tenant)", reported.to_string())
+        .into_response(&[]))
+}
+
+fn open_failure(e: OpenAppError) -> FlowError {
+    match e {
+        OpenAppError::Store(e) => FlowError::Store(e),
+        OpenAppError::Crypto(e) => FlowError::Crypto(e),
+        OpenAppError::Corrupt => FlowError::Internal("the stored app is unreadable"),
+    }
+}
+
+fn token_failure(e: TokenFailure) -> FlowError {
+    match e {
+        TokenFailure::Token(e) => FlowError::Token(e),
+        TokenFailure::Store(e) => FlowError::Store(e),
+        TokenFailure::Crypto(e) => FlowError::Crypto(e),
+        TokenFailure::Secret(e) => FlowError::Secret(e),
+        _ => FlowError::Internal("the daemon app's token could not be saved"),
+    }
+}
+
 /// Refuses a flow finished by anyone but the AutoKitteh user who started it.
 fn same_user(
     flow: &PendingFlow,
@@ -395,11 +584,7 @@ async fn own_app(
 ) -> Result<ClientAuth, FlowError> {
     let opened = open_app(service.store.as_ref(), service.keys.as_ref(), &flow.connection_id)
         .await
-        .map_err(|e| match e {
-            OpenAppError::Store(e) => FlowError::Store(e),
-            OpenAppError::Crypto(e) => FlowError::Crypto(e),
-            OpenAppError::Corrupt => FlowError::Internal("the stored app is unreadable"),
-        })?;
+        .map_err(open_failure)?;
     match opened {
         Some(app) if app.kind == AppKind::Private && app.auth.client_id == client_id => {
             Ok(app.auth)
@@ -595,6 +780,7 @@ mod tests {
             platform_user: None,
             connection_name: None,
             app_client_id: None,
+            admin_consent: None,
         }
     }
 

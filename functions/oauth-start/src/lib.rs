@@ -164,6 +164,7 @@ pub async fn handle(service: &StartService, req: Request) -> Response<Body> {
 async fn answer(service: &StartService, req: Request) -> Response<Body> {
     let outcome = match (req.method(), service.autokitteh.as_ref()) {
         _ if ms_oauth::runtime::is_unreadable(&req) => Err(FlowError::BadQuery(UNREADABLE)),
+        (&Method::GET, _) if is_admin_consent(&req) => admin_consent(service, &req).await,
         (&Method::GET, Some(autokitteh)) => start_in_autokitteh(service, autokitteh, &req).await,
         (&Method::GET, None) => show_confirmation(service, &req).await,
         (&Method::POST, None) => confirmed(service, &req).await,
@@ -186,6 +187,91 @@ fn link_target(query: &Query<'_>) -> Result<(ConnectionId, Origin), FlowError> {
     let cid = query.single("cid", 64)?.unwrap_or_default().parse()?;
     let origin = query.single("origin", 16)?.unwrap_or_default().parse()?;
     Ok((cid, origin))
+}
+
+/// True for `GET /oauth/adminconsent/microsoft`.
+fn is_admin_consent(req: &Request) -> bool {
+    req.uri().path().trim_end_matches('/').ends_with(config::ADMIN_CONSENT_PATH)
+}
+
+/// How long an admin-consent link, once opened, may take at Microsoft.
+const ADMIN_CONSENT_TTL_SECS: i64 = 3600;
+
+/// `GET /oauth/adminconsent/microsoft?cid=…&origin=…[&tenant=…]`, with a start grant
+/// (standalone) or the AutoKitteh session of a user of the connection: sends an
+/// administrator to Microsoft's admin consent for the connection's app (its own, or the
+/// server-wide one), in the tenant given, else the app's own tenant, else the
+/// administrator's (`organizations`). The one-time state tells the redirect function that
+/// this is a consent, not a sign-in.
+async fn admin_consent(service: &StartService, req: &Request) -> Result<Response<Body>, FlowError> {
+    let query = Query::from_request(req)?;
+    let (cid, origin) = link_target(&query)?;
+    let asked_tenant = match query.single("tenant", 256)?.filter(|t| !t.is_empty()) {
+        None => None,
+        Some(t) => {
+            let tenant: Tenant = t
+                .parse()
+                .map_err(|_| FlowError::BadQuery("the tenant is not a tenant id or domain"))?;
+            if matches!(tenant.as_str(), "common" | "consumers") {
+                return Err(FlowError::BadQuery(
+                    "admin consent needs an organization's tenant, not common or consumers",
+                ));
+            }
+            Some(tenant)
+        }
+    };
+    let now = service.clock.now().unix_timestamp();
+    let who = match &service.autokitteh {
+        Some(autokitteh) => autokitteh_user(autokitteh, req, &cid).await?,
+        None => {
+            let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
+            let claims = service.with_key(|key| key.verify(grant, &cid, origin, now)).await?;
+            if !service.store.spend_grant(&claims.jti, claims.exp + CLOCK_SKEW_SECS).await? {
+                return Err(GrantError::Used.into());
+            }
+            claims.sub
+        }
+    };
+    let app = service.store.get_app(&cid).await?.map(|stored| stored.app.summary);
+    let (client_id, app_tenant, own) = match &app {
+        Some(app) => (
+            app.private_client_id.clone(),
+            app.private_tenant_id
+                .parse::<Tenant>()
+                .map_err(|_| FlowError::Internal("stored tenant unreadable"))?,
+            true,
+        ),
+        None => {
+            (service.endpoints.client_id().to_owned(), service.endpoints.tenant().clone(), false)
+        }
+    };
+    let tenant = asked_tenant.unwrap_or_else(|| {
+        if ms_oauth::apps::is_multi_tenant_alias(&app_tenant) {
+            "organizations".parse().unwrap_or_default()
+        } else {
+            app_tenant
+        }
+    });
+    let secrets = FlowSecrets::generate().map_err(|_| FlowError::Internal("no randomness"))?;
+    let key = StateKey::from_state(secrets.state.secret());
+    let flow = PendingFlow {
+        connection_id: cid.clone(),
+        origin,
+        pkce_verifier: SecretString::from(secrets.pkce_verifier.secret().to_owned()),
+        // Not bound to a browser: whoever holds the link may be the administrator.
+        browser_hash: browser_hash(""),
+        created_at: now,
+        expires_at: now + ADMIN_CONSENT_TTL_SECS,
+        ak_user_id: service.autokitteh.as_ref().map(|_| who.clone()),
+        platform_user: service.autokitteh.is_none().then(|| who.clone()),
+        connection_name: None,
+        app_client_id: own.then(|| client_id.clone()),
+        admin_consent: Some(tenant.to_string()),
+    };
+    service.store.put_state(&key, &flow).await?;
+    tracing::info!(cid = %cid, tenant = %tenant, app = %client_id, user = %who, "admin consent started");
+    let location = service.endpoints.admin_consent_url(&client_id, &tenant, secrets.state.secret());
+    Ok(pages::redirect(location.as_str(), &[]))
 }
 
 /// Inside AutoKitteh: the user's session decides, and the browser goes straight on to
@@ -322,6 +408,7 @@ async fn begin(
         platform_user,
         connection_name,
         app_client_id: own_app.as_ref().map(|(client_id, _)| client_id.clone()),
+        admin_consent: None,
     };
     service.store.put_state(&key, &flow).await?;
 
@@ -358,7 +445,12 @@ async fn autokitteh_user(
         tokio::join!(autokitteh.connection(&session, cid), autokitteh.who_am_i(&session));
     let user = user?;
     let connection = connection?.ok_or(FlowError::AkConnectionNotFound)?;
-    if connection.integration_id != integration.id() {
+    // An admin consent serves either Microsoft integration.
+    let any_microsoft = is_admin_consent(req)
+        && [Integration::Microsoft, Integration::MicrosoftTeams]
+            .iter()
+            .any(|i| i.id() == connection.integration_id);
+    if connection.integration_id != integration.id() && !any_microsoft {
         return Err(FlowError::AkWrongIntegration(connection.integration_id));
     }
     tracing::debug!(

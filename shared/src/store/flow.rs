@@ -29,6 +29,10 @@ pub struct PendingFlow {
     /// The client id of the connection's own app the flow signs in through; `None` for the
     /// server-wide app. The redirect redeems the code as that same app.
     pub app_client_id: Option<String>,
+    /// Set for an administrator's consent instead of a sign-in: the tenant it was asked
+    /// for. Such a flow carries no token, so it is not bound to a browser (the link is meant
+    /// to be passed to an administrator).
+    pub admin_consent: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +53,8 @@ pub(super) struct StateItem {
     connection_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     app_client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin_consent: Option<String>,
     /// Set once, by the consume that spent the flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) consumed_by: Option<String>,
@@ -70,6 +76,7 @@ impl StateItem {
             platform_user: flow.platform_user.clone(),
             connection_name: flow.connection_name.clone(),
             app_client_id: flow.app_client_id.clone(),
+            admin_consent: flow.admin_consent.clone(),
             consumed_by: None,
         }
     }
@@ -85,6 +92,7 @@ impl StateItem {
             ak_user_id: self.ak_user_id,
             platform_user: self.platform_user,
             app_client_id: self.app_client_id,
+            admin_consent: self.admin_consent,
             connection_name: self.connection_name,
         }
     }

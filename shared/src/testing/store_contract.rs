@@ -82,6 +82,7 @@ fn flow(id: &ConnectionId, browser_hash: &str, expires_at: i64) -> PendingFlow {
         platform_user: Some("user".into()),
         connection_name: Some("name".into()),
         app_client_id: Some("0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3".into()),
+        admin_consent: Some("contoso.com".into()),
     }
 }
 
@@ -178,6 +179,7 @@ async fn flows_are_consumed_once_by_their_browser_before_they_expire(store: &dyn
     assert_eq!(consumed.browser_hash, "browser-a");
     assert_eq!(consumed.platform_user.as_deref(), Some("user"));
     assert_eq!(consumed.app_client_id.as_deref(), Some("0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3"));
+    assert_eq!(consumed.admin_consent.as_deref(), Some("contoso.com"));
     use secrecy::ExposeSecret;
     assert_eq!(consumed.pkce_verifier.expose_secret(), "contract-verifier");
     // Spent: another consume finds nothing, whoever asks; discarding it twice is fine.

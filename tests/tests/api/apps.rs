@@ -259,12 +259,116 @@ async fn a_private_app_missing_from_the_tenant_or_replaced_gets_pages_that_say_s
     assert!(app.connection(&cid).await.is_none());
 }
 
+/// The admin-consent link of `path` (as the API answers it), signed like a start link.
+pub fn admin_consent_link(
+    app: &TestApp,
+    cid: &ConnectionId,
+    path: &str,
+    tenant: Option<&str>,
+) -> String {
+    let start = app.start_link(cid, Origin::Web);
+    let grant = start.split("&grant=").nth(1).expect("a grant");
+    let tenant = tenant.map(|t| format!("&tenant={t}")).unwrap_or_default();
+    format!("{}{path}&origin=web&grant={grant}{tenant}", app.address)
+}
+
+/// An administrator's answer at the stand-in's admin-consent page (`accept` or `cancel`),
+/// followed back to the redirect function.
+pub async fn admin_decides(
+    app: &TestApp,
+    admin: &Browser,
+    consent_url: &str,
+    decision: &str,
+) -> Page {
+    let page = admin.get(consent_url).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let url = url::Url::parse(consent_url).unwrap();
+    let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    form.push(("decision".into(), decision.into()));
+    let post = format!("{}{}", url.origin().ascii_serialization(), url.path());
+    let back = admin.post_form(&post, &form).await;
+    assert_eq!(back.status, 303, "{}", back.body);
+    let callback = back.location.unwrap();
+    assert!(callback.starts_with(&format!("{}{}", app.address, config::REDIRECT_PATH)));
+    admin.get(&callback).await
+}
+
+/// The first link of a page, its HTML escapes undone.
+fn first_link(body: &str) -> String {
+    let href = body.split("href=\"").nth(1).and_then(|rest| rest.split('"').next());
+    href.expect("a link on the page").replace("&#38;", "&").replace("&#34;", "\"")
+}
+
+#[tokio::test]
+async fn a_user_who_needs_admin_approval_gets_a_link_for_their_administrator() {
+    let app = spawn_app().await;
+    app.standin.require_admin_consent(CLIENT_ID);
+    let cid = new_cid();
+    let flow = sign_in(&app, &cid).await;
+    assert_page(&flow.finish, 403, "An administrator must approve this app");
+    assert!(flow.finish.body.contains("65001"), "{}", flow.finish.body);
+    assert!(app.connection(&cid).await.is_none());
+    let link = first_link(&flow.finish.body);
+    assert!(
+        link.starts_with(&format!("{}/organizations/v2.0/adminconsent?", app.standin.url())),
+        "{link}"
+    );
+    assert!(link.contains(&format!("client_id={CLIENT_ID}")));
+
+    // The administrator, in another browser, declines.
+    let admin = Browser::new();
+    assert_page(&admin_decides(&app, &admin, &link, "cancel").await, 403, "declined");
+
+    // A new attempt gets a new link; this time the administrator accepts. The link works
+    // once: opened again it finds its sign-in finished.
+    let flow = sign_in(&app, &cid).await;
+    assert_eq!(flow.finish.status, 403);
+    let link = first_link(&flow.finish.body);
+    let granted = admin_decides(&app, &admin, &link, "accept").await;
+    assert_page(&granted, 200, "Admin consent granted");
+    assert!(granted.body.contains(WORK_TENANT), "the tenant Microsoft reported is named");
+    assert!(granted.body.contains("start the connection again"));
+    assert_page(
+        &admin_decides(&app, &admin, &link, "accept").await,
+        400,
+        "unknown or already finished",
+    );
+    // The user signs in again and it works.
+    assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
+    assert!(app.connection(&cid).await.is_some());
+}
+
+#[tokio::test]
+async fn admin_consent_links_check_their_grant_and_tenant() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let path = format!("{}?cid={cid}", config::ADMIN_CONSENT_PATH);
+    // No grant, a forged one, a tenant that is no organization.
+    assert_page(
+        &Browser::new().get(&format!("{}{path}&origin=web", app.address)).await,
+        403,
+        "not issued by AutoKitteh",
+    );
+    let forged = format!("{}{path}&origin=web&grant=eyJhbGciOiJIUzI1NiJ9.e30.AAAA", app.address);
+    assert_page(&Browser::new().get(&forged).await, 403, "not issued by AutoKitteh");
+    let common = admin_consent_link(&app, &cid, &path, Some("common"));
+    assert_page(&Browser::new().get(&common).await, 400, "not common or consumers");
+    // The server-wide app, in the tenant given.
+    let given = admin_consent_link(&app, &cid, &path, Some(OTHER_TENANT));
+    let page = Browser::new().get(&given).await;
+    assert_redirects_to(&page, &format!("{}/{OTHER_TENANT}/v2.0/adminconsent?", app.standin.url()));
+    assert!(page.location.as_deref().unwrap().contains(&format!("client_id={CLIENT_ID}")));
+    assert!(page.location.as_deref().unwrap().contains("scope=http"), "the Graph .default scope");
+}
+
 /// A daemon app in `OTHER_TENANT` with `secret`, not yet consented to.
-fn daemon_app(secret: &str) -> AppRegistration {
+fn daemon_app(app: &TestApp, secret: &str) -> AppRegistration {
     AppRegistration {
         client_id: DAEMON_CLIENT.into(),
         home_tenant: OTHER_TENANT.into(),
         secrets: vec![secret.into()],
+        // Admin consent comes back to a registered redirect URI only.
+        redirect_uris: vec![format!("{}{}", app.address, config::REDIRECT_PATH)],
         ..AppRegistration::default()
     }
 }
@@ -274,25 +378,43 @@ async fn a_daemon_app_needs_consent_then_serves_app_tokens_and_renews_them() {
     let app = spawn_app().await;
     let cid = new_cid();
     let secret = format!("dm~{}", ms_oauth_tests::random_base32(30));
-    app.standin.register_app(daemon_app(&secret));
+    app.standin.register_app(daemon_app(&app, &secret));
     let body = json!({"auth_type": "daemonApp", "client_id": DAEMON_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
 
-    let (status, refused) = set_app(&app, &cid, body.clone()).await;
+    let (status, refused) = set_app(&app, &cid, body).await;
     assert_eq!(status, 409, "{refused}");
     assert_eq!(refused["error"], "admin_consent_required");
     assert_eq!(refused["admin_consent_path"], format!("{}?cid={cid}", config::ADMIN_CONSENT_PATH));
     assert!(refused["reason"].as_str().unwrap().starts_with("admin_consent:"), "{refused}");
+    // The app is kept for the consent link; there is no connection yet.
     assert_eq!(
         call(&app, reqwest::Method::GET, &format!("/connections/{cid}/app"), None).await.0,
-        404,
-        "nothing saved"
+        200
     );
     assert!(app.connection(&cid).await.is_none());
 
-    app.standin.grant_admin_consent(DAEMON_CLIENT, OTHER_TENANT);
-    let (status, saved) = set_app(&app, &cid, body).await;
-    assert_eq!(status, 200, "{saved}");
-    assert_eq!(saved["organization"], "Fabrikam (stand-in)");
+    // An administrator opens the link (signed like a start link) in their own browser.
+    let link =
+        admin_consent_link(&app, &cid, refused["admin_consent_path"].as_str().unwrap(), None);
+    let admin = Browser::new();
+    let to_microsoft = admin.get(&link).await;
+    assert_eq!(to_microsoft.status, 302, "{}", to_microsoft.body);
+    let consent_url = to_microsoft.location.clone().unwrap();
+    assert!(
+        consent_url
+            .starts_with(&format!("{}/{OTHER_TENANT}/v2.0/adminconsent?", app.standin.url())),
+        "{consent_url}"
+    );
+    assert!(consent_url.contains(&format!("client_id={DAEMON_CLIENT}")));
+    let finish = admin_decides(&app, &admin, &consent_url, "accept").await;
+    assert_page(&finish, 200, "Admin consent granted");
+    assert!(finish.body.contains("the connection is ready"), "{}", finish.body);
+    assert!(app.standin.has_admin_consent(DAEMON_CLIENT, OTHER_TENANT));
+    let kinds: Vec<_> = app.events.take().iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&ms_oauth::events::EventKind::AdminConsentGranted), "{kinds:?}");
+    // The link worked once.
+    assert_page(&admin.get(&link).await, 403, "already used");
+    assert_eq!(app.standin.app_tokens_issued(), 1);
     let (_, connection) =
         call(&app, reqwest::Method::GET, &format!("/connections/{cid}"), None).await;
     assert_eq!(connection["status"], "ok");
@@ -330,7 +452,7 @@ async fn daemon_apps_microsoft_refuses_get_answers_that_say_what_to_fix() {
     app.standin.register_app(AppRegistration {
         expired_secrets: vec![expired.clone()],
         consented_tenants: vec![OTHER_TENANT.into()],
-        ..daemon_app(&good)
+        ..daemon_app(&app, &good)
     });
     let cases = [
         (json!({"client_secret": "wrong", "tenant_id": OTHER_TENANT}), 422, "7000215", "Value"),

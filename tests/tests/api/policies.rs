@@ -167,6 +167,10 @@ fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
         ("StartFunction", AwsCall::new("secretsmanager:GetSecretValue", &client_secret, &[])),
         ("StartFunction", AwsCall::new("dynamodb:GetItem", &table, &[])),
         ("StartFunction", get_item(&connection_item)),
+        (
+            "RedirectFunction",
+            AwsCall::new("dynamodb:PutItem", &table, &[(leading, &connection_item)]),
+        ),
         ("StartFunction", kms("kms:Decrypt", &credential)),
         ("RedirectFunction", get_item(&connection_item)),
         ("RedirectFunction", kms("kms:GenerateDataKey", &credential)),
@@ -238,6 +242,10 @@ async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 1, needs_reauth: 1, ..Report::default() });
     assert_eq!(api(&app, reqwest::Method::DELETE, &path(&cids[0], "")).await, 200);
+    // A sign-in that needs an administrator's consent: the redirect records a consent link.
+    app.standin.require_admin_consent(CLIENT_ID);
+    let flow = app.connect(&Browser::new(), &new_cid(), Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 403, "{}", flow.finish.body);
 
     assert_policies_hold(&app, &probes(&app));
 }
@@ -297,6 +305,13 @@ async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_g
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report.needs_reauth, 1, "{report:?}");
     assert_eq!(api(&app, reqwest::Method::DELETE, &format!("/connections/{}", cids[1])).await, 200);
+    // A sign-in that needs an administrator's consent: the redirect records a consent link.
+    app.standin.require_admin_consent(CLIENT_ID);
+    let cid: ConnectionId = ak.add_connection(&org, Integration::Microsoft, "x").parse().unwrap();
+    let start =
+        browser.get(&format!("{}{}?cid={cid}&origin=web", app.address, config::START_PATH)).await;
+    let callback = app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+    assert_eq!(browser.get(&callback).await.status, 403);
 
     let mut probes = probes(&app);
     let start_key =

@@ -93,6 +93,30 @@ impl From<TokenFailure> for AppFailure {
     }
 }
 
+/// What to do about a refused app, by its AADSTS code where one is known.
+pub fn advice(e: &MicrosoftError) -> &'static str {
+    match e.code() {
+        Some(7_000_215) => {
+            "the client secret is wrong: give the secret's Value from Certificates & secrets, not its Secret ID"
+        }
+        Some(7_000_222) => "the client secret expired: create a new one and set it here",
+        Some(700_027 | 700_024 | 700_023) => {
+            "the certificate was not accepted: upload its public part to the app registration, or set a certificate the app has"
+        }
+        Some(700_016) => {
+            "the app is not registered in this tenant: check client_id and tenant_id, or make the app multi-tenant"
+        }
+        Some(90002 | 900_023) => "the tenant is unknown: give its Directory (tenant) ID",
+        _ => match e.class() {
+            FailureClass::AdminConsent => {
+                "an administrator of the tenant must grant admin consent to the app's application permissions"
+            }
+            FailureClass::Transient => "Microsoft is temporarily unavailable; retry shortly",
+            _ => "Microsoft refused the app; check its client id, tenant and credential",
+        },
+    }
+}
+
 /// What saving an app did.
 #[derive(Debug)]
 pub struct AppSaved {

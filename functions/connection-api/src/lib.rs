@@ -17,7 +17,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use ms_oauth::config::ADMIN_CONSENT_PATH;
 use ms_oauth::config::ConfigError;
 use ms_oauth::domain::ConnectionId;
-use ms_oauth::microsoft::{FailureClass, MicrosoftError, TokenError};
+use ms_oauth::microsoft::{FailureClass, TokenError};
 use ms_oauth::registration::{AppFailure, AppRequest};
 use ms_oauth::store::{AUTH_TYPE_DEFAULT, ConnectionVars, STATUS_NEEDS_REAUTH};
 use ms_oauth::tokens::{TokenFailure, TokenService};
@@ -229,30 +229,6 @@ async fn answer(api: &ConnectionApi, req: Request) -> Response<Body> {
     }
 }
 
-/// What to do about a refused app, by its AADSTS code where one is known.
-fn app_advice(e: &MicrosoftError) -> &'static str {
-    match e.code() {
-        Some(7_000_215) => {
-            "the client secret is wrong: give the secret's Value from Certificates & secrets, not its Secret ID"
-        }
-        Some(7_000_222) => "the client secret expired: create a new one and set it here",
-        Some(700_027 | 700_024 | 700_023) => {
-            "the certificate was not accepted: upload its public part to the app registration, or set a certificate the app has"
-        }
-        Some(700_016) => {
-            "the app is not registered in this tenant: check client_id and tenant_id, or make the app multi-tenant"
-        }
-        Some(90002 | 900_023) => "the tenant is unknown: give its Directory (tenant) ID",
-        _ => match e.class() {
-            FailureClass::AdminConsent => {
-                "an administrator of the tenant must grant admin consent to the app's application permissions"
-            }
-            FailureClass::Transient => "Microsoft is temporarily unavailable; retry shortly",
-            _ => "Microsoft refused the app; check its client id, tenant and credential",
-        },
-    }
-}
-
 fn app_failure(cid: &ConnectionId, e: AppFailure) -> Response<Body> {
     match e {
         AppFailure::Invalid(e) => error(StatusCode::BAD_REQUEST, "invalid_app", &e.to_string()),
@@ -260,7 +236,7 @@ fn app_failure(cid: &ConnectionId, e: AppFailure) -> Response<Body> {
             let class = e.class();
             let mut body = json!({
                 "error": if class == FailureClass::AdminConsent { "admin_consent_required" } else { "app_refused" },
-                "message": app_advice(&e),
+                "message": ms_oauth::registration::advice(&e),
                 "reason": e.reason(),
             });
             if class == FailureClass::AdminConsent {

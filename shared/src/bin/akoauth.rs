@@ -6,7 +6,10 @@
 //! - `akoauth status --cid con_…` prints a connection's status and non-secret vars;
 //! - `akoauth token --cid con_… [--force-refresh]` prints a valid access token (refreshing
 //!   it first when due), exactly as the connection API would;
-//! - `akoauth disconnect --cid con_…` deletes a connection's tokens and vars.
+//! - `akoauth disconnect --cid con_…` deletes a connection's tokens and vars;
+//! - `akoauth app set|show|remove --cid con_…` manages a connection's own Entra app (the
+//!   client secret or certificate is read from a file or stdin, never the command line);
+//! - `akoauth consent-link --cid con_… [--tenant …]` prints a signed admin-consent link.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -69,6 +72,78 @@ enum Command {
         #[arg(long, value_parser = parse_cid)]
         cid: ConnectionId,
     },
+    /// A connection's own Entra app (private user-delegated or daemon).
+    App {
+        #[command(subcommand)]
+        action: AppAction,
+    },
+    /// Print a signed link an administrator opens to grant consent to the connection's app
+    /// (its own, or the server-wide one) for an organization.
+    ConsentLink {
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+        #[arg(long, value_parser = parse_origin, default_value = "web")]
+        origin: Origin,
+        /// The organization's tenant id or domain [default: the app's tenant, else the
+        /// administrator's own].
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How long the link may wait to be opened, in seconds (at most 600). It opens once.
+        #[arg(long, default_value_t = MAX_GRANT_LIFETIME_SECS, value_parser = clap::value_parser!(i64).range(1..=MAX_GRANT_LIFETIME_SECS))]
+        ttl: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppAction {
+    /// Set (or replace: how a credential is rotated) the connection's own app. A daemon app
+    /// is proven at once with a token from its tenant.
+    Set {
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+        /// oauthPrivate (users sign in through the app) or daemonApp (client credentials).
+        #[arg(long, value_parser = ["oauthPrivate", "daemonApp"])]
+        auth_type: String,
+        /// The app's Application (client) ID.
+        #[arg(long)]
+        client_id: String,
+        /// The app's Directory (tenant) ID or a verified domain; for oauthPrivate also
+        /// common, organizations or consumers [default: common].
+        #[arg(long)]
+        tenant_id: Option<String>,
+        /// A file holding the client secret's Value, or - for stdin.
+        #[arg(
+            long,
+            conflicts_with = "certificate_file",
+            required_unless_present = "certificate_file"
+        )]
+        client_secret_file: Option<String>,
+        /// A PEM file with the certificate and its unencrypted private key, or - for stdin.
+        #[arg(long)]
+        certificate_file: Option<String>,
+    },
+    /// Print the app's non-secret part.
+    Show {
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+    },
+    /// Go back to the server-wide app (tokens of the connection's own app are removed).
+    Remove {
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+    },
+}
+
+/// The text of `path`, or of stdin for `-`, without its trailing newline.
+fn read_credential(path: &str) -> Result<String, String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    if path == "-" {
+        std::io::stdin().read_to_string(&mut text).map_err(|e| format!("stdin: {e}"))?;
+    } else {
+        text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
 fn parse_cid(s: &str) -> Result<ConnectionId, String> {
@@ -146,6 +221,87 @@ async fn run(cli: Cli) -> Result<String, String> {
                 format!("{cid}: disconnected")
             } else {
                 format!("{cid}: was not connected")
+            })
+        }
+        Command::App { action } => app(action).await,
+        Command::ConsentLink { cid, origin, tenant, ttl } => {
+            let user = std::env::var("USER").ok().filter(|u| !u.trim().is_empty());
+            let mut grant = StartGrant::new(
+                cid.clone(),
+                origin,
+                user.unwrap_or_else(|| "akoauth".to_owned()),
+                cid.to_string(),
+            )
+            .map_err(|_| "the system random generator failed".to_owned())?;
+            grant.lifetime_secs = ttl;
+            let link = start_link(&grant).await?;
+            let mut url = url::Url::parse(&link).map_err(|e| e.to_string())?;
+            url.set_path(config::ADMIN_CONSENT_PATH);
+            if let Some(tenant) = tenant {
+                url.query_pairs_mut().append_pair("tenant", &tenant);
+            }
+            Ok(url.to_string())
+        }
+    }
+}
+
+async fn app(action: AppAction) -> Result<String, String> {
+    use ms_oauth::registration::{AppFailure, AppRequest, advice};
+    let tokens = token_service().await?;
+    match action {
+        AppAction::Set {
+            cid,
+            auth_type,
+            client_id,
+            tenant_id,
+            client_secret_file,
+            certificate_file,
+        } => {
+            let request = AppRequest {
+                auth_type,
+                client_id,
+                tenant_id,
+                client_secret: client_secret_file.as_deref().map(read_credential).transpose()?,
+                certificate: certificate_file.as_deref().map(read_credential).transpose()?,
+            };
+            match tokens.set_app(&cid, request).await {
+                Ok(saved) => serde_json::to_string_pretty(&serde_json::json!({
+                    "connection_id": cid,
+                    "app": saved.summary,
+                    "version": saved.version,
+                    "organization": saved.organization,
+                }))
+                .map_err(|e| e.to_string()),
+                Err(AppFailure::Refused(e)) => Err(format!(
+                    "Microsoft refused the app ({}): {}{}",
+                    e.reason(),
+                    advice(&e),
+                    if e.class() == ms_oauth::microsoft::FailureClass::AdminConsent {
+                        format!(
+                            "; the app is saved: run `akoauth consent-link --cid {cid}` and send the link to an administrator"
+                        )
+                    } else {
+                        String::new()
+                    }
+                )),
+                Err(e) => Err(ms_oauth::error::chain(&e)),
+            }
+        }
+        AppAction::Show { cid } => {
+            match tokens.app_summary(&cid).await.map_err(|e| ms_oauth::error::chain(&e))? {
+                Some(app) => serde_json::to_string_pretty(
+                    &serde_json::json!({"connection_id": cid, "app": app}),
+                )
+                .map_err(|e| e.to_string()),
+                None => Ok(format!("{cid}: uses the server-wide app (oauthDefault)")),
+            }
+        }
+        AppAction::Remove { cid } => {
+            let removed = tokens.remove_app(&cid).await.map_err(|e| ms_oauth::error::chain(&e))?;
+            Ok(if removed {
+                format!("{cid}: back to the server-wide app; sign in again")
+            } else {
+                format!("{cid}: had no app of its own")
             })
         }
     }

@@ -160,6 +160,9 @@ pub struct TestApp {
     pub ak_service_user: Option<(String, String)>,
     /// With `AppOptions::from_template`: the deployment and each function's recorded calls.
     pub deployed: Option<Deployed>,
+    /// The token key's id and the AWS emulator's address (for tools run against the app).
+    pub kms_key: String,
+    pub aws_endpoint: String,
 }
 
 /// A test deployment of the template: the functions' set-up and the AWS calls each made.
@@ -325,7 +328,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             ),
         ),
     };
-    let keys: Arc<dyn DataKeys> = Arc::new(KmsDataKeys::new(kms_for_app, kms_key));
+    let keys: Arc<dyn DataKeys> = Arc::new(KmsDataKeys::new(kms_for_app, kms_key.clone()));
     let client_secret_source =
         config::SecretSource::SecretsManager { arn: client_secret_arn.clone() };
     let events = Arc::new(RecordedEvents::default());
@@ -403,6 +406,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         autokitteh,
         ak_service_user,
         deployed: None,
+        kms_key,
+        aws_endpoint: endpoint,
     }
 }
 
@@ -525,6 +530,8 @@ async fn spawn_from_template(
         autokitteh,
         ak_service_user,
         deployed: Some(Deployed { deployment, functions }),
+        kms_key: r.kms_key,
+        aws_endpoint: r.endpoint,
     }
 }
 

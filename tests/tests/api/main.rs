@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod abuse;
+mod akoauth;
 mod apps;
 mod autokitteh;
 mod binding;

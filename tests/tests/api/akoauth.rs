@@ -1,0 +1,196 @@
+//! `akoauth app` and `akoauth consent-link`, run as the operator runs them (the built binary,
+//! the functions' environment), against the app under test.
+
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use ms_oauth::config;
+use ms_oauth::testing::certs;
+use ms_oauth_tests::aws::workspace_root;
+use ms_oauth_tests::standin::{AppRegistration, OTHER_TENANT};
+
+use crate::apps::{DAEMON_CLIENT, PRIVATE_CLIENT, admin_decides};
+use crate::helpers::*;
+
+/// The akoauth binary, built once per test run.
+fn binary() -> &'static std::path::Path {
+    static BINARY: OnceLock<std::path::PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "ms-oauth", "--bin", "akoauth"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("cargo build akoauth");
+        assert!(status.success(), "akoauth did not build");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        target.join("debug/akoauth")
+    })
+}
+
+/// Runs akoauth with the functions' environment for `app`; exit success, stdout, stderr.
+/// Asynchronously: the stand-ins it talks to run on this test's runtime.
+async fn akoauth(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(binary())
+        .args(args)
+        .env_clear()
+        .env(config::WEBHOOK_ADDRESS, &app.address)
+        .env(config::MICROSOFT_CLIENT_ID, CLIENT_ID)
+        .env(config::MICROSOFT_CLIENT_SECRET_ARN, &app.client_secret_arn)
+        .env(config::MICROSOFT_AUTHORITY_HOST, app.standin.url())
+        .env(config::MICROSOFT_GRAPH_URL, app.standin.url())
+        .env(config::OAUTH_TABLE_NAME, &app.table)
+        .env(config::TOKEN_KMS_KEY_ID, &app.kms_key)
+        .env(config::START_LINK_KEY, &app.start_key)
+        .env("AWS_ENDPOINT_URL", &app.aws_endpoint)
+        .env("AWS_REGION", ms_oauth_tests::aws::LOCAL_REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("USER", "operator")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("akoauth runs");
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or("").as_bytes()).await.expect("stdin");
+    }
+    let out = child.wait_with_output().await.expect("akoauth output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_sets_a_daemon_app_gets_consent_and_reads_its_token() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let secret = format!("dm~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(AppRegistration {
+        client_id: DAEMON_CLIENT.into(),
+        home_tenant: OTHER_TENANT.into(),
+        secrets: vec![secret.clone()],
+        redirect_uris: vec![format!("{}{}", app.address, config::REDIRECT_PATH)],
+        ..AppRegistration::default()
+    });
+    let cid_arg = cid.to_string();
+    let set = [
+        "app",
+        "set",
+        "--cid",
+        &cid_arg,
+        "--auth-type",
+        "daemonApp",
+        "--client-id",
+        DAEMON_CLIENT,
+        "--tenant-id",
+        OTHER_TENANT,
+        "--client-secret-file",
+        "-",
+    ];
+    let (ok, out, err) = akoauth(&app, &set, Some(&format!("{secret}\n"))).await;
+    assert!(!ok, "{out}");
+    assert!(err.contains("admin_consent") && err.contains("akoauth consent-link"), "{err}");
+
+    let (ok, link, err) = akoauth(&app, &["consent-link", "--cid", &cid_arg], None).await;
+    assert!(ok, "{err}");
+    let link = link.trim();
+    assert!(link.starts_with(&format!("{}{}?", app.address, config::ADMIN_CONSENT_PATH)), "{link}");
+    let admin = Browser::new();
+    let to_microsoft = admin.get(link).await;
+    assert_eq!(to_microsoft.status, 302, "{}", to_microsoft.body);
+    let ready =
+        admin_decides(&app, &admin, to_microsoft.location.as_deref().unwrap(), "accept").await;
+    assert_page(&ready, 200, "the connection is ready");
+
+    let (ok, shown, err) = akoauth(&app, &["app", "show", "--cid", &cid_arg], None).await;
+    assert!(ok, "{err}");
+    assert!(
+        shown.contains(DAEMON_CLIENT) && shown.contains("\"credential\": \"secret\""),
+        "{shown}"
+    );
+    let (ok, token, err) = akoauth(&app, &["token", "--cid", &cid_arg], None).await;
+    assert!(ok, "{err}");
+    assert!(token.starts_with("eyJ0eXAi.stand-in-app."), "an app token: {token}");
+    for text in [&out, &err, &shown, &token] {
+        assert!(!text.contains(&secret), "the secret was printed");
+    }
+}
+
+#[tokio::test]
+async fn an_operator_sets_a_private_app_with_a_certificate_file_and_removes_it() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let cert = certs::valid_certificate("private.fabrikam.example");
+    app.standin.register_app(AppRegistration {
+        client_id: PRIVATE_CLIENT.into(),
+        home_tenant: OTHER_TENANT.into(),
+        certificates: vec![cert.certificate_pem.clone()],
+        redirect_uris: vec![format!("{}{}", app.address, config::REDIRECT_PATH)],
+        ..AppRegistration::default()
+    });
+    let dir = std::env::temp_dir().join(format!("akoauth-{}", ms_oauth_tests::random_base32(8)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("app.pem");
+    std::fs::write(&file, cert.bundle()).unwrap();
+    let cid_arg = cid.to_string();
+    let path = file.to_string_lossy().into_owned();
+    let set = [
+        "app",
+        "set",
+        "--cid",
+        &cid_arg,
+        "--auth-type",
+        "oauthPrivate",
+        "--client-id",
+        PRIVATE_CLIENT,
+        "--tenant-id",
+        OTHER_TENANT,
+        "--certificate-file",
+        &path,
+    ];
+    let (ok, out, err) = akoauth(&app, &set, None).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("certificate_thumbprint") && !out.contains("PRIVATE KEY"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    let flow = app.connect(&Browser::new(), &cid, ms_oauth::domain::Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+
+    // Both credentials at once, or none, is refused before anything runs.
+    let both = [
+        "app",
+        "set",
+        "--cid",
+        &cid_arg,
+        "--auth-type",
+        "oauthPrivate",
+        "--client-id",
+        PRIVATE_CLIENT,
+        "--client-secret-file",
+        "-",
+        "--certificate-file",
+        "-",
+    ];
+    assert!(!akoauth(&app, &both, None).await.0);
+    let none = [
+        "app",
+        "set",
+        "--cid",
+        &cid_arg,
+        "--auth-type",
+        "oauthPrivate",
+        "--client-id",
+        PRIVATE_CLIENT,
+    ];
+    assert!(!akoauth(&app, &none, None).await.0);
+
+    let (ok, out, err) = akoauth(&app, &["app", "remove", "--cid", &cid_arg], None).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("back to the server-wide app"), "{out}");
+    assert!(app.connection(&cid).await.is_none());
+}

@@ -26,13 +26,18 @@ use crate::tokens::{SecretVars, TokenFailure, TokenService};
 pub struct AppRequest {
     pub auth_type: String,
     pub client_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub tenant_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub client_secret: Option<String>,
     /// PEM: the certificate and its unencrypted private key.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub certificate: Option<String>,
+}
+
+/// An optional field that, when given, is a string (`null` is refused, not taken as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 impl fmt::Debug for AppRequest {
@@ -327,6 +332,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(both.into_app(now).unwrap_err(), AppError::Credential);
+        let null = serde_json::from_str::<AppRequest>(
+            r#"{"auth_type":"daemonApp","client_id":"x","client_secret":"a","certificate":null}"#,
+        );
+        assert!(null.is_err(), "null is not an absent credential");
         let unknown = serde_json::from_str::<AppRequest>(
             r#"{"auth_type":"daemonApp","client_id":"x","secret":"a"}"#,
         );

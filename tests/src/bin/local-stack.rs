@@ -28,7 +28,12 @@ use ms_oauth::grant::MAX_GRANT_LIFETIME_SECS;
 use ms_oauth_tests::autokitteh::AkStandin;
 use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
-use ms_oauth_tests::standin::{Registration, Standin};
+use ms_oauth_tests::standin::{AppRegistration, OTHER_TENANT, Registration, Standin};
+
+/// Apps the local stand-in registers for connections' own apps (the API document's example).
+const DEMO_DAEMON_APP: &str = "0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3";
+const DEMO_PRIVATE_APP: &str = "1c8d9e0f-2a31-4b4c-9d5e-6f708192a3b4";
+const DEMO_APP_SECRET: &str = "example-secret-value";
 use oauth_redirect::RedirectService;
 use oauth_start::StartService;
 use tokio::net::TcpListener;
@@ -171,6 +176,23 @@ async fn run() -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             println!("Identity platform:  {} (local stand-in, NOT Microsoft)", standin.url());
+            // Two apps of its own a connection can be given (PUT /connections/{cid}/app), with
+            // the values the API document's example uses.
+            for (client_id, kind) in
+                [(DEMO_DAEMON_APP, "daemonApp"), (DEMO_PRIVATE_APP, "oauthPrivate")]
+            {
+                standin.register_app(AppRegistration {
+                    client_id: client_id.to_owned(),
+                    home_tenant: OTHER_TENANT.to_owned(),
+                    secrets: vec![DEMO_APP_SECRET.to_owned()],
+                    redirect_uris: vec![public.redirect_uri().to_string()],
+                    consented_tenants: vec![OTHER_TENANT.to_owned()],
+                    ..AppRegistration::default()
+                });
+                println!(
+                    "Demo {kind} app:  client_id {client_id}, tenant_id {OTHER_TENANT}, client_secret {DEMO_APP_SECRET}"
+                );
+            }
             vars.insert(config::MICROSOFT_AUTHORITY_HOST, standin.url());
             vars.insert(
                 config::MICROSOFT_GRAPH_URL,

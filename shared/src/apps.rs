@@ -453,6 +453,57 @@ pub async fn open_app(
     Ok(Some(OpenedApp { kind, summary, auth }))
 }
 
+/// AutoKitteh's names of a connection's own app (non-secret).
+pub const AK_APP_VARS: [&str; 3] = ["auth_type", "private_client_id", "private_tenant_id"];
+/// AutoKitteh's names of a connection's own app credential (secret vars).
+pub const AK_CREDENTIAL_VARS: [&str; 2] = ["private_client_secret", "private_certificate"];
+
+/// A connection's own app as AutoKitteh's vars name it, without its credential: what a
+/// sign-in is started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRef {
+    pub kind: AppKind,
+    pub client_id: String,
+    pub tenant: Tenant,
+}
+
+fn var<'a>(vars: &'a [crate::autokitteh::Var], name: &str) -> Option<&'a str> {
+    vars.iter()
+        .find(|v| v.name == name)
+        .map(|v| v.value.expose_secret().trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// The connection's own app named by AutoKitteh vars (`auth_type` `oauthPrivate` or
+/// `daemonApp`, `private_client_id`, `private_tenant_id` defaulting to `common`); `None`
+/// for the server-wide app.
+pub fn app_ref_from_vars(vars: &[crate::autokitteh::Var]) -> Result<Option<AppRef>, AppError> {
+    let Some(kind) = var(vars, "auth_type").and_then(AppKind::from_auth_type) else {
+        return Ok(None);
+    };
+    let client_id = var(vars, "private_client_id").ok_or(AppError::ClientId)?;
+    if !is_guid(client_id) {
+        return Err(AppError::ClientId);
+    }
+    let tenant: Tenant = match var(vars, "private_tenant_id") {
+        Some(t) => t.parse().map_err(AppError::Tenant)?,
+        None => Tenant::default(),
+    };
+    Ok(Some(AppRef { kind, client_id: client_id.to_ascii_lowercase(), tenant }))
+}
+
+/// The whole app named by AutoKitteh vars, credential included (`private_certificate` when
+/// set, else `private_client_secret`), validated as an app set through the API is.
+pub fn app_from_vars(vars: &[crate::autokitteh::Var]) -> Result<Option<App>, AppError> {
+    let Some(found) = app_ref_from_vars(vars)? else { return Ok(None) };
+    let credential = match (var(vars, "private_certificate"), var(vars, "private_client_secret")) {
+        (Some(pem), _) => Credential::Certificate(Box::new(Certificate::from_pem(pem)?)),
+        (None, Some(secret)) => Credential::Secret(SecretString::from(secret.to_owned())),
+        (None, None) => return Err(AppError::Credential),
+    };
+    App::new(found.kind, &found.client_id, found.tenant.as_str(), credential).map(Some)
+}
+
 /// The context a connection's app credential is sealed under.
 pub fn credential_context(connection_id: &str) -> EncryptionContext {
     EncryptionContext::from([
@@ -547,6 +598,31 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn autokitteh_vars_name_the_app_and_its_credential() {
+        use crate::autokitteh::Var;
+        let plain = |n: &str, v: &str| Var::plain(n, v);
+        assert_eq!(app_ref_from_vars(&[]).unwrap(), None);
+        assert_eq!(app_ref_from_vars(&[plain("auth_type", "oauthDefault")]).unwrap(), None);
+        let private = [plain("auth_type", "oauthPrivate"), plain("private_client_id", CLIENT)];
+        let found = app_ref_from_vars(&private).unwrap().unwrap();
+        assert_eq!((found.kind, found.tenant.as_str()), (AppKind::Private, "common"));
+        assert_eq!(app_from_vars(&private).unwrap_err(), AppError::Credential);
+        let mut with_secret = private.to_vec();
+        with_secret.push(Var::secret("private_client_secret", "s3cr3t"));
+        with_secret.push(plain("private_tenant_id", "contoso.com"));
+        let app = app_from_vars(&with_secret).unwrap().unwrap();
+        assert_eq!((app.credential.kind(), app.tenant.as_str()), ("secret", "contoso.com"));
+        let bad = [plain("auth_type", "daemonApp"), plain("private_client_id", "x")];
+        assert_eq!(app_ref_from_vars(&bad).unwrap_err(), AppError::ClientId);
+        let daemon_common = [
+            plain("auth_type", "daemonApp"),
+            plain("private_client_id", CLIENT),
+            Var::secret("private_client_secret", "s"),
+        ];
+        assert_eq!(app_from_vars(&daemon_common).unwrap_err(), AppError::DaemonTenant);
     }
 
     #[test]

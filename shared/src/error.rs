@@ -229,7 +229,7 @@ impl FlowError {
             FlowError::Token(TokenError::Credential(e)) | FlowError::AppCredential(e) => {
                 Page::error(
                     S::BAD_GATEWAY,
-                    "The connection's Microsoft app credential cannot be used",
+                    "The connection's own Microsoft app cannot be used",
                     &format!("Nothing was saved: {e}."),
                     Some(
                         "The owner of the connection's app must upload a new certificate or client secret to it in Microsoft Entra ID and set it on the connection again.",

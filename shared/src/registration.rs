@@ -195,16 +195,7 @@ impl TokenService {
         app: &App,
         now: time::OffsetDateTime,
     ) -> Result<u64, AppFailure> {
-        let plaintext = app.credential.to_plaintext()?;
-        let context = credential_context(cid.as_str());
-        let key = self.keys.generate(&context).await.map_err(TokenFailure::from)?;
-        let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
-        let record = AppRecord {
-            connection_id: cid.clone(),
-            summary: app.summary(),
-            credential_sealed: sealed,
-            updated_at: rfc3339(now),
-        };
+        let record = app_record(self.keys.as_ref(), cid, app, now).await?;
         Ok(self.store.save_app(&record).await.map_err(TokenFailure::from)?)
     }
 
@@ -240,6 +231,25 @@ impl TokenService {
         }
         Ok(existed)
     }
+}
+
+/// The item of `app` for `cid`, its credential sealed under the credential purpose.
+pub async fn app_record(
+    keys: &dyn crate::crypto::DataKeys,
+    cid: &ConnectionId,
+    app: &App,
+    now: time::OffsetDateTime,
+) -> Result<AppRecord, AppFailure> {
+    let plaintext = app.credential.to_plaintext()?;
+    let context = credential_context(cid.as_str());
+    let key = keys.generate(&context).await.map_err(TokenFailure::from)?;
+    let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
+    Ok(AppRecord {
+        connection_id: cid.clone(),
+        summary: app.summary(),
+        credential_sealed: sealed,
+        updated_at: rfc3339(now),
+    })
 }
 
 /// Proves a daemon app: mints its first token (client credentials for the Graph `.default`

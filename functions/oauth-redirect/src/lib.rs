@@ -13,8 +13,11 @@
 use std::sync::Arc;
 
 use lambda_http::{Body, Request, Response};
-use ms_oauth::apps::{AUTH_TYPE_PRIVATE, AppKind, Credential, OpenAppError, open_app};
-use ms_oauth::autokitteh::{self, AkError, AutoKitteh, Var};
+use ms_oauth::apps::{
+    AK_APP_VARS, AK_CREDENTIAL_VARS, AUTH_TYPE_PRIVATE, App, AppKind, Credential, OpenAppError,
+    app_from_vars, open_app,
+};
+use ms_oauth::autokitteh::{self, AkError, AkToken, AutoKitteh, Var};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
@@ -27,7 +30,7 @@ use ms_oauth::microsoft::{
     MicrosoftError, TokenError, Tokens,
 };
 use ms_oauth::pages::{self, Page};
-use ms_oauth::registration::{AppFailure, daemon_connection};
+use ms_oauth::registration::{AppFailure, app_record, daemon_connection};
 use ms_oauth::request::{Query, ak_session, clear_cookie, cookie};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::state::FlowSecrets;
@@ -206,16 +209,21 @@ async fn finish(
         if service.autokitteh.is_some() {
             same_user(&flow, who)?;
         }
-        let auth = match &flow.app_client_id {
-            None => {
-                AppUse::Default(ClientAuth::default_app(service.microsoft.endpoints(), secret?))
+        let (auth, from_vars) = match &flow.app_client_id {
+            None => (
+                AppUse::Default(ClientAuth::default_app(service.microsoft.endpoints(), secret?)),
+                None,
+            ),
+            Some(client_id) => {
+                let (auth, from_vars) =
+                    own_app(service, &flow, client_id, session.as_ref()).await?;
+                (AppUse::Own(auth), from_vars)
             }
-            Some(client_id) => AppUse::Own(own_app(service, &flow, client_id).await?),
         };
-        exchange(service, code, &flow, auth).await
+        Ok((exchange(service, code, &flow, auth).await?, from_vars))
     };
     let (tokens, ()) = tokio::join!(redeem, discard);
-    let tokens = match tokens {
+    let (tokens, from_vars) = match tokens {
         Ok(tokens) => tokens,
         Err(e) => return Err(offer_admin_consent(service, &flow, e).await),
     };
@@ -282,21 +290,41 @@ async fn finish(
         (Some(_), None) => return Err(FlowError::AkSignedOut),
         (None, _) => None,
     };
-    // Both writes are whole upserts of the same sign-in, so they run at once: a failure of
-    // either shows a page, and the next sign-in overwrites both.
-    let (saved, written) = tokio::join!(service.store.save_connection(&connection), async {
-        match &pushed {
-            Some((ak, token, vars)) => {
-                let access = SecretString::from(tokens.access_token.secret().to_owned());
-                ak.write_vars(token, &flow.connection_id, vars, &access)
-                    .await
-                    .map_err(FlowError::from)
-            }
-            None => Ok(()),
+    // An app AutoKitteh's vars named is kept sealed, so refreshes can use it.
+    let kept_app = match &from_vars {
+        Some(app) => Some(
+            app_record(service.keys.as_ref(), &flow.connection_id, app, now)
+                .await
+                .map_err(app_failure)?,
+        ),
+        None => None,
+    };
+    // The writes are whole upserts of the same sign-in, so they run at once: a failure of
+    // any shows a page, and the next sign-in overwrites them all.
+    let save_app = async {
+        match &kept_app {
+            Some(record) => service.store.save_app(record).await.map(Some),
+            None => Ok(None),
         }
-    });
+    };
+    let (saved, written, app_saved) = tokio::join!(
+        service.store.save_connection(&connection),
+        async {
+            match &pushed {
+                Some((ak, token, vars)) => {
+                    let access = SecretString::from(tokens.access_token.secret().to_owned());
+                    ak.write_vars(token, &flow.connection_id, vars, &access)
+                        .await
+                        .map_err(FlowError::from)
+                }
+                None => Ok(()),
+            }
+        },
+        save_app
+    );
     let version = saved?;
     written?;
+    app_saved?;
     service
         .events
         .publish(&ConnectionEvent {
@@ -479,6 +507,14 @@ async fn consent_finished(
         .into_response(&[]))
 }
 
+fn app_failure(e: AppFailure) -> FlowError {
+    match e {
+        AppFailure::Invalid(e) => FlowError::AppCredential(e),
+        AppFailure::Refused(e) => FlowError::Microsoft(e),
+        AppFailure::Unavailable(e) => token_failure(e),
+    }
+}
+
 fn open_failure(e: OpenAppError) -> FlowError {
     match e {
         OpenAppError::Store(e) => FlowError::Store(e),
@@ -577,17 +613,35 @@ enum AppUse {
 }
 
 /// Opens the connection's own app the flow was started with; refuses one replaced since.
+/// Inside AutoKitteh its vars name it, read as the signed-in user (the app is then also
+/// returned, to be kept sealed for refreshes); otherwise the app set through the API.
 async fn own_app(
     service: &RedirectService,
     flow: &PendingFlow,
     client_id: &str,
-) -> Result<ClientAuth, FlowError> {
+    session: Option<&AkToken>,
+) -> Result<(ClientAuth, Option<App>), FlowError> {
+    if let (Some(ak), Some(session)) = (&service.autokitteh, session) {
+        let names: Vec<&str> = AK_APP_VARS.iter().chain(&AK_CREDENTIAL_VARS).copied().collect();
+        let vars = ak.get_vars(session, &flow.connection_id, &names).await?;
+        if let Some(app) = app_from_vars(&vars)? {
+            if app.kind != AppKind::Private || app.client_id != client_id {
+                return Err(FlowError::AppChanged);
+            }
+            let auth = ClientAuth {
+                client_id: app.client_id.clone(),
+                tenant: app.tenant.clone(),
+                credential: app.credential.clone(),
+            };
+            return Ok((auth, Some(app)));
+        }
+    }
     let opened = open_app(service.store.as_ref(), service.keys.as_ref(), &flow.connection_id)
         .await
         .map_err(open_failure)?;
     match opened {
         Some(app) if app.kind == AppKind::Private && app.auth.client_id == client_id => {
-            Ok(app.auth)
+            Ok((app.auth, None))
         }
         _ => Err(FlowError::AppChanged),
     }

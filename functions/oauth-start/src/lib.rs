@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
-use ms_oauth::apps::AppKind;
+use ms_oauth::apps::{AK_APP_VARS, AppKind, AppRef, app_ref_from_vars};
 use ms_oauth::autokitteh::{AutoKitteh, Integration};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
@@ -221,7 +221,7 @@ async fn admin_consent(service: &StartService, req: &Request) -> Result<Response
         }
     };
     let now = service.clock.now().unix_timestamp();
-    let who = match &service.autokitteh {
+    let (who, from_vars) = match &service.autokitteh {
         Some(autokitteh) => autokitteh_user(autokitteh, req, &cid).await?,
         None => {
             let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
@@ -229,18 +229,15 @@ async fn admin_consent(service: &StartService, req: &Request) -> Result<Response
             if !service.store.spend_grant(&claims.jti, claims.exp + CLOCK_SKEW_SECS).await? {
                 return Err(GrantError::Used.into());
             }
-            claims.sub
+            (claims.sub, None)
         }
     };
-    let app = service.store.get_app(&cid).await?.map(|stored| stored.app.summary);
-    let (client_id, app_tenant, own) = match &app {
-        Some(app) => (
-            app.private_client_id.clone(),
-            app.private_tenant_id
-                .parse::<Tenant>()
-                .map_err(|_| FlowError::Internal("stored tenant unreadable"))?,
-            true,
-        ),
+    let app = match from_vars {
+        Some(app) => Some(app),
+        None => table_app(service, &cid).await?,
+    };
+    let (client_id, app_tenant, own) = match app {
+        Some(app) => (app.client_id, app.tenant, true),
         None => {
             (service.endpoints.client_id().to_owned(), service.endpoints.tenant().clone(), false)
         }
@@ -283,8 +280,8 @@ async fn start_in_autokitteh(
 ) -> Result<Response<Body>, FlowError> {
     let query = Query::from_request(req)?;
     let (cid, origin) = link_target(&query)?;
-    let user = autokitteh_user(autokitteh, req, &cid).await?;
-    begin(service, cid, origin, Starter::AutoKitteh(user), None).await
+    let (user, app) = autokitteh_user(autokitteh, req, &cid).await?;
+    begin(service, cid, origin, Starter::AutoKitteh(user), None, app).await
 }
 
 /// Standalone, the link's first step: checks the grant, spends it, and shows who and what
@@ -349,7 +346,7 @@ async fn confirmed(service: &StartService, req: &Request) -> Result<Response<Bod
     // The confirmation is used up with its cookie; the flow's own cookie takes over.
     let used = confirm_cookie(&confirm_cookie_name(&confirmation.nh), "", 0);
     let starter = Starter::Platform { user: confirmation.sub, connection_name: confirmation.name };
-    begin(service, cid, origin, starter, Some(used)).await
+    begin(service, cid, origin, starter, Some(used), None).await
 }
 
 /// Who a flow is started for.
@@ -373,21 +370,19 @@ async fn begin(
     origin: Origin,
     starter: Starter,
     clear: Option<String>,
+    from_vars: Option<AppRef>,
 ) -> Result<Response<Body>, FlowError> {
-    // The connection's own app, when it has one: the sign-in goes through that app.
-    let app = service.store.get_app(&cid).await?.map(|stored| stored.app.summary);
-    let own_app = match &app {
+    // The connection's own app, when it has one: the sign-in goes through that app. Inside
+    // AutoKitteh its vars name it; otherwise (or when they name none) the app set through
+    // the connection API.
+    let app = match from_vars {
+        Some(app) => Some(app),
+        None => table_app(service, &cid).await?,
+    };
+    let own_app = match app {
         None => None,
-        Some(app) => match AppKind::from_auth_type(&app.auth_type) {
-            Some(AppKind::Private) => {
-                let tenant: Tenant = app
-                    .private_tenant_id
-                    .parse()
-                    .map_err(|_| FlowError::Internal("stored tenant unreadable"))?;
-                Some((app.private_client_id.clone(), tenant))
-            }
-            _ => return Err(FlowError::DaemonApp),
-        },
+        Some(AppRef { kind: AppKind::Private, client_id, tenant }) => Some((client_id, tenant)),
+        Some(AppRef { kind: AppKind::Daemon, .. }) => return Err(FlowError::DaemonApp),
     };
     let now = service.clock.now().unix_timestamp();
     let secrets = FlowSecrets::generate().map_err(|_| FlowError::Internal("no randomness"))?;
@@ -432,17 +427,37 @@ async fn begin(
     Ok(pages::redirect(location.as_str(), &cookies))
 }
 
+/// The connection's own app as set through the connection API.
+async fn table_app(
+    service: &StartService,
+    cid: &ConnectionId,
+) -> Result<Option<AppRef>, FlowError> {
+    let Some(stored) = service.store.get_app(cid).await? else { return Ok(None) };
+    let app = stored.app.summary;
+    let kind = AppKind::from_auth_type(&app.auth_type)
+        .ok_or(FlowError::Internal("stored auth type unreadable"))?;
+    let tenant = app
+        .private_tenant_id
+        .parse()
+        .map_err(|_| FlowError::Internal("stored tenant unreadable"))?;
+    Ok(Some(AppRef { kind, client_id: app.private_client_id, tenant }))
+}
+
 /// The AutoKitteh user starting the flow, after checking that the connection is theirs and
-/// of the integration the path names. Both calls run at once, as the signed-in user.
+/// of the integration the path names, and the connection's own app if its vars name one
+/// (never its credential). The three calls run at once, as the signed-in user.
 async fn autokitteh_user(
     autokitteh: &AutoKitteh,
     req: &Request,
     cid: &ConnectionId,
-) -> Result<String, FlowError> {
+) -> Result<(String, Option<AppRef>), FlowError> {
     let session = ak_session(req).ok_or(FlowError::AkSignedOut)?;
     let integration = Integration::from_start_path(req.uri().path());
-    let (connection, user) =
-        tokio::join!(autokitteh.connection(&session, cid), autokitteh.who_am_i(&session));
+    let (connection, user, vars) = tokio::join!(
+        autokitteh.connection(&session, cid),
+        autokitteh.who_am_i(&session),
+        autokitteh.get_vars(&session, cid, &AK_APP_VARS),
+    );
     let user = user?;
     let connection = connection?.ok_or(FlowError::AkConnectionNotFound)?;
     // An admin consent serves either Microsoft integration.
@@ -460,7 +475,8 @@ async fn autokitteh_user(
         integration = integration.name(),
         "AutoKitteh user may connect"
     );
-    Ok(user.user_id)
+    let app = app_ref_from_vars(&vars?)?;
+    Ok((user.user_id, app))
 }
 
 #[cfg(test)]

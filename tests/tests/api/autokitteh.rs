@@ -324,14 +324,15 @@ async fn a_vars_write_that_fails_after_writing_is_repeated_or_confirmed_by_readi
     let finish = browser.get(&d.popup_to_callback(&browser, &d.cid, false).await).await;
     assert_redirects_to(&finish, &d.url(&format!("/connections/{}/success", d.cid)));
     assert_eq!(d.ak().calls(VARS_SET), 2);
-    assert_eq!(d.ak().calls(VARS_GET), 0);
+    // Only the start read vars (the connection's own app, if any): no read-back.
+    assert_eq!(d.ak().calls(VARS_GET), 1);
 
     // Fails twice after writing: the vars are read back and hold this sign-in's token.
     d.ak().set_fault(VARS_SET, Some(AkFault::FailAfterWrite { times: 2 }));
     let finish = browser.get(&d.popup_to_callback(&browser, &d.cid, false).await).await;
     assert_redirects_to(&finish, &d.url(&format!("/connections/{}/success", d.cid)));
     assert_eq!(d.ak().calls(VARS_SET), 4);
-    assert_eq!(d.ak().calls(VARS_GET), 1);
+    assert_eq!(d.ak().calls(VARS_GET), 3, "the second start's read and one read-back");
     let cid = d.cid.parse().unwrap();
     let stored = d.app.connection(&cid).await.unwrap();
     let secrets = d.app.secret_vars(&stored).await;
@@ -603,4 +604,56 @@ async fn connections_made_outside_autokitteh_are_not_written_back() {
     assert!(d.app.refresher.tokens.token(&cid, true).await.expect("token").refreshed);
     assert!(d.app.refresher.tokens.disconnect(&cid).await.unwrap());
     assert_eq!(d.ak().calls(VARS_SET) + d.ak().calls(VARS_DELETE), before);
+}
+
+#[tokio::test]
+async fn a_private_app_named_by_autokitteh_vars_signs_in_through_it_and_is_kept_for_refreshes() {
+    use crate::apps::{PRIVATE_CLIENT, call};
+    use ms_oauth_tests::standin::{AppRegistration, OTHER_TENANT};
+    let d = deployment().await;
+    let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    d.app.standin.register_app(AppRegistration {
+        client_id: PRIVATE_CLIENT.into(),
+        home_tenant: OTHER_TENANT.into(),
+        secrets: vec![secret.clone()],
+        redirect_uris: vec![format!("{}{}", d.app.address, config::REDIRECT_PATH)],
+        ..AppRegistration::default()
+    });
+    // What AutoKitteh's connection form saves for a private app.
+    let ak = d.ak();
+    ak.set_var(&d.cid, "auth_type", "oauthPrivate", false);
+    ak.set_var(&d.cid, "private_client_id", PRIVATE_CLIENT, false);
+    ak.set_var(&d.cid, "private_tenant_id", OTHER_TENANT, false);
+    ak.set_var(&d.cid, "private_client_secret", &secret, true);
+
+    let browser = d.signed_in(&d.user).await;
+    let start = browser.get(&d.start_url(&d.cid, "web")).await;
+    let authorize = format!("{}/{OTHER_TENANT}/oauth2/v2.0/authorize?", d.app.standin.url());
+    assert_redirects_to(&start, &authorize);
+    assert!(start.location.as_deref().unwrap().contains(&format!("client_id={PRIVATE_CLIENT}")));
+    let callback = d.app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+    let finish = browser.get(&callback).await;
+    assert_redirects_to(&finish, &d.url(&format!("/connections/{}/success", d.cid)));
+    let cid: ms_oauth::domain::ConnectionId = d.cid.parse().unwrap();
+    let stored = d.app.connection(&cid).await.unwrap().connection;
+    assert_eq!(stored.auth_type, "oauthPrivate");
+    assert_eq!(stored.app_client_id.as_deref(), Some(PRIVATE_CLIENT));
+    assert_eq!(ak.vars(&d.cid)["auth_type"].value, "oauthPrivate");
+    assert_eq!(ak.status(&d.cid).0, "CODE_OK");
+
+    // The app the vars named is kept sealed: the token API refreshes through it.
+    let (status, app) =
+        call(&d.app, reqwest::Method::GET, &format!("/connections/{cid}/app"), None).await;
+    assert_eq!(status, 200, "{app}");
+    assert_eq!(app["app"]["private_client_id"], PRIVATE_CLIENT);
+    let path = format!("/connections/{cid}/token?force_refresh=true");
+    let (status, token) = call(&d.app, reqwest::Method::GET, &path, None).await;
+    assert_eq!((status, &token["refreshed"]), (200, &serde_json::json!(true)), "{token}");
+    let items = format!("{:?}", d.app.items().await);
+    assert!(!items.contains(&secret) && !captured_logs().contains(&secret));
+
+    // A connection whose vars name a daemon app has no sign-in.
+    ak.set_var(&d.cid, "auth_type", "daemonApp", false);
+    let page = browser.get(&d.start_url(&d.cid, "web")).await;
+    assert_page(&page, 400, "This connection signs in as an app");
 }

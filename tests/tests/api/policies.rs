@@ -22,7 +22,12 @@ use crate::helpers::*;
 
 /// Gives `cid` a private app (registered at the stand-in) and signs it in through that app
 /// in `browser` (a start link, or AutoKitteh's start when `ak_start` is set).
-async fn connect_private(app: &TestApp, cid: &ConnectionId, browser: &Browser, ak_start: bool) {
+async fn connect_private(
+    app: &TestApp,
+    cid: &ConnectionId,
+    browser: &Browser,
+    ak_start: bool,
+) -> String {
     let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
     app.standin.register_app(ms_oauth_tests::standin::AppRegistration {
         client_id: PRIVATE_CLIENT.into(),
@@ -44,6 +49,7 @@ async fn connect_private(app: &TestApp, cid: &ConnectionId, browser: &Browser, a
     let finish = browser.get(&callback).await;
     assert!(matches!(finish.status, 200 | 302), "finish: {}", finish.body);
     assert_eq!(app.connection(cid).await.unwrap().connection.auth_type, "oauthPrivate");
+    secret
 }
 
 async fn api(app: &TestApp, method: reqwest::Method, path: &str) -> u16 {
@@ -223,7 +229,7 @@ async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
     // A connection's own app: set through the API, signed in and refreshed through it.
     let private = new_cid();
-    connect_private(&app, &private, &Browser::new(), false).await;
+    let _ = connect_private(&app, &private, &Browser::new(), false).await;
     let forced = path(&private, "/token?force_refresh=true");
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
     make_due(&app, &private).await;
@@ -286,7 +292,20 @@ async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_g
     // A connection with its own app.
     let private: ConnectionId =
         ak.add_connection(&org, Integration::Microsoft, "own app").parse().unwrap();
-    connect_private(&app, &private, &browser, true).await;
+    let secret = connect_private(&app, &private, &browser, true).await;
+    // A private app named by AutoKitteh's vars: the redirect keeps it sealed.
+    let named: ConnectionId =
+        ak.add_connection(&org, Integration::Microsoft, "vars app").parse().unwrap();
+    let named_str = named.to_string();
+    ak.set_var(&named_str, "auth_type", "oauthPrivate", false);
+    ak.set_var(&named_str, "private_client_id", crate::apps::PRIVATE_CLIENT, false);
+    ak.set_var(&named_str, "private_tenant_id", ms_oauth_tests::standin::OTHER_TENANT, false);
+    ak.set_var(&named_str, "private_client_secret", &secret, true);
+    let start =
+        browser.get(&format!("{}{}?cid={named}&origin=web", app.address, config::START_PATH)).await;
+    let callback = app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+    assert_eq!(browser.get(&callback).await.status, 302);
+    assert!(app.connection(&named).await.is_some());
     let forced = format!("/connections/{private}/token?force_refresh=true");
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
     // Refreshes written back to AutoKitteh by the API and by the refresher; a dead grant.
@@ -314,6 +333,12 @@ async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_g
     assert_eq!(browser.get(&callback).await.status, 403);
 
     let mut probes = probes(&app);
+    // Inside AutoKitteh the redirect does seal the app its vars name.
+    probes.retain(|(id, call)| {
+        !(*id == "RedirectFunction"
+            && call.action == "kms:GenerateDataKey"
+            && call.context.contains_key("purpose"))
+    });
     let start_key =
         format!("arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:start-link-key-AbCdEf");
     probes.push(("StartFunction", AwsCall::new("secretsmanager:GetSecretValue", &start_key, &[])));

@@ -15,7 +15,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-TARGETS = ["event", "query", "form", "cookies", "grant", "id_token", "microsoft", "autokitteh"]
+TARGETS = ["event", "query", "form", "cookies", "grant", "id_token", "microsoft", "autokitteh", "app"]
 
 
 def main(argv):

@@ -95,6 +95,39 @@ pub fn form(data: &[u8]) {
     through_lambda_http(v2_event("", None, Some(text(data))));
 }
 
+/// A connection's own app from outside: the API's request body, PEM and DER certificates,
+/// AutoKitteh's app vars (split at `\n` into `name=value`), a sealed credential's
+/// plaintext. Whatever is accepted is a valid app whose summary never shows a secret.
+pub fn app(data: &[u8]) {
+    let as_text = text(data);
+    let now = time::OffsetDateTime::from_unix_timestamp(NOW).unwrap();
+    if let Ok(request) = serde_json::from_slice::<crate::registration::AppRequest>(data) {
+        let secret = request.client_secret.clone();
+        if let Ok(app) = request.into_app(now) {
+            let summary = serde_json::to_string(&app.summary()).unwrap();
+            if let Some(secret) = secret.filter(|s| s.len() > 8) {
+                assert!(!summary.contains(&secret), "a secret in the summary");
+            }
+            assert!(app.tenant.as_str().parse::<Tenant>().is_ok());
+        }
+    }
+    if let Ok(cert) = crate::apps::Certificate::from_pem(&as_text) {
+        let _ = cert.check_valid_at(now);
+        let assertion =
+            cert.assertion("0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3", "https://login/t", now);
+        assert!(assertion.is_ok(), "a certificate accepted with a key that cannot sign");
+    }
+    let _ = crate::apps::certificate_not_after(data);
+    let vars: Vec<crate::autokitteh::Var> = as_text
+        .split('\n')
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| crate::autokitteh::Var::plain(name, value))
+        .collect();
+    let _ = crate::apps::app_ref_from_vars(&vars);
+    let _ = crate::apps::app_from_vars(&vars);
+    let _ = crate::apps::Credential::from_plaintext(data);
+}
+
 /// Cookie headers (`;`-separated, split into the v2 event's cookie list at `\n`).
 pub fn cookies(data: &[u8]) {
     let list = text(data).split('\n').map(str::to_owned).collect();
@@ -281,6 +314,10 @@ mod tests {
         query(b"cid=con_0123456789abcdefghjkmnpqrs&origin=web&grant=a.b.c");
         query(b"a={b}&%zz");
         form(b"ticket=a.b.c&x=%ff");
+        app(br#"{"auth_type":"oauthPrivate","client_id":"0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3","client_secret":"s3cr3t-value"}"#);
+        app(b"auth_type=daemonApp\nprivate_client_id=0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3\nprivate_client_secret=x");
+        app(crate::testing::certs::valid_certificate("fuzz.example").bundle().as_bytes());
+        app(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----");
         cookies(b"ak_logged_in=true; ak_user_session=abc\nms_oauth_state_x=1");
         grant(b"{\"aud\":\"autokitteh-oauth-start:microsoft\",\"cid\":\"con_0123456789abcdefghjkmnpqrs\"}");
         grant(b"not.a.grant");

@@ -185,6 +185,9 @@ struct Inner {
     code_ttl: Option<Duration>,
     /// Make access tokens at least this long (large tokens: many groups or scopes).
     access_token_len: usize,
+    /// Put this tenant in every id_token instead of the account's (a misbehaving or
+    /// misconfigured tenant, for the client's `tid` check).
+    id_token_tenant: Option<String>,
     /// Apps whose delegated permissions need an administrator's consent per tenant.
     admin_consent_required: std::collections::HashSet<String>,
     /// Administrators' consents: (client id, tenant).
@@ -287,6 +290,11 @@ impl Standin {
         self.shared.with_app(client_id, |app| {
             app.secrets = secrets.iter().map(|s| (*s).to_owned()).collect();
         });
+    }
+
+    /// Issues id_tokens naming `tenant` instead of the account's tenant.
+    pub fn set_id_token_tenant(&self, tenant: Option<&str>) {
+        self.shared.inner().id_token_tenant = tenant.map(str::to_owned);
     }
 
     /// Makes users' sign-ins to `client_id` need an administrator's consent in their tenant
@@ -1273,13 +1281,14 @@ fn issue_tokens(shared: &Shared, client_id: &str, tenant: &str, grant: Grant) ->
             },
         );
     }
+    let tid = inner.id_token_tenant.clone().unwrap_or_else(|| account.tid.clone());
     drop(inner);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let claims = json!({
         "aud": client_id,
         "iss": format!("https://login.microsoftonline.com/{}/v2.0", account.tid),
         "iat": now, "nbf": now, "exp": now + 3600,
-        "tid": account.tid, "oid": account.oid,
+        "tid": tid, "oid": account.oid,
         "preferred_username": account.upn, "name": account.display_name,
         "ver": "2.0",
     });

@@ -119,6 +119,26 @@ async fn a_private_app_signs_in_and_refreshes_through_its_own_client_and_tenant(
 }
 
 #[tokio::test]
+async fn a_single_tenant_app_refuses_tokens_of_another_tenant() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(private_app(&app, &secret));
+    let body = json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
+    assert_eq!(set_app(&app, &cid, body).await.0, 200);
+    app.standin.set_id_token_tenant(Some(WORK_TENANT));
+    let flow = sign_in(&app, &cid).await;
+    assert_page(&flow.finish, 403, "belongs to another organization");
+    assert!(app.connection(&cid).await.is_none(), "nothing saved");
+    // The same account through the server-wide app (multi-tenant `common`) is fine.
+    assert_eq!(
+        call(&app, reqwest::Method::DELETE, &format!("/connections/{cid}/app"), None).await.0,
+        200
+    );
+    assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
+}
+
+#[tokio::test]
 async fn a_rotated_private_secret_is_set_again_without_a_new_sign_in() {
     let app = spawn_app().await;
     let cid = new_cid();

@@ -505,6 +505,19 @@ impl Endpoints {
     }
 }
 
+/// Adds a signed client assertion's parameters to a token request of any grant (each grant's
+/// request is its own type in the oauth2 crate).
+macro_rules! with_assertion {
+    ($request:expr, $authn:expr) => {
+        match $authn {
+            Authn::Assertion(a) => $request
+                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
+                .add_extra_param("client_assertion", a.expose_secret().to_owned()),
+            Authn::Secret(_) => $request,
+        }
+    };
+}
+
 /// The client authentication of one token request: the secret for the oauth2 client, or a
 /// freshly signed assertion sent as extra parameters.
 enum Authn {
@@ -564,11 +577,7 @@ impl Microsoft {
         let authn = self.authn(auth)?;
         let client = self.client(auth, &authn);
         let mut request = client.exchange_code(code).set_pkce_verifier(verifier);
-        if let Authn::Assertion(a) = &authn {
-            request = request
-                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
-                .add_extra_param("client_assertion", a.expose_secret().to_owned());
-        }
+        request = with_assertion!(request, &authn);
         let response =
             request.request_async(&OAuthHttp(self.http.as_ref())).await.map_err(token_error)?;
         let id_token = response
@@ -607,11 +616,7 @@ impl Microsoft {
             // Microsoft's v2 endpoint documents `scope` as required on a refresh: the same
             // scopes the sign-in asked for.
             .add_scopes(self.endpoints.scopes.iter().cloned());
-        if let Authn::Assertion(a) = &authn {
-            request = request
-                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
-                .add_extra_param("client_assertion", a.expose_secret().to_owned());
-        }
+        request = with_assertion!(request, &authn);
         let response =
             request.request_async(&OAuthHttp(self.http.as_ref())).await.map_err(token_error)?;
         Ok(Refreshed {
@@ -629,11 +634,7 @@ impl Microsoft {
         let mut request = client
             .exchange_client_credentials()
             .add_scope(Scope::new(self.endpoints.graph_default_scope()));
-        if let Authn::Assertion(a) = &authn {
-            request = request
-                .add_extra_param("client_assertion_type", ASSERTION_TYPE)
-                .add_extra_param("client_assertion", a.expose_secret().to_owned());
-        }
+        request = with_assertion!(request, &authn);
         let response =
             request.request_async(&OAuthHttp(self.http.as_ref())).await.map_err(token_error)?;
         Ok(AppToken {

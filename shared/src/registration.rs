@@ -170,16 +170,9 @@ impl TokenService {
         let organization = match daemon {
             Some(connection) => {
                 let name = connection.vars.org_display_name.clone();
-                self.store.save_connection(&connection).await.map_err(TokenFailure::from)?;
-                self.events
-                    .publish(&ConnectionEvent {
-                        kind: EventKind::Authorized,
-                        connection_id: cid.clone(),
-                        tenant_id: Some(connection.tenant_id.clone()),
-                        reason: None,
-                        at: rfc3339(now),
-                    })
-                    .await;
+                save_daemon_connection(self.store.as_ref(), self.events.as_ref(), &connection)
+                    .await
+                    .map_err(TokenFailure::from)?;
                 name
             }
             None => None,
@@ -231,6 +224,25 @@ impl TokenService {
         }
         Ok(existed)
     }
+}
+
+/// Saves a proven daemon app's connection and announces it.
+pub async fn save_daemon_connection(
+    store: &dyn crate::store::Store,
+    events: &dyn crate::events::Events,
+    connection: &Connection,
+) -> Result<u64, crate::store::StoreError> {
+    let version = store.save_connection(connection).await?;
+    events
+        .publish(&ConnectionEvent {
+            kind: EventKind::Authorized,
+            connection_id: connection.connection_id.clone(),
+            tenant_id: Some(connection.tenant_id.clone()),
+            reason: None,
+            at: connection.updated_at.clone(),
+        })
+        .await;
+    Ok(version)
 }
 
 /// The item of `app` for `cid`, its credential sealed under the credential purpose.

@@ -30,7 +30,7 @@ use ms_oauth::microsoft::{
     MicrosoftError, TokenError, Tokens,
 };
 use ms_oauth::pages::{self, Page};
-use ms_oauth::registration::{AppFailure, app_record, daemon_connection};
+use ms_oauth::registration::{AppFailure, app_record, daemon_connection, save_daemon_connection};
 use ms_oauth::request::{Query, ak_session, clear_cookie, cookie};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::state::FlowSecrets;
@@ -476,17 +476,8 @@ async fn consent_finished(
                 Err(AppFailure::Invalid(e)) => return Err(FlowError::AppCredential(e)),
                 Err(AppFailure::Unavailable(e)) => return Err(token_failure(e)),
             };
-            service.store.save_connection(&connection).await?;
-            service
-                .events
-                .publish(&ConnectionEvent {
-                    kind: EventKind::Authorized,
-                    connection_id: cid.clone(),
-                    tenant_id: Some(connection.tenant_id.clone()),
-                    reason: None,
-                    at: rfc3339(now),
-                })
-                .await;
+            save_daemon_connection(service.store.as_ref(), service.events.as_ref(), &connection)
+                .await?;
             ready = true;
         }
     }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use x509_cert::der::{Decode, DecodePem, Encode};
+use x509_cert::der::{Decode, Encode};
 
 use crate::crypto::{EncryptionContext, TOKEN_STORE};
 use crate::domain::Tenant;
@@ -190,6 +190,16 @@ impl fmt::Debug for Certificate {
     }
 }
 
+/// The RSA key sizes accepted for certificate credentials.
+const MIN_KEY_BITS: usize = 2048;
+const MAX_KEY_BITS: usize = 8192;
+
+/// The DER of one PEM block, if it is well formed and carries `label`.
+fn pem_der(block: &str, label: &str) -> Option<Vec<u8>> {
+    let (found, der) = x509_cert::der::pem::decode_vec(block.as_bytes()).ok()?;
+    (found == label).then_some(der)
+}
+
 /// The PEM blocks of `text` with the given label.
 fn pem_blocks<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
     let begin = format!("-----BEGIN {label}-----");
@@ -222,16 +232,20 @@ impl Certificate {
             .into_iter()
             .next()
             .ok_or(AppError::Certificate("must hold a PEM CERTIFICATE block"))?;
-        let cert = x509_cert::Certificate::from_pem(cert_pem.as_bytes())
-            .map_err(|_| AppError::Certificate("is not a readable X.509 certificate"))?;
+        // PEM to DER first, then DER: der's PEM reader loops forever on a truncated body.
+        let cert = pem_der(cert_pem, "CERTIFICATE")
+            .and_then(|der| x509_cert::Certificate::from_der(&der).ok())
+            .ok_or(AppError::Certificate("is not a readable X.509 certificate"))?;
         let der = cert.to_der().map_err(|_| AppError::Certificate("cannot be encoded"))?;
         let key = if let Some(block) = pem_blocks(text, "PRIVATE KEY").into_iter().next() {
-            RsaPrivateKey::from_pkcs8_pem(block)
-                .map_err(|_| AppError::Certificate("has a private key that is not RSA"))?
+            pem_der(block, "PRIVATE KEY")
+                .and_then(|der| RsaPrivateKey::from_pkcs8_der(&der).ok())
+                .ok_or(AppError::Certificate("has a private key that is not RSA"))?
         } else if let Some(block) = pem_blocks(text, "RSA PRIVATE KEY").into_iter().next() {
             use rsa::pkcs1::DecodeRsaPrivateKey;
-            RsaPrivateKey::from_pkcs1_pem(block)
-                .map_err(|_| AppError::Certificate("has an unreadable RSA private key"))?
+            pem_der(block, "RSA PRIVATE KEY")
+                .and_then(|der| RsaPrivateKey::from_pkcs1_der(&der).ok())
+                .ok_or(AppError::Certificate("has an unreadable RSA private key"))?
         } else {
             return Err(AppError::Certificate(
                 "must come with its private key (a PEM PRIVATE KEY block)",
@@ -246,6 +260,12 @@ impl Certificate {
             .map_err(|_| AppError::Certificate("does not hold an RSA public key"))?;
         if public != key.to_public_key() {
             return Err(AppError::Certificate("and the private key do not belong together"));
+        }
+        // Entra takes 2048-bit keys and up; a huge one would make every signature slow.
+        use rsa::traits::PublicKeyParts;
+        let bits = key.size() * 8;
+        if !(MIN_KEY_BITS..=MAX_KEY_BITS).contains(&bits) {
+            return Err(AppError::Certificate("must have an RSA key of 2048 to 8192 bits"));
         }
         let pkcs1 = key.to_pkcs1_der().map_err(|_| AppError::Certificate("key cannot be used"))?;
         let validity = &cert.tbs_certificate.validity;
@@ -588,6 +608,12 @@ mod tests {
         assert!(
             matches!(Certificate::from_pem(encrypted), Err(AppError::Certificate(m)) if m.contains("encrypted"))
         );
+        // A truncated body (a DER length longer than what follows) is refused at once.
+        let truncated = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----";
+        assert_eq!(
+            Certificate::from_pem(truncated).unwrap_err(),
+            AppError::Certificate("is not a readable X.509 certificate")
+        );
         let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
         assert_eq!(
             Certificate::from_pem(garbage).unwrap_err(),
@@ -654,6 +680,7 @@ mod certificate_tests {
         assert_ne!(assertion.expose_secret(), second.expose_secret(), "jti is unique");
 
         // Verified with the certificate's public key alone, as the token endpoint does.
+        use x509_cert::der::DecodePem;
         let x509 = x509_cert::Certificate::from_pem(made.certificate_pem.as_bytes()).unwrap();
         let spki = x509.tbs_certificate.subject_public_key_info.to_der().unwrap();
         let public = RsaPublicKey::from_public_key_der(&spki).unwrap();

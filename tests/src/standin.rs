@@ -857,8 +857,10 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 fn certificate_key(pem: &str) -> Option<(String, Vec<u8>)> {
     use rsa::pkcs1::EncodeRsaPublicKey;
     use rsa::pkcs8::DecodePublicKey;
-    use x509_cert::der::{DecodePem, Encode};
-    let cert = x509_cert::Certificate::from_pem(pem.as_bytes()).ok()?;
+    use x509_cert::der::{Decode, Encode};
+    // PEM to DER, then DER: der's PEM reader does not end on a truncated body.
+    let (_, der) = x509_cert::der::pem::decode_vec(pem.trim().as_bytes()).ok()?;
+    let cert = x509_cert::Certificate::from_der(&der).ok()?;
     let der = cert.to_der().ok()?;
     let spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
     let public = rsa::RsaPublicKey::from_public_key_der(&spki).ok()?;

@@ -537,6 +537,8 @@ async fn app_requests_are_checked_and_never_echoed() {
         json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT}),
         json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "client_secret": "s3cr3t-x", "certificate": "x"}),
         json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "certificate": "s3cr3t-x"}),
+        // A DER length longer than the body (found by the app fuzz target: it must not hang).
+        json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"}),
         json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "client_secret": "s3cr3t-x", "extra": 1}),
         json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "client_secret": 7}),
         json!(["s3cr3t-x"]),

@@ -193,7 +193,14 @@ async fn finish(
     };
     if let Some(asked) = &flow.admin_consent {
         let (answer, ()) = tokio::join!(
-            consent_finished(service, &flow, asked, &query, error, error_description),
+            consent_finished(
+                service,
+                &flow,
+                asked,
+                &query,
+                (error, error_description),
+                session.as_ref()
+            ),
             discard
         );
         return answer;
@@ -426,8 +433,8 @@ async fn consent_finished(
     flow: &PendingFlow,
     asked: &str,
     query: &Query<'_>,
-    error: Option<&str>,
-    description: Option<&str>,
+    (error, description): (Option<&str>, Option<&str>),
+    session: Option<&AkToken>,
 ) -> Result<Response<Body>, FlowError> {
     let cid = &flow.connection_id;
     if let Some(error) = error {
@@ -450,36 +457,31 @@ async fn consent_finished(
         .map_err(|_| FlowError::BadQuery("the tenant Microsoft reports is not a tenant id"))?;
     let now = service.clock.now();
     let mut ready = false;
-    if let Some(client_id) = &flow.app_client_id {
-        let opened = open_app(service.store.as_ref(), service.keys.as_ref(), cid)
-            .await
-            .map_err(open_failure)?;
-        let app = match opened {
-            Some(app) if app.auth.client_id == *client_id => app,
-            _ => return Err(FlowError::AppChanged),
-        };
-        if app.kind == AppKind::Daemon {
-            let connection = match daemon_connection(
-                &service.microsoft,
-                service.keys.as_ref(),
-                cid,
-                &app.auth,
-                now,
-            )
-            .await
+    let daemon = match &flow.app_client_id {
+        Some(client_id) => consented_daemon(service, flow, client_id, session).await?,
+        None => None,
+    };
+    if let Some((auth, from_vars)) = daemon {
+        let connection =
+            match daemon_connection(&service.microsoft, service.keys.as_ref(), cid, &auth, now)
+                .await
             {
                 Ok(connection) => connection,
                 Err(AppFailure::Refused(e)) if e.class() == FailureClass::AdminConsent => {
                     return Err(FlowError::ConsentPending(e));
                 }
-                Err(AppFailure::Refused(e)) => return Err(FlowError::OwnApp(client_id.clone(), e)),
-                Err(AppFailure::Invalid(e)) => return Err(FlowError::AppCredential(e)),
-                Err(AppFailure::Unavailable(e)) => return Err(token_failure(e)),
+                Err(AppFailure::Refused(e)) => return Err(FlowError::OwnApp(auth.client_id, e)),
+                Err(e) => return Err(app_failure(e)),
             };
-            save_daemon_connection(service.store.as_ref(), service.events.as_ref(), &connection)
-                .await?;
-            ready = true;
+        // A daemon app AutoKitteh's vars named is kept sealed, so the token API can renew.
+        if let Some(app) = from_vars {
+            let record =
+                app_record(service.keys.as_ref(), cid, &app, now).await.map_err(app_failure)?;
+            service.store.save_app(&record).await?;
         }
+        save_daemon_connection(service.store.as_ref(), service.events.as_ref(), &connection)
+            .await?;
+        ready = true;
     }
     service
         .events
@@ -496,6 +498,39 @@ async fn consent_finished(
         .with_fact("Connection id", cid.to_string())
         .with_fact("Organization (tenant)", reported.to_string())
         .into_response(&[]))
+}
+
+/// The daemon app an administrator consented to, when the connection's app is one: from
+/// AutoKitteh's vars (read as the signed-in user, and returned to be kept) or from the app
+/// set through the API. `None` for a private app, or when neither names the app the consent
+/// was for (the consent is then shown, not proven).
+async fn consented_daemon(
+    service: &RedirectService,
+    flow: &PendingFlow,
+    client_id: &str,
+    session: Option<&AkToken>,
+) -> Result<Option<(ClientAuth, Option<App>)>, FlowError> {
+    if let (Some(ak), Some(session)) = (&service.autokitteh, session) {
+        let names: Vec<&str> = AK_APP_VARS.iter().chain(&AK_CREDENTIAL_VARS).copied().collect();
+        let vars = ak.get_vars(session, &flow.connection_id, &names).await?;
+        if let Some(app) = app_from_vars(&vars)?.filter(|a| a.client_id == client_id) {
+            if app.kind != AppKind::Daemon {
+                return Ok(None);
+            }
+            let auth = ClientAuth {
+                client_id: app.client_id.clone(),
+                tenant: app.tenant.clone(),
+                credential: app.credential.clone(),
+            };
+            return Ok(Some((auth, Some(app))));
+        }
+    }
+    let opened = open_app(service.store.as_ref(), service.keys.as_ref(), &flow.connection_id)
+        .await
+        .map_err(open_failure)?;
+    Ok(opened
+        .filter(|app| app.kind == AppKind::Daemon && app.auth.client_id == client_id)
+        .map(|app| (app.auth, None)))
 }
 
 fn app_failure(e: AppFailure) -> FlowError {

@@ -657,3 +657,49 @@ async fn a_private_app_named_by_autokitteh_vars_signs_in_through_it_and_is_kept_
     let page = browser.get(&d.start_url(&d.cid, "web")).await;
     assert_page(&page, 400, "This connection signs in as an app");
 }
+
+#[tokio::test]
+async fn a_daemon_app_named_by_autokitteh_vars_gets_admin_consent_from_a_member() {
+    use crate::apps::{DAEMON_CLIENT, admin_decides};
+    use ms_oauth_tests::standin::{AppRegistration, OTHER_TENANT};
+    let d = deployment().await;
+    let secret = format!("dm~{}", ms_oauth_tests::random_base32(30));
+    d.app.standin.register_app(AppRegistration {
+        client_id: DAEMON_CLIENT.into(),
+        home_tenant: OTHER_TENANT.into(),
+        secrets: vec![secret.clone()],
+        redirect_uris: vec![format!("{}{}", d.app.address, config::REDIRECT_PATH)],
+        ..AppRegistration::default()
+    });
+    let ak = d.ak();
+    ak.set_var(&d.cid, "auth_type", "daemonApp", false);
+    ak.set_var(&d.cid, "private_client_id", DAEMON_CLIENT, false);
+    ak.set_var(&d.cid, "private_tenant_id", OTHER_TENANT, false);
+    ak.set_var(&d.cid, "private_client_secret", &secret, true);
+
+    // Without an AutoKitteh sign-in the link asks for one.
+    let link = d.url(&format!("{}?cid={}&origin=web", config::ADMIN_CONSENT_PATH, d.cid));
+    assert_page(&Browser::new().get(&link).await, 401, "Sign in to AutoKitteh first");
+    // A member of the connection's org, who administers the Microsoft tenant too.
+    let browser = d.signed_in(&d.user).await;
+    let to_microsoft = browser.get(&link).await;
+    let consent = format!("{}/{OTHER_TENANT}/v2.0/adminconsent?", d.app.standin.url());
+    assert_redirects_to(&to_microsoft, &consent);
+    assert!(
+        to_microsoft.location.as_deref().unwrap().contains(&format!("client_id={DAEMON_CLIENT}"))
+    );
+    let finish =
+        admin_decides(&d.app, &browser, to_microsoft.location.as_deref().unwrap(), "accept").await;
+    assert_page(&finish, 200, "the connection is ready");
+    let cid: ms_oauth::domain::ConnectionId = d.cid.parse().unwrap();
+    let stored = d.app.connection(&cid).await.unwrap().connection;
+    assert_eq!(stored.auth_type, "daemonApp");
+    assert_eq!(stored.vars.org_id.as_deref(), Some(OTHER_TENANT));
+    // The app the vars named is kept sealed, for the token API's renewals.
+    let (status, token) =
+        crate::apps::call(&d.app, reqwest::Method::GET, &format!("/connections/{cid}/token"), None)
+            .await;
+    assert_eq!(status, 200, "{token}");
+    let items = format!("{:?}", d.app.items().await);
+    assert!(!items.contains(&secret) && !captured_logs().contains(&secret));
+}

@@ -459,6 +459,23 @@ fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
     Redirect::to(url.as_str()).into_response()
 }
 
+/// Whether the server-wide app lists `redirect_uri`; an error page when `client_id` is not
+/// that app either.
+fn redirect_registered(
+    registration: &Registration,
+    client_id: &str,
+    redirect_uri: &str,
+) -> Result<bool, Box<Response>> {
+    if client_id != registration.client_id {
+        return Err(Box::new(stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS700016",
+            "Application with the given identifier was not found in the directory.",
+        )));
+    }
+    Ok(redirect_uri == registration.redirect_uri)
+}
+
 /// True for the aliases that name no one tenant.
 fn is_alias(tenant: &str) -> bool {
     matches!(tenant, "common" | "organizations" | "consumers")
@@ -495,16 +512,7 @@ fn check_authorize(
             }
             app.redirect_uris.iter().any(|u| u == get("redirect_uri"))
         }
-        None if get("client_id") == registration.client_id => {
-            get("redirect_uri") == registration.redirect_uri
-        }
-        None => {
-            return Err(Box::new(stand_in_error(
-                StatusCode::BAD_REQUEST,
-                "AADSTS700016",
-                "Application with the given identifier was not found in the directory.",
-            )));
-        }
+        None => redirect_registered(&registration, get("client_id"), get("redirect_uri"))?,
     };
     if !redirect_ok {
         // The platform never redirects to an unregistered URI.
@@ -1085,16 +1093,7 @@ fn check_admin_consent(
     let registration = shared.registration();
     let redirect_ok = match shared.app(get("client_id")) {
         Some(app) => app.redirect_uris.iter().any(|u| u == get("redirect_uri")),
-        None if get("client_id") == registration.client_id => {
-            get("redirect_uri") == registration.redirect_uri
-        }
-        None => {
-            return Err(Box::new(stand_in_error(
-                StatusCode::BAD_REQUEST,
-                "AADSTS700016",
-                "Application with the given identifier was not found in the directory.",
-            )));
-        }
+        None => redirect_registered(&registration, get("client_id"), get("redirect_uri"))?,
     };
     if !redirect_ok {
         return Err(Box::new(stand_in_error(

@@ -25,6 +25,23 @@ impl DynamoStore {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    /// One item by its key, read consistently.
+    async fn read_item<T: serde::de::DeserializeOwned>(
+        &self,
+        key: String,
+    ) -> Result<Option<T>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem")(e.into_service_error()))?;
+        out.item.map(serde_dynamo::from_item).transpose().map_err(StoreError::from)
+    }
 }
 
 #[async_trait]
@@ -221,16 +238,7 @@ impl Store for DynamoStore {
         &self,
         id: &ConnectionId,
     ) -> Result<Option<StoredConnection>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("GetItem")(e.into_service_error()))?;
-        out.item.map(serde_dynamo::from_item).transpose().map_err(StoreError::from)
+        self.read_item(connection_key(id)).await
     }
 
     async fn acquire_lease(
@@ -478,16 +486,7 @@ impl Store for DynamoStore {
     }
 
     async fn get_app(&self, id: &ConnectionId) -> Result<Option<StoredApp>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(KEY_ATTRIBUTE, AttributeValue::S(app_key(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| unavailable("GetItem")(e.into_service_error()))?;
-        out.item.map(serde_dynamo::from_item).transpose().map_err(StoreError::from)
+        self.read_item(app_key(id)).await
     }
 
     async fn delete_app(&self, id: &ConnectionId) -> Result<bool, StoreError> {

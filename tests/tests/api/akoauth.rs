@@ -68,6 +68,9 @@ async fn akoauth(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, St
 
 #[tokio::test]
 async fn an_operator_sets_a_daemon_app_gets_consent_and_reads_its_token() {
+    // Built before the app starts: its test clock stands still, and a link signed minutes
+    // later (a first build) would look issued in the future.
+    binary();
     let app = spawn_app().await;
     let cid = new_cid();
     let secret = format!("dm~{}", ms_oauth_tests::random_base32(30));
@@ -124,6 +127,7 @@ async fn an_operator_sets_a_daemon_app_gets_consent_and_reads_its_token() {
 
 #[tokio::test]
 async fn an_operator_sets_a_private_app_with_a_certificate_file_and_removes_it() {
+    binary();
     let app = spawn_app().await;
     let cid = new_cid();
     let cert = certs::valid_certificate("private.fabrikam.example");

@@ -221,20 +221,16 @@ async fn admin_consent(service: &StartService, req: &Request) -> Result<Response
         }
     };
     let now = service.clock.now().unix_timestamp();
-    let (who, from_vars) = match &service.autokitteh {
-        Some(autokitteh) => autokitteh_user(autokitteh, req, &cid).await?,
+    let (who, app) = match &service.autokitteh {
+        Some(autokitteh) => autokitteh_user_and_app(service, autokitteh, req, &cid).await?,
         None => {
             let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
             let claims = service.with_key(|key| key.verify(grant, &cid, origin, now)).await?;
             if !service.store.spend_grant(&claims.jti, claims.exp + CLOCK_SKEW_SECS).await? {
                 return Err(GrantError::Used.into());
             }
-            (claims.sub, None)
+            (claims.sub, table_app(service, &cid).await?)
         }
-    };
-    let app = match from_vars {
-        Some(app) => Some(app),
-        None => table_app(service, &cid).await?,
     };
     let (client_id, app_tenant, own) = match app {
         Some(app) => (app.client_id, app.tenant, true),
@@ -280,7 +276,7 @@ async fn start_in_autokitteh(
 ) -> Result<Response<Body>, FlowError> {
     let query = Query::from_request(req)?;
     let (cid, origin) = link_target(&query)?;
-    let (user, app) = autokitteh_user(autokitteh, req, &cid).await?;
+    let (user, app) = autokitteh_user_and_app(service, autokitteh, req, &cid).await?;
     begin(service, cid, origin, Starter::AutoKitteh(user), None, app).await
 }
 
@@ -346,7 +342,8 @@ async fn confirmed(service: &StartService, req: &Request) -> Result<Response<Bod
     // The confirmation is used up with its cookie; the flow's own cookie takes over.
     let used = confirm_cookie(&confirm_cookie_name(&confirmation.nh), "", 0);
     let starter = Starter::Platform { user: confirmation.sub, connection_name: confirmation.name };
-    begin(service, cid, origin, starter, Some(used), None).await
+    let app = table_app(service, &cid).await?;
+    begin(service, cid, origin, starter, Some(used), app).await
 }
 
 /// Who a flow is started for.
@@ -370,15 +367,9 @@ async fn begin(
     origin: Origin,
     starter: Starter,
     clear: Option<String>,
-    from_vars: Option<AppRef>,
+    app: Option<AppRef>,
 ) -> Result<Response<Body>, FlowError> {
-    // The connection's own app, when it has one: the sign-in goes through that app. Inside
-    // AutoKitteh its vars name it; otherwise (or when they name none) the app set through
-    // the connection API.
-    let app = match from_vars {
-        Some(app) => Some(app),
-        None => table_app(service, &cid).await?,
-    };
+    // The connection's own app, when it has one: the sign-in goes through that app.
     let own_app = match app {
         None => None,
         Some(AppRef { kind: AppKind::Private, client_id, tenant }) => Some((client_id, tenant)),
@@ -425,6 +416,27 @@ async fn begin(
     );
     let cookies: Vec<String> = clear.into_iter().chain([cookie]).collect();
     Ok(pages::redirect(location.as_str(), &cookies))
+}
+
+/// Inside AutoKitteh: the user (see [`autokitteh_user`]) and the connection's own app,
+/// named by its vars or else set through the connection API; the table is read at the same
+/// time as AutoKitteh, so a sign-in waits for neither after the other.
+async fn autokitteh_user_and_app(
+    service: &StartService,
+    autokitteh: &AutoKitteh,
+    req: &Request,
+    cid: &ConnectionId,
+) -> Result<(String, Option<AppRef>), FlowError> {
+    // Nothing is read for a browser that is not signed in at all.
+    ak_session(req).ok_or(FlowError::AkSignedOut)?;
+    let (from_autokitteh, from_table) =
+        tokio::join!(autokitteh_user(autokitteh, req, cid), table_app(service, cid));
+    let (user, from_vars) = from_autokitteh?;
+    let app = match from_vars {
+        Some(app) => Some(app),
+        None => from_table?,
+    };
+    Ok((user, app))
 }
 
 /// The connection's own app as set through the connection API.

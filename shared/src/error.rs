@@ -115,6 +115,31 @@ const ASK_ADMIN: &str =
     "Ask the administrator of this AutoKitteh deployment to fix its Microsoft app settings.";
 
 impl FlowError {
+    /// The failure class metrics count this error under: Microsoft's classes, `refused` for
+    /// requests we turn away (bad or reused links, other browsers, other users), and
+    /// `internal` for our own faults.
+    pub fn metric_class(&self) -> &'static str {
+        use crate::microsoft::FailureClass;
+        match self {
+            FlowError::Microsoft(e) | FlowError::OwnApp(_, e) => e.class().as_str(),
+            FlowError::Token(e) => e.class().as_str(),
+            FlowError::NeedsAdminConsent { .. } | FlowError::ConsentPending(_) => {
+                FailureClass::AdminConsent.as_str()
+            }
+            FlowError::AppCredential(_) | FlowError::AppChanged => {
+                FailureClass::AppMisconfigured.as_str()
+            }
+            FlowError::Graph(_)
+            | FlowError::Store(_)
+            | FlowError::Secret(_)
+            | FlowError::Crypto(_)
+            | FlowError::TimedOut => FailureClass::Transient.as_str(),
+            FlowError::AutoKitteh(e) if e.is_outage() => FailureClass::Transient.as_str(),
+            FlowError::Config(_) | FlowError::Internal(_) | FlowError::AkLimit(_) => "internal",
+            _ => "refused",
+        }
+    }
+
     /// True for faults of ours or of a dependency (5xx).
     pub fn is_server_fault(&self) -> bool {
         self.page(&PageContext { redirect_uri: String::new(), sign_in_url: None })

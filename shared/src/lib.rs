@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod grant;
 pub mod http;
+pub mod metrics;
 pub mod microsoft;
 pub mod pages;
 pub mod registration;

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::crypto::{CryptoError, DataKeys, connection_context, context_of, open, seal};
 use crate::domain::ConnectionId;
 use crate::events::{ConnectionEvent, EventKind, Events};
+use crate::metrics::{Metric, Metrics};
 use crate::microsoft::{ClientAuth, FailureClass, Microsoft, Refreshed, TokenError};
 use crate::secrets::{CachedSecret, SecretError};
 use crate::store::{RefreshUpdate, STATUS_NEEDS_REAUTH, Store, StoreError, StoredConnection};
@@ -170,6 +171,8 @@ pub struct TokenService {
     /// Writes refreshes and removals of connections made inside AutoKitteh back to it
     /// (`AUTOKITTEH_API_TOKEN_ARN`).
     pub write_back: Option<Arc<WriteBack>>,
+    /// Refresh outcomes and write-backs.
+    pub metrics: Arc<dyn Metrics>,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -241,6 +244,7 @@ impl TokenService {
             margin,
             backoff: Duration::from_millis(200),
             write_back,
+            metrics: crate::metrics::from_env(lookup),
         })
     }
 
@@ -273,7 +277,15 @@ impl TokenService {
             }
             let owner = lease_owner();
             if self.store.acquire_lease(cid, stored.version, &owner, now + LEASE_SECS, now).await? {
-                return self.refresh_with_lease(&stored, &owner).await;
+                let result = self.refresh_with_lease(&stored, &owner).await;
+                let outcome = match &result {
+                    Ok(grant) if grant.stale => "stale",
+                    Ok(_) => "refreshed",
+                    Err(TokenFailure::NeedsReauth { .. }) => "needs_reauth",
+                    Err(_) => "failed",
+                };
+                self.record_refresh("request", outcome);
+                return result;
             }
             // Another instance is refreshing (or just wrote): wait for its result.
             if Instant::now() >= deadline {
@@ -477,7 +489,9 @@ impl TokenService {
                         token_type: &c.vars.oauth_token_type,
                         expires_at,
                     };
-                    match write_back.refreshed(cid, &vars).await {
+                    let written = write_back.refreshed(cid, &vars).await;
+                    self.record_write_back("refreshed", written.is_ok());
+                    match written {
                         Ok(()) => {
                             tracing::info!(cid = %cid, version, "refreshed tokens written to AutoKitteh")
                         }
@@ -555,7 +569,9 @@ impl TokenService {
             if let Some(write_back) =
                 self.write_back_for(stored.connection.autokitteh_user_id.as_ref())
             {
-                match write_back.needs_reauth(cid).await {
+                let written = write_back.needs_reauth(cid).await;
+                self.record_write_back("needs_reauth", written.is_ok());
+                match written {
                     Ok(()) => tracing::info!(cid = %cid, "token vars removed from AutoKitteh"),
                     Err(e) => {
                         tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "token vars not removed from AutoKitteh")
@@ -595,6 +611,12 @@ impl TokenService {
             Err(e) => return RenewOutcome::Failed(e.into()),
         }
         let result = self.refresh_locked(&stored, &owner).await;
+        let outcome = match &result {
+            Ok(_) => "refreshed",
+            Err(TokenFailure::NeedsReauth { .. }) => "needs_reauth",
+            Err(_) => "failed",
+        };
+        self.record_refresh("schedule", outcome);
         match result {
             Ok(_) => RenewOutcome::Refreshed,
             Err(TokenFailure::NeedsReauth { .. }) => RenewOutcome::NeedsReauth,
@@ -617,6 +639,16 @@ impl TokenService {
                 RenewOutcome::Failed(e)
             }
         }
+    }
+
+    fn record_refresh(&self, trigger: &'static str, outcome: &'static str) {
+        let dimensions = [("Trigger", trigger), ("Outcome", outcome)];
+        self.metrics.record(Metric::count(crate::metrics::name::REFRESH, &dimensions));
+    }
+
+    fn record_write_back(&self, kind: &'static str, ok: bool) {
+        let dimensions = [("Kind", kind), ("Outcome", if ok { "ok" } else { "failed" })];
+        self.metrics.record(Metric::count(crate::metrics::name::WRITE_BACK, &dimensions));
     }
 
     /// What a connection's scheduled refreshes are for: its access token when it is written
@@ -643,7 +675,9 @@ impl TokenService {
         if let Some(write_back) =
             removed.as_ref().and_then(|old| self.write_back_for(old.autokitteh_user_id.as_ref()))
         {
-            match write_back.disconnected(cid).await {
+            let written = write_back.disconnected(cid).await;
+            self.record_write_back("disconnected", written.is_ok());
+            match written {
                 Ok(()) => tracing::info!(cid = %cid, "connection vars removed from AutoKitteh"),
                 Err(e) => {
                     tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "connection vars not removed from AutoKitteh")

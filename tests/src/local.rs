@@ -109,6 +109,7 @@ impl Functions {
             margin: DEFAULT_REFRESH_MARGIN,
             backoff: Duration::from_millis(200),
             write_back: None,
+            metrics: Arc::new(ms_oauth::metrics::NoMetrics),
         };
         Ok(Self {
             start: Arc::new(start),

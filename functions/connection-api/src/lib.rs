@@ -17,6 +17,7 @@ use lambda_http::{Body, Request, RequestExt, Response};
 use ms_oauth::config::ADMIN_CONSENT_PATH;
 use ms_oauth::config::ConfigError;
 use ms_oauth::domain::ConnectionId;
+use ms_oauth::metrics::{Metric, name as metric};
 use ms_oauth::microsoft::{FailureClass, TokenError};
 use ms_oauth::registration::{AppFailure, AppRequest};
 use ms_oauth::store::{AUTH_TYPE_DEFAULT, ConnectionVars, STATUS_NEEDS_REAUTH};
@@ -182,6 +183,54 @@ pub async fn handle(api: &ConnectionApi, req: Request) -> Response<Body> {
 }
 
 async fn answer(api: &ConnectionApi, req: Request) -> Response<Body> {
+    let operation = operation(&req);
+    let response = respond_to(api, req).await;
+    let status = status_label(response.status());
+    api.tokens
+        .metrics
+        .record(Metric::count(metric::API_ANSWER, &[("Operation", operation), ("Status", status)]));
+    response
+}
+
+/// The operation a request asks for, as metrics name it (a closed set).
+fn operation(req: &Request) -> &'static str {
+    let path = req.uri().path().trim_end_matches('/');
+    let tail = if path.ends_with("/token") {
+        "token"
+    } else if path.ends_with("/app") {
+        "app"
+    } else {
+        "connection"
+    };
+    match (req.method(), tail) {
+        (&Method::GET, "token") => "get_token",
+        (&Method::GET, "app") => "get_app",
+        (&Method::PUT, "app") => "set_app",
+        (&Method::DELETE, "app") => "remove_app",
+        (&Method::GET, "connection") => "get_connection",
+        (&Method::DELETE, "connection") => "disconnect",
+        _ => "other",
+    }
+}
+
+/// A status as a metric dimension: the codes this API answers, the rest as `other`.
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        422 => "422",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
     match route(&req) {
         Err(Refusal(status, code, message, allow)) => {
             let mut response = error(status, code, &message);

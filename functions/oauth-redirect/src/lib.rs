@@ -25,6 +25,7 @@ use ms_oauth::domain::Tenant;
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
 use ms_oauth::events::{ConnectionEvent, EventKind, Events};
+use ms_oauth::metrics::{Metric, Metrics, NoMetrics, name as metric};
 use ms_oauth::microsoft::{
     ClientAuth, Endpoints, FailureClass, GraphOrganization, GraphUser, IdClaims, Microsoft,
     MicrosoftError, TokenError, Tokens,
@@ -60,6 +61,8 @@ pub struct RedirectService {
     pub events: Arc<dyn Events>,
     /// The AutoKitteh deployment the vars are written to (AutoKitteh mode).
     pub autokitteh: Option<AutoKitteh>,
+    /// Sign-ins completed and failed, and the function's latency.
+    pub metrics: Arc<dyn Metrics>,
     page_context: PageContext,
 }
 
@@ -83,8 +86,15 @@ impl RedirectService {
             client_secret,
             events,
             autokitteh: None,
+            metrics: Arc::new(NoMetrics),
             page_context,
         }
+    }
+
+    /// The same service recording metrics to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The same service inside an AutoKitteh deployment.
@@ -116,7 +126,8 @@ impl RedirectService {
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
         let events = ms_oauth::runtime::events_from_env(sdk, lookup);
         let service =
-            Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events);
+            Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events)
+                .with_metrics(ms_oauth::metrics::from_env(lookup));
         Ok(match autokitteh {
             Some(ak) => service.with_autokitteh(ak),
             None => service,
@@ -132,11 +143,20 @@ pub async fn handle(service: &RedirectService, req: Request) -> Response<Body> {
 }
 
 async fn answer(service: &RedirectService, req: Request) -> Response<Body> {
+    let began = std::time::Instant::now();
     let mut cookies = Vec::new();
-    match finish(service, &req, &mut cookies).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(&service.page_context, &cookies),
-    }
+    let (response, outcome) = match finish(service, &req, &mut cookies).await {
+        Ok(response) => (response, "completed"),
+        Err(e) => {
+            let class = e.metric_class();
+            service.metrics.record(Metric::count(metric::SIGN_IN_FAILED, &[("Class", class)]));
+            (e.into_response(&service.page_context, &cookies), "failed")
+        }
+    };
+    let latency =
+        Metric::millis(metric::REDIRECT_LATENCY, began.elapsed(), &[("Outcome", outcome)]);
+    service.metrics.record(latency);
+    response
 }
 
 async fn finish(
@@ -342,6 +362,10 @@ async fn finish(
             at: rfc3339(now),
         })
         .await;
+    service.metrics.record(Metric::count(
+        metric::SIGN_IN_COMPLETED,
+        &[("Origin", flow.origin.as_str()), ("AuthType", auth_type)],
+    ));
     tracing::info!(
         cid = %flow.connection_id,
         origin = %flow.origin,

@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use lambda_http::http::Method;
 use lambda_http::{Body, Request, Response};
-use ms_oauth::apps::{AK_APP_VARS, AppKind, AppRef, app_ref_from_vars};
+use ms_oauth::apps::{
+    AK_APP_VARS, AUTH_TYPE_DEFAULT, AUTH_TYPE_PRIVATE, AppKind, AppRef, app_ref_from_vars,
+};
 use ms_oauth::autokitteh::{AutoKitteh, Integration};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
@@ -25,6 +27,7 @@ use ms_oauth::error::{FlowError, PageContext};
 use ms_oauth::grant::{
     CLOCK_SKEW_SECS, GrantError, GrantKey, MAX_GRANT_LEN, MAX_GRANT_LIFETIME_SECS,
 };
+use ms_oauth::metrics::{Metric, Metrics, NoMetrics, name as metric};
 use ms_oauth::microsoft::Endpoints;
 use ms_oauth::pages::{self, Page, PageForm};
 use ms_oauth::request::{Query, ak_session, binding_cookie, confirm_cookie, cookie, posted_from};
@@ -46,6 +49,8 @@ pub struct StartService {
     pub start_key: Option<CachedSecret>,
     /// The AutoKitteh deployment whose sessions decide (AutoKitteh mode).
     pub autokitteh: Option<AutoKitteh>,
+    /// Sign-ins started.
+    pub metrics: Arc<dyn Metrics>,
     page_context: PageContext,
 }
 
@@ -81,7 +86,14 @@ impl StartService {
         autokitteh: Option<AutoKitteh>,
     ) -> Self {
         let page_context = PageContext::new(&config);
-        Self { config, endpoints, store, clock, start_key, autokitteh, page_context }
+        let metrics: Arc<dyn Metrics> = Arc::new(NoMetrics);
+        Self { config, endpoints, store, clock, start_key, autokitteh, metrics, page_context }
+    }
+
+    /// The same service recording metrics to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Builds the service from `lookup` with AWS clients made from `sdk`. Never touches the
@@ -100,13 +112,9 @@ impl StartService {
         if let Some(ak) = &config.autokitteh {
             let http = ms_oauth::runtime::http_client(&config)?;
             let autokitteh = AutoKitteh::new(ak.api_url.clone(), Arc::new(http));
-            return Ok(Self::in_autokitteh(
-                config,
-                endpoints,
-                store,
-                Arc::new(SystemClock),
-                autokitteh,
-            ));
+            let service =
+                Self::in_autokitteh(config, endpoints, store, Arc::new(SystemClock), autokitteh);
+            return Ok(service.with_metrics(ms_oauth::metrics::from_env(lookup)));
         }
         let start_key = ms_oauth::runtime::secret_from_env(
             sdk,
@@ -119,7 +127,8 @@ impl StartService {
                 .map_err(|e| ConfigError { var: config::START_LINK_KEY, problem: e.to_string() })?;
         }
         // No HTTP client: the start function makes no outbound call to Microsoft.
-        Ok(Self::new(config, endpoints, store, Arc::new(SystemClock), start_key))
+        Ok(Self::new(config, endpoints, store, Arc::new(SystemClock), start_key)
+            .with_metrics(ms_oauth::metrics::from_env(lookup)))
     }
 
     /// `check` with the start-link key; when it finds a signature it cannot verify, with a
@@ -414,6 +423,11 @@ async fn begin(
         user = flow.platform_user.as_deref().unwrap_or(""),
         "flow started"
     );
+    let auth_type = if own_app.is_some() { AUTH_TYPE_PRIVATE } else { AUTH_TYPE_DEFAULT };
+    service.metrics.record(Metric::count(
+        metric::SIGN_IN_STARTED,
+        &[("Origin", origin.as_str()), ("AuthType", auth_type)],
+    ));
     let cookies: Vec<String> = clear.into_iter().chain([cookie]).collect();
     Ok(pages::redirect(location.as_str(), &cookies))
 }

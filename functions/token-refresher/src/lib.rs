@@ -84,6 +84,11 @@ impl Refresher {
             stuck = report.stuck,
             "refresh run finished"
         );
+        use ms_oauth::metrics::{Metric, name};
+        let metrics = &self.tokens.metrics;
+        metrics.record(Metric::amount(name::REFRESHER_DUE, report.due as u64));
+        metrics.record(Metric::amount(name::REFRESHER_STUCK, report.stuck as u64));
+        metrics.record(Metric::millis(name::REFRESHER_RUN_DURATION, began.elapsed(), &[]));
         Ok(report)
     }
 

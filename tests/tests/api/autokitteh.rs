@@ -522,6 +522,12 @@ async fn refreshes_are_written_back_to_autokitteh_as_the_service_user() {
     assert_eq!(after["user_principal_name"], before["user_principal_name"]);
     assert_eq!(after.len(), before.len());
     assert_eq!(d.ak().status(&d.cid).0, "CODE_OK");
+    // Counted: one refresh on request, one write-back that worked.
+    use ms_oauth::metrics::name;
+    let written = [("Kind", "refreshed"), ("Outcome", "ok")];
+    assert_eq!(d.app.metrics.count(name::WRITE_BACK, &written), 1);
+    let refreshed = [("Trigger", "request"), ("Outcome", "refreshed")];
+    assert_eq!(d.app.metrics.count(name::REFRESH, &refreshed), 1);
 
     // The write went out with the service user's API token, never a user's session.
     let (_, service_token) = d.app.ak_service_user.clone().unwrap();

@@ -14,6 +14,7 @@ use ms_oauth::crypto::{DataKeys, KmsDataKeys, context_of, open};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::events::RecordedEvents;
 use ms_oauth::grant::{DEFAULT_GRANT_LIFETIME_SECS, StartGrant};
+use ms_oauth::metrics::{Metrics, RecordedMetrics};
 use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
 use ms_oauth::store::{DynamoStore, Store, StoredConnection};
@@ -163,6 +164,8 @@ pub struct TestApp {
     /// The token key's id and the AWS emulator's address (for tools run against the app).
     pub kms_key: String,
     pub aws_endpoint: String,
+    /// What the functions recorded as metrics (not with `AppOptions::from_template`).
+    pub metrics: Arc<RecordedMetrics>,
 }
 
 /// A test deployment of the template: the functions' set-up and the AWS calls each made.
@@ -304,6 +307,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     );
 
     let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
+    let recorded = Arc::new(RecordedMetrics::default());
+    let metrics: Arc<dyn Metrics> = recorded.clone();
     let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamo_for_app, table.clone()));
     let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
     let endpoints = Endpoints::new(&config);
@@ -344,7 +349,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let redirect = match ak_client.clone() {
         Some(ak) => redirect.with_autokitteh(ak),
         None => redirect,
-    };
+    }
+    .with_metrics(metrics.clone());
+    let start = start.with_metrics(metrics.clone());
     let mut ak_service_user = None;
     let write_back = match (&ak_client, &autokitteh) {
         (Some(client), Some(standin)) if options.ak_write_back => {
@@ -379,6 +386,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         margin: config.refresh_margin,
         backoff: Duration::from_millis(20),
         write_back,
+        metrics: metrics.clone(),
     };
     tokio::spawn(local::serve(
         listener,
@@ -408,6 +416,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         deployed: None,
         kms_key,
         aws_endpoint: endpoint,
+        metrics: recorded,
     }
 }
 
@@ -532,6 +541,7 @@ async fn spawn_from_template(
         deployed: Some(Deployed { deployment, functions }),
         kms_key: r.kms_key,
         aws_endpoint: r.endpoint,
+        metrics: Arc::new(RecordedMetrics::default()),
     }
 }
 

@@ -13,6 +13,7 @@ mod faults;
 mod flow;
 mod helpers;
 mod load;
+mod metrics;
 mod openapi;
 mod policies;
 mod refresher;

@@ -840,6 +840,19 @@ impl TestApp {
             .count()
     }
 
+    /// Makes `cid` due for the refresher now.
+    pub async fn make_due(&self, cid: &ConnectionId) {
+        self.dynamodb
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(format!("conn#{cid}")))
+            .update_expression("SET refresh_due_at = :past")
+            .expression_attribute_values(":past", AttributeValue::N("1".into()))
+            .send()
+            .await
+            .expect("make due");
+    }
+
     /// Number of connection items.
     pub async fn connections(&self) -> usize {
         self.items()

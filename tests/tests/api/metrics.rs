@@ -2,7 +2,6 @@
 //! latency, refreshes by trigger and outcome, API answers, the refresher's backlog — with
 //! dimensions from closed sets only.
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use ms_oauth::domain::Origin;
 use ms_oauth::metrics::{Metric, name};
 
@@ -119,15 +118,7 @@ async fn refreshes_and_api_answers_are_counted_and_the_refresher_reports_its_bac
     assert_eq!(app.metrics.count(name::REFRESH, &on_request), 1);
 
     // Due now: the scheduled run renews it and reports a backlog of one.
-    app.dynamodb
-        .update_item()
-        .table_name(&app.table)
-        .key("pk", AttributeValue::S(format!("conn#{cid}")))
-        .update_expression("SET refresh_due_at = :past")
-        .expression_attribute_values(":past", AttributeValue::N("1".into()))
-        .send()
-        .await
-        .unwrap();
+    app.make_due(&cid).await;
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report.refreshed, 1);
     assert_eq!(

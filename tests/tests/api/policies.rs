@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use ms_oauth::autokitteh::Integration;
 use ms_oauth::config;
 use ms_oauth::crypto::{ContextScheme, DataKeys, KmsDataKeys, seal};
@@ -83,19 +82,6 @@ async fn seal_the_earlier_way(app: &TestApp, cid: &ConnectionId) {
     connection.secrets.scheme = ContextScheme::Table;
     DynamoStore::new(app.dynamodb.clone(), app.table.clone())
         .save_connection(&connection)
-        .await
-        .unwrap();
-}
-
-/// Makes `cid` due for the refresher now.
-async fn make_due(app: &TestApp, cid: &ConnectionId) {
-    app.dynamodb
-        .update_item()
-        .table_name(&app.table)
-        .key("pk", AttributeValue::S(format!("conn#{cid}")))
-        .update_expression("SET refresh_due_at = :past")
-        .expression_attribute_values(":past", AttributeValue::N("1".into()))
-        .send()
         .await
         .unwrap();
 }
@@ -232,19 +218,19 @@ async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is
     let _ = connect_private(&app, &private, &Browser::new(), false).await;
     let forced = path(&private, "/token?force_refresh=true");
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
-    make_due(&app, &private).await;
+    app.make_due(&private).await;
     // Values sealed the earlier way, opened and re-sealed by the API and by the refresher.
     seal_the_earlier_way(&app, &cids[1]).await;
     let forced = path(&cids[1], "/token?force_refresh=true");
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
     seal_the_earlier_way(&app, &cids[2]).await;
-    make_due(&app, &cids[2]).await;
-    make_due(&app, &cids[3]).await;
+    app.make_due(&cids[2]).await;
+    app.make_due(&cids[3]).await;
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 3, refreshed: 3, ..Report::default() });
     // A dead grant found by the refresher; a disconnect through the API.
     app.standin.revoke_refresh_tokens(700_082);
-    make_due(&app, &cids[4]).await;
+    app.make_due(&cids[4]).await;
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 1, needs_reauth: 1, ..Report::default() });
     assert_eq!(api(&app, reqwest::Method::DELETE, &path(&cids[0], "")).await, 200);
@@ -312,15 +298,15 @@ async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_g
     let forced = format!("/connections/{}/token?force_refresh=true", cids[0]);
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
     seal_the_earlier_way(&app, &cids[1]).await;
-    make_due(&app, &cids[1]).await;
-    make_due(&app, &private).await;
+    app.make_due(&cids[1]).await;
+    app.make_due(&private).await;
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report.refreshed, 2, "{report:?}");
     seal_the_earlier_way(&app, &cids[2]).await;
     let forced = format!("/connections/{}/token?force_refresh=true", cids[2]);
     assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
     app.standin.revoke_refresh_tokens(700_082);
-    make_due(&app, &cids[0]).await;
+    app.make_due(&cids[0]).await;
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report.needs_reauth, 1, "{report:?}");
     assert_eq!(api(&app, reqwest::Method::DELETE, &format!("/connections/{}", cids[1])).await, 200);

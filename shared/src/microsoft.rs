@@ -236,12 +236,6 @@ impl TokenError {
         }
     }
 
-    /// True when the grant itself is dead (`invalid_grant`: expired, revoked, or a policy
-    /// demands a new sign-in); retrying cannot help, the user must sign in again.
-    pub fn is_invalid_grant(&self) -> bool {
-        matches!(self, TokenError::Rejected(e) if e.error == "invalid_grant" || e.error == "interaction_required")
-    }
-
     /// True when trying again later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -26,6 +26,26 @@ impl DynamoStore {
         &self.table
     }
 
+    /// Applies `upsert` to the item `key`; the item's new version.
+    async fn write(&self, key: String, upsert: Upsert) -> Result<u64, StoreError> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(key))
+            .update_expression(upsert.expression())
+            .set_expression_attribute_names(Some(upsert.names))
+            .set_expression_attribute_values(Some(upsert.values))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| unavailable("UpdateItem")(e.into_service_error()))?;
+        Ok(out
+            .attributes
+            .and_then(|a| a.get("version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()))
+            .unwrap_or(1))
+    }
+
     /// One item by its key, read consistently.
     async fn read_item<T: serde::de::DeserializeOwned>(
         &self,
@@ -41,6 +61,72 @@ impl DynamoStore {
             .await
             .map_err(|e| unavailable("GetItem")(e.into_service_error()))?;
         out.item.map(serde_dynamo::from_item).transpose().map_err(StoreError::from)
+    }
+}
+
+/// A whole-item save as one `UpdateItem`: every attribute of a record SET, its `kind`, its
+/// `version` incremented, and the optional attributes the record leaves unset REMOVEd, so a
+/// save is the same whether the item existed or not, and safe to repeat.
+struct Upsert {
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    sets: Vec<String>,
+    removes: Vec<String>,
+}
+
+impl Upsert {
+    fn new<T: serde::Serialize>(
+        kind: &str,
+        record: &T,
+        optional: &[&str],
+    ) -> Result<Self, StoreError> {
+        let item: HashMap<String, AttributeValue> = serde_dynamo::to_item(record)?;
+        let mut upsert = Self {
+            names: HashMap::from([
+                ("#version".to_owned(), "version".to_owned()),
+                ("#kind".to_owned(), "kind".to_owned()),
+            ]),
+            values: HashMap::from([
+                (":zero".to_owned(), AttributeValue::N("0".into())),
+                (":one".to_owned(), AttributeValue::N("1".into())),
+                (":kind".to_owned(), AttributeValue::S(kind.to_owned())),
+            ]),
+            sets: vec![
+                "#version = if_not_exists(#version, :zero) + :one".to_owned(),
+                "#kind = :kind".to_owned(),
+            ],
+            removes: Vec::new(),
+        };
+        for name in optional.iter().filter(|name| !item.contains_key(**name)) {
+            upsert.remove(name);
+        }
+        for (i, (name, value)) in item.into_iter().enumerate() {
+            upsert.names.insert(format!("#a{i}"), name);
+            upsert.values.insert(format!(":a{i}"), value);
+            upsert.sets.push(format!("#a{i} = :a{i}"));
+        }
+        Ok(upsert)
+    }
+
+    /// Sets `name` only when the item has no value for it yet.
+    fn set_once(&mut self, name: &str, value: AttributeValue) {
+        let n = self.sets.len();
+        self.names.insert(format!("#s{n}"), name.to_owned());
+        self.values.insert(format!(":s{n}"), value);
+        self.sets.push(format!("#s{n} = if_not_exists(#s{n}, :s{n})"));
+    }
+
+    fn remove(&mut self, name: &str) {
+        let n = self.removes.len();
+        self.names.insert(format!("#r{n}"), name.to_owned());
+        self.removes.push(format!("#r{n}"));
+    }
+
+    fn expression(&self) -> String {
+        match self.removes.is_empty() {
+            true => format!("SET {}", self.sets.join(", ")),
+            false => format!("SET {} REMOVE {}", self.sets.join(", "), self.removes.join(", ")),
+        }
     }
 }
 
@@ -181,57 +267,16 @@ impl Store for DynamoStore {
     }
 
     async fn save_connection(&self, connection: &Connection) -> Result<u64, StoreError> {
-        let values: HashMap<String, AttributeValue> = serde_dynamo::to_item(connection)?;
-        let mut names = HashMap::from([("#version".to_owned(), "version".to_owned())]);
-        let mut attribute_values = HashMap::from([
-            (":zero".to_owned(), AttributeValue::N("0".into())),
-            (":one".to_owned(), AttributeValue::N("1".into())),
-            (":kind".to_owned(), AttributeValue::S("connection".into())),
-            (":created".to_owned(), AttributeValue::S(connection.updated_at.clone())),
-        ]);
         // Every field is SET as a whole (vars included), so a reconnect with another account
-        // leaves no stale value of the previous one behind.
-        let mut sets = vec![
-            "#version = if_not_exists(#version, :zero) + :one".to_owned(),
-            "#kind = :kind".to_owned(),
-            "#created = if_not_exists(#created, :created)".to_owned(),
-        ];
-        names.insert("#kind".into(), "kind".into());
-        names.insert("#created".into(), "created_at".into());
-        for (i, (name, value)) in values.iter().enumerate() {
-            names.insert(format!("#a{i}"), name.clone());
-            attribute_values.insert(format!(":a{i}"), value.clone());
-            sets.push(format!("#a{i} = :a{i}"));
-        }
-        // A new sign-in clears what the previous grant left: a re-auth reason and any lease.
-        let mut removes = vec!["#lease_owner".to_owned(), "#lease_until".to_owned()];
-        names.insert("#lease_owner".into(), "lease_owner".into());
-        names.insert("#lease_until".into(), "lease_until".into());
-        // And whatever optional attribute this save does not set (a re-auth reason, the
-        // AutoKitteh user of a connection now made outside AutoKitteh, a refresh queue).
-        for (i, name) in OPTIONAL_CONNECTION_ATTRIBUTES.iter().enumerate() {
-            if !values.contains_key(*name) {
-                removes.push(format!("#o{i}"));
-                names.insert(format!("#o{i}"), (*name).to_owned());
-            }
-        }
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(&connection.connection_id)))
-            .update_expression(format!("SET {} REMOVE {}", sets.join(", "), removes.join(", ")))
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(attribute_values))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await
-            .map_err(|e| unavailable("UpdateItem")(e.into_service_error()))?;
-        let version = out
-            .attributes
-            .and_then(|a| a.get("version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()))
-            .unwrap_or(1);
-        Ok(version)
+        // leaves no stale value of the previous one behind; and whatever optional attribute
+        // this save does not set (a re-auth reason, the AutoKitteh user of a connection now
+        // made outside AutoKitteh, a refresh queue) is removed.
+        let mut upsert = Upsert::new("connection", connection, &OPTIONAL_CONNECTION_ATTRIBUTES)?;
+        upsert.set_once("created_at", AttributeValue::S(connection.updated_at.clone()));
+        // A new sign-in clears what the previous grant left: any lease.
+        upsert.remove("lease_owner");
+        upsert.remove("lease_until");
+        self.write(connection_key(&connection.connection_id), upsert).await
     }
 
     async fn get_connection(
@@ -435,54 +480,9 @@ impl Store for DynamoStore {
     }
 
     async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError> {
-        let values: HashMap<String, AttributeValue> = serde_dynamo::to_item(app)?;
-        let mut names = HashMap::from([
-            ("#version".to_owned(), "version".to_owned()),
-            ("#kind".to_owned(), "kind".to_owned()),
-        ]);
-        let mut attribute_values = HashMap::from([
-            (":zero".to_owned(), AttributeValue::N("0".into())),
-            (":one".to_owned(), AttributeValue::N("1".into())),
-            (":kind".to_owned(), AttributeValue::S("app".into())),
-        ]);
-        let mut sets = vec![
-            "#version = if_not_exists(#version, :zero) + :one".to_owned(),
-            "#kind = :kind".to_owned(),
-        ];
-        for (i, (name, value)) in values.iter().enumerate() {
-            names.insert(format!("#a{i}"), name.clone());
-            attribute_values.insert(format!(":a{i}"), value.clone());
-            sets.push(format!("#a{i} = :a{i}"));
-        }
         // A secret replacing a certificate leaves none of the certificate's facts behind.
-        let mut removes = Vec::new();
-        for (i, name) in OPTIONAL_APP_ATTRIBUTES.iter().enumerate() {
-            if !values.contains_key(*name) {
-                removes.push(format!("#o{i}"));
-                names.insert(format!("#o{i}"), (*name).to_owned());
-            }
-        }
-        let remove = if removes.is_empty() {
-            String::new()
-        } else {
-            format!(" REMOVE {}", removes.join(", "))
-        };
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY_ATTRIBUTE, AttributeValue::S(app_key(&app.connection_id)))
-            .update_expression(format!("SET {}{remove}", sets.join(", ")))
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(attribute_values))
-            .return_values(ReturnValue::UpdatedNew)
-            .send()
-            .await
-            .map_err(|e| unavailable("UpdateItem")(e.into_service_error()))?;
-        Ok(out
-            .attributes
-            .and_then(|a| a.get("version").and_then(|v| v.as_n().ok()).and_then(|n| n.parse().ok()))
-            .unwrap_or(1))
+        let upsert = Upsert::new("app", app, &OPTIONAL_APP_ATTRIBUTES)?;
+        self.write(app_key(&app.connection_id), upsert).await
     }
 
     async fn get_app(&self, id: &ConnectionId) -> Result<Option<StoredApp>, StoreError> {

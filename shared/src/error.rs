@@ -140,6 +140,22 @@ impl FlowError {
         }
     }
 
+    /// The dependency whose outage this is, if any (for [`crate::metrics::name::DEPENDENCY_FAILURE`]).
+    pub fn failed_dependency(&self) -> Option<&'static str> {
+        use crate::metrics as m;
+        match self {
+            FlowError::Store(e) => m::store_dependency(e),
+            FlowError::State(ConsumeError::Store(e)) => m::store_dependency(e),
+            FlowError::Crypto(e) => m::crypto_dependency(e),
+            FlowError::Secret(SecretError::Unavailable { .. }) => Some("secrets_manager"),
+            FlowError::Token(e) => m::token_dependency(e),
+            FlowError::Graph(GraphError::Unavailable(_)) => Some("microsoft"),
+            FlowError::AutoKitteh(e) if e.is_outage() => Some("autokitteh"),
+            FlowError::NeedsAdminConsent { cause, .. } => cause.failed_dependency(),
+            _ => None,
+        }
+    }
+
     /// True for faults of ours or of a dependency (5xx).
     pub fn is_server_fault(&self) -> bool {
         self.page(&PageContext { redirect_uri: String::new(), sign_in_url: None })

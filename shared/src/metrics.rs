@@ -24,7 +24,7 @@ pub mod name {
     /// Time the redirect function took. Dimension: `Outcome` (`completed`, `failed`).
     pub const REDIRECT_LATENCY: &str = "RedirectLatency";
     /// A token renewal. Dimensions: `Trigger` (`request`, `schedule`), `Outcome`
-    /// (`refreshed`, `stale`, `needs_reauth`, `failed`).
+    /// (`refreshed`, `stale`, `needs_reauth`, `app_misconfigured`, `failed`).
     pub const REFRESH: &str = "Refresh";
     /// An answer of the connection API. Dimensions: `Operation`, `Status`.
     pub const API_ANSWER: &str = "ApiAnswer";
@@ -37,6 +37,29 @@ pub mod name {
     /// A write of vars back to AutoKitteh. Dimensions: `Kind` (`refreshed`, `needs_reauth`,
     /// `disconnected`), `Outcome` (`ok`, `failed`).
     pub const WRITE_BACK: &str = "AutoKittehWriteBack";
+    /// A request or run that failed because a dependency did. Dimension: `Dependency`
+    /// (`dynamodb`, `kms`, `secrets_manager`, `microsoft`, `autokitteh`).
+    pub const DEPENDENCY_FAILURE: &str = "DependencyFailure";
+    /// Days until a credential in use stops working. Dimension: `Credential`
+    /// (`client_secret`: the server-wide app's secret, from the date recorded with it;
+    /// `app_certificate`: a connection's own app's certificate, when it is used).
+    pub const CREDENTIAL_DAYS_LEFT: &str = "CredentialDaysLeft";
+
+    /// Every name above.
+    pub const ALL: &[&str] = &[
+        SIGN_IN_STARTED,
+        SIGN_IN_COMPLETED,
+        SIGN_IN_FAILED,
+        REDIRECT_LATENCY,
+        REFRESH,
+        API_ANSWER,
+        REFRESHER_DUE,
+        REFRESHER_RUN_DURATION,
+        REFRESHER_STUCK,
+        WRITE_BACK,
+        DEPENDENCY_FAILURE,
+        CREDENTIAL_DAYS_LEFT,
+    ];
 }
 
 /// The unit of a metric value.
@@ -44,6 +67,7 @@ pub mod name {
 pub enum Unit {
     Count,
     Milliseconds,
+    None,
 }
 
 impl Unit {
@@ -51,6 +75,7 @@ impl Unit {
         match self {
             Unit::Count => "Count",
             Unit::Milliseconds => "Milliseconds",
+            Unit::None => "None",
         }
     }
 }
@@ -73,6 +98,15 @@ impl Metric {
     /// A number of things.
     pub fn amount(name: &'static str, value: u64) -> Self {
         Self { name, value: value as f64, unit: Unit::Count, dimensions: Vec::new() }
+    }
+
+    /// A measured value without a unit (days, a ratio).
+    pub fn gauge(
+        name: &'static str,
+        value: f64,
+        dimensions: &[(&'static str, &'static str)],
+    ) -> Self {
+        Self { name, value, unit: Unit::None, dimensions: dimensions.to_vec() }
     }
 
     /// A duration.
@@ -145,6 +179,29 @@ pub fn emf_line(namespace: &str, metric: &Metric, timestamp_millis: i64) -> Stri
     }
     root.insert(metric.name.into(), json!(metric.value));
     Value::Object(root).to_string()
+}
+
+/// The dependency whose outage a store error is, for [`name::DEPENDENCY_FAILURE`].
+pub fn store_dependency(e: &crate::store::StoreError) -> Option<&'static str> {
+    matches!(e, crate::store::StoreError::Unavailable { .. }).then_some("dynamodb")
+}
+
+/// The dependency whose outage a sealing error is.
+pub fn crypto_dependency(e: &crate::crypto::CryptoError) -> Option<&'static str> {
+    matches!(e, crate::crypto::CryptoError::Kms(_)).then_some("kms")
+}
+
+/// The dependency whose outage a token endpoint error is (refusals are not outages).
+pub fn token_dependency(e: &crate::microsoft::TokenError) -> Option<&'static str> {
+    use crate::microsoft::TokenError;
+    matches!(e, TokenError::Unavailable(_) | TokenError::Malformed).then_some("microsoft")
+}
+
+/// Records one [`name::DEPENDENCY_FAILURE`] when `dependency` names one.
+pub fn record_dependency_failure(metrics: &dyn Metrics, dependency: Option<&'static str>) {
+    if let Some(dependency) = dependency {
+        metrics.record(Metric::count(name::DEPENDENCY_FAILURE, &[("Dependency", dependency)]));
+    }
 }
 
 /// Set by Lambda in every function's environment.

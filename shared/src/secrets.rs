@@ -215,6 +215,58 @@ fn secret_value(arn: &str, raw: &str) -> Result<SecretString, SecretError> {
     Ok(SecretString::from(raw.to_owned()))
 }
 
+/// The tag on a Secrets Manager secret with the date its value stops working (the "Expires"
+/// date Microsoft shows for a client secret): `YYYY-MM-DD` (the end of that day, UTC) or an
+/// RFC 3339 time.
+pub const EXPIRES_TAG: &str = "ExpiresOn";
+
+/// The end date recorded with a secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpiryError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("tag {EXPIRES_TAG} of secret {arn} is neither YYYY-MM-DD nor an RFC 3339 time")]
+    Unreadable { arn: String },
+}
+
+impl CachedSecret {
+    /// When the secret's value stops working, from its [`EXPIRES_TAG`] tag; `None` for values
+    /// given directly and for secrets without the tag. One `DescribeSecret`, never cached: the
+    /// refresher asks once a run.
+    pub async fn expires_at(&self) -> Result<Option<time::OffsetDateTime>, ExpiryError> {
+        let SecretSource::SecretsManager { arn } = &self.source else {
+            return Ok(None);
+        };
+        let client = self.client.as_ref().ok_or_else(|| SecretError::Unavailable {
+            arn: arn.to_owned(),
+            source: "no Secrets Manager client configured".into(),
+        })?;
+        let described = client.describe_secret().secret_id(arn).send().await.map_err(|e| {
+            SecretError::Unavailable {
+                arn: arn.to_owned(),
+                source: Box::new(e.into_service_error()),
+            }
+        })?;
+        let Some(tag) = described.tags().iter().find(|t| t.key() == Some(EXPIRES_TAG)) else {
+            return Ok(None);
+        };
+        let value = tag.value().unwrap_or_default();
+        parse_expiry(value).map(Some).ok_or_else(|| ExpiryError::Unreadable { arn: arn.to_owned() })
+    }
+}
+
+/// `YYYY-MM-DD` as the end of that day (UTC), or an RFC 3339 time.
+pub fn parse_expiry(value: &str) -> Option<time::OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    let value = value.trim();
+    if let Ok(at) = time::OffsetDateTime::parse(value, &Rfc3339) {
+        return Some(at);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    let day = time::Date::parse(value, &format).ok()?;
+    Some(day.next_day()?.midnight().assume_utc())
+}
+
 impl CachedSecret {
     /// The value when it was given directly (so it can be validated at init); `None` for
     /// Secrets Manager sources, which are read on first use.
@@ -244,5 +296,16 @@ mod tests {
         // The error never carries the value.
         let e = value(r#"{"a":"secret-1","b":"secret-2"}"#).unwrap_err().to_string();
         assert!(!e.contains("secret-1") && !e.contains("secret-2"), "{e}");
+    }
+
+    #[test]
+    fn an_end_date_is_a_day_ending_at_midnight_utc_or_an_rfc3339_time() {
+        let at = |v: &str| parse_expiry(v).map(|t| t.unix_timestamp());
+        // 2027-03-01 ends at 2027-03-02T00:00:00Z.
+        assert_eq!(at("2027-03-01"), Some(1_803_945_600));
+        assert_eq!(at(" 2027-03-01T12:00:00+02:00 "), Some(1_803_895_200));
+        assert_eq!(at("2027-02-30"), None);
+        assert_eq!(at("01/03/2027"), None);
+        assert_eq!(at(""), None);
     }
 }

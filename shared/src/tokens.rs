@@ -91,6 +91,31 @@ pub enum TokenFailure {
     Corrupt,
 }
 
+impl TokenFailure {
+    /// The `Outcome` of a failed refresh in [`crate::metrics::name::REFRESH`].
+    pub fn metric_outcome(&self) -> &'static str {
+        match self {
+            TokenFailure::NeedsReauth { .. } => "needs_reauth",
+            TokenFailure::Token(e) if e.class() == FailureClass::AppMisconfigured => {
+                "app_misconfigured"
+            }
+            _ => "failed",
+        }
+    }
+
+    /// The dependency whose outage this is, if any.
+    pub fn failed_dependency(&self) -> Option<&'static str> {
+        use crate::metrics as m;
+        match self {
+            TokenFailure::Token(e) => m::token_dependency(e),
+            TokenFailure::Store(e) => m::store_dependency(e),
+            TokenFailure::Crypto(e) => m::crypto_dependency(e),
+            TokenFailure::Secret(SecretError::Unavailable { .. }) => Some("secrets_manager"),
+            _ => None,
+        }
+    }
+}
+
 /// What a new token for a connection comes from: a refresh token (default and private
 /// user-delegated apps) or the app's own credential (daemon apps).
 enum Renewal {
@@ -281,8 +306,7 @@ impl TokenService {
                 let outcome = match &result {
                     Ok(grant) if grant.stale => "stale",
                     Ok(_) => "refreshed",
-                    Err(TokenFailure::NeedsReauth { .. }) => "needs_reauth",
-                    Err(_) => "failed",
+                    Err(e) => e.metric_outcome(),
                 };
                 self.record_refresh("request", outcome);
                 return result;
@@ -382,6 +406,16 @@ impl TokenService {
                 "{}: the connection's own app changed since the sign-in",
                 FailureClass::AppMisconfigured.as_str()
             )));
+        }
+        if let Credential::Certificate(cert) = &app.auth.credential {
+            // The alarm before an own app's certificate ends watches the smallest value.
+            let left = (cert.not_after - self.clock.now()).as_seconds_f64() / 86_400.0;
+            let days = Metric::gauge(
+                crate::metrics::name::CREDENTIAL_DAYS_LEFT,
+                left,
+                &[("Credential", "app_certificate")],
+            );
+            self.metrics.record(days);
         }
         Ok(Ok(app.auth))
     }
@@ -613,8 +647,7 @@ impl TokenService {
         let result = self.refresh_locked(&stored, &owner).await;
         let outcome = match &result {
             Ok(_) => "refreshed",
-            Err(TokenFailure::NeedsReauth { .. }) => "needs_reauth",
-            Err(_) => "failed",
+            Err(e) => e.metric_outcome(),
         };
         self.record_refresh("schedule", outcome);
         match result {

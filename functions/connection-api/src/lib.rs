@@ -245,7 +245,7 @@ async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
             Ok(_) => {
                 respond(StatusCode::OK, &json!({"connection_id": cid, "status": "init_required"}))
             }
-            Err(e) => failure(&cid, e),
+            Err(e) => failure(api, &cid, e),
         },
         Ok(Route::GetApp(cid)) => match api.tokens.app_summary(&cid).await {
             Ok(Some(app)) => respond(StatusCode::OK, &json!({"connection_id": cid, "app": app})),
@@ -254,7 +254,7 @@ async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
                 "no_app",
                 "the connection uses the server-wide app (oauthDefault)",
             ),
-            Err(e) => failure(&cid, e),
+            Err(e) => failure(api, &cid, e),
         },
         Ok(Route::SetApp(cid, request)) => match api.tokens.set_app(&cid, *request).await {
             Ok(saved) => respond(
@@ -266,19 +266,19 @@ async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
                     "organization": saved.organization,
                 }),
             ),
-            Err(e) => app_failure(&cid, e),
+            Err(e) => app_failure(api, &cid, e),
         },
         Ok(Route::RemoveApp(cid)) => match api.tokens.remove_app(&cid).await {
             Ok(removed) => respond(
                 StatusCode::OK,
                 &json!({"connection_id": cid, "removed": removed, "auth_type": AUTH_TYPE_DEFAULT}),
             ),
-            Err(e) => failure(&cid, e),
+            Err(e) => failure(api, &cid, e),
         },
     }
 }
 
-fn app_failure(cid: &ConnectionId, e: AppFailure) -> Response<Body> {
+fn app_failure(api: &ConnectionApi, cid: &ConnectionId, e: AppFailure) -> Response<Body> {
     match e {
         AppFailure::Invalid(e) => error(StatusCode::BAD_REQUEST, "invalid_app", &e.to_string()),
         AppFailure::Refused(e) => {
@@ -298,7 +298,7 @@ fn app_failure(cid: &ConnectionId, e: AppFailure) -> Response<Body> {
             };
             respond(status, &body)
         }
-        AppFailure::Unavailable(e) => failure(cid, e),
+        AppFailure::Unavailable(e) => failure(api, cid, e),
     }
 }
 
@@ -331,7 +331,7 @@ async fn status(api: &ConnectionApi, cid: &ConnectionId) -> Response<Body> {
                 },
             )
         }
-        Err(e) => failure(cid, TokenFailure::Store(e)),
+        Err(e) => failure(api, cid, TokenFailure::Store(e)),
     }
 }
 
@@ -347,11 +347,12 @@ async fn token(api: &ConnectionApi, cid: &ConnectionId, force: bool) -> Response
                 "stale": grant.stale,
             }),
         ),
-        Err(e) => failure(cid, e),
+        Err(e) => failure(api, cid, e),
     }
 }
 
-fn failure(cid: &ConnectionId, e: TokenFailure) -> Response<Body> {
+fn failure(api: &ConnectionApi, cid: &ConnectionId, e: TokenFailure) -> Response<Body> {
+    ms_oauth::metrics::record_dependency_failure(&*api.tokens.metrics, e.failed_dependency());
     match e {
         TokenFailure::NotConnected => error(
             StatusCode::CONFLICT,

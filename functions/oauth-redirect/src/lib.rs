@@ -150,6 +150,7 @@ async fn answer(service: &RedirectService, req: Request) -> Response<Body> {
         Err(e) => {
             let class = e.metric_class();
             service.metrics.record(Metric::count(metric::SIGN_IN_FAILED, &[("Class", class)]));
+            ms_oauth::metrics::record_dependency_failure(&*service.metrics, e.failed_dependency());
             (e.into_response(&service.page_context, &cookies), "failed")
         }
     };

@@ -179,7 +179,10 @@ async fn answer(service: &StartService, req: Request) -> Response<Body> {
         (&Method::POST, None) => confirmed(service, &req).await,
         _ => Err(FlowError::Method),
     };
-    outcome.unwrap_or_else(|e| e.into_response(&service.page_context, &[]))
+    outcome.unwrap_or_else(|e| {
+        ms_oauth::metrics::record_dependency_failure(&*service.metrics, e.failed_dependency());
+        e.into_response(&service.page_context, &[])
+    })
 }
 
 /// How long after a rotation of the start-link key links and confirmations signed with the

@@ -11,6 +11,7 @@
 
 use futures::StreamExt;
 use ms_oauth::config::ConfigError;
+use ms_oauth::metrics::{record_dependency_failure, store_dependency};
 use ms_oauth::tokens::{RenewOutcome, TokenService};
 use serde::Serialize;
 
@@ -58,7 +59,13 @@ impl Refresher {
         let mut report = Report::default();
         while began.elapsed() < RUN_BUDGET {
             let now = self.tokens.clock.now().unix_timestamp();
-            let due = self.tokens.store.due_connections(now, page).await?;
+            let due = match self.tokens.store.due_connections(now, page).await {
+                Ok(due) => due,
+                Err(e) => {
+                    record_dependency_failure(&*self.tokens.metrics, store_dependency(&e));
+                    return Err(e);
+                }
+            };
             if due.is_empty() {
                 break;
             }
@@ -89,7 +96,39 @@ impl Refresher {
         metrics.record(Metric::amount(name::REFRESHER_DUE, report.due as u64));
         metrics.record(Metric::amount(name::REFRESHER_STUCK, report.stuck as u64));
         metrics.record(Metric::millis(name::REFRESHER_RUN_DURATION, began.elapsed(), &[]));
+        self.report_client_secret_expiry().await;
         Ok(report)
+    }
+
+    /// Records how many days the server-wide client secret has left, from the end date the
+    /// operator recorded with it (see [`ms_oauth::secrets::EXPIRES_TAG`]), for the alarm that
+    /// warns before it ends. Without a recorded date nothing is recorded.
+    async fn report_client_secret_expiry(&self) {
+        use ms_oauth::metrics::{Metric, name};
+        match self.tokens.client_secret.expires_at().await {
+            Ok(Some(at)) => {
+                let left = (at - self.tokens.clock.now()).as_seconds_f64() / 86_400.0;
+                let days = Metric::gauge(
+                    name::CREDENTIAL_DAYS_LEFT,
+                    left,
+                    &[("Credential", "client_secret")],
+                );
+                self.tokens.metrics.record(days);
+                if left < 30.0 {
+                    tracing::warn!(
+                        days_left = left.floor(),
+                        "the Microsoft client secret ends soon; add a new one and store it"
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if let ms_oauth::secrets::ExpiryError::Secret(_) = &e {
+                    record_dependency_failure(&*self.tokens.metrics, Some("secrets_manager"));
+                }
+                tracing::warn!(error = %ms_oauth::error::chain(&e), "the client secret's end date is unknown");
+            }
+        }
     }
 
     async fn renew(&self, due: Vec<ms_oauth::domain::ConnectionId>) -> Report {
@@ -107,9 +146,11 @@ impl Refresher {
                 RenewOutcome::Skipped => report.skipped += 1,
                 RenewOutcome::Failed(e) => {
                     report.failed += 1;
+                    record_dependency_failure(&*self.tokens.metrics, e.failed_dependency());
                     tracing::warn!(cid = %cid, error = %ms_oauth::error::chain(&e), "renewal failed; retried after a backoff");
                 }
-                RenewOutcome::Stuck(_) => {
+                RenewOutcome::Stuck(e) => {
+                    record_dependency_failure(&*self.tokens.metrics, e.failed_dependency());
                     report.failed += 1;
                     report.stuck += 1;
                 }

@@ -210,6 +210,19 @@ async fn a_private_app_with_a_certificate_signs_assertions_the_platform_verifies
         .await;
         assert_eq!(status, 200, "{token}");
     }
+    // Each use reports how long the certificate has left, for the alarm before it ends.
+    let days_left: Vec<f64> = app
+        .metrics
+        .all()
+        .iter()
+        .filter(|m| m.name == ms_oauth::metrics::name::CREDENTIAL_DAYS_LEFT)
+        .filter(|m| m.dimensions == [("Credential", "app_certificate")])
+        .map(|m| m.value)
+        .collect();
+    assert!(
+        !days_left.is_empty() && days_left.iter().all(|d| *d > 1.0 && *d < 3700.0),
+        "{days_left:?}"
+    );
     assert_nowhere(&app, &[&key_body(&cert)]).await;
 }
 

@@ -1,4 +1,4 @@
-.PHONY: help run link test bench-coldstart-static sam-local test-sam-local test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
+.PHONY: help run link dashboard-picture test bench-coldstart-static sam-local test-sam-local test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -29,6 +29,7 @@ help:
 	@echo "make sam-local - the stack served by sam local start-api (Docker, a local base image), like make run"
 	@echo "make test-sam-local - a whole sign-in through sam local start-api (CI runs it)"
 	@echo "make lint   - rustfmt, clippy (warnings are errors), cfn-lint and sam validate --lint"
+	@echo "make dashboard-picture - draw docs/dashboard.svg from the template's dashboard"
 	@echo "make build  - arm64 release build of the functions for Lambda, with their sizes"
 	@echo "make sam-build - sam build of the stack (what sam deploy uploads)"
 	@echo "make bench  - every measurement below, then docs/benchmarks.md and docs/coldstart.svg"
@@ -138,6 +139,11 @@ lint-infra: deps-infra
 	cd infra && $(SAM_ENV) ../$(VENV)/bin/python local_template.py --check
 	cd infra && $(SAM_ENV) ../$(VENV)/bin/python check_sam_local.py template.yaml
 	cd infra && $(SAM_ENV) ../$(VENV)/bin/python check_sam_local.py .sam-local/template.yaml
+	cd infra && ../$(VENV)/bin/python dashboard_picture.py --check
+
+# docs/dashboard.svg, drawn from the template's dashboard (lint fails when it is out of date).
+dashboard-picture: deps-infra
+	cd infra && ../$(VENV)/bin/python dashboard_picture.py
 
 ## SAM local: the template's own API emulation on this machine (see README, "SAM local").
 sam-local: deps-moto deps-infra

@@ -62,6 +62,42 @@ pub mod name {
     ];
 }
 
+/// Every dimension and the closed set of values it takes. The dashboard and alarms in the
+/// template are checked against this table, and tests check every recorded value.
+pub const DIMENSIONS: &[(&str, &[&str])] = &[
+    ("Origin", &["web", "cli", "vscode", "dash"]),
+    ("AuthType", &["oauthDefault", "oauthPrivate", "daemonApp"]),
+    (
+        "Class",
+        &[
+            "sign_in_again",
+            "admin_consent",
+            "app_misconfigured",
+            "transient",
+            "refused",
+            "internal",
+        ],
+    ),
+    (
+        "Outcome",
+        &["completed", "failed", "refreshed", "stale", "needs_reauth", "app_misconfigured", "ok"],
+    ),
+    ("Trigger", &["request", "schedule"]),
+    (
+        "Operation",
+        &["get_token", "get_app", "set_app", "remove_app", "get_connection", "disconnect", "other"],
+    ),
+    ("Status", &["200", "400", "404", "405", "409", "413", "422", "500", "502", "503", "other"]),
+    ("Kind", &["refreshed", "needs_reauth", "disconnected"]),
+    ("Dependency", &["dynamodb", "kms", "secrets_manager", "microsoft", "autokitteh"]),
+    ("Credential", &["client_secret", "app_certificate"]),
+];
+
+/// The values dimension `key` takes; `None` for a name that is not a dimension.
+pub fn dimension_values(key: &str) -> Option<&'static [&'static str]> {
+    DIMENSIONS.iter().find(|(k, _)| *k == key).map(|(_, values)| *values)
+}
+
 /// The unit of a metric value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -211,13 +247,13 @@ pub const LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
 /// (default [`DEFAULT_NAMESPACE`]); elsewhere none, so tools that print to stdout
 /// (`akoauth token`) print only what they are asked for.
 pub fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> std::sync::Arc<dyn Metrics> {
-    if lookup(LAMBDA_FUNCTION_NAME).is_none_or(|n| n.trim().is_empty()) {
-        return std::sync::Arc::new(NoMetrics);
-    }
     let namespace = lookup(crate::config::METRICS_NAMESPACE)
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    if lookup(LAMBDA_FUNCTION_NAME).is_none_or(|n| n.trim().is_empty()) {
+        return std::sync::Arc::new(NoMetrics);
+    }
     std::sync::Arc::new(EmfMetrics::new(namespace))
 }
 

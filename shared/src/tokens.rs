@@ -116,6 +116,10 @@ impl TokenFailure {
     }
 }
 
+/// Days before an own app's certificate ends from which each use logs a warning naming the
+/// connection (the alarm's threshold is the operator's `CredentialWarningDays`).
+const CERTIFICATE_WARNING_DAYS: f64 = 60.0;
+
 /// What a new token for a connection comes from: a refresh token (default and private
 /// user-delegated apps) or the app's own credential (daemon apps).
 enum Renewal {
@@ -416,6 +420,9 @@ impl TokenService {
                 &[("Credential", "app_certificate")],
             );
             self.metrics.record(days);
+            if left < CERTIFICATE_WARNING_DAYS {
+                tracing::warn!(cid = %cid, days_left = left.floor(), thumbprint = %cert.thumbprint, "the connection's app certificate ends soon; its owner should set a new one");
+            }
         }
         Ok(Ok(app.auth))
     }

@@ -63,6 +63,7 @@ fn placeholder(var: &str) -> Option<&'static str> {
         }
         config::EVENT_BUS_NAME => "default",
         config::TOKEN_REFRESH_MARGIN_SECONDS => "300",
+        config::METRICS_NAMESPACE => "AutoKitteh/MicrosoftOAuth",
         config::MICROSOFT_CLIENT_SECRET_ARN
         | config::START_LINK_KEY_ARN
         | config::AUTOKITTEH_API_TOKEN_ARN => {
@@ -111,10 +112,13 @@ fn functions(template: &Value) -> BTreeMap<String, (String, BTreeSet<String>)> {
             let binary =
                 f["Metadata"]["BuildProperties"]["Binary"].as_str().expect("Binary").to_owned();
             assert_eq!(f["Metadata"]["BuildMethod"].as_str(), Some("rust-cargolambda"), "{id}");
-            let vars = f["Properties"]["Environment"]["Variables"]
-                .as_mapping()
-                .map(|m| m.keys().map(|k| k.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default();
+            // SAM adds the globals' variables to every function's own.
+            let globals = &template["Globals"]["Function"]["Environment"]["Variables"];
+            let vars = [globals, &f["Properties"]["Environment"]["Variables"]]
+                .into_iter()
+                .filter_map(Value::as_mapping)
+                .flat_map(|m| m.keys().map(|k| k.as_str().unwrap().to_owned()))
+                .collect();
             (id, (binary, vars))
         })
         .collect()
@@ -198,6 +202,7 @@ fn the_template_sets_exactly_the_variables_each_function_reads() {
                 config::MICROSOFT_SCOPES,
                 config::EVENT_BUS_NAME,
                 config::TOKEN_REFRESH_MARGIN_SECONDS,
+                config::METRICS_NAMESPACE,
             ];
             if !optional.contains(&var.as_str()) {
                 assert!(
@@ -500,4 +505,150 @@ fn the_per_client_limit_in_front_passes_requests_whole_and_counts_only_sign_ins(
     // A partial set-up is refused before anything is created.
     let rule = &template["Rules"]["EdgeNeedsDomainAndCertificate"];
     assert_eq!(rule["Assertions"].as_sequence().unwrap().len(), 3);
+}
+
+/// The dashboard's body with every `${…}` of its `!Sub` replaced: the map's names by
+/// `sample` values, the template's resources and pseudo parameters by a placeholder. Panics
+/// on a name that is none of these.
+fn dashboard_body(template: &Value) -> serde_json::Value {
+    let sub = tagged(&resources(template)["Dashboard"]["Properties"]["DashboardBody"], "Sub");
+    let text = sub[0].as_str().expect("the body is a string");
+    let map = sub[1].as_mapping().expect("the variables of !Sub");
+    let sample = |name: &str| match name {
+        "Namespace" => "AutoKitteh/MicrosoftOAuth".to_owned(),
+        "WarningDays" => "30".to_owned(),
+        _ => panic!("the dashboard's !Sub names {name}, which the test does not know"),
+    };
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find('}').expect("a closed ${…}") + at;
+        let name = &rest[at + 2..end];
+        let logical = name.split('.').next().unwrap();
+        let value = if map.contains_key(name) {
+            sample(name)
+        } else if name == "AWS::Region" {
+            "us-east-1".to_owned()
+        } else {
+            assert!(resources(template).contains_key(logical), "the dashboard names {name}");
+            format!("<{name}>")
+        };
+        out.push_str(&value);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("the dashboard is not JSON: {e}"))
+}
+
+/// `(metric name, dimensions)` of each metric of ours a dashboard widget or SEARCH reads.
+fn our_metrics(widget: &serde_json::Value) -> Vec<(String, Vec<(String, String)>)> {
+    let mut found = Vec::new();
+    for spec in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+        let spec = spec.as_array().expect("a metric is a list");
+        if let Some(expression) = spec[0]["expression"].as_str() {
+            // SEARCH('{Namespace,Dims…} MetricName="X"', …)
+            if let Some(at) = expression.find("MetricName=\"") {
+                let name = &expression[at + 12..];
+                let name = &name[..name.find('"').unwrap()];
+                assert!(expression.contains("{AutoKitteh/MicrosoftOAuth,"), "{expression}");
+                found.push((name.to_owned(), Vec::new()));
+            }
+            continue;
+        }
+        let words: Vec<&str> = spec.iter().filter_map(serde_json::Value::as_str).collect();
+        if words[0] != "AutoKitteh/MicrosoftOAuth" {
+            assert!(words[0].starts_with("AWS/"), "unknown namespace {}", words[0]);
+            continue;
+        }
+        let dims = words[2..].chunks(2).map(|d| (d[0].to_owned(), d[1].to_owned())).collect();
+        found.push((words[1].to_owned(), dims));
+    }
+    found
+}
+
+fn assert_known_metric(name: &str, dims: &[(String, String)], whose: &str) {
+    use ms_oauth::metrics::{dimension_values, name::ALL};
+    assert!(ALL.contains(&name), "{whose} reads {name}, which the functions never record");
+    for (key, value) in dims {
+        let values = dimension_values(key).unwrap_or_else(|| panic!("{whose}: no dimension {key}"));
+        assert!(
+            values.contains(&value.as_str()),
+            "{whose}: {name} {key}={value} is never recorded"
+        );
+    }
+}
+
+#[test]
+fn the_dashboard_reads_every_metric_the_functions_record_and_nothing_else() {
+    let template = template();
+    let body = dashboard_body(&template);
+    let widgets = body["widgets"].as_array().expect("widgets");
+    let mut seen = BTreeSet::new();
+    let mut cells = BTreeSet::new();
+    for widget in widgets {
+        let title = widget["properties"]["title"].as_str().expect("every widget has a title");
+        for (name, dims) in our_metrics(widget) {
+            assert_known_metric(&name, &dims, title);
+            seen.insert(name);
+        }
+        // On CloudWatch's 24-column grid, and no two widgets on the same cell.
+        let [x, y, w, h] = ["x", "y", "width", "height"].map(|k| widget[k].as_u64().unwrap());
+        assert!(x + w <= 24, "{title} is wider than the dashboard");
+        for cell in (x..x + w).flat_map(|c| (y..y + h).map(move |r| (c, r))) {
+            assert!(cells.insert(cell), "{title} overlaps another widget at {cell:?}");
+        }
+    }
+    for name in ms_oauth::metrics::name::ALL {
+        assert!(seen.contains(*name), "the dashboard shows nothing of {name}");
+    }
+    // The alarm widget lists every alarm of the template.
+    let listed: BTreeSet<String> = widgets
+        .iter()
+        .filter(|w| w["type"] == "alarm")
+        .flat_map(|w| w["properties"]["alarms"].as_array().unwrap().iter())
+        .map(|a| a.as_str().unwrap().trim_matches(['<', '>']).trim_end_matches(".Arn").to_owned())
+        .collect();
+    let alarms: BTreeSet<String> = resources_of_type(&template, "AWS::CloudWatch::Alarm")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(listed, alarms);
+}
+
+#[test]
+fn the_alarms_on_our_metrics_read_what_the_functions_record() {
+    let template = template();
+    let ours = |namespace: &Value| match namespace {
+        Value::Tagged(t) => t.tag == "Ref" && t.value.as_str() == Some("MetricsNamespace"),
+        _ => false,
+    };
+    let dims = |metric: &Value| -> Vec<(String, String)> {
+        metric["Dimensions"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                (d["Name"].as_str().unwrap().to_owned(), d["Value"].as_str().unwrap().to_owned())
+            })
+            .collect()
+    };
+    let mut checked = 0;
+    for (id, alarm) in resources_of_type(&template, "AWS::CloudWatch::Alarm") {
+        let p = &alarm["Properties"];
+        if ours(&p["Namespace"]) {
+            assert_known_metric(p["MetricName"].as_str().unwrap(), &dims(p), &id);
+            checked += 1;
+        }
+        for stat in p["Metrics"].as_sequence().into_iter().flatten() {
+            let metric = &stat["MetricStat"]["Metric"];
+            if ours(&metric["Namespace"]) {
+                assert_known_metric(metric["MetricName"].as_str().unwrap(), &dims(metric), &id);
+                checked += 1;
+            }
+        }
+        // Every alarm notifies the operator's topic when one is given.
+        assert!(p["AlarmActions"] != Value::Null, "{id} notifies no one");
+    }
+    assert!(checked >= 9, "only {checked} alarm metrics of ours");
 }

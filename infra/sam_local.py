@@ -196,10 +196,13 @@ def environments(variables):
     from samcli.yamlhelper import yaml_parse
 
     with open(os.path.join(WORK, "template.yaml"), encoding="utf-8") as f:
-        resources = yaml_parse(f.read())["Resources"]
+        template = yaml_parse(f.read())
+    resources = template["Resources"]
+    # SAM gives every function the globals' variables too.
+    shared = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     out = {}
     for function_id in FUNCTIONS:
-        declared = resources[function_id]["Properties"]["Environment"]["Variables"]
+        declared = dict(shared, **resources[function_id]["Properties"]["Environment"]["Variables"])
         for local in ("WEBHOOK_ADDRESS", "AWS_ENDPOINT_URL", "MICROSOFT_AUTHORITY_HOST"):
             if local not in declared:
                 raise SystemExit(f"sam-local: {function_id} does not declare {local}; it cannot run locally")
@@ -278,7 +281,7 @@ class Stack:
                          MICROSOFT_AUTHORITY_HOST=f"http://{bridge}:{standin_port}",
                          MICROSOFT_GRAPH_URL=f"http://{bridge}:{standin_port}",
                          AWS_ENDPOINT_URL=f"http://{bridge}:{moto_port}",
-                         EVENT_BUS_NAME="")
+                         EVENT_BUS_NAME="", AUDIT_BUS_NAME="")
         env_json = os.path.join(WORK, "env.json")
         with open(env_json, "w", encoding="utf-8") as f:
             json.dump(environments(variables), f, indent=1)

@@ -140,6 +140,18 @@ impl FlowError {
         }
     }
 
+    /// Microsoft's AADSTS code, when Microsoft ended the flow with one.
+    pub fn aadsts(&self) -> Option<u32> {
+        match self {
+            FlowError::Microsoft(e) | FlowError::OwnApp(_, e) | FlowError::ConsentPending(e) => {
+                e.error_codes.first().copied()
+            }
+            FlowError::Token(TokenError::Rejected(e)) => e.error_codes.first().copied(),
+            FlowError::NeedsAdminConsent { cause, .. } => cause.aadsts(),
+            _ => None,
+        }
+    }
+
     /// The dependency whose outage this is, if any (for [`crate::metrics::name::DEPENDENCY_FAILURE`]).
     pub fn failed_dependency(&self) -> Option<&'static str> {
         use crate::metrics as m;

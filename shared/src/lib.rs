@@ -6,6 +6,7 @@
 #![recursion_limit = "256"]
 
 pub mod apps;
+pub mod audit;
 pub mod autokitteh;
 pub mod aws_http;
 pub mod clock;

@@ -38,7 +38,8 @@ pub mod name {
     /// `disconnected`), `Outcome` (`ok`, `failed`).
     pub const WRITE_BACK: &str = "AutoKittehWriteBack";
     /// A request or run that failed because a dependency did. Dimension: `Dependency`
-    /// (`dynamodb`, `kms`, `secrets_manager`, `microsoft`, `autokitteh`).
+    /// (`dynamodb`, `kms`, `secrets_manager`, `microsoft`, `autokitteh`, `eventbridge`: an
+    /// audit event the bus did not take, still in the log).
     pub const DEPENDENCY_FAILURE: &str = "DependencyFailure";
     /// Days until a credential in use stops working. Dimension: `Credential`
     /// (`client_secret`: the server-wide app's secret, from the date recorded with it;
@@ -89,7 +90,10 @@ pub const DIMENSIONS: &[(&str, &[&str])] = &[
     ),
     ("Status", &["200", "400", "404", "405", "409", "413", "422", "500", "502", "503", "other"]),
     ("Kind", &["refreshed", "needs_reauth", "disconnected"]),
-    ("Dependency", &["dynamodb", "kms", "secrets_manager", "microsoft", "autokitteh"]),
+    (
+        "Dependency",
+        &["dynamodb", "kms", "secrets_manager", "microsoft", "autokitteh", "eventbridge"],
+    ),
     ("Credential", &["client_secret", "app_certificate"]),
 ];
 

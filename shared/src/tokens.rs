@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::apps::{AppKind, Credential, OpenAppError};
+use crate::audit::{Act, AuditEvent, AuditTrail, Caller};
 use crate::clock::Clock;
 use crate::crypto::{CryptoError, DataKeys, connection_context, context_of, open, seal};
 use crate::domain::ConnectionId;
@@ -68,6 +69,8 @@ pub struct AccessGrant {
     pub refreshed: bool,
     /// True if a due refresh failed transiently and the older, still valid token is served.
     pub stale: bool,
+    /// The connection's version the token came from (or was saved as).
+    pub version: u64,
 }
 
 /// Why no token could be served.
@@ -100,6 +103,26 @@ impl TokenFailure {
                 "app_misconfigured"
             }
             _ => "failed",
+        }
+    }
+
+    /// The failure class of a refusal or outage; `None` when there is none to give.
+    pub fn failure_class(&self) -> Option<&'static str> {
+        match self {
+            TokenFailure::NeedsReauth { .. } => Some(FailureClass::SignInAgain.as_str()),
+            TokenFailure::Token(e) => Some(e.class().as_str()),
+            TokenFailure::Store(_) | TokenFailure::Crypto(_) | TokenFailure::Secret(_) => {
+                Some(FailureClass::Transient.as_str())
+            }
+            _ => None,
+        }
+    }
+
+    /// Microsoft's AADSTS code, when Microsoft refused with one.
+    pub fn aadsts(&self) -> Option<u32> {
+        match self {
+            TokenFailure::Token(TokenError::Rejected(m)) => m.error_codes.first().copied(),
+            _ => None,
         }
     }
 
@@ -202,6 +225,8 @@ pub struct TokenService {
     pub write_back: Option<Arc<WriteBack>>,
     /// Refresh outcomes and write-backs.
     pub metrics: Arc<dyn Metrics>,
+    /// Where the audit trail goes (tokens served, refreshes, disconnects).
+    pub audit: Arc<dyn AuditTrail>,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -259,6 +284,7 @@ impl TokenService {
         let margin = config.refresh_margin;
         let http = crate::runtime::http_client(&config)?;
         let write_back = write_back_from(lookup, sdk, &config, &http)?;
+        let metrics = crate::metrics::from_env(lookup);
         Ok(Self {
             store: Arc::new(crate::store::DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(sdk),
@@ -273,16 +299,49 @@ impl TokenService {
             margin,
             backoff: Duration::from_millis(200),
             write_back,
-            metrics: crate::metrics::from_env(lookup),
+            metrics: metrics.clone(),
+            audit: crate::audit::from_env(sdk, lookup, metrics),
         })
     }
 
     /// A valid access token for `cid`, refreshed first when it expires within the margin or
-    /// when `force` is set.
+    /// when `force` is set; asked by an operator's tool.
     pub async fn token(
         &self,
         cid: &ConnectionId,
         force: bool,
+    ) -> Result<AccessGrant, TokenFailure> {
+        self.token_by(cid, force, &Caller::operator()).await
+    }
+
+    /// The same, asked by `caller` (whom the audit trail names).
+    pub async fn token_by(
+        &self,
+        cid: &ConnectionId,
+        force: bool,
+        caller: &Caller,
+    ) -> Result<AccessGrant, TokenFailure> {
+        let result = self.current_token(cid, force, caller).await;
+        if let Ok(grant) = &result {
+            let mut event = AuditEvent::new(
+                Act::TokenServed,
+                &[&caller.request_id],
+                self.clock.now(),
+                cid,
+                caller.actor.clone(),
+                if grant.stale { "stale" } else { "served" },
+            );
+            event.connection_version = Some(grant.version);
+            self.audit.record(event).await;
+        }
+        result
+    }
+
+    async fn current_token(
+        &self,
+        cid: &ConnectionId,
+        force: bool,
+        caller: &Caller,
     ) -> Result<AccessGrant, TokenFailure> {
         let asked_at = self.clock.now();
         let deadline = Instant::now() + WAIT_FOR_OTHER_REFRESH;
@@ -313,6 +372,7 @@ impl TokenService {
                     Err(e) => e.metric_outcome(),
                 };
                 self.record_refresh("request", outcome);
+                self.audit_refresh(&stored, &result, "request", caller).await;
                 return result;
             }
             // Another instance is refreshing (or just wrote): wait for its result.
@@ -342,6 +402,7 @@ impl TokenService {
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH),
             refreshed,
             stale,
+            version: stored.version,
         })
     }
 
@@ -515,7 +576,7 @@ impl TokenService {
                 self.margin,
             ),
         };
-        match self.store.save_refresh(cid, stored.version, owner, &update).await? {
+        let saved_as = match self.store.save_refresh(cid, stored.version, owner, &update).await? {
             Some(version) => {
                 tracing::info!(cid = %cid, version, auth_type = %c.auth_type, rotated = new_refresh_token.is_some(), "tokens refreshed");
                 // Only the refresh that was saved is written back, so AutoKitteh never gets a
@@ -541,19 +602,22 @@ impl TokenService {
                         }
                     }
                 }
+                version
             }
             // The lease outlives any refresh; losing it means the item changed under us
             // (a disconnect or a new sign-in), whose tokens must win.
             None => {
-                tracing::warn!(cid = %cid, "refreshed tokens not saved: the connection changed meanwhile")
+                tracing::warn!(cid = %cid, "refreshed tokens not saved: the connection changed meanwhile");
+                stored.version
             }
-        }
+        };
         Ok(AccessGrant {
             access_token: SecretString::from(access_token.secret().clone()),
             token_type: c.vars.oauth_token_type.clone(),
             expires_at,
             refreshed: true,
             stale: false,
+            version: saved_as,
         })
     }
 
@@ -657,6 +721,7 @@ impl TokenService {
             Err(e) => e.metric_outcome(),
         };
         self.record_refresh("schedule", outcome);
+        self.audit_refresh(&stored, &result, "schedule", &Caller::refresher()).await;
         match result {
             Ok(_) => RenewOutcome::Refreshed,
             Err(TokenFailure::NeedsReauth { .. }) => RenewOutcome::NeedsReauth,
@@ -679,6 +744,41 @@ impl TokenService {
                 RenewOutcome::Failed(e)
             }
         }
+    }
+
+    /// The audit event of a renewal of `stored` (the connection as it was before).
+    async fn audit_refresh(
+        &self,
+        stored: &StoredConnection,
+        result: &Result<AccessGrant, TokenFailure>,
+        trigger: &str,
+        caller: &Caller,
+    ) {
+        let cid = &stored.connection.connection_id;
+        let old = stored.version.to_string();
+        let (identity, outcome, version) = match result {
+            Ok(grant) => {
+                let outcome = if grant.stale { "stale" } else { "refreshed" };
+                (vec![cid.to_string(), grant.version.to_string()], outcome, grant.version)
+            }
+            Err(e) => {
+                let attempt = vec![cid.to_string(), old, caller.request_id.clone()];
+                (attempt, e.metric_outcome(), stored.version)
+            }
+        };
+        let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
+        let now = self.clock.now();
+        let mut event =
+            AuditEvent::new(Act::Refreshed, &identity, now, cid, caller.actor.clone(), outcome);
+        event.connection_version = Some(version);
+        event.trigger = Some(trigger.to_owned());
+        event.auth_type = Some(stored.connection.auth_type.clone());
+        event.tenant_id = Some(stored.connection.tenant_id.clone());
+        if let Err(e) = result {
+            event.class = e.failure_class().map(str::to_owned);
+            event.aadsts = e.aadsts();
+        }
+        self.audit.record(event).await;
     }
 
     fn record_refresh(&self, trigger: &'static str, outcome: &'static str) {
@@ -710,6 +810,15 @@ impl TokenService {
     /// Deletes a connection's tokens and vars (in AutoKitteh too, with a write-back).
     /// Idempotent; `true` if there was one.
     pub async fn disconnect(&self, cid: &ConnectionId) -> Result<bool, TokenFailure> {
+        self.disconnect_by(cid, &Caller::operator()).await
+    }
+
+    /// The same, asked by `caller` (whom the audit trail names).
+    pub async fn disconnect_by(
+        &self,
+        cid: &ConnectionId,
+        caller: &Caller,
+    ) -> Result<bool, TokenFailure> {
         let removed = self.store.delete_connection(cid).await?;
         let existed = removed.is_some();
         if let Some(write_back) =
@@ -723,6 +832,21 @@ impl TokenService {
                     tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "connection vars not removed from AutoKitteh")
                 }
             }
+        }
+        if let Some(removed) = &removed {
+            // The id comes from the removed version: one removal, one id, however reported.
+            let version = removed.version.map(|v| v.to_string()).unwrap_or_default();
+            let now = self.clock.now();
+            let mut event = AuditEvent::new(
+                Act::Disconnected,
+                &[cid.as_str(), &version],
+                now,
+                cid,
+                caller.actor.clone(),
+                "removed",
+            );
+            event.connection_version = removed.version;
+            self.audit.record(event).await;
         }
         if existed {
             tracing::info!(cid = %cid, "connection disconnected");

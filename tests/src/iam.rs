@@ -228,14 +228,18 @@ impl Deployment {
     /// The environment and role the template gives function `id`.
     pub fn function(&self, id: &str) -> FunctionSetUp {
         let function = self.resource(id).unwrap_or_else(|| panic!("{id} is not deployed"));
-        let environment = function["Properties"]["Environment"]["Variables"]
-            .as_mapping()
-            .map(|vars| {
-                vars.iter()
-                    .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), scalar(v)?)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // SAM gives every function the globals' variables, then its own.
+        let globals =
+            self.resolve(&self.template["Globals"]["Function"]["Environment"]["Variables"]);
+        let environment =
+            [globals.as_ref(), Some(&function["Properties"]["Environment"]["Variables"])]
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_mapping)
+                .flat_map(|vars| {
+                    vars.iter().filter_map(|(k, v)| Some((k.as_str()?.to_owned(), scalar(v)?)))
+                })
+                .collect();
         let role_arn = function["Properties"]["Role"].as_str().expect("a role ARN").to_owned();
         let role = self
             .attributes

@@ -110,6 +110,7 @@ impl Functions {
             backoff: Duration::from_millis(200),
             write_back: None,
             metrics: Arc::new(ms_oauth::metrics::NoMetrics),
+            audit: Arc::new(ms_oauth::audit::NoAudit),
         };
         Ok(Self {
             start: Arc::new(start),
@@ -182,6 +183,10 @@ async fn dispatch(
     into_hyper(response)
 }
 
+const LOCAL_ACCOUNT: &str = "000000000000";
+/// The IAM principal every local call of the connection API is authorized as.
+pub const LOCAL_CALLER_ARN: &str = "arn:aws:iam::000000000000:user/local-platform";
+
 /// An API Gateway HTTP API (payload format 2.0) event for `req`.
 pub fn api_gateway_event<B>(
     req: &hyper::Request<B>,
@@ -207,6 +212,10 @@ pub fn api_gateway_event<B>(
     let host =
         req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     let now = time::OffsetDateTime::now_utc();
+    // API Gateway authorizes the connection API's routes with IAM and names the caller.
+    let authorizer = route.starts_with("/connections").then(|| {
+        json!({"iam": {"accountId": LOCAL_ACCOUNT, "callerId": "AIDALOCALPLATFORM", "userArn": LOCAL_CALLER_ARN, "userId": "AIDALOCALPLATFORM"}})
+    });
     json!({
         "version": "2.0",
         "routeKey": format!("{} {route}", req.method()),
@@ -227,6 +236,7 @@ pub fn api_gateway_event<B>(
                 "userAgent": req.headers().get(hyper::header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or(""),
             },
             "requestId": format!("local-{id}"),
+            "authorizer": authorizer,
             "routeKey": format!("{} {route}", req.method()),
             "stage": "$default",
             "time": now.unix_timestamp().to_string(),

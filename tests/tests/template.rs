@@ -64,6 +64,7 @@ fn placeholder(var: &str) -> Option<&'static str> {
         config::EVENT_BUS_NAME => "default",
         config::TOKEN_REFRESH_MARGIN_SECONDS => "300",
         config::METRICS_NAMESPACE => "AutoKitteh/MicrosoftOAuth",
+        config::AUDIT_BUS_NAME => "oauth-audit",
         config::MICROSOFT_CLIENT_SECRET_ARN
         | config::START_LINK_KEY_ARN
         | config::AUTOKITTEH_API_TOKEN_ARN => {
@@ -203,6 +204,7 @@ fn the_template_sets_exactly_the_variables_each_function_reads() {
                 config::EVENT_BUS_NAME,
                 config::TOKEN_REFRESH_MARGIN_SECONDS,
                 config::METRICS_NAMESPACE,
+                config::AUDIT_BUS_NAME,
             ];
             if !optional.contains(&var.as_str()) {
                 assert!(

@@ -14,6 +14,7 @@
 
 use http::{HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
+use ms_oauth::audit::{Actor, Caller};
 use ms_oauth::config::ADMIN_CONSENT_PATH;
 use ms_oauth::config::ConfigError;
 use ms_oauth::domain::ConnectionId;
@@ -192,6 +193,27 @@ async fn answer(api: &ConnectionApi, req: Request) -> Response<Body> {
     response
 }
 
+/// Who calls: the IAM principal API Gateway authorized (the route's `AWS_IAM`), and its
+/// request id.
+fn caller(req: &Request) -> Caller {
+    use lambda_http::request::RequestContext;
+    let (arn, request_id) = match req.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => (
+            context
+                .authorizer
+                .as_ref()
+                .and_then(|a| a.iam.as_ref())
+                .and_then(|i| i.user_arn.clone()),
+            context.request_id.clone(),
+        ),
+        _ => (None, None),
+    };
+    Caller::new(
+        Actor::Iam(arn.unwrap_or_else(|| "unidentified".to_owned())),
+        request_id.unwrap_or_else(ms_oauth::audit::fresh_request_id),
+    )
+}
+
 /// The operation a request asks for, as metrics name it (a closed set).
 fn operation(req: &Request) -> &'static str {
     let path = req.uri().path().trim_end_matches('/');
@@ -231,6 +253,7 @@ fn status_label(status: StatusCode) -> &'static str {
 }
 
 async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
+    let caller = caller(&req);
     match route(&req) {
         Err(Refusal(status, code, message, allow)) => {
             let mut response = error(status, code, &message);
@@ -240,8 +263,8 @@ async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
             response
         }
         Ok(Route::Status(cid)) => status(api, &cid).await,
-        Ok(Route::Token(cid, force)) => token(api, &cid, force).await,
-        Ok(Route::Disconnect(cid)) => match api.tokens.disconnect(&cid).await {
+        Ok(Route::Token(cid, force)) => token(api, &cid, force, &caller).await,
+        Ok(Route::Disconnect(cid)) => match api.tokens.disconnect_by(&cid, &caller).await {
             Ok(_) => {
                 respond(StatusCode::OK, &json!({"connection_id": cid, "status": "init_required"}))
             }
@@ -335,8 +358,13 @@ async fn status(api: &ConnectionApi, cid: &ConnectionId) -> Response<Body> {
     }
 }
 
-async fn token(api: &ConnectionApi, cid: &ConnectionId, force: bool) -> Response<Body> {
-    match api.tokens.token(cid, force).await {
+async fn token(
+    api: &ConnectionApi,
+    cid: &ConnectionId,
+    force: bool,
+    caller: &Caller,
+) -> Response<Body> {
+    match api.tokens.token_by(cid, force, caller).await {
         Ok(grant) => respond(
             StatusCode::OK,
             &json!({

@@ -17,6 +17,7 @@ use ms_oauth::apps::{
     AK_APP_VARS, AK_CREDENTIAL_VARS, AUTH_TYPE_PRIVATE, App, AppKind, Credential, OpenAppError,
     app_from_vars, open_app,
 };
+use ms_oauth::audit::{Act, Actor, AuditEvent, AuditTrail, NoAudit};
 use ms_oauth::autokitteh::{self, AkError, AkToken, AutoKitteh, Var};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
@@ -63,6 +64,8 @@ pub struct RedirectService {
     pub autokitteh: Option<AutoKitteh>,
     /// Sign-ins completed and failed, and the function's latency.
     pub metrics: Arc<dyn Metrics>,
+    /// Flows finished and administrators' consents, on the audit trail.
+    pub audit: Arc<dyn AuditTrail>,
     page_context: PageContext,
 }
 
@@ -87,6 +90,7 @@ impl RedirectService {
             events,
             autokitteh: None,
             metrics: Arc::new(NoMetrics),
+            audit: Arc::new(NoAudit),
             page_context,
         }
     }
@@ -94,6 +98,12 @@ impl RedirectService {
     /// The same service recording metrics to `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// The same service recording its acts on `audit`.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditTrail>) -> Self {
+        self.audit = audit;
         self
     }
 
@@ -125,9 +135,12 @@ impl RedirectService {
         ));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
         let events = ms_oauth::runtime::events_from_env(sdk, lookup);
+        let metrics = ms_oauth::metrics::from_env(lookup);
+        let audit = ms_oauth::audit::from_env(sdk, lookup, metrics.clone());
         let service =
             Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events)
-                .with_metrics(ms_oauth::metrics::from_env(lookup));
+                .with_metrics(metrics)
+                .with_audit(audit);
         Ok(match autokitteh {
             Some(ak) => service.with_autokitteh(ak),
             None => service,
@@ -145,10 +158,17 @@ pub async fn handle(service: &RedirectService, req: Request) -> Response<Body> {
 async fn answer(service: &RedirectService, req: Request) -> Response<Body> {
     let began = std::time::Instant::now();
     let mut cookies = Vec::new();
-    let (response, outcome) = match finish(service, &req, &mut cookies).await {
+    let mut spent = None;
+    let (response, outcome) = match finish(service, &req, &mut cookies, &mut spent).await {
         Ok(response) => (response, "completed"),
         Err(e) => {
             let class = e.metric_class();
+            if let Some(spent) = &spent {
+                let mut event = spent.event(service.clock.now(), "failed");
+                event.class = Some(class.to_owned());
+                event.aadsts = e.aadsts();
+                service.audit.record(event).await;
+            }
             service.metrics.record(Metric::count(metric::SIGN_IN_FAILED, &[("Class", class)]));
             ms_oauth::metrics::record_dependency_failure(&*service.metrics, e.failed_dependency());
             (e.into_response(&service.page_context, &cookies), "failed")
@@ -160,10 +180,56 @@ async fn answer(service: &RedirectService, req: Request) -> Response<Body> {
     response
 }
 
+/// What the audit trail says of a flow whose state was spent (nothing secret of it).
+struct Spent {
+    key_hex: String,
+    connection_id: ConnectionId,
+    actor: Actor,
+    origin: String,
+    auth_type: &'static str,
+    admin_consent: Option<String>,
+}
+
+impl Spent {
+    fn new(key: &StateKey, flow: &PendingFlow) -> Self {
+        let actor = match &flow.ak_user_id {
+            Some(user) => Actor::AutokittehUser(user.clone()),
+            None => Actor::PlatformUser(flow.platform_user.clone()),
+        };
+        let auth_type = match (&flow.admin_consent, &flow.app_client_id) {
+            (Some(_), Some(_)) => "own_app",
+            (None, Some(_)) => AUTH_TYPE_PRIVATE,
+            (_, None) => AUTH_TYPE_DEFAULT,
+        };
+        Self {
+            key_hex: key.as_hex(),
+            connection_id: flow.connection_id.clone(),
+            actor,
+            origin: flow.origin.as_str().to_owned(),
+            auth_type,
+            admin_consent: flow.admin_consent.clone(),
+        }
+    }
+
+    /// The flow's one finishing event (the same id for success or failure: a flow ends once).
+    fn event(&self, now: time::OffsetDateTime, outcome: &str) -> AuditEvent {
+        let act = if self.admin_consent.is_some() { Act::AdminConsent } else { Act::FlowFinished };
+        let cid = &self.connection_id;
+        let mut event =
+            AuditEvent::new(act, &[&self.key_hex], now, cid, self.actor.clone(), outcome);
+        event.flow_id = Some(ms_oauth::audit::flow_id(&self.key_hex));
+        event.origin = Some(self.origin.clone());
+        event.auth_type = Some(self.auth_type.to_owned());
+        event.tenant_id = self.admin_consent.clone();
+        event
+    }
+}
+
 async fn finish(
     service: &RedirectService,
     req: &Request,
     cookies: &mut Vec<String>,
+    spent: &mut Option<Spent>,
 ) -> Result<Response<Body>, FlowError> {
     if !ms_oauth::runtime::is_navigation(req.method()) {
         return Err(FlowError::Method);
@@ -204,6 +270,7 @@ async fn finish(
         who,
     );
     let flow = flow?;
+    *spent = Some(Spent::new(&key, &flow));
 
     // The flow is spent: its item (with the PKCE verifier) is deleted while the code is
     // redeemed, so this adds no sequential hop. A failed delete only leaves it to TTL.
@@ -224,6 +291,16 @@ async fn finish(
             ),
             discard
         );
+        if answer.is_ok()
+            && let Some(spent) = spent
+        {
+            let mut event = spent.event(now, "granted");
+            // The tenant Microsoft reports the consent for.
+            if let Ok(Some(reported)) = query.single("tenant", 256) {
+                event.tenant_id = Some(reported.to_owned());
+            }
+            service.audit.record(event).await;
+        }
         return answer;
     }
     let redeem = async {
@@ -363,6 +440,19 @@ async fn finish(
             at: rfc3339(now),
         })
         .await;
+    if let Some(spent) = spent {
+        let mut event = spent.event(now, "completed");
+        event.connection_version = Some(version);
+        event.tenant_id = Some(tokens.claims.tid.clone());
+        event.account = Some(
+            connection
+                .vars
+                .user_principal_name
+                .clone()
+                .unwrap_or_else(|| tokens.claims.oid.clone()),
+        );
+        service.audit.record(event).await;
+    }
     service.metrics.record(Metric::count(
         metric::SIGN_IN_COMPLETED,
         &[("Origin", flow.origin.as_str()), ("AuthType", auth_type)],

@@ -19,6 +19,7 @@ use lambda_http::{Body, Request, Response};
 use ms_oauth::apps::{
     AK_APP_VARS, AUTH_TYPE_DEFAULT, AUTH_TYPE_PRIVATE, AppKind, AppRef, app_ref_from_vars,
 };
+use ms_oauth::audit::{Act, Actor, AuditEvent, AuditTrail, NoAudit};
 use ms_oauth::autokitteh::{AutoKitteh, Integration};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
@@ -51,6 +52,8 @@ pub struct StartService {
     pub autokitteh: Option<AutoKitteh>,
     /// Sign-ins started.
     pub metrics: Arc<dyn Metrics>,
+    /// Flows started, on the audit trail.
+    pub audit: Arc<dyn AuditTrail>,
     page_context: PageContext,
 }
 
@@ -87,13 +90,41 @@ impl StartService {
     ) -> Self {
         let page_context = PageContext::new(&config);
         let metrics: Arc<dyn Metrics> = Arc::new(NoMetrics);
-        Self { config, endpoints, store, clock, start_key, autokitteh, metrics, page_context }
+        let audit: Arc<dyn AuditTrail> = Arc::new(NoAudit);
+        Self {
+            config,
+            endpoints,
+            store,
+            clock,
+            start_key,
+            autokitteh,
+            metrics,
+            audit,
+            page_context,
+        }
     }
 
     /// The same service recording metrics to `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<dyn Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// The same service recording its acts on `audit`.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditTrail>) -> Self {
+        self.audit = audit;
+        self
+    }
+
+    /// Metrics and the audit trail from the environment.
+    fn observed(
+        self,
+        sdk: &aws_config::SdkConfig,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Self {
+        let metrics = ms_oauth::metrics::from_env(lookup);
+        let audit = ms_oauth::audit::from_env(sdk, lookup, metrics.clone());
+        self.with_metrics(metrics).with_audit(audit)
     }
 
     /// Builds the service from `lookup` with AWS clients made from `sdk`. Never touches the
@@ -114,7 +145,7 @@ impl StartService {
             let autokitteh = AutoKitteh::new(ak.api_url.clone(), Arc::new(http));
             let service =
                 Self::in_autokitteh(config, endpoints, store, Arc::new(SystemClock), autokitteh);
-            return Ok(service.with_metrics(ms_oauth::metrics::from_env(lookup)));
+            return Ok(service.observed(sdk, lookup));
         }
         let start_key = ms_oauth::runtime::secret_from_env(
             sdk,
@@ -128,7 +159,7 @@ impl StartService {
         }
         // No HTTP client: the start function makes no outbound call to Microsoft.
         Ok(Self::new(config, endpoints, store, Arc::new(SystemClock), start_key)
-            .with_metrics(ms_oauth::metrics::from_env(lookup)))
+            .observed(sdk, lookup))
     }
 
     /// `check` with the start-link key; when it finds a signature it cannot verify, with a
@@ -275,6 +306,10 @@ async fn admin_consent(service: &StartService, req: &Request) -> Result<Response
     };
     service.store.put_state(&key, &flow).await?;
     tracing::info!(cid = %cid, tenant = %tenant, app = %client_id, user = %who, "admin consent started");
+    let auth_type = if own { "own_app" } else { AUTH_TYPE_DEFAULT };
+    let mut event = flow_started(service, &key, &flow, auth_type);
+    event.outcome = "admin_consent_started".to_owned();
+    service.audit.record(event).await;
     let location = service.endpoints.admin_consent_url(&client_id, &tenant, secrets.state.secret());
     Ok(pages::redirect(location.as_str(), &[]))
 }
@@ -431,6 +466,7 @@ async fn begin(
         metric::SIGN_IN_STARTED,
         &[("Origin", origin.as_str()), ("AuthType", auth_type)],
     ));
+    service.audit.record(flow_started(service, &key, &flow, auth_type)).await;
     let cookies: Vec<String> = clear.into_iter().chain([cookie]).collect();
     Ok(pages::redirect(location.as_str(), &cookies))
 }
@@ -506,6 +542,27 @@ async fn autokitteh_user(
     );
     let app = app_ref_from_vars(&vars?)?;
     Ok((user.user_id, app))
+}
+
+/// The audit event of a flow whose state `key` was just saved.
+fn flow_started(
+    service: &StartService,
+    key: &StateKey,
+    flow: &PendingFlow,
+    auth_type: &str,
+) -> AuditEvent {
+    let actor = match &flow.ak_user_id {
+        Some(user) => Actor::AutokittehUser(user.clone()),
+        None => Actor::PlatformUser(flow.platform_user.clone()),
+    };
+    let now = service.clock.now();
+    let cid = &flow.connection_id;
+    let mut event = AuditEvent::new(Act::FlowStarted, &[&key.as_hex()], now, cid, actor, "started");
+    event.flow_id = Some(ms_oauth::audit::flow_id(&key.as_hex()));
+    event.origin = Some(flow.origin.as_str().to_owned());
+    event.auth_type = Some(auth_type.to_owned());
+    event.tenant_id = flow.admin_consent.clone();
+    event
 }
 
 #[cfg(test)]

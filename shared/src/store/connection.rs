@@ -88,6 +88,9 @@ pub struct Removed {
     /// Set for a connection made inside AutoKitteh (see [`Connection::autokitteh_user_id`]).
     #[serde(default)]
     pub autokitteh_user_id: Option<String>,
+    /// The version the connection had when it was removed (for the audit trail).
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 /// What a refresh writes.

@@ -436,7 +436,7 @@ impl Store for DynamoStore {
             .get_item()
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
-            .projection_expression("#pk, autokitteh_user_id")
+            .projection_expression("#pk, autokitteh_user_id, version")
             .expression_attribute_names("#pk", KEY_ATTRIBUTE)
             .consistent_read(true)
             .send()

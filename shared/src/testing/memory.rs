@@ -195,9 +195,10 @@ impl Store for MemoryStore {
     async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError> {
         let mut connections = self.connections.lock().map_err(|_| poisoned())?;
         self.leases.lock().map_err(|_| poisoned())?.remove(&connection_key(id));
-        Ok(connections
-            .remove(&connection_key(id))
-            .map(|old| Removed { autokitteh_user_id: old.connection.autokitteh_user_id }))
+        Ok(connections.remove(&connection_key(id)).map(|old| Removed {
+            autokitteh_user_id: old.connection.autokitteh_user_id,
+            version: Some(old.version),
+        }))
     }
 
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {

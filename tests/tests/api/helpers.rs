@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use connection_api::ConnectionApi;
+use ms_oauth::audit::{AuditTrail, RecordedAudit};
 use ms_oauth::clock::Clock;
 use ms_oauth::config::{self, Config};
 use ms_oauth::crypto::{DataKeys, KmsDataKeys, context_of, open};
@@ -166,6 +167,8 @@ pub struct TestApp {
     pub aws_endpoint: String,
     /// What the functions recorded as metrics (not with `AppOptions::from_template`).
     pub metrics: Arc<RecordedMetrics>,
+    /// What the functions put on the audit trail (not with `AppOptions::from_template`).
+    pub audit: Arc<RecordedAudit>,
 }
 
 /// A test deployment of the template: the functions' set-up and the AWS calls each made.
@@ -309,6 +312,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
     let recorded = Arc::new(RecordedMetrics::default());
     let metrics: Arc<dyn Metrics> = recorded.clone();
+    let recorded_audit = Arc::new(RecordedAudit::default());
+    let audit: Arc<dyn AuditTrail> = recorded_audit.clone();
     let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamo_for_app, table.clone()));
     let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
     let endpoints = Endpoints::new(&config);
@@ -350,8 +355,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         Some(ak) => redirect.with_autokitteh(ak),
         None => redirect,
     }
-    .with_metrics(metrics.clone());
-    let start = start.with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_audit(audit.clone());
+    let start = start.with_metrics(metrics.clone()).with_audit(audit.clone());
     let mut ak_service_user = None;
     let write_back = match (&ak_client, &autokitteh) {
         (Some(client), Some(standin)) if options.ak_write_back => {
@@ -387,6 +393,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         backoff: Duration::from_millis(20),
         write_back,
         metrics: metrics.clone(),
+        audit: audit.clone(),
     };
     tokio::spawn(local::serve(
         listener,
@@ -417,6 +424,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         kms_key,
         aws_endpoint: endpoint,
         metrics: recorded,
+        audit: recorded_audit,
     }
 }
 
@@ -474,6 +482,16 @@ async fn spawn_from_template(
             ak_service_user = Some((user, token));
         }
     }
+    // The audit bus the template makes, made on the emulator under this deployment's name.
+    let audit_bus = format!("oauth-test-audit-{}", r.suffix);
+    let audit_bus_arn = aws_sdk_eventbridge::Client::new(&sdk)
+        .create_event_bus()
+        .name(&audit_bus)
+        .send()
+        .await
+        .expect("audit bus")
+        .event_bus_arn
+        .expect("audit bus ARN");
     let table_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}", r.table);
     let key_arn = format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/{}", r.kms_key);
     let deployment = ms_oauth_tests::iam::Deployment::new(
@@ -488,8 +506,13 @@ async fn spawn_from_template(
             ("Table".to_owned(), r.table.clone()),
             ("StartLinkKey".to_owned(), start_key_arn),
             ("TokenKey".to_owned(), r.kms_key.clone()),
+            ("AuditBus".to_owned(), audit_bus),
         ]),
-        BTreeMap::from([("Table.Arn".to_owned(), table_arn), ("TokenKey.Arn".to_owned(), key_arn)]),
+        BTreeMap::from([
+            ("Table.Arn".to_owned(), table_arn),
+            ("TokenKey.Arn".to_owned(), key_arn),
+            ("AuditBus.Arn".to_owned(), audit_bus_arn),
+        ]),
     );
 
     let mut functions = BTreeMap::new();
@@ -542,6 +565,7 @@ async fn spawn_from_template(
         kms_key: r.kms_key,
         aws_endpoint: r.endpoint,
         metrics: Arc::new(RecordedMetrics::default()),
+        audit: Arc::new(RecordedAudit::default()),
     }
 }
 

@@ -6,6 +6,7 @@
 mod abuse;
 mod akoauth;
 mod apps;
+mod audit;
 mod autokitteh;
 mod binding;
 mod events;

@@ -213,10 +213,14 @@ impl TokenService {
     /// Removes a connection's own app: the connection goes back to the server-wide app, and
     /// tokens its own app issued (useless to any other app) are removed with it. `true` if
     /// there was an app.
-    pub async fn remove_app(&self, cid: &ConnectionId) -> Result<bool, TokenFailure> {
+    pub async fn remove_app(
+        &self,
+        cid: &ConnectionId,
+        caller: &crate::audit::Caller,
+    ) -> Result<bool, TokenFailure> {
         let connection = self.store.get_connection(cid).await?;
         if connection.is_some_and(|c| c.connection.app_client_id.is_some()) {
-            self.disconnect(cid).await?;
+            self.disconnect_by(cid, caller).await?;
         }
         let existed = self.store.delete_app(cid).await?;
         if existed {

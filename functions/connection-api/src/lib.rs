@@ -291,7 +291,7 @@ async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
             ),
             Err(e) => app_failure(api, &cid, e),
         },
-        Ok(Route::RemoveApp(cid)) => match api.tokens.remove_app(&cid).await {
+        Ok(Route::RemoveApp(cid)) => match api.tokens.remove_app(&cid, &caller).await {
             Ok(removed) => respond(
                 StatusCode::OK,
                 &json!({"connection_id": cid, "removed": removed, "auth_type": AUTH_TYPE_DEFAULT}),

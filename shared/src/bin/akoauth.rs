@@ -9,7 +9,12 @@
 //! - `akoauth disconnect --cid con_…` deletes a connection's tokens and vars;
 //! - `akoauth app set|show|remove --cid con_…` manages a connection's own Entra app (the
 //!   client secret or certificate is read from a file or stdin, never the command line);
-//! - `akoauth consent-link --cid con_… [--tenant …]` prints a signed admin-consent link.
+//! - `akoauth consent-link --cid con_… [--tenant …]` prints a signed admin-consent link;
+//! - `akoauth stats` counts connections by status, failure class, auth type and tenant;
+//! - `akoauth audit --cid con_… --log-group …` prints what the audit trail holds for a
+//!   connection, when the trail is kept in a log group.
+//!
+//! Long commands report their progress on stderr; stdout holds only the answer.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -91,6 +96,24 @@ enum Command {
         /// How long the link may wait to be opened, in seconds (at most 600). It opens once.
         #[arg(long, default_value_t = MAX_GRANT_LIFETIME_SECS, value_parser = clap::value_parser!(i64).range(1..=MAX_GRANT_LIFETIME_SECS))]
         ttl: i64,
+    },
+    /// Count connections by status, failure class, auth type and tenant (reads the whole
+    /// table; progress on stderr).
+    Stats {
+        /// How many tenants to list, most connections first.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Print the audit trail of a connection, oldest first, one JSON event per line, from the
+    /// log group the stack keeps it in (the AuditLogGroupName output).
+    Audit {
+        #[arg(long, value_parser = parse_cid)]
+        cid: ConnectionId,
+        #[arg(long)]
+        log_group: String,
+        /// How far back to look, in days.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3653))]
+        days: u32,
     },
 }
 
@@ -224,6 +247,8 @@ async fn run(cli: Cli) -> Result<String, String> {
             })
         }
         Command::App { action } => app(action).await,
+        Command::Stats { top } => stats(top).await,
+        Command::Audit { cid, log_group, days } => audit(&cid, &log_group, days).await,
         Command::ConsentLink { cid, origin, tenant, ttl } => {
             let user = std::env::var("USER").ok().filter(|u| !u.trim().is_empty());
             let mut grant = StartGrant::new(
@@ -297,7 +322,10 @@ async fn app(action: AppAction) -> Result<String, String> {
             }
         }
         AppAction::Remove { cid } => {
-            let removed = tokens.remove_app(&cid).await.map_err(|e| ms_oauth::error::chain(&e))?;
+            let removed = tokens
+                .remove_app(&cid, &ms_oauth::audit::Caller::operator())
+                .await
+                .map_err(|e| ms_oauth::error::chain(&e))?;
             Ok(if removed {
                 format!("{cid}: back to the server-wide app; sign in again")
             } else {
@@ -305,6 +333,159 @@ async fn app(action: AppAction) -> Result<String, String> {
             })
         }
     }
+}
+
+/// Progress on stderr, at most once a second (and always for the last line).
+struct Progress {
+    last: Option<std::time::Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { last: None }
+    }
+
+    fn report(&mut self, line: impl FnOnce() -> String, last: bool) {
+        let due = self.last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if due || last {
+            eprintln!("akoauth: {}", line());
+            self.last = Some(std::time::Instant::now());
+        }
+    }
+}
+
+/// The failure class a stored status reason starts with (`<class>: …`).
+fn reason_class(reason: Option<&str>) -> &'static str {
+    use ms_oauth::microsoft::FailureClass as C;
+    let prefix = reason.and_then(|r| r.split(':').next()).unwrap_or_default().trim();
+    [C::SignInAgain, C::AdminConsent, C::AppMisconfigured, C::Transient]
+        .into_iter()
+        .map(C::as_str)
+        .find(|class| *class == prefix)
+        .unwrap_or("unclassified")
+}
+
+async fn stats(top: usize) -> Result<String, String> {
+    use std::collections::BTreeMap;
+    let tokens = token_service().await?;
+    let mut total = 0u64;
+    let mut by_status: BTreeMap<String, u64> = BTreeMap::new();
+    let mut by_class: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut by_auth_type: BTreeMap<String, u64> = BTreeMap::new();
+    let mut refresh_failing = 0u64;
+    let mut tenants: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    let mut progress = Progress::new();
+    loop {
+        let page = tokens
+            .store
+            .connection_page(after.as_deref(), 200)
+            .await
+            .map_err(|e| ms_oauth::error::chain(&e))?;
+        for stored in &page.connections {
+            let c = &stored.connection;
+            total += 1;
+            *by_status.entry(c.status.clone()).or_default() += 1;
+            *by_auth_type.entry(c.auth_type.clone()).or_default() += 1;
+            let needs = c.status == ms_oauth::store::STATUS_NEEDS_REAUTH;
+            if needs {
+                *by_class.entry(reason_class(c.status_reason.as_deref())).or_default() += 1;
+            }
+            refresh_failing += u64::from(c.refresh_failures > 0);
+            let tenant = tenants.entry(c.tenant_id.clone()).or_default();
+            tenant.0 += 1;
+            tenant.1 += u64::from(needs);
+        }
+        after = page.next;
+        progress.report(|| format!("read {total} connections"), after.is_none());
+        if after.is_none() {
+            break;
+        }
+    }
+    let mut ranked: Vec<(String, (u64, u64))> = tenants.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.0.cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
+    let tenant_count = ranked.len();
+    let tenants: Vec<serde_json::Value> = ranked
+        .into_iter()
+        .take(top)
+        .map(|(tenant, (connections, needs_reauth))| {
+            serde_json::json!({"tenant_id": tenant, "connections": connections, "needs_reauth": needs_reauth})
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "connections": total,
+        "by_status": by_status,
+        "needs_reauth_by_class": by_class,
+        "by_auth_type": by_auth_type,
+        "refresh_failing": refresh_failing,
+        "tenants": tenant_count,
+        "top_tenants": tenants,
+    }))
+    .map_err(|e| e.to_string())
+}
+
+async fn audit(cid: &ConnectionId, log_group: &str, days: u32) -> Result<String, String> {
+    let sdk = ms_oauth::runtime::aws_config().await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk);
+    let now = time::OffsetDateTime::now_utc();
+    let since = now - time::Duration::days(i64::from(days));
+    let since_millis = i64::try_from(since.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let mut events: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    let mut next: Option<String> = None;
+    let mut searched = 0usize;
+    let mut progress = Progress::new();
+    loop {
+        // The id as a quoted term narrows the search on CloudWatch's side; each match is
+        // still checked below.
+        let out = logs
+            .filter_log_events()
+            .log_group_name(log_group)
+            .filter_pattern(format!("\"{cid}\""))
+            .start_time(since_millis)
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| {
+                format!("{log_group}: {}", ms_oauth::error::chain(&e.into_service_error()))
+            })?;
+        for line in out.events() {
+            searched += 1;
+            let Some(message) = line.message() else { continue };
+            let Ok(envelope) = serde_json::from_str::<serde_json::Value>(message) else { continue };
+            let detail = &envelope["detail"];
+            if envelope["source"] != ms_oauth::audit::AUDIT_SOURCE
+                || detail["connection_id"] != cid.as_str()
+            {
+                continue;
+            }
+            // The same act delivered twice keeps one line.
+            if let Some(id) = detail["event_id"].as_str() {
+                events.entry(id.to_owned()).or_insert_with(|| detail.clone());
+            }
+        }
+        next = out.next_token().map(str::to_owned);
+        progress.report(
+            || format!("searched {searched} log events, {} for {cid}", events.len()),
+            next.is_none(),
+        );
+        if next.is_none() {
+            break;
+        }
+    }
+    let mut ordered: Vec<serde_json::Value> = events.into_values().collect();
+    ordered.sort_by(|a, b| {
+        let key = |e: &serde_json::Value| {
+            let at = e["at"].as_str().and_then(|at| {
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+            });
+            (at.map(time::OffsetDateTime::unix_timestamp_nanos), e["connection_version"].as_u64())
+        };
+        key(a).cmp(&key(b))
+    });
+    if ordered.is_empty() {
+        return Ok(format!("{cid}: no audit events in {log_group} in the last {days} days"));
+    }
+    Ok(ordered.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
 }
 
 async fn token_service() -> Result<ms_oauth::tokens::TokenService, String> {

@@ -479,6 +479,31 @@ impl Store for DynamoStore {
         Ok(items.into_iter().map(|d| d.connection_id).collect())
     }
 
+    async fn connection_page(
+        &self,
+        after: Option<&str>,
+        limit: i32,
+    ) -> Result<ConnectionPage, StoreError> {
+        let mut scan = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(#pk, :conn)")
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .expression_attribute_values(":conn", AttributeValue::S("conn#".into()))
+            .limit(limit);
+        if let Some(after) = after {
+            scan = scan.exclusive_start_key(KEY_ATTRIBUTE, AttributeValue::S(after.to_owned()));
+        }
+        let out = scan.send().await.map_err(|e| unavailable("Scan")(e.into_service_error()))?;
+        let connections = serde_dynamo::from_items(out.items.unwrap_or_default())?;
+        let next = out
+            .last_evaluated_key
+            .and_then(|mut key| key.remove(KEY_ATTRIBUTE))
+            .and_then(|key| key.as_s().ok().cloned());
+        Ok(ConnectionPage { connections, next })
+    }
+
     async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError> {
         // A secret replacing a certificate leaves none of the certificate's facts behind.
         let upsert = Upsert::new("app", app, &OPTIONAL_APP_ATTRIBUTES)?;

@@ -142,12 +142,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError>;
     /// Connections whose refresh is due at `now`, oldest first, at most `limit`.
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError>;
+    /// One page of a walk over every connection, for operators (statistics, re-sealing):
+    /// `after` is the cursor the page before returned (`None` to begin). The walk reads
+    /// whole items; a page may hold fewer than `limit` (even none) and still not be the last.
+    async fn connection_page(
+        &self,
+        after: Option<&str>,
+        limit: i32,
+    ) -> Result<ConnectionPage, StoreError>;
     /// Creates or replaces a connection's own app; returns its new version.
     async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError>;
     /// Reads a connection's own app.
     async fn get_app(&self, id: &ConnectionId) -> Result<Option<StoredApp>, StoreError>;
     /// Deletes a connection's own app; `true` if there was one. Idempotent.
     async fn delete_app(&self, id: &ConnectionId) -> Result<bool, StoreError>;
+}
+
+/// A page of [`Store::connection_page`].
+#[derive(Debug, Default)]
+pub struct ConnectionPage {
+    pub connections: Vec<StoredConnection>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<String>,
 }
 
 /// Key of a connection's app item.

@@ -212,6 +212,22 @@ impl Store for MemoryStore {
         Ok(due.into_iter().take(usize::try_from(limit).unwrap_or(0)).map(|(_, id)| id).collect())
     }
 
+    async fn connection_page(
+        &self,
+        after: Option<&str>,
+        limit: i32,
+    ) -> Result<ConnectionPage, StoreError> {
+        let connections = self.connections.lock().map_err(|_| poisoned())?;
+        let mut keys: Vec<&String> =
+            connections.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)).collect();
+        keys.sort();
+        let limit = usize::try_from(limit).unwrap_or(0).max(1);
+        let page: Vec<StoredConnection> =
+            keys.iter().take(limit).filter_map(|k| connections.get(*k).cloned()).collect();
+        let next = (keys.len() > limit).then(|| keys[limit - 1].clone());
+        Ok(ConnectionPage { connections: page, next })
+    }
+
     async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError> {
         let mut apps = self.apps.lock().map_err(|_| poisoned())?;
         let version = apps.get(&app_key(&app.connection_id)).map_or(0, |a| a.version) + 1;

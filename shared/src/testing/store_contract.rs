@@ -107,6 +107,41 @@ pub async fn check(store: &dyn Store) {
     failed_refreshes_are_postponed_and_counted_until_one_succeeds(store).await;
     deletes_report_what_was_removed_once(store).await;
     apps_are_replaced_whole_and_kept_apart_from_tokens(store).await;
+    a_walk_sees_every_connection_once_and_nothing_else(store).await;
+}
+
+async fn a_walk_sees_every_connection_once_and_nothing_else(store: &dyn Store) {
+    let ours: Vec<ConnectionId> = (0..5).map(|_| fresh_connection_id()).collect();
+    for id in &ours {
+        store.save_connection(&connection(id, NOW)).await.unwrap();
+    }
+    // Other kinds of items in the table are not connections and must not be walked.
+    store
+        .put_state(&StateKey::from_state(&fresh_id("walk")), &flow(&ours[0], "h", NOW + 60))
+        .await
+        .unwrap();
+    assert!(store.spend_grant(&fresh_id("walk"), NOW + 60).await.unwrap());
+    let mut seen = std::collections::BTreeMap::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.connection_page(after.as_deref(), 2).await.unwrap();
+        pages += 1;
+        assert!(page.connections.len() <= 2, "a page holds at most its limit");
+        for stored in page.connections {
+            *seen.entry(stored.connection.connection_id.to_string()).or_insert(0) += 1;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+        assert!(pages < 10_000, "the walk does not end");
+    }
+    for id in &ours {
+        let times = seen.get(id.as_str());
+        assert_eq!(times, Some(&1), "{id} seen {times:?} times");
+    }
+    assert!(pages >= 3, "5 connections in pages of 2 take at least 3 pages");
 }
 
 async fn apps_are_replaced_whole_and_kept_apart_from_tokens(store: &dyn Store) {

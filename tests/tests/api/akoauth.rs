@@ -198,3 +198,117 @@ async fn an_operator_sets_a_private_app_with_a_certificate_file_and_removes_it()
     assert!(out.contains("back to the server-wide app"), "{out}");
     assert!(app.connection(&cid).await.is_none());
 }
+
+#[tokio::test]
+async fn stats_count_connections_by_status_class_and_tenant() {
+    binary();
+    let app = spawn_app().await;
+    let cids: Vec<_> = (0..3).map(|_| new_cid()).collect();
+    for (cid, account) in cids.iter().zip(["work", "work", "personal"]) {
+        let flow = app.connect(&Browser::new(), cid, ms_oauth::domain::Origin::Web, account).await;
+        assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    }
+    // One grant dies: its next refresh marks it needs_reauth.
+    app.standin.revoke_refresh_tokens(50173);
+    let forced = format!("{}/connections/{}/token?force_refresh=true", app.api_address, cids[0]);
+    assert_eq!(reqwest::get(forced).await.unwrap().status(), 409);
+    let work_tenant = app.connection(&cids[0]).await.unwrap().connection.tenant_id;
+
+    let (ok, out, err) = akoauth(&app, &["stats", "--top", "1"], None).await;
+    assert!(ok, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).expect("JSON on stdout");
+    assert_eq!(stats["connections"], 3);
+    assert_eq!(stats["by_status"], serde_json::json!({"ok": 2, "needs_reauth": 1}));
+    assert_eq!(stats["needs_reauth_by_class"], serde_json::json!({"sign_in_again": 1}));
+    assert_eq!(stats["by_auth_type"], serde_json::json!({"oauthDefault": 3}));
+    assert_eq!(stats["tenants"], 2);
+    assert_eq!(
+        stats["top_tenants"],
+        serde_json::json!([{"tenant_id": work_tenant, "connections": 2, "needs_reauth": 1}])
+    );
+    // Progress goes to stderr, so stdout stays the answer alone.
+    assert!(err.contains("read 3 connections"), "{err}");
+}
+
+#[tokio::test]
+async fn audit_prints_a_connections_trail_from_the_log_group_once_per_act_in_order() {
+    use ms_oauth::audit::{AUDIT_SOURCE, Act, Actor, AuditEvent};
+    binary();
+    let app = spawn_app().await;
+    let sdk = ms_oauth_tests::aws::sdk_config(&app.aws_endpoint).await;
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&sdk);
+    let group = format!("/aws/events/oauth-audit-{}", ms_oauth_tests::random_base32(10));
+    logs.create_log_group().log_group_name(&group).send().await.unwrap();
+    logs.create_log_stream().log_group_name(&group).log_stream_name("s").send().await.unwrap();
+
+    let cid = new_cid();
+    let other = new_cid();
+    let now = time::OffsetDateTime::now_utc();
+    let event = |act, id: &str, cid, seconds, version| {
+        let mut e = AuditEvent::new(
+            act,
+            &[id],
+            now - time::Duration::seconds(seconds),
+            cid,
+            Actor::Refresher,
+            "refreshed",
+        );
+        e.connection_version = Some(version);
+        e
+    };
+    let later = event(Act::Refreshed, "b", &cid, 10, 3);
+    let earlier = event(Act::Refreshed, "a", &cid, 60, 2);
+    let elsewhere = event(Act::Refreshed, "c", &other, 30, 5);
+    // As EventBridge writes them into the log group: the whole event, detail inside. The
+    // later act was delivered twice.
+    let envelope = |e: &AuditEvent| {
+        serde_json::json!({
+            "version": "0", "id": ms_oauth_tests::random_base32(12), "detail-type": e.act.detail_type(),
+            "source": AUDIT_SOURCE, "account": "000000000000", "time": e.at,
+            "region": "us-east-1", "resources": [], "detail": e,
+        })
+        .to_string()
+    };
+    let millis = i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap();
+    let lines = [
+        envelope(&later),
+        envelope(&earlier),
+        envelope(&later),
+        envelope(&elsewhere),
+        format!("not json {cid}"),
+    ];
+    let log_events = lines.iter().map(|message| {
+        aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+            .timestamp(millis)
+            .message(message)
+            .build()
+            .unwrap()
+    });
+    logs.put_log_events()
+        .log_group_name(&group)
+        .log_stream_name("s")
+        .set_log_events(Some(log_events.collect()))
+        .send()
+        .await
+        .unwrap();
+
+    let cid_arg = cid.to_string();
+    let (ok, out, err) =
+        akoauth(&app, &["audit", "--cid", &cid_arg, "--log-group", &group], None).await;
+    assert!(ok, "{err}");
+    let printed: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).expect("one JSON event per line")).collect();
+    assert_eq!(printed.len(), 2, "{out}");
+    assert_eq!(printed[0]["event_id"], earlier.event_id.as_str());
+    assert_eq!(printed[1]["event_id"], later.event_id.as_str());
+    assert_eq!(printed[1]["connection_version"], 3);
+    assert!(err.contains("searched"), "{err}");
+
+    // A connection with nothing kept says so; a missing log group is an error.
+    let none = new_cid().to_string();
+    let (ok, out, _) = akoauth(&app, &["audit", "--cid", &none, "--log-group", &group], None).await;
+    assert!(ok && out.contains("no audit events"), "{out}");
+    let (ok, _, err) =
+        akoauth(&app, &["audit", "--cid", &cid_arg, "--log-group", "/no/such/group"], None).await;
+    assert!(!ok && err.contains("/no/such/group"), "{err}");
+}

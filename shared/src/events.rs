@@ -20,6 +20,8 @@ pub enum EventKind {
     NeedsReauth,
     Disconnected,
     AdminConsentGranted,
+    /// Many connections of one tenant failed the same way within minutes.
+    TenantFailing,
 }
 
 impl EventKind {
@@ -30,6 +32,7 @@ impl EventKind {
             EventKind::NeedsReauth => "Connection Needs Reauthorization",
             EventKind::Disconnected => "Connection Disconnected",
             EventKind::AdminConsentGranted => "Admin Consent Granted",
+            EventKind::TenantFailing => "Tenant Connections Failing",
         }
     }
 }
@@ -43,6 +46,9 @@ pub struct ConnectionEvent {
     pub tenant_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For [`EventKind::TenantFailing`]: how many connections failed so when it was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
     /// RFC 3339.
     pub at: String,
 }

@@ -45,6 +45,9 @@ pub mod name {
     /// (`client_secret`: the server-wide app's secret, from the date recorded with it;
     /// `app_certificate`: a connection's own app's certificate, when it is used).
     pub const CREDENTIAL_DAYS_LEFT: &str = "CredentialDaysLeft";
+    /// Many connections of one tenant failed the same way within minutes (the event
+    /// `Tenant Connections Failing` names the tenant). Dimension: `Class`.
+    pub const TENANT_INCIDENT: &str = "TenantIncident";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -60,6 +63,7 @@ pub mod name {
         WRITE_BACK,
         DEPENDENCY_FAILURE,
         CREDENTIAL_DAYS_LEFT,
+        TENANT_INCIDENT,
     ];
 }
 

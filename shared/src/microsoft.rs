@@ -134,6 +134,26 @@ impl FailureClass {
     }
 }
 
+/// The class a stored reason (`<class>: <error> (AADSTS<code>)`) starts with.
+pub fn class_of_reason(reason: &str) -> Option<FailureClass> {
+    let prefix = reason.split(':').next().unwrap_or_default().trim();
+    [
+        FailureClass::SignInAgain,
+        FailureClass::AdminConsent,
+        FailureClass::AppMisconfigured,
+        FailureClass::Transient,
+    ]
+    .into_iter()
+    .find(|class| class.as_str() == prefix)
+}
+
+/// The first AADSTS code a stored reason names.
+pub fn code_of_reason(reason: &str) -> Option<u32> {
+    let (_, after) = reason.split_once("AADSTS")?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// The AADSTS codes whose meaning decides the class (Microsoft's error-code reference).
 fn class_of_code(code: u32) -> Option<FailureClass> {
     use FailureClass as C;
@@ -702,6 +722,16 @@ pub(crate) fn read_id_token(id_token: &str) -> Result<IdClaims, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_reason_gives_back_its_class_and_code() {
+        let reason = "admin_consent: invalid_grant (AADSTS65001)";
+        assert_eq!(class_of_reason(reason), Some(FailureClass::AdminConsent));
+        assert_eq!(code_of_reason(reason), Some(65001));
+        assert_eq!(class_of_reason("invalid_grant (AADSTS50173)"), None);
+        assert_eq!(code_of_reason("sign_in_again: invalid_grant"), None);
+        assert_eq!(code_of_reason("x (AADSTS)"), None);
+    }
 
     #[test]
     fn an_absurd_token_lifetime_is_clamped_not_an_overflow() {

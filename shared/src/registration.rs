@@ -243,6 +243,7 @@ pub async fn save_daemon_connection(
             connection_id: connection.connection_id.clone(),
             tenant_id: Some(connection.tenant_id.clone()),
             reason: None,
+            connections: None,
             at: connection.updated_at.clone(),
         })
         .await;

@@ -109,7 +109,11 @@ impl TokenFailure {
     /// The failure class of a refusal or outage; `None` when there is none to give.
     pub fn failure_class(&self) -> Option<&'static str> {
         match self {
-            TokenFailure::NeedsReauth { .. } => Some(FailureClass::SignInAgain.as_str()),
+            TokenFailure::NeedsReauth { reason } => Some(
+                crate::microsoft::class_of_reason(reason)
+                    .unwrap_or(FailureClass::SignInAgain)
+                    .as_str(),
+            ),
             TokenFailure::Token(e) => Some(e.class().as_str()),
             TokenFailure::Store(_) | TokenFailure::Crypto(_) | TokenFailure::Secret(_) => {
                 Some(FailureClass::Transient.as_str())
@@ -122,6 +126,7 @@ impl TokenFailure {
     pub fn aadsts(&self) -> Option<u32> {
         match self {
             TokenFailure::Token(TokenError::Rejected(m)) => m.error_codes.first().copied(),
+            TokenFailure::NeedsReauth { reason } => crate::microsoft::code_of_reason(reason),
             _ => None,
         }
     }
@@ -138,6 +143,11 @@ impl TokenFailure {
         }
     }
 }
+
+/// Failures of one tenant are counted in windows of this many seconds.
+pub const INCIDENT_WINDOW_SECS: i64 = 600;
+/// Connections of one tenant refused the same way within a window that make an incident.
+pub const INCIDENT_THRESHOLD: u32 = 5;
 
 /// Days before an own app's certificate ends from which each use logs a warning naming the
 /// connection (the alarm's threshold is the operator's `CredentialWarningDays`).
@@ -373,6 +383,7 @@ impl TokenService {
                 };
                 self.record_refresh("request", outcome);
                 self.audit_refresh(&stored, &result, "request", caller).await;
+                self.watch_tenant(&stored, &result).await;
                 return result;
             }
             // Another instance is refreshing (or just wrote): wait for its result.
@@ -689,6 +700,7 @@ impl TokenService {
                     connection_id: cid.clone(),
                     tenant_id: Some(stored.connection.tenant_id.clone()),
                     reason: Some(reason.to_owned()),
+                    connections: None,
                     at: now,
                 })
                 .await;
@@ -722,6 +734,7 @@ impl TokenService {
         };
         self.record_refresh("schedule", outcome);
         self.audit_refresh(&stored, &result, "schedule", &Caller::refresher()).await;
+        self.watch_tenant(&stored, &result).await;
         match result {
             Ok(_) => RenewOutcome::Refreshed,
             Err(TokenFailure::NeedsReauth { .. }) => RenewOutcome::NeedsReauth,
@@ -744,6 +757,73 @@ impl TokenService {
                 RenewOutcome::Failed(e)
             }
         }
+    }
+
+    /// After a refused renewal: counts the connection among its tenant's connections refused
+    /// the same way (class and AADSTS code) in the same [`INCIDENT_WINDOW_SECS`]; the call
+    /// that brings the count to [`INCIDENT_THRESHOLD`] reports the tenant once, as an event
+    /// and a metric. Best effort: the connection's own state is saved already.
+    async fn watch_tenant(
+        &self,
+        stored: &StoredConnection,
+        result: &Result<AccessGrant, TokenFailure>,
+    ) {
+        let Err(e) = result else { return };
+        let class = match e.failure_class() {
+            Some(class) if class != FailureClass::Transient.as_str() => class,
+            _ => return,
+        };
+        let c = &stored.connection;
+        // Personal accounts share one tenant: their failures say nothing about an organization.
+        if c.tenant_id.is_empty() || c.tenant_id == crate::domain::PERSONAL_ACCOUNT_TENANT {
+            return;
+        }
+        let code = e.aadsts().map_or_else(|| "none".to_owned(), |code| code.to_string());
+        let now = self.clock.now().unix_timestamp();
+        let window = now.div_euclid(INCIDENT_WINDOW_SECS);
+        let signature = format!("{}#{class}#{code}#{window}", c.tenant_id);
+        let expires = (window + 1) * INCIDENT_WINDOW_SECS + 86_400;
+        let cap = INCIDENT_THRESHOLD * 4;
+        let count = match self.store.count_failure(&signature, &c.connection_id, cap, expires).await
+        {
+            Ok(count) => count,
+            Err(error) => {
+                tracing::warn!(cid = %c.connection_id, error = %crate::error::chain(&error), "tenant failure not counted");
+                return;
+            }
+        };
+        if count < INCIDENT_THRESHOLD {
+            return;
+        }
+        match self.store.declare_incident(&signature, now).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(error = %crate::error::chain(&error), "tenant incident not recorded");
+                return;
+            }
+        }
+        let reason = format!(
+            "{class}: {} connections refused (AADSTS{code}) within {} minutes",
+            count,
+            INCIDENT_WINDOW_SECS / 60
+        );
+        tracing::error!(tenant = %c.tenant_id, class, aadsts = %code, connections = count, "many connections of one tenant fail the same way");
+        let class: &'static str = crate::metrics::dimension_values("Class")
+            .and_then(|classes| classes.iter().find(|k| **k == class).copied())
+            .unwrap_or("internal");
+        self.metrics
+            .record(Metric::count(crate::metrics::name::TENANT_INCIDENT, &[("Class", class)]));
+        self.events
+            .publish(&ConnectionEvent {
+                kind: EventKind::TenantFailing,
+                connection_id: c.connection_id.clone(),
+                tenant_id: Some(c.tenant_id.clone()),
+                reason: Some(reason),
+                connections: Some(count),
+                at: rfc3339(self.clock.now()),
+            })
+            .await;
     }
 
     /// The audit event of a renewal of `stored` (the connection as it was before).
@@ -856,6 +936,7 @@ impl TokenService {
                     connection_id: cid.clone(),
                     tenant_id: None,
                     reason: None,
+                    connections: None,
                     at: rfc3339(self.clock.now()),
                 })
                 .await;

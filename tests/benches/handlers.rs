@@ -356,9 +356,64 @@ fn bench_redirect(c: &mut Criterion) {
     group.finish();
 }
 
+/// Metrics as the functions write them on Lambda (EMF lines), into a sink instead of stdout.
+#[derive(Debug)]
+struct LineMetrics;
+
+impl ms_oauth::metrics::Metrics for LineMetrics {
+    fn record(&self, metric: ms_oauth::metrics::Metric) {
+        use std::io::Write as _;
+        let mut line = ms_oauth::metrics::emf_line("AutoKitteh/MicrosoftOAuth", &metric, 0);
+        line.push('\n');
+        let _ = std::io::sink().write_all(std::hint::black_box(line.as_bytes()));
+    }
+}
+
+/// The audit trail as the functions write it on Lambda (one JSON line), into a sink; the
+/// EventBridge call is not part of this figure (it is I/O, not CPU).
+#[derive(Debug)]
+struct LineAudit;
+
+#[async_trait]
+impl ms_oauth::audit::AuditTrail for LineAudit {
+    async fn record(&self, event: ms_oauth::audit::AuditEvent) {
+        use std::io::Write as _;
+        let mut line = ms_oauth::audit::audit_line(&event);
+        line.push('\n');
+        let _ = std::io::sink().write_all(std::hint::black_box(line.as_bytes()));
+    }
+}
+
+/// The redirect with and without its metric and audit lines (two EMF lines and one audit
+/// line per sign-in): the difference is what observability costs per request.
+fn bench_observability(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("observability");
+    for (name, lines) in [("redirect without lines", false), ("redirect with lines", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let store = Arc::new(MemoryStore::default());
+                let mut service = redirect_service(store.clone());
+                if lines {
+                    service =
+                        service.with_metrics(Arc::new(LineMetrics)).with_audit(Arc::new(LineAudit));
+                }
+                rt.block_on(async {
+                    let mut events = Vec::with_capacity(iters as usize);
+                    for n in 0..iters {
+                        events.push(pending_redirect(&store, n).await);
+                    }
+                    time(&events, false, |r| oauth_redirect::handle(&service, r)).await
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
 fn settings() -> Criterion {
     Criterion::default().sample_size(50).measurement_time(Duration::from_secs(5))
 }
 
-criterion_group! { name = benches; config = settings(); targets = bench_start, bench_redirect }
+criterion_group! { name = benches; config = settings(); targets = bench_start, bench_redirect, bench_observability }
 criterion_main!(benches);

@@ -437,6 +437,7 @@ async fn finish(
             connection_id: flow.connection_id.clone(),
             tenant_id: Some(tokens.claims.tid.clone()),
             reason: None,
+            connections: None,
             at: rfc3339(now),
         })
         .await;
@@ -605,6 +606,7 @@ async fn consent_finished(
             connection_id: cid.clone(),
             tenant_id: Some(reported.to_string()),
             reason: None,
+            connections: None,
             at: rfc3339(now),
         })
         .await;

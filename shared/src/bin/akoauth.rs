@@ -356,13 +356,9 @@ impl Progress {
 
 /// The failure class a stored status reason starts with (`<class>: …`).
 fn reason_class(reason: Option<&str>) -> &'static str {
-    use ms_oauth::microsoft::FailureClass as C;
-    let prefix = reason.and_then(|r| r.split(':').next()).unwrap_or_default().trim();
-    [C::SignInAgain, C::AdminConsent, C::AppMisconfigured, C::Transient]
-        .into_iter()
-        .map(C::as_str)
-        .find(|class| *class == prefix)
-        .unwrap_or("unclassified")
+    reason
+        .and_then(ms_oauth::microsoft::class_of_reason)
+        .map_or("unclassified", ms_oauth::microsoft::FailureClass::as_str)
 }
 
 async fn stats(top: usize) -> Result<String, String> {

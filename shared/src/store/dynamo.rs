@@ -504,6 +504,79 @@ impl Store for DynamoStore {
         Ok(ConnectionPage { connections, next })
     }
 
+    async fn count_failure(
+        &self,
+        signature: &str,
+        connection: &ConnectionId,
+        cap: u32,
+        expires_at: i64,
+    ) -> Result<u32, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(incident_key(signature)))
+            .update_expression(
+                "ADD #conns :one SET #kind = :kind, #exp = if_not_exists(#exp, :exp)",
+            )
+            .condition_expression(
+                "attribute_not_exists(#conns) OR size(#conns) < :cap OR contains(#conns, :id)",
+            )
+            .expression_attribute_names("#conns", "connections")
+            .expression_attribute_names("#kind", "kind")
+            .expression_attribute_names("#exp", TTL_ATTRIBUTE)
+            .expression_attribute_values(":one", AttributeValue::Ss(vec![connection.to_string()]))
+            .expression_attribute_values(":id", AttributeValue::S(connection.to_string()))
+            .expression_attribute_values(":kind", AttributeValue::S("incident".into()))
+            .expression_attribute_values(":exp", AttributeValue::N(expires_at.to_string()))
+            .expression_attribute_values(":cap", AttributeValue::N(cap.to_string()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match result {
+            Ok(out) => {
+                let held = out.attributes.as_ref().and_then(|a| a.get("connections"));
+                let count = held.and_then(|c| c.as_ss().ok()).map_or(0, Vec::len);
+                Ok(u32::try_from(count).unwrap_or(u32::MAX))
+            }
+            Err(e) => match e.into_service_error() {
+                // Full: the incident holds `cap` connections already.
+                e if e.is_conditional_check_failed_exception() => Ok(cap),
+                e => Err(unavailable("UpdateItem")(e)),
+            },
+        }
+    }
+
+    async fn declare_incident(&self, signature: &str, at: i64) -> Result<bool, StoreError> {
+        // As with grants: a mark of this call lets its own repeat succeed, and no other.
+        let attempt = crate::state::attempt_id().map_err(|_| StoreError::Unavailable {
+            operation: "UpdateItem",
+            source: "no randomness for the incident mark".into(),
+        })?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(incident_key(signature)))
+            .update_expression("SET #by = :attempt, declared_at = :at")
+            .condition_expression(
+                "attribute_exists(#pk) AND (attribute_not_exists(#by) OR #by = :attempt)",
+            )
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .expression_attribute_names("#by", "declared_by")
+            .expression_attribute_values(":attempt", AttributeValue::S(attempt))
+            .expression_attribute_values(":at", AttributeValue::N(at.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match e.into_service_error() {
+                e if e.is_conditional_check_failed_exception() => Ok(false),
+                e => Err(unavailable("UpdateItem")(e)),
+            },
+        }
+    }
+
     async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError> {
         // A secret replacing a certificate leaves none of the certificate's facts behind.
         let upsert = Upsert::new("app", app, &OPTIONAL_APP_ATTRIBUTES)?;

@@ -150,6 +150,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         after: Option<&str>,
         limit: i32,
     ) -> Result<ConnectionPage, StoreError>;
+    /// Counts `connection` among the connections that failed one way (`signature`: tenant,
+    /// class, code and time window) in the item `incident#<signature>`, kept until
+    /// `expires_at`; returns how many distinct connections it holds, counting at most `cap`.
+    /// Safe to repeat: a connection counts once.
+    async fn count_failure(
+        &self,
+        signature: &str,
+        connection: &ConnectionId,
+        cap: u32,
+        expires_at: i64,
+    ) -> Result<u32, StoreError>;
+    /// Marks the incident `signature` as reported; `true` for the one caller that did (a
+    /// repeat of that same call after a lost answer included).
+    async fn declare_incident(&self, signature: &str, at: i64) -> Result<bool, StoreError>;
     /// Creates or replaces a connection's own app; returns its new version.
     async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError>;
     /// Reads a connection's own app.
@@ -169,6 +183,11 @@ pub struct ConnectionPage {
 /// Key of a connection's app item.
 pub fn app_key(id: &ConnectionId) -> String {
     format!("app#{id}")
+}
+
+/// Key of an incident item (see [`Store::count_failure`]).
+pub fn incident_key(signature: &str) -> String {
+    format!("incident#{signature}")
 }
 
 /// Key of a connection item.

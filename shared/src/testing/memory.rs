@@ -20,6 +20,8 @@ pub struct MemoryStore {
     connections: Mutex<HashMap<String, StoredConnection>>,
     leases: Mutex<HashMap<String, (String, i64)>>,
     apps: Mutex<HashMap<String, StoredApp>>,
+    /// Incident items: the connections counted, and whether it was declared.
+    incidents: Mutex<HashMap<String, (std::collections::BTreeSet<String>, bool)>>,
 }
 
 impl MemoryStore {
@@ -226,6 +228,34 @@ impl Store for MemoryStore {
             keys.iter().take(limit).filter_map(|k| connections.get(*k).cloned()).collect();
         let next = (keys.len() > limit).then(|| keys[limit - 1].clone());
         Ok(ConnectionPage { connections: page, next })
+    }
+
+    async fn count_failure(
+        &self,
+        signature: &str,
+        connection: &ConnectionId,
+        cap: u32,
+        _expires_at: i64,
+    ) -> Result<u32, StoreError> {
+        let mut incidents = self.incidents.lock().map_err(|_| poisoned())?;
+        let (held, _) = incidents.entry(incident_key(signature)).or_default();
+        let id = connection.to_string();
+        if held.contains(&id) || held.len() < usize::try_from(cap).unwrap_or(usize::MAX) {
+            held.insert(id);
+            return Ok(u32::try_from(held.len()).unwrap_or(u32::MAX));
+        }
+        Ok(cap)
+    }
+
+    async fn declare_incident(&self, signature: &str, _at: i64) -> Result<bool, StoreError> {
+        let mut incidents = self.incidents.lock().map_err(|_| poisoned())?;
+        match incidents.get_mut(&incident_key(signature)) {
+            Some((_, declared @ false)) => {
+                *declared = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError> {

@@ -108,6 +108,26 @@ pub async fn check(store: &dyn Store) {
     deletes_report_what_was_removed_once(store).await;
     apps_are_replaced_whole_and_kept_apart_from_tokens(store).await;
     a_walk_sees_every_connection_once_and_nothing_else(store).await;
+    incidents_count_each_connection_once_and_are_declared_once(store).await;
+}
+
+async fn incidents_count_each_connection_once_and_are_declared_once(store: &dyn Store) {
+    let signature = fresh_id("tenant#sign_in_again#50173");
+    let ids: Vec<ConnectionId> = (0..4).map(|_| fresh_connection_id()).collect();
+    assert!(!store.declare_incident(&signature, NOW).await.unwrap(), "nothing to declare yet");
+    assert_eq!(store.count_failure(&signature, &ids[0], 3, NOW + 60).await.unwrap(), 1);
+    // A repeat (a retry after a lost answer, or the same connection failing again) counts once.
+    assert_eq!(store.count_failure(&signature, &ids[0], 3, NOW + 60).await.unwrap(), 1);
+    assert_eq!(store.count_failure(&signature, &ids[1], 3, NOW + 60).await.unwrap(), 2);
+    assert_eq!(store.count_failure(&signature, &ids[2], 3, NOW + 60).await.unwrap(), 3);
+    // Full: more connections are not stored, the count stays at the cap.
+    assert_eq!(store.count_failure(&signature, &ids[3], 3, NOW + 60).await.unwrap(), 3);
+    assert_eq!(store.count_failure(&signature, &ids[1], 3, NOW + 60).await.unwrap(), 3);
+    assert!(store.declare_incident(&signature, NOW).await.unwrap(), "the first declares");
+    assert!(!store.declare_incident(&signature, NOW).await.unwrap(), "and only the first");
+    // Another signature is another incident.
+    let other = fresh_id("tenant#admin_consent#65001");
+    assert_eq!(store.count_failure(&other, &ids[0], 3, NOW + 60).await.unwrap(), 1);
 }
 
 async fn a_walk_sees_every_connection_once_and_nothing_else(store: &dyn Store) {

@@ -115,3 +115,43 @@ async fn a_run_takes_every_due_connection_page_after_page() {
         assert_eq!(app.connection(cid).await.unwrap().version, 2);
     }
 }
+
+#[tokio::test]
+async fn many_connections_of_one_tenant_refused_alike_raise_one_tenant_incident() {
+    use ms_oauth::events::EventKind;
+    use ms_oauth::metrics::name;
+    let app = spawn_app().await;
+    let cids: Vec<_> = (0..7).map(|_| new_cid()).collect();
+    for cid in &cids {
+        assert_eq!(app.connect(&Browser::new(), cid, Origin::Web, "work").await.finish.status, 200);
+    }
+    let tenant = app.connection(&cids[0]).await.unwrap().connection.tenant_id;
+    let _ = app.events.take();
+    // The tenant's administrator revokes every grant (AADSTS50173: grant revoked).
+    app.standin.revoke_refresh_tokens(50173);
+    app.clock.advance(Duration::from_secs(8 * DAY));
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report.needs_reauth, 7);
+
+    let events = app.events.take();
+    // Each connection still gets its own event (the platform flags each for a new sign-in)…
+    let per_connection = events.iter().filter(|e| e.kind == EventKind::NeedsReauth).count();
+    assert_eq!(per_connection, 7);
+    // …and the operator gets one naming the tenant.
+    let incidents: Vec<_> = events.iter().filter(|e| e.kind == EventKind::TenantFailing).collect();
+    assert_eq!(incidents.len(), 1, "{events:?}");
+    assert_eq!(incidents[0].tenant_id.as_deref(), Some(tenant.as_str()));
+    assert_eq!(incidents[0].connections, Some(5));
+    let reason = incidents[0].reason.as_deref().unwrap();
+    assert!(reason.starts_with("sign_in_again:") && reason.contains("AADSTS50173"), "{reason}");
+    assert_eq!(app.metrics.count(name::TENANT_INCIDENT, &[("Class", "sign_in_again")]), 1);
+
+    // Fewer than five alike in a window is no incident: one more refused connection, an hour
+    // later (sign-ins still work; only refreshes are refused).
+    let late = new_cid();
+    assert_eq!(app.connect(&Browser::new(), &late, Origin::Web, "work").await.finish.status, 200);
+    app.make_due(&late).await;
+    app.clock.advance(Duration::from_secs(3600));
+    assert_eq!(app.refresher.run().await.unwrap().needs_reauth, 1);
+    assert!(app.events.take().iter().all(|e| e.kind != EventKind::TenantFailing));
+}

@@ -48,6 +48,10 @@ pub mod name {
     /// Many connections of one tenant failed the same way within minutes (the event
     /// `Tenant Connections Failing` names the tenant). Dimension: `Class`.
     pub const TENANT_INCIDENT: &str = "TenantIncident";
+    /// Microsoft refused the server-wide client secret and the other version was tried.
+    /// Dimensions: `Version` (`current`: a rotation read again, `previous`: the value
+    /// before the last rotation), `Outcome` (`ok`, `failed`).
+    pub const CLIENT_SECRET_RETRY: &str = "ClientSecretRetry";
 
     /// Every name above.
     pub const ALL: &[&str] = &[
@@ -64,6 +68,7 @@ pub mod name {
         DEPENDENCY_FAILURE,
         CREDENTIAL_DAYS_LEFT,
         TENANT_INCIDENT,
+        CLIENT_SECRET_RETRY,
     ];
 }
 
@@ -99,6 +104,7 @@ pub const DIMENSIONS: &[(&str, &[&str])] = &[
         &["dynamodb", "kms", "secrets_manager", "microsoft", "autokitteh", "eventbridge"],
     ),
     ("Credential", &["client_secret", "app_certificate"]),
+    ("Version", &["current", "previous"]),
 ];
 
 /// The values dimension `key` takes; `None` for a name that is not a dimension.
@@ -245,6 +251,23 @@ pub fn token_dependency(e: &crate::microsoft::TokenError) -> Option<&'static str
 pub fn record_dependency_failure(metrics: &dyn Metrics, dependency: Option<&'static str>) {
     if let Some(dependency) = dependency {
         metrics.record(Metric::count(name::DEPENDENCY_FAILURE, &[("Dependency", dependency)]));
+    }
+}
+
+/// Records which version of the client secret a retry used, and whether Microsoft took it.
+pub fn record_secret_retry(
+    metrics: &dyn Metrics,
+    version: crate::secrets::SecretVersion,
+    worked: bool,
+) {
+    let dimensions =
+        [("Version", version.as_str()), ("Outcome", if worked { "ok" } else { "failed" })];
+    metrics.record(Metric::count(name::CLIENT_SECRET_RETRY, &dimensions));
+    if worked {
+        tracing::info!(
+            version = version.as_str(),
+            "Microsoft took the other version of the client secret"
+        );
     }
 }
 

@@ -267,6 +267,43 @@ pub fn parse_expiry(value: &str) -> Option<time::OffsetDateTime> {
     Some(day.next_day()?.midnight().assume_utc())
 }
 
+/// Which version of a secret a retry used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretVersion {
+    /// `AWSCURRENT`, read again: a rotation this instance had not seen.
+    Current,
+    /// `AWSPREVIOUS`: the value before the last rotation (a new secret Microsoft does not
+    /// accept yet).
+    Previous,
+}
+
+impl SecretVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretVersion::Current => "current",
+            SecretVersion::Previous => "previous",
+        }
+    }
+}
+
+impl CachedSecret {
+    /// After Microsoft refused `refused`: the other value worth one more try, and which
+    /// version it is: the current version read again when it changed, else the previous
+    /// version when it differs. `None` when there is no other (the refusal stands).
+    pub async fn alternative(
+        &self,
+        refused: &SecretString,
+    ) -> Result<Option<(SecretString, SecretVersion)>, SecretError> {
+        if let Some(fresh) = self.refresh_if_changed(refused).await? {
+            return Ok(Some((fresh, SecretVersion::Current)));
+        }
+        let previous = self.previous().await?;
+        Ok(previous
+            .filter(|p| p.value.expose_secret() != refused.expose_secret())
+            .map(|p| (p.value, SecretVersion::Previous)))
+    }
+}
+
 impl CachedSecret {
     /// The value when it was given directly (so it can be validated at init); `None` for
     /// Secrets Manager sources, which are read on first use.

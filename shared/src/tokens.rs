@@ -646,18 +646,31 @@ impl TokenService {
         Fut: std::future::Future<Output = Result<T, TokenError>>,
     {
         let mut secret_reread = false;
+        let mut retried_with = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match call(auth.clone()).await {
+            let result = call(auth.clone()).await;
+            if let Some(version) = retried_with.take() {
+                let worked = !matches!(&result, Err(e) if e.is_invalid_client());
+                crate::metrics::record_secret_retry(self.metrics.as_ref(), version, worked);
+            }
+            match result {
                 Ok(r) => return Ok(r),
                 Err(e) if e.is_invalid_client() && rotating && !secret_reread => {
                     secret_reread = true;
                     let Credential::Secret(stale) = &auth.credential else {
                         return Err(TokenFailure::Token(e));
                     };
-                    match self.client_secret.refresh_if_changed(stale).await? {
-                        Some(fresh) => auth.credential = Credential::Secret(fresh),
+                    match self.client_secret.alternative(stale).await? {
+                        Some((other, version)) => {
+                            tracing::warn!(
+                                version = version.as_str(),
+                                "client secret refused; retrying with the other version"
+                            );
+                            retried_with = Some(version);
+                            auth.credential = Credential::Secret(other);
+                        }
                         None => return Err(TokenFailure::Token(e)),
                     }
                 }

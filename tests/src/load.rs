@@ -169,12 +169,20 @@ pub struct LoadStack {
     pub proxy: ChaosProxy,
     http: reqwest::Client,
     start_key: GrantKey,
+    /// The client secret in Secrets Manager (for rotation tests), and a client for it.
+    pub client_secret_arn: String,
+    pub secretsmanager: aws_sdk_secretsmanager::Client,
 }
 
 impl LoadStack {
     /// Starts the stack against the AWS emulator at `moto` (through a chaos proxy that is
     /// transparent until faults are set).
     pub async fn start(moto: &str) -> Result<Self, String> {
+        Self::start_with_secret_ttl(moto, ms_oauth::secrets::SECRET_CACHE_TTL).await
+    }
+
+    /// The same with the client secret cached for `secret_ttl` (rotation tests).
+    pub async fn start_with_secret_ttl(moto: &str, secret_ttl: Duration) -> Result<Self, String> {
         let name = format!("load-{}", crate::random_base32(10));
         let setup = aws::sdk_config(moto).await;
         aws::ensure_table(&aws_sdk_dynamodb::Client::new(&setup), &name).await?;
@@ -222,8 +230,9 @@ impl LoadStack {
         let resources = Resources {
             table: name,
             kms_key,
-            client_secret_arn: secret_arn,
+            client_secret_arn: secret_arn.clone(),
             start_link_key: START_KEY.to_owned(),
+            secret_ttl,
         };
         let functions = Functions::wire(&config, &sdk, &resources)?;
         tokio::spawn(local::serve(app, functions));
@@ -235,7 +244,16 @@ impl LoadStack {
             .build()
             .map_err(|e| e.to_string())?;
         let start_key = GrantKey::new(START_KEY.to_owned().into()).map_err(|e| e.to_string())?;
-        Ok(Self { address, standin, proxy, http, start_key })
+        let secretsmanager = aws_sdk_secretsmanager::Client::new(&setup);
+        Ok(Self {
+            address,
+            standin,
+            proxy,
+            http,
+            start_key,
+            client_secret_arn: secret_arn,
+            secretsmanager,
+        })
     }
 
     /// Runs `options.flows` sign-ins, `options.concurrency` at a time, then checks every

@@ -46,6 +46,8 @@ pub struct Resources {
     pub kms_key: String,
     pub client_secret_arn: String,
     pub start_link_key: String,
+    /// How long the client secret is cached (the functions' default unless a test rotates).
+    pub secret_ttl: Duration,
 }
 
 impl Functions {
@@ -60,9 +62,10 @@ impl Functions {
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), r.kms_key.clone()));
         let secrets = aws_sdk_secretsmanager::Client::new(sdk);
         let client_secret = || {
-            CachedSecret::new(
+            CachedSecret::with_ttl(
                 SecretSource::SecretsManager { arn: r.client_secret_arn.clone() },
                 Some(secrets.clone()),
+                r.secret_ttl,
             )
         };
         let http = ms_oauth::http::build_client(config.http_timeout).map_err(|e| e.to_string())?;

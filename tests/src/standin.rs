@@ -122,10 +122,13 @@ pub struct Calls {
     /// Token requests with `grant_type=refresh_token` that reached the grant checks.
     pub refreshes: usize,
     /// How many times each authorization code was presented at the token endpoint,
-    /// faulted requests included.
+    /// faulted requests included, requests refused for their client credential not (the
+    /// code is not looked at before the client is authenticated).
     pub code_presentations: HashMap<String, usize>,
     /// Requests answered with a randomly drawn fault.
     pub random_faults: usize,
+    /// Token requests of the server-wide app refused for its client secret.
+    pub refused_client_secrets: usize,
 }
 
 #[derive(Debug)]
@@ -178,6 +181,9 @@ struct Inner {
     token_states: HashMap<String, String>,
     random_faults: Option<RandomFaults>,
     issued_secrets: Vec<String>,
+    /// Secrets of the server-wide app accepted besides the registration's (an app holds
+    /// more than one while a secret is rotated).
+    also_accepted: Vec<String>,
     calls: Calls,
     token_fault: Option<Fault>,
     me_fault: Option<Fault>,
@@ -272,11 +278,18 @@ impl Standin {
         format!("http://{}", self.addr)
     }
 
-    /// Changes the client secret the stand-in accepts (simulates rotation in Entra ID).
+    /// Changes the client secret the stand-in accepts (simulates rotation in Entra ID); any
+    /// other secret stops working.
     pub fn rotate_secret(&self, secret: &str) {
         if let Ok(mut r) = self.shared.registration.lock() {
             r.client_secret = secret.to_owned();
         }
+        self.shared.inner().also_accepted.clear();
+    }
+
+    /// Accepts `secret` too, besides the current one (a second secret added in Entra ID).
+    pub fn accept_secret_too(&self, secret: &str) {
+        self.shared.inner().also_accepted.push(secret.to_owned());
     }
 
     /// Registers (or replaces) a connection's own app.
@@ -754,7 +767,18 @@ async fn token(
     }
     let client_id = match authenticate(&shared, &tenant, &headers, &form) {
         Ok(client_id) => client_id,
-        Err(response) => return *response,
+        Err(response) => {
+            // The client is authenticated before the code is looked at (as Entra does): a
+            // request refused for its credential did not present the code, and the code
+            // stays redeemable by a retry with the right credential.
+            if let Some(code) = form.get("code")
+                && form.get("grant_type").is_some_and(|g| g == "authorization_code")
+                && let Some(n) = shared.inner().calls.code_presentations.get_mut(code)
+            {
+                *n = n.saturating_sub(1);
+            }
+            return *response;
+        }
     };
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     let grant = match get("grant_type") {
@@ -826,7 +850,9 @@ fn authenticate(
                 }
             }
             None if client_id == registration.client_id => {
-                if secret != registration.client_secret {
+                let mut inner = shared.inner();
+                if secret != registration.client_secret && !inner.also_accepted.contains(&secret) {
+                    inner.calls.refused_client_secrets += 1;
                     return Err(invalid_client(7_000_215, "Invalid client secret provided."));
                 }
             }

@@ -813,11 +813,18 @@ async fn exchange(
     match service.microsoft.exchange_code(code.clone(), verifier(), &auth).await {
         Err(e) if e.is_invalid_client() => {
             let Credential::Secret(stale) = &auth.credential else { return Err(e.into()) };
-            match service.client_secret.refresh_if_changed(stale).await? {
-                Some(fresh) => {
-                    tracing::warn!(cid = %flow.connection_id, "client secret refused; retrying with the rotated one");
-                    auth.credential = Credential::Secret(fresh);
-                    Ok(service.microsoft.exchange_code(code, verifier(), &auth).await?)
+            match service.client_secret.alternative(stale).await? {
+                Some((other, version)) => {
+                    tracing::warn!(cid = %flow.connection_id, version = version.as_str(), "client secret refused; retrying with the other version");
+                    auth.credential = Credential::Secret(other);
+                    let retried = service.microsoft.exchange_code(code, verifier(), &auth).await;
+                    let worked = !matches!(&retried, Err(e) if e.is_invalid_client());
+                    ms_oauth::metrics::record_secret_retry(
+                        service.metrics.as_ref(),
+                        version,
+                        worked,
+                    );
+                    Ok(retried?)
                 }
                 None => Err(e.into()),
             }

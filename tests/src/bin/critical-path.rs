@@ -147,6 +147,7 @@ async fn main() {
         kms_key,
         client_secret_arn: secret_arn,
         start_link_key: START_KEY.into(),
+        secret_ttl: ms_oauth::secrets::SECRET_CACHE_TTL,
     };
     let functions = Functions::wire(&config, &sdk, &resources).unwrap();
     tokio::spawn(local::serve(app_listener, functions));

@@ -203,6 +203,55 @@ async fn a_rotated_client_secret_is_picked_up_without_a_restart() {
 }
 
 #[tokio::test]
+async fn a_secret_stored_before_microsoft_takes_it_falls_back_to_the_previous_version() {
+    use ms_oauth::metrics::name;
+    let app = spawn_app().await;
+    let cid = new_cid();
+    assert_eq!(app.connect(&Browser::new(), &cid, Origin::Web, "work").await.finish.status, 200);
+    let base = app.api_address.clone();
+    let forced = format!("{base}/connections/{cid}/token?force_refresh=true");
+    // The token API's instance reads (and caches) the secret.
+    assert_eq!(reqwest::get(&forced).await.unwrap().status(), 200);
+
+    // The operator stores a new secret before Entra ID accepts it (or before it propagates).
+    let early = "early~secret~value~not~yet~valid~0123";
+    ms_oauth_tests::aws::ensure_secret(&app.secretsmanager, &app.client_secret_arn, early)
+        .await
+        .unwrap();
+    // This instance's cache holds the old value; a fresh instance (the token API after its
+    // cache lapsed) reads the new one first: Microsoft refuses it, the previous one works.
+    let fresh_instance = ms_oauth::secrets::CachedSecret::new(
+        ms_oauth::config::SecretSource::SecretsManager { arn: app.client_secret_arn.clone() },
+        Some(app.secretsmanager.clone()),
+    );
+    let tokens = ms_oauth::tokens::TokenService {
+        client_secret: std::sync::Arc::new(fresh_instance),
+        ..app.refresher.tokens.clone()
+    };
+    let refused_before = app.standin.calls().refused_client_secrets;
+    let grant = tokens.token(&cid, true).await.expect("the previous version works");
+    assert!(grant.refreshed);
+    assert_eq!(app.standin.calls().refused_client_secrets, refused_before + 1);
+    let worked = [("Version", "previous"), ("Outcome", "ok")];
+    assert_eq!(app.metrics.count(name::CLIENT_SECRET_RETRY, &worked), 1);
+    // The warm instances still hold the old value: nothing to retry.
+    assert_eq!(reqwest::get(&forced).await.unwrap().status(), 200);
+    assert_eq!(app.standin.calls().refused_client_secrets, refused_before + 1);
+
+    // Entra ID takes the new secret and drops the old: the next refusal reads the current
+    // version again, and sign-ins and refreshes go on.
+    app.standin.rotate_secret(early);
+    let again = app.connect(&Browser::new(), &new_cid(), Origin::Web, "work").await;
+    assert_eq!(again.finish.status, 200, "{}", again.finish.body);
+    let reread = [("Version", "current"), ("Outcome", "ok")];
+    assert_eq!(app.metrics.count(name::CLIENT_SECRET_RETRY, &reread), 1);
+    // The token API's instance, too, still held the old value.
+    assert_eq!(reqwest::get(&forced).await.unwrap().status(), 200);
+    assert_eq!(app.metrics.count(name::CLIENT_SECRET_RETRY, &reread), 2);
+    assert_eq!(app.metrics.count(name::CLIENT_SECRET_RETRY, &[("Outcome", "failed")]), 0);
+}
+
+#[tokio::test]
 async fn a_standalone_sign_in_schedules_a_keep_alive_a_week_out() {
     let app =
         spawn_app_with(AppOptions { refresh_margin_secs: Some(1200), ..AppOptions::default() })

@@ -1,6 +1,8 @@
 //! Short load and fault runs (the long ones are `make bench-load`): many sign-ins at once
 //! through the local stack, each connection checked against what the stand-in issued.
 
+use std::time::Duration;
+
 use ms_oauth_tests::aws;
 use ms_oauth_tests::load::{Faults, LoadOptions, LoadStack};
 
@@ -68,4 +70,39 @@ async fn a_lost_answer_to_the_state_write_does_not_fail_the_start() {
 #[tokio::test]
 async fn a_lost_answer_to_the_state_consume_does_not_fail_the_redirect() {
     sign_in_with_lost_answer("DynamoDB_20120810.UpdateItem").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_the_client_secret_in_the_middle_of_a_load_run_fails_no_sign_in() {
+    // Instances re-read the secret every 100 ms here (5 minutes on Lambda), so a run sees
+    // every step of a rotation.
+    let moto = aws::shared_endpoint().expect("moto");
+    let stack = LoadStack::start_with_secret_ttl(&moto, Duration::from_millis(100))
+        .await
+        .expect("load stack");
+    let rotated = "cs~rotated~0123456789abcdefghijklmnopqrstuv";
+    let put = |value: &'static str| {
+        let client = stack.secretsmanager.clone();
+        let arn = stack.client_secret_arn.clone();
+        async move { aws::ensure_secret(&client, &arn, value).await.expect("new version") }
+    };
+    let run = stack.run(&LoadOptions { flows: 400, concurrency: 8, faults: None });
+    let rotate = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // 1. The new value is stored before Microsoft takes it: instances that read it are
+        //    refused and fall back to the previous version.
+        put(rotated).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // 2. Entra ID takes it too, 3. and the old one is deleted there: instances still
+        //    holding the old value are refused and read the current one again.
+        stack.standin.accept_secret_too(rotated);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stack.standin.rotate_secret(rotated);
+    };
+    let (report, ()) = tokio::join!(run, rotate);
+    let report = report.expect("run");
+    assert_eq!(report.violations(), Vec::<String>::new(), "{:?}", report.error_pages);
+    assert_eq!(report.connected, 400, "error pages: {:?}", report.error_pages);
+    // The rotation was felt (Microsoft refused a secret), and no sign-in failed for it.
+    assert!(stack.standin.calls().refused_client_secrets > 0, "{report:?}");
 }

@@ -102,6 +102,8 @@ pub enum AppError {
 pub enum Credential {
     Secret(SecretString),
     Certificate(Box<Certificate>),
+    /// This function's AWS identity, trusted by the app's federated identity credential.
+    AwsFederation(std::sync::Arc<crate::federation::FederatedAssertions>),
 }
 
 impl fmt::Debug for Credential {
@@ -109,6 +111,7 @@ impl fmt::Debug for Credential {
         match self {
             Credential::Secret(_) => f.write_str("Credential::Secret([redacted])"),
             Credential::Certificate(c) => write!(f, "Credential::Certificate({c:?})"),
+            Credential::AwsFederation(_) => f.write_str("Credential::AwsFederation"),
         }
     }
 }
@@ -119,6 +122,7 @@ impl Credential {
         match self {
             Credential::Secret(_) => "secret",
             Credential::Certificate(_) => "certificate",
+            Credential::AwsFederation(_) => "aws_federation",
         }
     }
 
@@ -131,6 +135,8 @@ impl Credential {
             Credential::Certificate(c) => {
                 StoredCredential { client_secret: None, certificate: Some(c.pem.expose_secret()) }
             }
+            // Nothing secret to keep: the server-wide app's federation is configuration.
+            Credential::AwsFederation(_) => return Err(AppError::Credential),
         };
         serde_json::to_vec(&stored).map_err(|_| AppError::Credential)
     }
@@ -394,7 +400,7 @@ impl App {
     pub fn summary(&self) -> AppSummary {
         let cert = match &self.credential {
             Credential::Certificate(c) => Some(c.as_ref()),
-            Credential::Secret(_) => None,
+            Credential::Secret(_) | Credential::AwsFederation(_) => None,
         };
         AppSummary {
             auth_type: self.kind.auth_type().to_owned(),

@@ -289,6 +289,20 @@ impl FlowError {
                     ),
                 )
             }
+            FlowError::Token(TokenError::Federation(e)) if e.is_transient() => Page::error(
+                S::SERVICE_UNAVAILABLE,
+                "This service is temporarily unavailable",
+                "It could not prove its identity to Microsoft just now (AWS did not answer). Nothing was saved.",
+                Some(TRY_AGAIN),
+            ),
+            FlowError::Token(TokenError::Federation(_)) => Page::error(
+                S::BAD_GATEWAY,
+                "This service cannot sign in to Microsoft",
+                "It authenticates to Microsoft with its AWS identity, and AWS refused to issue one (outbound identity federation is off for the account, or the function may not ask). Nothing was saved.",
+                Some(
+                    "The operator must enable IAM outbound identity federation on the AWS account and allow sts:GetWebIdentityToken for the functions (see the deployment guide).",
+                ),
+            ),
             FlowError::Token(TokenError::OtherTenant(_)) => Page::error(
                 S::FORBIDDEN,
                 "This account belongs to another organization",
@@ -524,6 +538,15 @@ fn microsoft_page(e: &MicrosoftError, ctx: &PageContext) -> Page {
             "Your Microsoft directory does not know the app this deployment uses.",
             Some(
                 "An administrator must check MICROSOFT_CLIENT_ID and MICROSOFT_TENANT_ID, or consent to the app in your directory.",
+            ),
+        )
+    } else if code(70021) || code(700_211) || code(700_212) || code(700_213) {
+        Page::error(
+            S::BAD_GATEWAY,
+            "The server's Microsoft credentials were refused",
+            "Microsoft does not trust this deployment's AWS identity for its app: no federated identity credential of the app matches it. Nothing was saved.",
+            Some(
+                "An administrator must add a federated identity credential to the Microsoft Entra app with the deployment's issuer, subject and audience (see the deployment guide).",
             ),
         )
     } else if e.error == "invalid_client" || code(7_000_215) || code(7_000_222) {

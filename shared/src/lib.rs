@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod federation;
 pub mod grant;
 pub mod http;
 pub mod metrics;

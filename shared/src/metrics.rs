@@ -38,7 +38,8 @@ pub mod name {
     /// `disconnected`), `Outcome` (`ok`, `failed`).
     pub const WRITE_BACK: &str = "AutoKittehWriteBack";
     /// A request or run that failed because a dependency did. Dimension: `Dependency`
-    /// (`dynamodb`, `kms`, `secrets_manager`, `microsoft`, `autokitteh`, `eventbridge`: an
+    /// (`dynamodb`, `kms`, `secrets_manager`, `microsoft`, `autokitteh`, `sts` (the client
+    /// assertion with AWS federation), `eventbridge`: an
     /// audit event the bus did not take, still in the log).
     pub const DEPENDENCY_FAILURE: &str = "DependencyFailure";
     /// Days until a credential in use stops working. Dimension: `Credential`
@@ -101,7 +102,7 @@ pub const DIMENSIONS: &[(&str, &[&str])] = &[
     ("Kind", &["refreshed", "needs_reauth", "disconnected"]),
     (
         "Dependency",
-        &["dynamodb", "kms", "secrets_manager", "microsoft", "autokitteh", "eventbridge"],
+        &["dynamodb", "kms", "secrets_manager", "microsoft", "autokitteh", "eventbridge", "sts"],
     ),
     ("Credential", &["client_secret", "app_certificate"]),
     ("Version", &["current", "previous"]),
@@ -244,7 +245,11 @@ pub fn crypto_dependency(e: &crate::crypto::CryptoError) -> Option<&'static str>
 /// The dependency whose outage a token endpoint error is (refusals are not outages).
 pub fn token_dependency(e: &crate::microsoft::TokenError) -> Option<&'static str> {
     use crate::microsoft::TokenError;
-    matches!(e, TokenError::Unavailable(_) | TokenError::Malformed).then_some("microsoft")
+    match e {
+        TokenError::Unavailable(_) | TokenError::Malformed => Some("microsoft"),
+        TokenError::Federation(f) if f.is_transient() => Some("sts"),
+        _ => None,
+    }
 }
 
 /// Records one [`name::DEPENDENCY_FAILURE`] when `dependency` names one.

@@ -164,11 +164,11 @@ fn class_of_code(code: u32) -> Option<FailureClass> {
         // Client secret invalid or expired; assertion signature, time or audience; redirect
         // URI; single-tenant app on a multi-tenant endpoint; app not in the tenant; app
         // disabled; personal accounts not supported; resource not in the tenant; tenant
-        // unknown; no credential.
+        // unknown; no credential; no federated identity credential matching the assertion's
+        // issuer, audience or subject.
         7_000_215 | 7_000_222 | 700_027 | 700_024 | 700_023 | 50011 | 50194 | 700_016
-        | 7_000_112 | 9_002_332 | 500_011 | 90002 | 900_023 | 7_000_218 | 50012 => {
-            C::AppMisconfigured
-        }
+        | 7_000_112 | 9_002_332 | 500_011 | 90002 | 900_023 | 7_000_218 | 50012 | 70021
+        | 700_211 | 700_212 | 700_213 => C::AppMisconfigured,
         // Declined; code expired or reused; grant expired, revoked or needing MFA, a new
         // sign-in or Conditional Access; account not in the tenant.
         65004 | 70008 | 54005 | 700_082 | 50173 | 70043 | 50076 | 50079 | 53003 | 50020 | 50072
@@ -236,6 +236,9 @@ pub enum TokenError {
     /// The app's credential cannot be used (an expired certificate, a failed signature).
     #[error("the app's credential cannot be used: {0}")]
     Credential(#[from] AppError),
+    /// No AWS identity token for the client assertion.
+    #[error("no client assertion from AWS STS")]
+    Federation(#[source] crate::federation::FederationError),
 }
 
 impl TokenError {
@@ -249,6 +252,8 @@ impl TokenError {
         match self {
             TokenError::Rejected(e) => e.class(),
             TokenError::Credential(_) => FailureClass::AppMisconfigured,
+            TokenError::Federation(e) if e.is_transient() => FailureClass::Transient,
+            TokenError::Federation(_) => FailureClass::AppMisconfigured,
             TokenError::OtherTenant(_) => FailureClass::SignInAgain,
             TokenError::Unavailable(_) | TokenError::Malformed | TokenError::Incomplete(_) => {
                 FailureClass::Transient
@@ -260,6 +265,7 @@ impl TokenError {
     pub fn is_transient(&self) -> bool {
         match self {
             TokenError::Unavailable(_) => true,
+            TokenError::Federation(e) => e.is_transient(),
             TokenError::Rejected(e) => {
                 e.error == "temporarily_unavailable" || e.error == "server_error"
             }
@@ -383,6 +389,18 @@ impl ClientAuth {
             client_id: endpoints.client_id.to_string(),
             tenant: endpoints.tenant.clone(),
             credential: Credential::Secret(secret),
+        }
+    }
+
+    /// The server-wide app with this function's AWS identity as its credential.
+    pub fn federated(
+        endpoints: &Endpoints,
+        source: std::sync::Arc<crate::federation::FederatedAssertions>,
+    ) -> Self {
+        Self {
+            client_id: endpoints.client_id.to_string(),
+            tenant: endpoints.tenant.clone(),
+            credential: Credential::AwsFederation(source),
         }
     }
 
@@ -561,9 +579,12 @@ impl Microsoft {
         &self.endpoints
     }
 
-    fn authn(&self, auth: &ClientAuth) -> Result<Authn, TokenError> {
+    async fn authn(&self, auth: &ClientAuth) -> Result<Authn, TokenError> {
         match &auth.credential {
             Credential::Secret(s) => Ok(Authn::Secret(s.clone())),
+            Credential::AwsFederation(source) => {
+                Ok(Authn::Assertion(source.assertion().await.map_err(TokenError::Federation)?))
+            }
             Credential::Certificate(cert) => {
                 let now = time::OffsetDateTime::now_utc();
                 cert.check_valid_at(now)?;
@@ -588,7 +609,7 @@ impl Microsoft {
         verifier: PkceCodeVerifier,
         auth: &ClientAuth,
     ) -> Result<Tokens, TokenError> {
-        let authn = self.authn(auth)?;
+        let authn = self.authn(auth).await?;
         let client = self.client(auth, &authn);
         let mut request = client.exchange_code(code).set_pkce_verifier(verifier);
         request = with_assertion!(request, &authn);
@@ -623,7 +644,7 @@ impl Microsoft {
         refresh_token: &RefreshToken,
         auth: &ClientAuth,
     ) -> Result<Refreshed, TokenError> {
-        let authn = self.authn(auth)?;
+        let authn = self.authn(auth).await?;
         let client = self.client(auth, &authn);
         let mut request = client
             .exchange_refresh_token(refresh_token)
@@ -643,7 +664,7 @@ impl Microsoft {
     /// An app-only token for the Graph `.default` scope (client credentials grant), as a
     /// daemon app gets one.
     pub async fn app_token(&self, auth: &ClientAuth) -> Result<AppToken, TokenError> {
-        let authn = self.authn(auth)?;
+        let authn = self.authn(auth).await?;
         let client = self.client(auth, &authn);
         let mut request = client
             .exchange_client_credentials()

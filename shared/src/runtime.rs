@@ -150,6 +150,49 @@ pub fn secret_from_env(
     Ok(crate::secrets::CachedSecret::new(source, client))
 }
 
+/// The server-wide app's credential: with `MICROSOFT_CLIENT_AUTH=aws_federation`, client
+/// assertions from AWS STS and no secret at all (the returned secret is an empty value no
+/// code path reads); otherwise the client secret (`MICROSOFT_CLIENT_SECRET[_ARN]`).
+pub fn client_credential_from_env(
+    sdk: &aws_config::SdkConfig,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<
+    (crate::secrets::CachedSecret, Option<std::sync::Arc<crate::federation::FederatedAssertions>>),
+    crate::config::ConfigError,
+> {
+    use crate::config::{self, ConfigError};
+    use crate::federation::{ClientAuthMode, FederatedAssertions};
+    let mode = ClientAuthMode::parse(lookup(config::MICROSOFT_CLIENT_AUTH).as_deref())
+        .map_err(|problem| ConfigError { var: config::MICROSOFT_CLIENT_AUTH, problem })?;
+    match mode {
+        ClientAuthMode::Secret => Ok((
+            secret_from_env(
+                sdk,
+                lookup,
+                config::MICROSOFT_CLIENT_SECRET,
+                config::MICROSOFT_CLIENT_SECRET_ARN,
+            )?,
+            None,
+        )),
+        ClientAuthMode::AwsFederation => {
+            for var in [config::MICROSOFT_CLIENT_SECRET, config::MICROSOFT_CLIENT_SECRET_ARN] {
+                if lookup(var).is_some_and(|v| !v.trim().is_empty()) {
+                    return Err(ConfigError {
+                        var,
+                        problem: "must not be set with MICROSOFT_CLIENT_AUTH=aws_federation (no secret is used)".into(),
+                    });
+                }
+            }
+            let unused = crate::secrets::CachedSecret::new(
+                config::SecretSource::Value(secrecy::SecretString::from(String::new())),
+                None,
+            );
+            let sts = aws_sdk_sts::Client::new(sdk);
+            Ok((unused, Some(std::sync::Arc::new(FederatedAssertions::new(sts)))))
+        }
+    }
+}
+
 /// The HTTP method guard both functions share: the flow is browser navigations (GET) only;
 /// a HEAD from a link previewer must not start or consume anything.
 pub fn is_navigation(method: &http::Method) -> bool {

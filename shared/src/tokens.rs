@@ -237,6 +237,9 @@ pub struct TokenService {
     pub metrics: Arc<dyn Metrics>,
     /// Where the audit trail goes (tokens served, refreshes, disconnects).
     pub audit: Arc<dyn AuditTrail>,
+    /// With `MICROSOFT_CLIENT_AUTH=aws_federation`: the server-wide app authenticates with
+    /// this function's AWS identity, and `client_secret` is never read.
+    pub federation: Option<Arc<crate::federation::FederatedAssertions>>,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -285,12 +288,7 @@ impl TokenService {
         use crate::config::{self, Config};
         let config = Config::from_lookup(lookup)?;
         let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
-        let client_secret = crate::runtime::secret_from_env(
-            sdk,
-            lookup,
-            config::MICROSOFT_CLIENT_SECRET,
-            config::MICROSOFT_CLIENT_SECRET_ARN,
-        )?;
+        let (client_secret, federation) = crate::runtime::client_credential_from_env(sdk, lookup)?;
         let margin = config.refresh_margin;
         let http = crate::runtime::http_client(&config)?;
         let write_back = write_back_from(lookup, sdk, &config, &http)?;
@@ -311,6 +309,7 @@ impl TokenService {
             write_back,
             metrics: metrics.clone(),
             audit: crate::audit::from_env(sdk, lookup, metrics),
+            federation,
         })
     }
 
@@ -460,6 +459,12 @@ impl TokenService {
         c: &crate::store::Connection,
     ) -> Result<Result<ClientAuth, String>, TokenFailure> {
         let Some(kind) = AppKind::from_auth_type(&c.auth_type) else {
+            if let Some(federation) = &self.federation {
+                return Ok(Ok(ClientAuth::federated(
+                    self.microsoft.endpoints(),
+                    federation.clone(),
+                )));
+            }
             let secret = self.client_secret.get().await?;
             return Ok(Ok(ClientAuth::default_app(self.microsoft.endpoints(), secret)));
         };

@@ -12,6 +12,7 @@ pub mod local;
 pub mod recorder;
 pub mod standin;
 pub mod startlink;
+pub mod sts;
 
 use ms_oauth::domain::ConnectionId;
 

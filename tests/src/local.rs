@@ -114,6 +114,7 @@ impl Functions {
             write_back: None,
             metrics: Arc::new(ms_oauth::metrics::NoMetrics),
             audit: Arc::new(ms_oauth::audit::NoAudit),
+            federation: None,
         };
         Ok(Self {
             start: Arc::new(start),

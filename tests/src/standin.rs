@@ -53,6 +53,17 @@ pub struct AppRegistration {
     pub redirect_uris: Vec<String>,
     /// Tenants whose administrator consented to the app's application permissions.
     pub consented_tenants: Vec<String>,
+    /// External identities the app trusts (workload identity federation).
+    pub federated_credentials: Vec<FederatedCredential>,
+}
+
+/// A federated identity credential of an app: tokens from `issuer` about `subject`, for
+/// `audience`, are accepted as the app's client assertion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedCredential {
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
 }
 
 /// What the stand-in accepts as a registered app.
@@ -184,6 +195,10 @@ struct Inner {
     /// Secrets of the server-wide app accepted besides the registration's (an app holds
     /// more than one while a secret is rotated).
     also_accepted: Vec<String>,
+    /// The server-wide app's federated identity credentials.
+    federated: Vec<FederatedCredential>,
+    /// Key sets of external issuers, as their discovery documents name them.
+    issuer_keys: HashMap<String, serde_json::Value>,
     calls: Calls,
     token_fault: Option<Fault>,
     me_fault: Option<Fault>,
@@ -285,6 +300,32 @@ impl Standin {
             r.client_secret = secret.to_owned();
         }
         self.shared.inner().also_accepted.clear();
+    }
+
+    /// Asks this stand-in's token endpoint for an app token as `client_id`, authenticated by
+    /// `assertion`; the answer's body.
+    pub async fn client_credentials_with_assertion(
+        &self,
+        client_id: &str,
+        assertion: &str,
+    ) -> String {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", assertion),
+            ("scope", "https://graph.microsoft.com/.default"),
+        ];
+        let url = format!("{}/organizations/oauth2/v2.0/token", self.url());
+        match reqwest::Client::new().post(url).form(&form).send().await {
+            Ok(answer) => answer.text().await.unwrap_or_default(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Trusts an external identity as the server-wide app's credential.
+    pub fn add_federated_credential(&self, credential: FederatedCredential) {
+        self.shared.inner().federated.push(credential);
     }
 
     /// Accepts `secret` too, besides the current one (a second secret added in Entra ID).
@@ -765,6 +806,9 @@ async fn token(
     if let Some(response) = apply_fault(fault).await {
         return response;
     }
+    if let Some(assertion) = form.get("client_assertion") {
+        fetch_issuer_keys(&shared, assertion).await;
+    }
     let client_id = match authenticate(&shared, &tenant, &headers, &form) {
         Ok(client_id) => client_id,
         Err(response) => {
@@ -824,7 +868,12 @@ fn authenticate(
                 "Give exactly one client credential, with client_assertion_type jwt-bearer.",
             ));
         }
-        let client_id = verify_assertion(shared, tenant, assertion)?;
+        let client_id = match form.get("client_id") {
+            Some(claimed) if is_federated(assertion) => {
+                verify_federated_assertion(shared, claimed, assertion)?
+            }
+            _ => verify_assertion(shared, tenant, assertion)?,
+        };
         if form.get("client_id").is_some_and(|id| *id != client_id) {
             return Err(invalid_client(
                 700_021,
@@ -900,6 +949,137 @@ fn certificate_key(pem: &str) -> Option<(String, Vec<u8>)> {
     let public = rsa::RsaPublicKey::from_public_key_der(&spki).ok()?;
     let pkcs1 = public.to_pkcs1_der().ok()?;
     Some((URL_SAFE_NO_PAD.encode(Sha256::digest(&der)), pkcs1.as_bytes().to_vec()))
+}
+
+/// The unverified claims of a JWT (to choose how to verify it).
+fn unverified_claims(jwt: &str) -> Option<serde_json::Value> {
+    let payload = jwt.split('.').nth(1)?;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+/// An assertion from an external issuer (workload identity federation), not one the app
+/// signed with its own certificate: its issuer is a URL, not a client id.
+fn is_federated(assertion: &str) -> bool {
+    unverified_claims(assertion)
+        .and_then(|c| c.get("iss").and_then(|i| i.as_str()).map(str::to_owned))
+        .is_some_and(|iss| iss.starts_with("https://") || iss.starts_with("http://"))
+}
+
+/// Fetches (once) the key set of a federated assertion's issuer through its OIDC discovery
+/// document, as Entra does before verifying it.
+async fn fetch_issuer_keys(shared: &Shared, assertion: &str) {
+    if !is_federated(assertion) {
+        return;
+    }
+    let Some(issuer) = unverified_claims(assertion)
+        .and_then(|c| c.get("iss").and_then(|i| i.as_str()).map(str::to_owned))
+    else {
+        return;
+    };
+    if shared.inner().issuer_keys.contains_key(&issuer) {
+        return;
+    }
+    let discovery = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+    let Ok(document) = reqwest::get(&discovery).await else { return };
+    let Ok(document) = document.json::<serde_json::Value>().await else { return };
+    if document.get("issuer").and_then(|i| i.as_str()) != Some(issuer.as_str()) {
+        return;
+    }
+    let Some(jwks_uri) = document.get("jwks_uri").and_then(|u| u.as_str()) else { return };
+    let Ok(keys) = reqwest::get(jwks_uri).await else { return };
+    if let Ok(keys) = keys.json::<serde_json::Value>().await {
+        shared.inner().issuer_keys.insert(issuer, keys);
+    }
+}
+
+/// Verifies a federated assertion for `client_id` as Entra does: a federated identity
+/// credential of the app must name its issuer, subject and audience, and the issuer's
+/// published key must have signed it while it is valid.
+fn verify_federated_assertion(
+    shared: &Shared,
+    client_id: &str,
+    assertion: &str,
+) -> Result<String, Box<Response>> {
+    let refuse_with = |code: u32, message: &str| {
+        refuse(StatusCode::UNAUTHORIZED, "invalid_client", code, message)
+    };
+    let credentials = if client_id == shared.registration().client_id {
+        shared.inner().federated.clone()
+    } else {
+        match shared.app(client_id) {
+            Some(app) => app.federated_credentials,
+            None => {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "unauthorized_client",
+                    700_016,
+                    "Application not found.",
+                ));
+            }
+        }
+    };
+    let claims = unverified_claims(assertion).unwrap_or_default();
+    let text = |k: &str| claims.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let (iss, sub) = (text("iss"), text("sub"));
+    let audiences: Vec<String> = match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => vec![a.clone()],
+        Some(serde_json::Value::Array(list)) => {
+            list.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let by_issuer: Vec<&FederatedCredential> =
+        credentials.iter().filter(|c| c.issuer == iss).collect();
+    if by_issuer.is_empty() {
+        return Err(refuse_with(
+            700_211,
+            "No matching federated identity record found for presented assertion issuer.",
+        ));
+    }
+    let Some(credential) = by_issuer.iter().find(|c| c.subject == sub) else {
+        return Err(refuse_with(
+            700_213,
+            "No matching federated identity record found for presented assertion subject.",
+        ));
+    };
+    if !audiences.contains(&credential.audience) {
+        return Err(refuse_with(
+            700_212,
+            "No matching federated identity record found for presented assertion audience.",
+        ));
+    }
+    let signature = || refuse_with(700_027, "Client assertion failed signature validation.");
+    let header = jsonwebtoken::decode_header(assertion).map_err(|_| signature())?;
+    if header.alg != jsonwebtoken::Algorithm::RS256 {
+        return Err(signature());
+    }
+    let keys = shared.inner().issuer_keys.get(&iss).cloned().unwrap_or_default();
+    let key = keys
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .into_iter()
+        .flatten()
+        .find(|k| k.get("kid").and_then(|v| v.as_str()) == header.kid.as_deref())
+        .and_then(|k| {
+            let part = |name: &str| k.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+            jsonwebtoken::DecodingKey::from_rsa_components(&part("n")?, &part("e")?).ok()
+        })
+        .ok_or_else(signature)?;
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[credential.audience.as_str()]);
+    validation.set_issuer(&[credential.issuer.as_str()]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    validation.leeway = 0;
+    jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation).map_err(|e| match e
+        .kind()
+    {
+        jsonwebtoken::errors::ErrorKind::ExpiredSignature
+        | jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+            refuse_with(700_024, "Client assertion is not within its valid time range.")
+        }
+        _ => signature(),
+    })?;
+    Ok(client_id.to_owned())
 }
 
 /// Verifies a certificate client assertion as Entra does; returns the client id it proves.

@@ -66,6 +66,9 @@ pub struct RedirectService {
     pub metrics: Arc<dyn Metrics>,
     /// Flows finished and administrators' consents, on the audit trail.
     pub audit: Arc<dyn AuditTrail>,
+    /// With `MICROSOFT_CLIENT_AUTH=aws_federation`: the server-wide app's credential (and
+    /// `client_secret` is never read).
+    pub federation: Option<Arc<ms_oauth::federation::FederatedAssertions>>,
     page_context: PageContext,
 }
 
@@ -91,8 +94,19 @@ impl RedirectService {
             autokitteh: None,
             metrics: Arc::new(NoMetrics),
             audit: Arc::new(NoAudit),
+            federation: None,
             page_context,
         }
+    }
+
+    /// The same service authenticating the server-wide app with this function's AWS
+    /// identity instead of a client secret.
+    pub fn with_federation(
+        mut self,
+        federation: Option<Arc<ms_oauth::federation::FederatedAssertions>>,
+    ) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// The same service recording metrics to `metrics`.
@@ -120,12 +134,8 @@ impl RedirectService {
     ) -> Result<Self, ConfigError> {
         let config = Config::from_lookup(lookup)?;
         let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
-        let client_secret = ms_oauth::runtime::secret_from_env(
-            sdk,
-            lookup,
-            config::MICROSOFT_CLIENT_SECRET,
-            config::MICROSOFT_CLIENT_SECRET_ARN,
-        )?;
+        let (client_secret, federation) =
+            ms_oauth::runtime::client_credential_from_env(sdk, lookup)?;
         let http = ms_oauth::runtime::http_client(&config)?;
         let autokitteh = ms_oauth::runtime::autokitteh_from_config(&config, &http);
         let microsoft = Microsoft::new(Endpoints::new(&config), http);
@@ -140,7 +150,8 @@ impl RedirectService {
         let service =
             Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events)
                 .with_metrics(metrics)
-                .with_audit(audit);
+                .with_audit(audit)
+                .with_federation(federation);
         Ok(match autokitteh {
             Some(ak) => service.with_autokitteh(ak),
             None => service,
@@ -315,10 +326,14 @@ async fn finish(
             same_user(&flow, who)?;
         }
         let (auth, from_vars) = match &flow.app_client_id {
-            None => (
-                AppUse::Default(ClientAuth::default_app(service.microsoft.endpoints(), secret?)),
-                None,
-            ),
+            None => {
+                let endpoints = service.microsoft.endpoints();
+                let auth = match &service.federation {
+                    Some(federation) => ClientAuth::federated(endpoints, federation.clone()),
+                    None => ClientAuth::default_app(endpoints, secret?),
+                };
+                (AppUse::Default(auth), None)
+            }
             Some(client_id) => {
                 let (auth, from_vars) =
                     own_app(service, &flow, client_id, session.as_ref()).await?;

@@ -118,6 +118,10 @@ pub struct AppOptions {
     /// template gives it in a deployment of this app, each reaching AWS through a recorder of
     /// its own (see [`TestApp::deployed`]).
     pub from_template: bool,
+    /// The server-wide app authenticates with the functions' AWS identity (an STS stand-in,
+    /// `TestApp::sts`), trusted by a federated identity credential; Microsoft knows no
+    /// secret of the deployment.
+    pub aws_federation: bool,
 }
 
 impl Default for AppOptions {
@@ -134,6 +138,7 @@ impl Default for AppOptions {
             autokitteh: false,
             ak_write_back: false,
             from_template: false,
+            aws_federation: false,
         }
     }
 }
@@ -169,6 +174,8 @@ pub struct TestApp {
     pub metrics: Arc<RecordedMetrics>,
     /// What the functions put on the audit trail (not with `AppOptions::from_template`).
     pub audit: Arc<RecordedAudit>,
+    /// The STS stand-in (with `AppOptions::aws_federation`).
+    pub sts: Option<ms_oauth_tests::sts::StsStandin>,
 }
 
 /// A test deployment of the template: the functions' set-up and the AWS calls each made.
@@ -181,6 +188,10 @@ pub struct Deployed {
 /// The four functions of the template.
 pub const TEMPLATE_FUNCTIONS: [&str; 4] =
     ["StartFunction", "RedirectFunction", "ConnectionApiFunction", "TokenRefresherFunction"];
+
+/// The role the functions run as with `AppOptions::aws_federation` (the subject of their
+/// tokens).
+pub const FEDERATED_ROLE: &str = "arn:aws:iam::000000000000:role/oauth-test-functions";
 
 /// A fresh AutoKitteh connection id.
 pub fn new_cid() -> ConnectionId {
@@ -252,6 +263,30 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         },
     )
     .expect("stand-in");
+    let sts = if options.aws_federation {
+        let sts = ms_oauth_tests::sts::StsStandin::spawn(
+            TcpListener::bind("127.0.0.1:0").await.expect("bind STS stand-in"),
+        )
+        .expect("STS stand-in");
+        // The functions' AWS credentials (the access key `testing`) are this role.
+        sts.add_role("testing", FEDERATED_ROLE);
+        standin.add_federated_credential(ms_oauth_tests::standin::FederatedCredential {
+            issuer: sts.issuer(),
+            subject: FEDERATED_ROLE.into(),
+            audience: ms_oauth::federation::ENTRA_AUDIENCE.into(),
+        });
+        // No secret of the deployment works at Microsoft.
+        standin.rotate_secret(&format!("never-stored~{}", ms_oauth_tests::random_base32(20)));
+        Some(sts)
+    } else {
+        None
+    };
+    let federation = match &sts {
+        Some(sts) => Some(Arc::new(ms_oauth::federation::FederatedAssertions::new(
+            aws_sdk_sts::Client::new(&aws::sdk_config(&sts.url()).await),
+        ))),
+        None => None,
+    };
 
     let mut vars: HashMap<&str, String> = HashMap::from([
         (config::WEBHOOK_ADDRESS, address.clone()),
@@ -356,7 +391,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         None => redirect,
     }
     .with_metrics(metrics.clone())
-    .with_audit(audit.clone());
+    .with_audit(audit.clone())
+    .with_federation(federation.clone());
     let start = start.with_metrics(metrics.clone()).with_audit(audit.clone());
     let mut ak_service_user = None;
     let write_back = match (&ak_client, &autokitteh) {
@@ -394,6 +430,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         write_back,
         metrics: metrics.clone(),
         audit: audit.clone(),
+        federation,
     };
     tokio::spawn(local::serve(
         listener,
@@ -425,6 +462,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         aws_endpoint: endpoint,
         metrics: recorded,
         audit: recorded_audit,
+        sts,
     }
 }
 
@@ -566,6 +604,7 @@ async fn spawn_from_template(
         aws_endpoint: r.endpoint,
         metrics: Arc::new(RecordedMetrics::default()),
         audit: Arc::new(RecordedAudit::default()),
+        sts: None,
     }
 }
 

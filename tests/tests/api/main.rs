@@ -11,6 +11,7 @@ mod autokitteh;
 mod binding;
 mod events;
 mod faults;
+mod federation;
 mod flow;
 mod helpers;
 mod load;

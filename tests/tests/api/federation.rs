@@ -1,0 +1,113 @@
+//! Secretless client authentication: the functions prove themselves to Microsoft with a JWT
+//! AWS STS signs about their role (the STS stand-in), which the Microsoft stand-in verifies
+//! as Entra does against the app's federated identity credential, fetching the issuer's keys
+//! through its discovery document. No client secret works at Microsoft in these tests.
+
+use ms_oauth::domain::Origin;
+use ms_oauth::metrics::name;
+
+use crate::helpers::*;
+
+async fn federated_app() -> TestApp {
+    spawn_app_with(AppOptions { aws_federation: true, ..AppOptions::default() }).await
+}
+
+#[tokio::test]
+async fn sign_ins_and_refreshes_authenticate_with_the_functions_aws_identity_and_no_secret() {
+    let app = federated_app().await;
+    let sts = app.sts.clone().unwrap();
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_page(&flow.finish, 200, "connected");
+    let forced = format!("{}/connections/{cid}/token?force_refresh=true", app.api_address);
+    for _ in 0..3 {
+        assert_eq!(reqwest::get(&forced).await.unwrap().status(), 200);
+    }
+    app.make_due(&cid).await;
+    assert_eq!(app.refresher.run().await.unwrap().refreshed, 1);
+    // A token is reused until shortly before it ends: one (the functions of this test app
+    // share an instance's cache) for a sign-in, four refreshes and a refresher run.
+    assert_eq!(sts.issued(), [FEDERATED_ROLE]);
+    // No client secret was ever sent.
+    assert_eq!(app.standin.calls().refused_client_secrets, 0);
+}
+
+#[tokio::test]
+async fn an_identity_the_app_does_not_trust_is_refused_with_a_page_that_says_what_to_add() {
+    let app = federated_app().await;
+    // The functions run as another role than the one the credential names.
+    app.sts.as_ref().unwrap().add_role("testing", "arn:aws:iam::000000000000:role/someone-else");
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_page(&flow.finish, 502, "federated identity credential");
+    assert!(flow.finish.body.contains("AADSTS700213"), "{}", flow.finish.body);
+    assert!(app.connection(&cid).await.is_none());
+    assert_eq!(app.metrics.count(name::SIGN_IN_FAILED, &[("Class", "app_misconfigured")]), 1);
+}
+
+#[tokio::test]
+async fn federation_off_in_the_account_or_sts_down_end_on_pages_that_say_so() {
+    let app = federated_app().await;
+    let sts = app.sts.clone().unwrap();
+    sts.set_enabled(false);
+    let flow = app.connect(&Browser::new(), &new_cid(), Origin::Web, "work").await;
+    assert_page(&flow.finish, 502, "outbound identity federation");
+    assert_eq!(app.metrics.count(name::SIGN_IN_FAILED, &[("Class", "app_misconfigured")]), 1);
+
+    sts.set_enabled(true);
+    sts.set_failing(true);
+    let flow = app.connect(&Browser::new(), &new_cid(), Origin::Web, "work").await;
+    assert_page(&flow.finish, 503, "temporarily unavailable");
+    assert_eq!(app.metrics.count(name::DEPENDENCY_FAILURE, &[("Dependency", "sts")]), 1);
+
+    // Back: the next sign-in works.
+    sts.set_failing(false);
+    let flow = app.connect(&Browser::new(), &new_cid(), Origin::Web, "work").await;
+    assert_page(&flow.finish, 200, "connected");
+}
+
+#[tokio::test]
+async fn a_token_from_another_issuer_or_for_another_audience_is_refused() {
+    use ms_oauth_tests::standin::FederatedCredential;
+    // The app trusts an issuer that is not this account's: nothing matches the token's.
+    let app = federated_app().await;
+    let sts = app.sts.clone().unwrap();
+    let other_issuer = ms_oauth_tests::sts::StsStandin::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    )
+    .unwrap();
+    other_issuer.add_role("testing", FEDERATED_ROLE);
+    let microsoft = ms_oauth_tests::standin::Standin::spawn(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        ms_oauth_tests::standin::Registration {
+            client_id: CLIENT_ID.into(),
+            client_secret: "unused-secret".into(),
+            redirect_uri: "http://127.0.0.1/oauth/redirect/microsoft".into(),
+        },
+    )
+    .unwrap();
+    microsoft.add_federated_credential(FederatedCredential {
+        issuer: other_issuer.issuer(),
+        subject: FEDERATED_ROLE.into(),
+        audience: "api://AzureADTokenExchange".into(),
+    });
+    let assertion = ms_oauth::federation::FederatedAssertions::new(aws_sdk_sts::Client::new(
+        &ms_oauth_tests::aws::sdk_config(&sts.url()).await,
+    ));
+    let token = assertion.assertion().await.unwrap();
+    let refused = microsoft
+        .client_credentials_with_assertion(CLIENT_ID, secrecy::ExposeSecret::expose_secret(&token))
+        .await;
+    assert!(refused.contains("AADSTS700211"), "{refused}");
+
+    // Right issuer and subject, another audience.
+    microsoft.add_federated_credential(FederatedCredential {
+        issuer: sts.issuer(),
+        subject: FEDERATED_ROLE.into(),
+        audience: "api://SomethingElse".into(),
+    });
+    let refused = microsoft
+        .client_credentials_with_assertion(CLIENT_ID, secrecy::ExposeSecret::expose_secret(&token))
+        .await;
+    assert!(refused.contains("AADSTS700212"), "{refused}");
+}

@@ -65,6 +65,7 @@ fn placeholder(var: &str) -> Option<&'static str> {
         config::TOKEN_REFRESH_MARGIN_SECONDS => "300",
         config::METRICS_NAMESPACE => "AutoKitteh/MicrosoftOAuth",
         config::AUDIT_BUS_NAME => "oauth-audit",
+        config::MICROSOFT_CLIENT_AUTH => "secret",
         config::MICROSOFT_CLIENT_SECRET_ARN
         | config::START_LINK_KEY_ARN
         | config::AUTOKITTEH_API_TOKEN_ARN => {
@@ -81,16 +82,21 @@ fn placeholder(var: &str) -> Option<&'static str> {
 struct Recorder {
     vars: BTreeSet<String>,
     asked: Mutex<BTreeSet<String>>,
+    /// Values other than the placeholder, by name.
+    overrides: BTreeMap<String, String>,
 }
 
 impl Recorder {
     fn new(vars: &BTreeSet<String>) -> Self {
-        Self { vars: vars.clone(), asked: Mutex::default() }
+        Self { vars: vars.clone(), asked: Mutex::default(), overrides: BTreeMap::new() }
     }
 
     fn lookup(&self, name: &str) -> Option<String> {
         self.asked.lock().unwrap().insert(name.to_owned());
-        if self.vars.contains(name) { placeholder(name).map(str::to_owned) } else { None }
+        if !self.vars.contains(name) {
+            return None;
+        }
+        self.overrides.get(name).cloned().or_else(|| placeholder(name).map(str::to_owned))
     }
 
     fn asked(&self) -> BTreeSet<String> {
@@ -205,6 +211,7 @@ fn the_template_sets_exactly_the_variables_each_function_reads() {
                 config::TOKEN_REFRESH_MARGIN_SECONDS,
                 config::METRICS_NAMESPACE,
                 config::AUDIT_BUS_NAME,
+                config::MICROSOFT_CLIENT_AUTH,
             ];
             if !optional.contains(&var.as_str()) {
                 assert!(
@@ -653,4 +660,69 @@ fn the_alarms_on_our_metrics_read_what_the_functions_record() {
         assert!(p["AlarmActions"] != Value::Null, "{id} notifies no one");
     }
     assert!(checked >= 9, "only {checked} alarm metrics of ours");
+}
+
+#[test]
+fn with_aws_federation_the_functions_start_without_a_secret_and_may_ask_sts_only_for_entra() {
+    use ms_oauth_tests::iam::Deployment;
+    let template = template();
+    let deploy = |auth: &str| {
+        let parameters = BTreeMap::from([
+            ("MicrosoftClientId".to_owned(), "11111111-2222-3333-4444-555555555555".to_owned()),
+            ("MicrosoftClientAuth".to_owned(), auth.to_owned()),
+        ]);
+        Deployment::new(template.clone(), "oauth", parameters, BTreeMap::new(), BTreeMap::new())
+    };
+    let federated = deploy("aws_federation");
+    let with_secret = deploy("secret");
+    assert!(!federated.condition("MakeClientSecret"), "no secret is made");
+    assert!(with_secret.condition("MakeClientSecret"));
+    for (id, binary) in [
+        ("RedirectFunction", "oauth-redirect"),
+        ("ConnectionApiFunction", "connection-api"),
+        ("TokenRefresherFunction", "token-refresher"),
+    ] {
+        let set_up = federated.function(id);
+        let env = &set_up.environment;
+        assert_eq!(
+            env.get(config::MICROSOFT_CLIENT_AUTH).map(String::as_str),
+            Some("aws_federation")
+        );
+        assert!(!env.contains_key(config::MICROSOFT_CLIENT_SECRET_ARN), "{id} gets a secret");
+        // It starts from that environment (no secret needed).
+        let vars: BTreeSet<String> = env.keys().cloned().collect();
+        let mut recorder = Recorder::new(&vars);
+        recorder
+            .overrides
+            .insert(config::MICROSOFT_CLIENT_AUTH.to_owned(), "aws_federation".to_owned());
+        build(binary, &recorder).unwrap_or_else(|e| panic!("{id}: {e}"));
+
+        let statements = federated.role_statements(&set_up.role);
+        let sts: Vec<_> = statements
+            .iter()
+            .filter(|s| s.actions.iter().any(|a| a == "sts:GetWebIdentityToken"))
+            .collect();
+        assert_eq!(sts.len(), 1, "{id}");
+        let keys: BTreeSet<String> = sts[0].conditions.iter().map(|c| c.key.clone()).collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([
+                "sts:IdentityTokenAudience".to_owned(),
+                "sts:SigningAlgorithm".to_owned(),
+                "sts:DurationSeconds".to_owned()
+            ]),
+            "{id}"
+        );
+        assert!(
+            !statements.iter().any(|s| s
+                .actions
+                .iter()
+                .any(|a| a.starts_with("secretsmanager:Get")
+                    && s.resources.iter().any(|r| r.contains("ClientSecret")))),
+            "{id} may still read a client secret"
+        );
+        // With a secret, no STS grant.
+        let secret_statements = with_secret.role_statements(&with_secret.function(id).role);
+        assert!(!secret_statements.iter().any(|s| s.actions.iter().any(|a| a.starts_with("sts:"))));
+    }
 }

@@ -83,8 +83,12 @@ pub enum AppError {
         "a daemon app needs its own tenant (its Directory (tenant) ID or a verified domain), not common, organizations or consumers"
     )]
     DaemonTenant,
-    #[error("give exactly one credential: client_secret or certificate")]
+    #[error("give exactly one credential: client_secret, certificate or aws_federation: true")]
     Credential,
+    #[error(
+        "aws_federation needs a deployment that authenticates with its AWS identity (MicrosoftClientAuth=aws_federation); give a client_secret or certificate"
+    )]
+    NoFederation,
     #[error("the client secret is empty or longer than {MAX_CREDENTIAL_LEN} bytes")]
     Secret,
     #[error("the certificate {0}")]
@@ -129,30 +133,47 @@ impl Credential {
     /// The sealed form: a small JSON object with the secret or the PEM.
     pub fn to_plaintext(&self) -> Result<Vec<u8>, AppError> {
         let stored = match self {
-            Credential::Secret(s) => {
-                StoredCredential { client_secret: Some(s.expose_secret()), certificate: None }
+            Credential::Secret(s) => StoredCredential {
+                client_secret: Some(s.expose_secret()),
+                certificate: None,
+                aws_federation: false,
+            },
+            Credential::Certificate(c) => StoredCredential {
+                client_secret: None,
+                certificate: Some(c.pem.expose_secret()),
+                aws_federation: false,
+            },
+            Credential::AwsFederation(_) => {
+                StoredCredential { client_secret: None, certificate: None, aws_federation: true }
             }
-            Credential::Certificate(c) => {
-                StoredCredential { client_secret: None, certificate: Some(c.pem.expose_secret()) }
-            }
-            // Nothing secret to keep: the server-wide app's federation is configuration.
-            Credential::AwsFederation(_) => return Err(AppError::Credential),
         };
         serde_json::to_vec(&stored).map_err(|_| AppError::Credential)
     }
 
     /// Reads back [`Credential::to_plaintext`]. An expired certificate still opens: whether
-    /// it may be used is decided where it is used.
-    pub fn from_plaintext(bytes: &[u8]) -> Result<Self, AppError> {
+    /// it may be used is decided where it is used. An app trusting the functions' AWS
+    /// identity opens with `federation`, this deployment's source of it.
+    pub fn from_plaintext(
+        bytes: &[u8],
+        federation: Option<&std::sync::Arc<crate::federation::FederatedAssertions>>,
+    ) -> Result<Self, AppError> {
         let stored: OwnedCredential =
             serde_json::from_slice(bytes).map_err(|_| AppError::Credential)?;
-        match (stored.client_secret, stored.certificate) {
-            (Some(s), None) => Ok(Credential::Secret(SecretString::from(s))),
-            (None, Some(pem)) => {
+        match (stored.client_secret, stored.certificate, stored.aws_federation) {
+            (Some(s), None, false) => Ok(Credential::Secret(SecretString::from(s))),
+            (None, Some(pem), false) => {
                 Ok(Credential::Certificate(Box::new(Certificate::from_pem(&pem)?)))
             }
+            (None, None, true) => Self::federated(federation),
             _ => Err(AppError::Credential),
         }
+    }
+
+    /// The functions' AWS identity as an app's credential, when this deployment has one.
+    pub fn federated(
+        federation: Option<&std::sync::Arc<crate::federation::FederatedAssertions>>,
+    ) -> Result<Self, AppError> {
+        federation.map(|f| Credential::AwsFederation(f.clone())).ok_or(AppError::NoFederation)
     }
 }
 
@@ -162,6 +183,8 @@ struct StoredCredential<'a> {
     client_secret: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    aws_federation: bool,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +193,8 @@ struct OwnedCredential {
     client_secret: Option<String>,
     #[serde(default)]
     certificate: Option<String>,
+    #[serde(default)]
+    aws_federation: bool,
 }
 
 /// An X.509 certificate with its RSA private key, as uploaded to the Entra app ("Certificates
@@ -454,6 +479,9 @@ pub enum OpenAppError {
     Crypto(#[from] crate::crypto::CryptoError),
     #[error("the stored app is unreadable")]
     Corrupt,
+    /// The app trusts the functions' AWS identity, and this deployment no longer has one.
+    #[error("the app authenticates with AWS federation, which this deployment no longer uses")]
+    NoFederation,
 }
 
 /// Reads a connection's own app and opens its credential; `None` when it has none.
@@ -461,6 +489,7 @@ pub async fn open_app(
     store: &dyn crate::store::Store,
     keys: &dyn crate::crypto::DataKeys,
     cid: &crate::domain::ConnectionId,
+    federation: Option<&std::sync::Arc<crate::federation::FederatedAssertions>>,
 ) -> Result<Option<OpenedApp>, OpenAppError> {
     let Some(stored) = store.get_app(cid).await? else { return Ok(None) };
     let summary = stored.app.summary;
@@ -469,7 +498,10 @@ pub async fn open_app(
         crate::crypto::open(keys, &credential_context(cid.as_str()), &stored.app.credential_sealed)
             .await?;
     let credential =
-        Credential::from_plaintext(plaintext.expose_secret()).map_err(|_| OpenAppError::Corrupt)?;
+        Credential::from_plaintext(plaintext.expose_secret(), federation).map_err(|e| match e {
+            AppError::NoFederation => OpenAppError::NoFederation,
+            _ => OpenAppError::Corrupt,
+        })?;
     let tenant = summary.private_tenant_id.parse().map_err(|_| OpenAppError::Corrupt)?;
     let auth = crate::microsoft::ClientAuth {
         client_id: summary.private_client_id.clone(),
@@ -592,15 +624,18 @@ mod tests {
     fn a_secret_survives_sealing_and_never_shows() {
         let credential = Credential::Secret(SecretString::from("s3cr3t~value".to_owned()));
         assert!(!format!("{credential:?}").contains("s3cr3t"));
-        let back = Credential::from_plaintext(&credential.to_plaintext().unwrap()).unwrap();
+        let back = Credential::from_plaintext(&credential.to_plaintext().unwrap(), None).unwrap();
         let Credential::Secret(s) = back else { panic!("kind changed") };
         assert_eq!(s.expose_secret(), "s3cr3t~value");
         let app = App::new(AppKind::Private, CLIENT, "", credential).unwrap();
         let summary = serde_json::to_string(&app.summary()).unwrap();
         assert!(!summary.contains("s3cr3t"), "{summary}");
         assert!(summary.contains("\"credential\":\"secret\""), "{summary}");
-        assert!(Credential::from_plaintext(b"{}").is_err());
-        assert!(Credential::from_plaintext(br#"{"client_secret":"a","certificate":"b"}"#).is_err());
+        assert!(Credential::from_plaintext(b"{}", None).is_err());
+        assert!(
+            Credential::from_plaintext(br#"{"client_secret":"a","certificate":"b"}"#, None)
+                .is_err()
+        );
     }
 
     #[test]
@@ -708,7 +743,7 @@ mod certificate_tests {
 
         // Sealed and opened again, the same certificate; shown, only the public part.
         let credential = Credential::Certificate(Box::new(cert.clone()));
-        let opened = Credential::from_plaintext(&credential.to_plaintext().unwrap()).unwrap();
+        let opened = Credential::from_plaintext(&credential.to_plaintext().unwrap(), None).unwrap();
         let Credential::Certificate(opened) = opened else { panic!("kind changed") };
         assert_eq!(opened.thumbprint, cert.thumbprint);
         let app = App::new(AppKind::Daemon, CLIENT, "contoso.com", credential).unwrap();

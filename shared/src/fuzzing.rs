@@ -103,7 +103,7 @@ pub fn app(data: &[u8]) {
     let now = time::OffsetDateTime::from_unix_timestamp(NOW).unwrap();
     if let Ok(request) = serde_json::from_slice::<crate::registration::AppRequest>(data) {
         let secret = request.client_secret.clone();
-        if let Ok(app) = request.into_app(now) {
+        if let Ok(app) = request.into_app(now, None) {
             let summary = serde_json::to_string(&app.summary()).unwrap();
             if let Some(secret) = secret.filter(|s| s.len() > 8) {
                 assert!(!summary.contains(&secret), "a secret in the summary");
@@ -125,7 +125,7 @@ pub fn app(data: &[u8]) {
         .collect();
     let _ = crate::apps::app_ref_from_vars(&vars);
     let _ = crate::apps::app_from_vars(&vars);
-    let _ = crate::apps::Credential::from_plaintext(data);
+    let _ = crate::apps::Credential::from_plaintext(data, None);
 }
 
 /// Cookie headers (`;`-separated, split into the v2 event's cookie list at `\n`).

@@ -33,6 +33,15 @@ pub struct AppRequest {
     /// PEM: the certificate and its unencrypted private key.
     #[serde(default, deserialize_with = "present")]
     pub certificate: Option<String>,
+    /// `true`: the app trusts the functions' AWS identity (a federated identity credential);
+    /// no secret or certificate.
+    #[serde(default, deserialize_with = "present_bool")]
+    pub aws_federation: Option<bool>,
+}
+
+/// An optional boolean that, when given, is a boolean (`null` is refused).
+fn present_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    bool::deserialize(d).map(Some)
 }
 
 /// An optional field that, when given, is a string (`null` is refused, not taken as absent).
@@ -53,16 +62,23 @@ impl fmt::Debug for AppRequest {
 }
 
 impl AppRequest {
-    /// Validates the request into an app; a certificate must be valid now.
-    pub fn into_app(self, now: time::OffsetDateTime) -> Result<App, AppError> {
+    /// Validates the request into an app; a certificate must be valid now; an app trusting
+    /// the functions' AWS identity needs `federation`, this deployment's source of it.
+    pub fn into_app(
+        self,
+        now: time::OffsetDateTime,
+        federation: Option<&std::sync::Arc<crate::federation::FederatedAssertions>>,
+    ) -> Result<App, AppError> {
         let kind = AppKind::from_auth_type(&self.auth_type).ok_or(AppError::AuthType)?;
-        let credential = match (self.client_secret, self.certificate) {
-            (Some(secret), None) => Credential::Secret(SecretString::from(secret)),
-            (None, Some(pem)) => {
+        let federated = self.aws_federation.unwrap_or(false);
+        let credential = match (self.client_secret, self.certificate, federated) {
+            (Some(secret), None, false) => Credential::Secret(SecretString::from(secret)),
+            (None, Some(pem), false) => {
                 let certificate = Certificate::from_pem(&pem)?;
                 certificate.check_valid_at(now)?;
                 Credential::Certificate(Box::new(certificate))
             }
+            (None, None, true) => Credential::federated(federation)?,
             _ => return Err(AppError::Credential),
         };
         App::new(kind, &self.client_id, self.tenant_id.as_deref().unwrap_or(""), credential)
@@ -145,7 +161,7 @@ impl TokenService {
         request: AppRequest,
     ) -> Result<AppSaved, AppFailure> {
         let now = self.clock.now();
-        let app = request.into_app(now)?;
+        let app = request.into_app(now, self.federation.as_ref())?;
         let auth = ClientAuth {
             client_id: app.client_id.clone(),
             tenant: app.tenant.clone(),
@@ -349,7 +365,7 @@ mod tests {
         .unwrap();
         assert!(!format!("{request:?}").contains("very-secret"));
         let now = time::OffsetDateTime::now_utc();
-        let app = request.into_app(now).unwrap();
+        let app = request.into_app(now, None).unwrap();
         assert_eq!(app.tenant.as_str(), "common");
         let Credential::Secret(s) = &app.credential else { panic!("a secret") };
         assert_eq!(s.expose_secret(), "cs~very-secret");
@@ -358,7 +374,7 @@ mod tests {
             r#"{"auth_type":"daemonApp","client_id":"0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3","tenant_id":"contoso.com","client_secret":"a","certificate":"b"}"#,
         )
         .unwrap();
-        assert_eq!(both.into_app(now).unwrap_err(), AppError::Credential);
+        assert_eq!(both.into_app(now, None).unwrap_err(), AppError::Credential);
         let null = serde_json::from_str::<AppRequest>(
             r#"{"auth_type":"daemonApp","client_id":"x","client_secret":"a","certificate":null}"#,
         );
@@ -371,7 +387,7 @@ mod tests {
             r#"{"auth_type":"oauthDefault","client_id":"0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3","client_secret":"a"}"#,
         )
         .unwrap();
-        assert_eq!(kind.into_app(now).unwrap_err(), AppError::AuthType);
+        assert_eq!(kind.into_app(now, None).unwrap_err(), AppError::AuthType);
     }
 
     #[test]
@@ -383,9 +399,10 @@ mod tests {
             tenant_id: None,
             client_secret: None,
             certificate: Some(expired.bundle()),
+            aws_federation: None,
         };
         assert!(matches!(
-            request.into_app(time::OffsetDateTime::now_utc()),
+            request.into_app(time::OffsetDateTime::now_utc(), None),
             Err(AppError::CertificateExpired(_))
         ));
     }

@@ -469,9 +469,22 @@ impl TokenService {
             return Ok(Ok(ClientAuth::default_app(self.microsoft.endpoints(), secret)));
         };
         let cid = &c.connection_id;
-        let opened = match crate::apps::open_app(self.store.as_ref(), self.keys.as_ref(), cid).await
+        let federation = self.federation.as_ref();
+        let opened = match crate::apps::open_app(
+            self.store.as_ref(),
+            self.keys.as_ref(),
+            cid,
+            federation,
+        )
+        .await
         {
             Ok(opened) => opened,
+            Err(OpenAppError::NoFederation) => {
+                return Ok(Err(format!(
+                    "{}: the connection's own app authenticates with AWS federation, which this deployment no longer uses",
+                    FailureClass::AppMisconfigured.as_str()
+                )));
+            }
             Err(OpenAppError::Store(e)) => return Err(e.into()),
             Err(OpenAppError::Crypto(e)) => return Err(e.into()),
             Err(OpenAppError::Corrupt) => return Err(TokenFailure::Corrupt),

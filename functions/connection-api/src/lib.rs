@@ -161,7 +161,7 @@ fn app_request(req: &Request) -> Result<AppRequest, Refusal> {
         // The parser's message names fields and positions, never values.
         let what = match e.classify() {
             serde_json::error::Category::Data => {
-                "the body must hold auth_type, client_id, tenant_id and one of client_secret or certificate, as strings, and nothing else"
+                "the body must hold auth_type, client_id, tenant_id (strings) and one of client_secret or certificate (strings) or aws_federation: true, and nothing else"
             }
             _ => "the body must be a JSON object",
         };

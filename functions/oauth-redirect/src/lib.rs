@@ -657,9 +657,14 @@ async fn consented_daemon(
             return Ok(Some((auth, Some(app))));
         }
     }
-    let opened = open_app(service.store.as_ref(), service.keys.as_ref(), &flow.connection_id)
-        .await
-        .map_err(open_failure)?;
+    let opened = open_app(
+        service.store.as_ref(),
+        service.keys.as_ref(),
+        &flow.connection_id,
+        service.federation.as_ref(),
+    )
+    .await
+    .map_err(open_failure)?;
     Ok(opened
         .filter(|app| app.kind == AppKind::Daemon && app.auth.client_id == client_id)
         .map(|app| (app.auth, None)))
@@ -678,6 +683,9 @@ fn open_failure(e: OpenAppError) -> FlowError {
         OpenAppError::Store(e) => FlowError::Store(e),
         OpenAppError::Crypto(e) => FlowError::Crypto(e),
         OpenAppError::Corrupt => FlowError::Internal("the stored app is unreadable"),
+        OpenAppError::NoFederation => {
+            FlowError::AppCredential(ms_oauth::apps::AppError::NoFederation)
+        }
     }
 }
 
@@ -794,9 +802,14 @@ async fn own_app(
             return Ok((auth, Some(app)));
         }
     }
-    let opened = open_app(service.store.as_ref(), service.keys.as_ref(), &flow.connection_id)
-        .await
-        .map_err(open_failure)?;
+    let opened = open_app(
+        service.store.as_ref(),
+        service.keys.as_ref(),
+        &flow.connection_id,
+        service.federation.as_ref(),
+    )
+    .await
+    .map_err(open_failure)?;
     match opened {
         Some(app) if app.kind == AppKind::Private && app.auth.client_id == client_id => {
             Ok((app.auth, None))

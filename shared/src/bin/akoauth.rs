@@ -137,13 +137,17 @@ enum AppAction {
         /// A file holding the client secret's Value, or - for stdin.
         #[arg(
             long,
-            conflicts_with = "certificate_file",
-            required_unless_present = "certificate_file"
+            conflicts_with_all = ["certificate_file", "aws_federation"],
+            required_unless_present_any = ["certificate_file", "aws_federation"]
         )]
         client_secret_file: Option<String>,
         /// A PEM file with the certificate and its unencrypted private key, or - for stdin.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "aws_federation")]
         certificate_file: Option<String>,
+        /// The app trusts this deployment's AWS identity (a federated identity credential);
+        /// only with MICROSOFT_CLIENT_AUTH=aws_federation.
+        #[arg(long)]
+        aws_federation: bool,
     },
     /// Print the app's non-secret part.
     Show {
@@ -281,6 +285,7 @@ async fn app(action: AppAction) -> Result<String, String> {
             tenant_id,
             client_secret_file,
             certificate_file,
+            aws_federation,
         } => {
             let request = AppRequest {
                 auth_type,
@@ -288,6 +293,7 @@ async fn app(action: AppAction) -> Result<String, String> {
                 tenant_id,
                 client_secret: client_secret_file.as_deref().map(read_credential).transpose()?,
                 certificate: certificate_file.as_deref().map(read_credential).transpose()?,
+                aws_federation: aws_federation.then_some(true),
             };
             match tokens.set_app(&cid, request).await {
                 Ok(saved) => serde_json::to_string_pretty(&serde_json::json!({

@@ -111,3 +111,62 @@ async fn a_token_from_another_issuer_or_for_another_audience_is_refused() {
         .await;
     assert!(refused.contains("AADSTS700212"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_private_app_that_trusts_the_functions_identity_signs_in_and_refreshes_without_a_secret()
+{
+    use ms_oauth_tests::standin::{AppRegistration, FederatedCredential, OTHER_TENANT};
+    let app = federated_app().await;
+    let sts = app.sts.clone().unwrap();
+    let private = "6e1d5c4b-3f20-4b7c-8d9e-0f1a2b3c4d5e";
+    app.standin.register_app(AppRegistration {
+        client_id: private.into(),
+        home_tenant: OTHER_TENANT.into(),
+        multi_tenant: true,
+        redirect_uris: vec![format!("{}{}", app.address, ms_oauth::config::REDIRECT_PATH)],
+        federated_credentials: vec![FederatedCredential {
+            issuer: sts.issuer(),
+            subject: FEDERATED_ROLE.into(),
+            audience: ms_oauth::federation::ENTRA_AUDIENCE.into(),
+        }],
+        ..AppRegistration::default()
+    });
+    let cid = new_cid();
+    let put = |body: serde_json::Value| {
+        let url = format!("{}/connections/{cid}/app", app.api_address);
+        async move {
+            let answer = reqwest::Client::new().put(url).json(&body).send().await.unwrap();
+            (answer.status().as_u16(), answer.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) =
+        put(serde_json::json!({"auth_type": "oauthPrivate", "client_id": private, "aws_federation": true}))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["app"]["credential"], "aws_federation");
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_page(&flow.finish, 200, "connected");
+    let forced = format!("{}/connections/{cid}/token?force_refresh=true", app.api_address);
+    assert_eq!(reqwest::get(&forced).await.unwrap().status(), 200);
+
+    // A credential and federation at once is refused.
+    let (status, _) = put(serde_json::json!({
+        "auth_type": "oauthPrivate", "client_id": private, "aws_federation": true, "client_secret": "x"
+    }))
+    .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn a_deployment_with_a_secret_refuses_an_app_that_asks_for_federation() {
+    let app = spawn_app().await;
+    let url = format!("{}/connections/{}/app", app.api_address, new_cid());
+    let body = serde_json::json!({"auth_type": "oauthPrivate", "client_id": "6e1d5c4b-3f20-4b7c-8d9e-0f1a2b3c4d5e", "aws_federation": true});
+    let answer = reqwest::Client::new().put(url).json(&body).send().await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("MicrosoftClientAuth=aws_federation"),
+        "{body}"
+    );
+}

@@ -397,6 +397,18 @@ pub fn wildcard(pattern: &str, text: &str, ignore_case: bool) -> bool {
 /// absent).
 fn context_values(call: &AwsCall, key: &str) -> Option<Vec<String>> {
     let dynamodb = call.action.starts_with("dynamodb:");
+    if call.action.starts_with("sts:") {
+        let value = call.context.get(key);
+        return match key {
+            crate::recorder::STS_AUDIENCE => {
+                value.map(|v| v.split('\n').map(str::to_owned).collect())
+            }
+            crate::recorder::STS_SIGNING_ALGORITHM | crate::recorder::STS_DURATION => {
+                value.map(|v| vec![v.clone()])
+            }
+            other => panic!("condition key {other} is not modelled for STS: extend the evaluator"),
+        };
+    }
     if key == crate::recorder::LEADING_KEYS {
         return call.context.get(key).filter(|_| dynamodb).map(|v| vec![v.clone()]);
     }
@@ -437,6 +449,10 @@ fn condition_holds(c: &Condition, call: &AwsCall) -> bool {
         "ForAnyValue:StringEquals" => {
             present.unwrap_or_default().iter().any(|v| c.values.contains(v))
         }
+        "NumericLessThanEquals" => present.is_some_and(|vals| {
+            let limit: Option<f64> = c.values.first().and_then(|v| v.parse().ok());
+            vals.iter().all(|v| v.parse::<f64>().ok().zip(limit).is_some_and(|(v, l)| v <= l))
+        }),
         other => panic!("condition operator {other} is not modelled: extend the evaluator"),
     }
 }

@@ -48,6 +48,8 @@ pub struct Recorder {
 #[derive(Clone)]
 struct Relay {
     upstream: String,
+    /// Where STS calls go (the STS stand-in), when not to `upstream`.
+    sts_upstream: Option<String>,
     http: reqwest::Client,
     recorder: Recorder,
 }
@@ -55,6 +57,15 @@ struct Relay {
 impl Recorder {
     /// Forwards every request on `listener` to `upstream` (`http://host:port`), recording it.
     pub fn spawn(listener: TcpListener, upstream: &str) -> std::io::Result<Self> {
+        Self::spawn_routed(listener, upstream, None)
+    }
+
+    /// The same, with STS calls forwarded to `sts_upstream` instead.
+    pub fn spawn_routed(
+        listener: TcpListener,
+        upstream: &str,
+        sts_upstream: Option<&str>,
+    ) -> std::io::Result<Self> {
         let recorder = Self {
             url: format!("http://{}", listener.local_addr()?),
             calls: Arc::default(),
@@ -62,6 +73,7 @@ impl Recorder {
         };
         let relay = Relay {
             upstream: upstream.trim_end_matches('/').to_owned(),
+            sts_upstream: sts_upstream.map(|u| u.trim_end_matches('/').to_owned()),
             http: reqwest::Client::new(),
             recorder: recorder.clone(),
         };
@@ -111,7 +123,11 @@ async fn forward(State(relay): State<Relay>, req: Request) -> Response {
     relay.recorder.record(read_call(&target, &authorization, &body));
 
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut out = relay.http.request(parts.method, format!("{}{path}", relay.upstream));
+    let upstream = match (&relay.sts_upstream, signing_service(&authorization)) {
+        (Some(sts), Some("sts")) => sts,
+        _ => &relay.upstream,
+    };
+    let mut out = relay.http.request(parts.method, format!("{upstream}{path}"));
     for (name, value) in &parts.headers {
         if name != http::header::HOST && name != http::header::CONTENT_LENGTH {
             out = out.header(name, value);
@@ -153,6 +169,9 @@ pub const LEADING_KEYS: &str = "dynamodb:LeadingKeys";
 
 /// calls IAM authorizes; a PutEvents of several buses is one call per bus.
 pub fn read_call(target: &str, authorization: &str, body: &[u8]) -> Result<Vec<AwsCall>, String> {
+    if signing_service(authorization) == Some("sts") {
+        return read_sts_call(body);
+    }
     let operation = target.rsplit('.').next().filter(|o| !o.is_empty());
     let (Some(service), Some(operation)) = (signing_service(authorization), operation) else {
         return Err(format!("no SigV4 service or X-Amz-Target ({target:?})"));
@@ -219,6 +238,38 @@ pub fn read_call(target: &str, authorization: &str, body: &[u8]) -> Result<Vec<A
         }
         other => Err(format!("a call to {other}, which no function is expected to make")),
     }
+}
+
+/// The condition keys of `sts:GetWebIdentityToken`. The audience is multi-valued: its
+/// values are kept joined by newlines.
+pub const STS_AUDIENCE: &str = "sts:IdentityTokenAudience";
+pub const STS_SIGNING_ALGORITHM: &str = "sts:SigningAlgorithm";
+pub const STS_DURATION: &str = "sts:DurationSeconds";
+
+/// Reads one STS Query-protocol request (form-encoded).
+fn read_sts_call(body: &[u8]) -> Result<Vec<AwsCall>, String> {
+    let form: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|e| format!("sts: {e}"))?;
+    let get = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let action = get("Action").ok_or("an STS call without Action")?;
+    if action != "GetWebIdentityToken" {
+        return Err(format!("a call to sts:{action}, which no function is expected to make"));
+    }
+    let audiences: Vec<String> = form
+        .iter()
+        .filter(|(k, _)| k.starts_with("Audience.member."))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut context = BTreeMap::new();
+    if !audiences.is_empty() {
+        context.insert(STS_AUDIENCE.to_owned(), audiences.join("\n"));
+    }
+    if let Some(algorithm) = get("SigningAlgorithm") {
+        context.insert(STS_SIGNING_ALGORITHM.to_owned(), algorithm);
+    }
+    // Without DurationSeconds, STS uses 300 and so does the request context.
+    context.insert(STS_DURATION.to_owned(), get("DurationSeconds").unwrap_or_else(|| "300".into()));
+    Ok(vec![AwsCall { action: "sts:GetWebIdentityToken".into(), resource: "*".into(), context }])
 }
 
 #[cfg(test)]

@@ -322,8 +322,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             suffix,
         };
         let addresses = (address, functions_address);
-        return spawn_from_template(options, resources, listener, addresses, standin, autokitteh)
-            .await;
+        let stand_ins = (standin, autokitteh, sts);
+        return spawn_from_template(options, resources, listener, addresses, stand_ins).await;
     }
 
     let dead = |yes: bool| if yes { DEAD_ENDPOINT.to_owned() } else { endpoint.clone() };
@@ -484,8 +484,11 @@ async fn spawn_from_template(
     r: DeployedResources,
     listener: TcpListener,
     (address, api_address): (String, String),
-    standin: Standin,
-    autokitteh: Option<AkStandin>,
+    (standin, autokitteh, sts): (
+        Standin,
+        Option<AkStandin>,
+        Option<ms_oauth_tests::sts::StsStandin>,
+    ),
 ) -> TestApp {
     use ms_oauth_tests::recorder::{ACCOUNT, REGION};
     let sdk = aws::sdk_config(&r.endpoint).await;
@@ -505,6 +508,10 @@ async fn spawn_from_template(
         ("MicrosoftAuthorityHost".to_owned(), standin.url()),
         ("MicrosoftGraphUrl".to_owned(), standin.url()),
     ]);
+    if options.aws_federation {
+        parameters.insert("MicrosoftClientAuth".into(), "aws_federation".into());
+        parameters.insert("MicrosoftClientSecretArn".into(), String::new());
+    }
     if let Some(tenant) = &options.tenant {
         parameters.insert("MicrosoftTenantId".into(), tenant.clone());
     }
@@ -558,7 +565,9 @@ async fn spawn_from_template(
     for id in TEMPLATE_FUNCTIONS {
         let set_up = deployment.function(id);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind recorder");
-        let recorder = Recorder::spawn(listener, &r.endpoint).expect("recorder");
+        let sts_upstream = sts.as_ref().map(|s| s.url());
+        let recorder = Recorder::spawn_routed(listener, &r.endpoint, sts_upstream.as_deref())
+            .expect("recorder");
         sdks.insert(id, aws::sdk_config(recorder.url()).await);
         functions.insert(id.to_owned(), (set_up, recorder));
     }
@@ -604,7 +613,7 @@ async fn spawn_from_template(
         aws_endpoint: r.endpoint,
         metrics: Arc::new(RecordedMetrics::default()),
         audit: Arc::new(RecordedAudit::default()),
-        sts: None,
+        sts,
     }
 }
 

@@ -198,9 +198,60 @@ fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
     ]
 }
 
+/// A proper token request of the functions' AWS identity for Entra, and variants of it.
+fn sts_call(audience: &str, algorithm: &str, seconds: &str) -> AwsCall {
+    use ms_oauth_tests::recorder::{STS_AUDIENCE, STS_DURATION, STS_SIGNING_ALGORITHM};
+    AwsCall::new(
+        "sts:GetWebIdentityToken",
+        "*",
+        &[(STS_AUDIENCE, audience), (STS_SIGNING_ALGORITHM, algorithm), (STS_DURATION, seconds)],
+    )
+}
+
+const ENTRA: &str = ms_oauth::federation::ENTRA_AUDIENCE;
+
 #[tokio::test]
 async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is_used() {
     let app = spawn_app_with(AppOptions { from_template: true, ..AppOptions::default() }).await;
+    standalone_scenario(&app).await;
+    let mut probes = probes(&app);
+    // With a client secret, no function may ask STS for tokens.
+    probes.push(("RedirectFunction", sts_call(ENTRA, "RS256", "300")));
+    assert_policies_hold(&app, &probes);
+}
+
+#[tokio::test]
+async fn with_aws_federation_every_aws_call_is_allowed_and_no_secret_is_readable() {
+    let app = spawn_app_with(AppOptions {
+        from_template: true,
+        aws_federation: true,
+        ..AppOptions::default()
+    })
+    .await;
+    standalone_scenario(&app).await;
+    // Each function that talks to Microsoft asked STS (and only those).
+    let deployed = app.deployed.as_ref().unwrap();
+    for (id, (_, recorder)) in &deployed.functions {
+        let asked = recorder.calls().iter().any(|c| c.action == "sts:GetWebIdentityToken");
+        assert_eq!(asked, id != "StartFunction", "{id}");
+    }
+    let mut probes = probes(&app);
+    probes.extend([
+        ("RedirectFunction", sts_call("api://SomeoneElse", "RS256", "300")),
+        ("ConnectionApiFunction", sts_call(ENTRA, "RS256", "3600")),
+        ("TokenRefresherFunction", sts_call(ENTRA, "ES384", "300")),
+        ("StartFunction", sts_call(ENTRA, "RS256", "300")),
+        (
+            "RedirectFunction",
+            AwsCall::new("secretsmanager:GetSecretValue", &app.client_secret_arn, &[]),
+        ),
+    ]);
+    assert_policies_hold(&app, &probes);
+}
+
+/// Sign-ins, the connection API, an own app, values sealed the earlier way, refresher runs,
+/// a dead grant, a disconnect and a consent requirement: every AWS code path standalone.
+async fn standalone_scenario(app: &TestApp) {
     let cids: Vec<ConnectionId> = (0..5).map(|_| new_cid()).collect();
     for (i, cid) in cids.iter().enumerate() {
         let account = if i % 2 == 0 { "work" } else { "personal" };
@@ -209,21 +260,21 @@ async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is
     }
     // The connection API: status, a stored token, a forced refresh.
     let path = |cid: &ConnectionId, tail: &str| format!("/connections/{cid}{tail}");
-    assert_eq!(api(&app, reqwest::Method::GET, &path(&cids[0], "")).await, 200);
-    assert_eq!(api(&app, reqwest::Method::GET, &path(&cids[0], "/token")).await, 200);
+    assert_eq!(api(app, reqwest::Method::GET, &path(&cids[0], "")).await, 200);
+    assert_eq!(api(app, reqwest::Method::GET, &path(&cids[0], "/token")).await, 200);
     let forced = path(&cids[0], "/token?force_refresh=true");
-    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
+    assert_eq!(api(app, reqwest::Method::GET, &forced).await, 200);
     // A connection's own app: set through the API, signed in and refreshed through it.
     let private = new_cid();
-    let _ = connect_private(&app, &private, &Browser::new(), false).await;
+    let _ = connect_private(app, &private, &Browser::new(), false).await;
     let forced = path(&private, "/token?force_refresh=true");
-    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
+    assert_eq!(api(app, reqwest::Method::GET, &forced).await, 200);
     app.make_due(&private).await;
     // Values sealed the earlier way, opened and re-sealed by the API and by the refresher.
-    seal_the_earlier_way(&app, &cids[1]).await;
+    seal_the_earlier_way(app, &cids[1]).await;
     let forced = path(&cids[1], "/token?force_refresh=true");
-    assert_eq!(api(&app, reqwest::Method::GET, &forced).await, 200);
-    seal_the_earlier_way(&app, &cids[2]).await;
+    assert_eq!(api(app, reqwest::Method::GET, &forced).await, 200);
+    seal_the_earlier_way(app, &cids[2]).await;
     app.make_due(&cids[2]).await;
     app.make_due(&cids[3]).await;
     let report = app.refresher.run().await.unwrap();
@@ -233,13 +284,11 @@ async fn standalone_every_aws_call_is_allowed_by_the_template_and_every_grant_is
     app.make_due(&cids[4]).await;
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 1, needs_reauth: 1, ..Report::default() });
-    assert_eq!(api(&app, reqwest::Method::DELETE, &path(&cids[0], "")).await, 200);
+    assert_eq!(api(app, reqwest::Method::DELETE, &path(&cids[0], "")).await, 200);
     // A sign-in that needs an administrator's consent: the redirect records a consent link.
     app.standin.require_admin_consent(CLIENT_ID);
     let flow = app.connect(&Browser::new(), &new_cid(), Origin::Web, "work").await;
     assert_eq!(flow.finish.status, 403, "{}", flow.finish.body);
-
-    assert_policies_hold(&app, &probes(&app));
 }
 
 #[tokio::test]

@@ -153,6 +153,17 @@ pub const INCIDENT_THRESHOLD: u32 = 5;
 /// connection (the alarm's threshold is the operator's `CredentialWarningDays`).
 const CERTIFICATE_WARNING_DAYS: f64 = 60.0;
 
+/// What [`TokenService::reseal`] did with one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResealOutcome {
+    /// Sealed anew under the current key.
+    Resealed,
+    /// Already sealed under the current key, the current way.
+    Current,
+    /// Being refreshed, or changed meanwhile: try it again later.
+    Busy,
+}
+
 /// What a new token for a connection comes from: a refresh token (default and private
 /// user-delegated apps) or the app's own credential (daemon apps).
 enum Renewal {
@@ -855,6 +866,36 @@ impl TokenService {
                 at: rfc3339(self.clock.now()),
             })
             .await;
+    }
+
+    /// Seals a connection's tokens anew under this service's key (`key_arn`, the ARN of
+    /// `TOKEN_KMS_KEY_ID`) when they are sealed under another key or the earlier way: the
+    /// same tokens, opened with the key they name and sealed with the current one, written
+    /// only if nothing changed and no refresh holds the connection meanwhile.
+    pub async fn reseal(
+        &self,
+        stored: &StoredConnection,
+        key_arn: &str,
+    ) -> Result<ResealOutcome, TokenFailure> {
+        let c = &stored.connection;
+        if c.secrets.key_id == key_arn && c.secrets.scheme == crate::crypto::ContextScheme::Store {
+            return Ok(ResealOutcome::Current);
+        }
+        let secrets = self.open_secrets(stored).await?;
+        let plaintext = serde_json::to_vec(&secrets).map_err(|_| TokenFailure::Corrupt)?;
+        let context = connection_context(c.connection_id.as_str());
+        let key = self.keys.generate(&context).await?;
+        let sealed = seal(&key, &context, &plaintext)?;
+        let now = self.clock.now().unix_timestamp();
+        let written =
+            self.store.reseal_connection(&c.connection_id, stored.version, &sealed, now).await?;
+        Ok(match written {
+            Some(version) => {
+                tracing::info!(cid = %c.connection_id, version, from = %c.secrets.key_id, "tokens sealed under the current key");
+                ResealOutcome::Resealed
+            }
+            None => ResealOutcome::Busy,
+        })
     }
 
     /// The audit event of a renewal of `stored` (the connection as it was before).

@@ -12,7 +12,9 @@
 //! - `akoauth consent-link --cid con_… [--tenant …]` prints a signed admin-consent link;
 //! - `akoauth stats` counts connections by status, failure class, auth type and tenant;
 //! - `akoauth audit --cid con_… --log-group …` prints what the audit trail holds for a
-//!   connection, when the trail is kept in a log group.
+//!   connection, when the trail is kept in a log group;
+//! - `akoauth reseal [--after …]` seals every connection's tokens anew under
+//!   `TOKEN_KMS_KEY_ID` (after a move to a new KMS key); safe to stop and run again.
 //!
 //! Long commands report their progress on stderr; stdout holds only the answer.
 
@@ -103,6 +105,14 @@ enum Command {
         /// How many tenants to list, most connections first.
         #[arg(long, default_value_t = 20)]
         top: usize,
+    },
+    /// Seal every connection's tokens anew under TOKEN_KMS_KEY_ID (after moving to a new KMS
+    /// key). Connections already under it are skipped, so an interrupted run is simply run
+    /// again (or resumed with --after); progress on stderr.
+    Reseal {
+        /// Resume after this cursor (printed in the progress lines).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Print the audit trail of a connection, oldest first, one JSON event per line, from the
     /// log group the stack keeps it in (the AuditLogGroupName output).
@@ -252,6 +262,7 @@ async fn run(cli: Cli) -> Result<String, String> {
         }
         Command::App { action } => app(action).await,
         Command::Stats { top } => stats(top).await,
+        Command::Reseal { after } => reseal(after).await,
         Command::Audit { cid, log_group, days } => audit(&cid, &log_group, days).await,
         Command::ConsentLink { cid, origin, tenant, ttl } => {
             let user = std::env::var("USER").ok().filter(|u| !u.trim().is_empty());
@@ -424,6 +435,75 @@ async fn stats(top: usize) -> Result<String, String> {
         "top_tenants": tenants,
     }))
     .map_err(|e| e.to_string())
+}
+
+async fn reseal(mut after: Option<String>) -> Result<String, String> {
+    use ms_oauth::tokens::ResealOutcome;
+    let tokens = token_service().await?;
+    let configured = config::required(&config::env_lookup, config::TOKEN_KMS_KEY_ID)
+        .map_err(|e| e.to_string())?;
+    // Values name the key by ARN: compare with the ARN of whatever TOKEN_KMS_KEY_ID names.
+    let kms = aws_sdk_kms::Client::new(&ms_oauth::runtime::aws_config().await);
+    let described = kms.describe_key().key_id(&configured).send().await.map_err(|e| {
+        format!("{configured}: {}", ms_oauth::error::chain(&e.into_service_error()))
+    })?;
+    let key_arn = described
+        .key_metadata()
+        .and_then(|m| m.arn())
+        .ok_or_else(|| format!("{configured}: KMS answered without the key's ARN"))?
+        .to_owned();
+    let (mut seen, mut resealed, mut current, mut busy, mut failed) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut progress = Progress::new();
+    loop {
+        let page = tokens
+            .store
+            .connection_page(after.as_deref(), 100)
+            .await
+            .map_err(|e| ms_oauth::error::chain(&e))?;
+        for stored in &page.connections {
+            seen += 1;
+            match tokens.reseal(stored, &key_arn).await {
+                Ok(ResealOutcome::Resealed) => resealed += 1,
+                Ok(ResealOutcome::Current) => current += 1,
+                Ok(ResealOutcome::Busy) => busy += 1,
+                Err(e) => {
+                    failed += 1;
+                    eprintln!(
+                        "akoauth: {}: {}",
+                        stored.connection.connection_id,
+                        ms_oauth::error::chain(&e)
+                    );
+                }
+            }
+        }
+        after = page.next;
+        let line = || {
+            let resume =
+                after.as_deref().map(|a| format!("; resume with --after {a}")).unwrap_or_default();
+            format!(
+                "{seen} connections: {resealed} sealed anew, {current} already current, {busy} busy, {failed} failed{resume}"
+            )
+        };
+        progress.report(line, after.is_none());
+        if after.is_none() {
+            break;
+        }
+    }
+    let summary = serde_json::json!({
+        "key": key_arn,
+        "connections": seen,
+        "resealed": resealed,
+        "already_current": current,
+        "busy": busy,
+        "failed": failed,
+    });
+    if busy + failed > 0 {
+        return Err(format!(
+            "{summary}\nsome connections were being refreshed or failed: run akoauth reseal again"
+        ));
+    }
+    serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())
 }
 
 async fn audit(cid: &ConnectionId, log_group: &str, days: u32) -> Result<String, String> {

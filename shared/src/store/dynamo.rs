@@ -356,6 +356,39 @@ impl Store for DynamoStore {
         Ok(written_by_us(result, owner, version + 1, "UpdateItem")?.then_some(version + 1))
     }
 
+    async fn reseal_connection(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        secrets: &crate::crypto::Sealed,
+        now: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        // A mark of this call: its own repeat (after a lost answer) finds it and succeeds.
+        let attempt = crate::state::attempt_id().map_err(|_| StoreError::Unavailable {
+            operation: "UpdateItem",
+            source: "no randomness for the reseal mark".into(),
+        })?;
+        let secrets = serde_dynamo::to_attribute_value(secrets)?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .update_expression("SET secrets = :secrets, version = version + :one, written_by = :by")
+            .condition_expression(
+                "version = :version AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            )
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_values(":secrets", secrets)
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":by", AttributeValue::S(attempt.clone()))
+            .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .send()
+            .await;
+        Ok(written_by_us(result, &attempt, version + 1, "UpdateItem")?.then_some(version + 1))
+    }
+
     async fn mark_needs_reauth(
         &self,
         id: &ConnectionId,

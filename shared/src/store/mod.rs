@@ -142,6 +142,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError>;
     /// Connections whose refresh is due at `now`, oldest first, at most `limit`.
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError>;
+    /// Replaces a connection's sealed secrets (the same tokens sealed anew, under another key)
+    /// if it is still at `version` and no refresh holds its lease at `now`: `Ok(Some(new
+    /// version))`, or `Ok(None)` when it changed or is being refreshed (try it again later).
+    /// Safe to repeat after a lost answer.
+    async fn reseal_connection(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        secrets: &crate::crypto::Sealed,
+        now: i64,
+    ) -> Result<Option<u64>, StoreError>;
     /// One page of a walk over every connection, for operators (statistics, re-sealing):
     /// `after` is the cursor the page before returned (`None` to begin). The walk reads
     /// whole items; a page may hold fewer than `limit` (even none) and still not be the last.

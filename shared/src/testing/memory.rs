@@ -141,6 +141,27 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn reseal_connection(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        secrets: &crate::crypto::Sealed,
+        now: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        let leases = self.leases.lock().map_err(|_| poisoned())?;
+        let key = connection_key(id);
+        let leased = leases.get(&key).is_some_and(|(_, until)| *until >= now);
+        match connections.get_mut(&key) {
+            Some(stored) if stored.version == version && !leased => {
+                stored.connection.secrets = secrets.clone();
+                stored.version += 1;
+                Ok(Some(stored.version))
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn mark_needs_reauth(
         &self,
         id: &ConnectionId,

@@ -109,6 +109,31 @@ pub async fn check(store: &dyn Store) {
     apps_are_replaced_whole_and_kept_apart_from_tokens(store).await;
     a_walk_sees_every_connection_once_and_nothing_else(store).await;
     incidents_count_each_connection_once_and_are_declared_once(store).await;
+    a_reseal_replaces_the_secrets_of_an_unchanged_connection_no_refresh_holds(store).await;
+}
+
+async fn a_reseal_replaces_the_secrets_of_an_unchanged_connection_no_refresh_holds(
+    store: &dyn Store,
+) {
+    let id = fresh_connection_id();
+    let version = store.save_connection(&connection(&id, NOW)).await.unwrap();
+    // A stale version is refused: the connection changed since it was read.
+    assert_eq!(store.reseal_connection(&id, version + 1, &sealed(5), NOW).await.unwrap(), None);
+    // A refresh holding the lease wins; once its lease has run out, the reseal goes through.
+    assert!(store.acquire_lease(&id, version, "refresher", NOW + 30, NOW).await.unwrap());
+    assert_eq!(store.reseal_connection(&id, version, &sealed(5), NOW).await.unwrap(), None);
+    let after_lease = NOW + 31;
+    let resealed = store.reseal_connection(&id, version, &sealed(5), after_lease).await.unwrap();
+    assert_eq!(resealed, Some(version + 1));
+    let stored = store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(stored.connection.secrets, sealed(5));
+    assert_eq!(stored.version, version + 1);
+    // Nothing else changed.
+    assert_eq!(stored.connection.vars, connection(&id, NOW).vars);
+    // A connection that is gone is not recreated.
+    let gone = fresh_connection_id();
+    assert_eq!(store.reseal_connection(&gone, 1, &sealed(5), NOW).await.unwrap(), None);
+    assert!(store.get_connection(&gone).await.unwrap().is_none());
 }
 
 async fn incidents_count_each_connection_once_and_are_declared_once(store: &dyn Store) {

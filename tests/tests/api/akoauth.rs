@@ -33,8 +33,19 @@ fn binary() -> &'static std::path::Path {
 /// Runs akoauth with the functions' environment for `app`; exit success, stdout, stderr.
 /// Asynchronously: the stand-ins it talks to run on this test's runtime.
 async fn akoauth(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    akoauth_with(app, args, stdin, &[]).await
+}
+
+/// The same with some of the environment changed.
+async fn akoauth_with(
+    app: &TestApp,
+    args: &[&str],
+    stdin: Option<&str>,
+    changed: &[(&str, &str)],
+) -> (bool, String, String) {
     use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new(binary())
+    let mut command = tokio::process::Command::new(binary());
+    command
         .args(args)
         .env_clear()
         .env(config::WEBHOOK_ADDRESS, &app.address)
@@ -49,7 +60,11 @@ async fn akoauth(app: &TestApp, args: &[&str], stdin: Option<&str>) -> (bool, St
         .env("AWS_REGION", ms_oauth_tests::aws::LOCAL_REGION)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("USER", "operator")
+        .env("USER", "operator");
+    for (name, value) in changed {
+        command.env(name, value);
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -311,4 +326,68 @@ async fn audit_prints_a_connections_trail_from_the_log_group_once_per_act_in_ord
     let (ok, _, err) =
         akoauth(&app, &["audit", "--cid", &cid_arg, "--log-group", "/no/such/group"], None).await;
     assert!(!ok && err.contains("/no/such/group"), "{err}");
+}
+
+#[tokio::test]
+async fn reseal_moves_every_connection_to_a_new_key_leaving_busy_ones_for_the_next_run() {
+    use ms_oauth::store::{DynamoStore, Store};
+    binary();
+    let app = spawn_app().await;
+    let cids: Vec<_> = (0..3).map(|_| new_cid()).collect();
+    for cid in &cids {
+        let flow = app.connect(&Browser::new(), cid, ms_oauth::domain::Origin::Web, "work").await;
+        assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    }
+    let old_key = app.connection(&cids[0]).await.unwrap().connection.secrets.key_id;
+    let alias = format!("alias/oauth-next-{}", ms_oauth_tests::random_base32(8));
+    let new_key = ms_oauth_tests::aws::ensure_kms_key(&app.kms, &alias).await.unwrap();
+    let new_arn = app
+        .kms
+        .describe_key()
+        .key_id(&new_key)
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .arn
+        .unwrap();
+    assert_ne!(old_key, new_arn);
+    // One connection is being refreshed: it is left alone, and the run says so.
+    let store = DynamoStore::new(app.dynamodb.clone(), app.table.clone());
+    let busy = app.connection(&cids[2]).await.unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(store.acquire_lease(&cids[2], busy.version, "refresher", now + 60, now).await.unwrap());
+
+    let with_new_key = [(config::TOKEN_KMS_KEY_ID, alias.as_str())];
+    let (ok, out, err) = akoauth_with(&app, &["reseal"], None, &with_new_key).await;
+    assert!(!ok, "a busy connection makes the run fail: {out}");
+    assert!(err.contains(r#""resealed":2"#) && err.contains(r#""busy":1"#), "{err}");
+    assert!(err.contains("3 connections: 2 sealed anew, 0 already current, 1 busy"), "{err}");
+
+    // The refresh ends; the next run finishes the job, and one after it finds nothing to do.
+    store.release_lease(&cids[2], "refresher").await.unwrap();
+    let (ok, out, err) = akoauth_with(&app, &["reseal"], None, &with_new_key).await;
+    assert!(ok, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (summary["resealed"].as_u64(), summary["already_current"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let (ok, out, _) = akoauth_with(&app, &["reseal"], None, &with_new_key).await;
+    assert!(ok);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (summary["resealed"].as_u64(), summary["already_current"].as_u64()),
+        (Some(0), Some(3))
+    );
+
+    // Every value now names the new key; the functions (still sealing with the old one) open
+    // them, by the key each value names, and serve the same tokens.
+    for cid in &cids {
+        let stored = app.connection(cid).await.unwrap();
+        assert_eq!(stored.connection.secrets.key_id, new_arn);
+        let token = format!("{}/connections/{cid}/token", app.api_address);
+        assert_eq!(reqwest::get(&token).await.unwrap().status(), 200);
+    }
 }

@@ -898,6 +898,27 @@ impl TokenService {
         })
     }
 
+    /// The same for a connection's own app: its credential sealed anew under `key_arn`.
+    pub async fn reseal_app(
+        &self,
+        stored: &crate::store::StoredApp,
+        key_arn: &str,
+    ) -> Result<ResealOutcome, TokenFailure> {
+        let sealed = &stored.app.credential_sealed;
+        if sealed.key_id == key_arn && sealed.scheme == crate::crypto::ContextScheme::Store {
+            return Ok(ResealOutcome::Current);
+        }
+        let cid = &stored.app.connection_id;
+        let context = crate::apps::credential_context(cid.as_str());
+        let plaintext = crate::crypto::open(self.keys.as_ref(), &context, sealed).await?;
+        let key = self.keys.generate(&context).await?;
+        let resealed = seal(&key, &context, plaintext.expose_secret())?;
+        Ok(match self.store.reseal_app(cid, stored.version, &resealed).await? {
+            Some(_) => ResealOutcome::Resealed,
+            None => ResealOutcome::Busy,
+        })
+    }
+
     /// The audit event of a renewal of `stored` (the connection as it was before).
     async fn audit_refresh(
         &self,

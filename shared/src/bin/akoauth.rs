@@ -437,8 +437,47 @@ async fn stats(top: usize) -> Result<String, String> {
     .map_err(|e| e.to_string())
 }
 
+/// What a reseal walk did.
+#[derive(Debug, Default)]
+struct Tally {
+    seen: u64,
+    resealed: u64,
+    current: u64,
+    busy: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn count(
+        &mut self,
+        cid: &ConnectionId,
+        outcome: Result<ms_oauth::tokens::ResealOutcome, ms_oauth::tokens::TokenFailure>,
+    ) {
+        use ms_oauth::tokens::ResealOutcome;
+        self.seen += 1;
+        match outcome {
+            Ok(ResealOutcome::Resealed) => self.resealed += 1,
+            Ok(ResealOutcome::Current) => self.current += 1,
+            Ok(ResealOutcome::Busy) => self.busy += 1,
+            Err(e) => {
+                self.failed += 1;
+                eprintln!("akoauth: {cid}: {}", ms_oauth::error::chain(&e));
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sealed anew, {} already current, {} busy, {} failed",
+            self.resealed, self.current, self.busy, self.failed
+        )
+    }
+}
+
 async fn reseal(mut after: Option<String>) -> Result<String, String> {
-    use ms_oauth::tokens::ResealOutcome;
     let tokens = token_service().await?;
     let configured = config::required(&config::env_lookup, config::TOKEN_KMS_KEY_ID)
         .map_err(|e| e.to_string())?;
@@ -452,9 +491,8 @@ async fn reseal(mut after: Option<String>) -> Result<String, String> {
         .and_then(|m| m.arn())
         .ok_or_else(|| format!("{configured}: KMS answered without the key's ARN"))?
         .to_owned();
-    let (mut seen, mut resealed, mut current, mut busy, mut failed) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut progress = Progress::new();
+    let mut connections = Tally::default();
     loop {
         let page = tokens
             .store
@@ -462,45 +500,50 @@ async fn reseal(mut after: Option<String>) -> Result<String, String> {
             .await
             .map_err(|e| ms_oauth::error::chain(&e))?;
         for stored in &page.connections {
-            seen += 1;
-            match tokens.reseal(stored, &key_arn).await {
-                Ok(ResealOutcome::Resealed) => resealed += 1,
-                Ok(ResealOutcome::Current) => current += 1,
-                Ok(ResealOutcome::Busy) => busy += 1,
-                Err(e) => {
-                    failed += 1;
-                    eprintln!(
-                        "akoauth: {}: {}",
-                        stored.connection.connection_id,
-                        ms_oauth::error::chain(&e)
-                    );
-                }
-            }
+            let cid = &stored.connection.connection_id;
+            connections.count(cid, tokens.reseal(stored, &key_arn).await);
         }
         after = page.next;
-        let line = || {
-            let resume =
-                after.as_deref().map(|a| format!("; resume with --after {a}")).unwrap_or_default();
-            format!(
-                "{seen} connections: {resealed} sealed anew, {current} already current, {busy} busy, {failed} failed{resume}"
-            )
-        };
-        progress.report(line, after.is_none());
+        let resume =
+            after.as_deref().map(|a| format!("; resume with --after {a}")).unwrap_or_default();
+        progress.report(
+            || format!("{} connections: {connections}{resume}", connections.seen),
+            after.is_none(),
+        );
         if after.is_none() {
+            break;
+        }
+    }
+    // Own apps' credentials, the same way (a short walk: few connections have one).
+    let mut apps = Tally::default();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = tokens
+            .store
+            .app_page(cursor.as_deref(), 100)
+            .await
+            .map_err(|e| ms_oauth::error::chain(&e))?;
+        for stored in &page.apps {
+            apps.count(&stored.app.connection_id, tokens.reseal_app(stored, &key_arn).await);
+        }
+        cursor = page.next;
+        progress.report(|| format!("{} apps: {apps}", apps.seen), cursor.is_none());
+        if cursor.is_none() {
             break;
         }
     }
     let summary = serde_json::json!({
         "key": key_arn,
-        "connections": seen,
-        "resealed": resealed,
-        "already_current": current,
-        "busy": busy,
-        "failed": failed,
+        "connections": connections.seen,
+        "resealed": connections.resealed,
+        "already_current": connections.current,
+        "busy": connections.busy,
+        "failed": connections.failed,
+        "apps": {"apps": apps.seen, "resealed": apps.resealed, "already_current": apps.current, "busy": apps.busy, "failed": apps.failed},
     });
-    if busy + failed > 0 {
+    if connections.busy + connections.failed + apps.busy + apps.failed > 0 {
         return Err(format!(
-            "{summary}\nsome connections were being refreshed or failed: run akoauth reseal again"
+            "{summary}\nsome connections or apps were being changed or failed: run akoauth reseal again"
         ));
     }
     serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())

@@ -17,6 +17,34 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// One page of a scan over the items whose key starts with `prefix`, read as `T`, and
+    /// the key to resume after.
+    async fn scan_page<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: i32,
+    ) -> Result<(Vec<T>, Option<String>), StoreError> {
+        let mut scan = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("begins_with(#pk, :prefix)")
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .expression_attribute_values(":prefix", AttributeValue::S(prefix.into()))
+            .limit(limit);
+        if let Some(after) = after {
+            scan = scan.exclusive_start_key(KEY_ATTRIBUTE, AttributeValue::S(after.to_owned()));
+        }
+        let out = scan.send().await.map_err(|e| unavailable("Scan")(e.into_service_error()))?;
+        let items = serde_dynamo::from_items(out.items.unwrap_or_default())?;
+        let next = out
+            .last_evaluated_key
+            .and_then(|mut key| key.remove(KEY_ATTRIBUTE))
+            .and_then(|key| key.as_s().ok().cloned());
+        Ok((items, next))
+    }
+
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self { client, table: table.into() }
     }
@@ -517,24 +545,43 @@ impl Store for DynamoStore {
         after: Option<&str>,
         limit: i32,
     ) -> Result<ConnectionPage, StoreError> {
-        let mut scan = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .filter_expression("begins_with(#pk, :conn)")
-            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
-            .expression_attribute_values(":conn", AttributeValue::S("conn#".into()))
-            .limit(limit);
-        if let Some(after) = after {
-            scan = scan.exclusive_start_key(KEY_ATTRIBUTE, AttributeValue::S(after.to_owned()));
-        }
-        let out = scan.send().await.map_err(|e| unavailable("Scan")(e.into_service_error()))?;
-        let connections = serde_dynamo::from_items(out.items.unwrap_or_default())?;
-        let next = out
-            .last_evaluated_key
-            .and_then(|mut key| key.remove(KEY_ATTRIBUTE))
-            .and_then(|key| key.as_s().ok().cloned());
+        let (connections, next) = self.scan_page("conn#", after, limit).await?;
         Ok(ConnectionPage { connections, next })
+    }
+
+    async fn app_page(&self, after: Option<&str>, limit: i32) -> Result<AppPage, StoreError> {
+        let (apps, next) = self.scan_page("app#", after, limit).await?;
+        Ok(AppPage { apps, next })
+    }
+
+    async fn reseal_app(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        credential: &crate::crypto::Sealed,
+    ) -> Result<Option<u64>, StoreError> {
+        let attempt = crate::state::attempt_id().map_err(|_| StoreError::Unavailable {
+            operation: "UpdateItem",
+            source: "no randomness for the reseal mark".into(),
+        })?;
+        let sealed = serde_dynamo::to_attribute_value(credential)?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(app_key(id)))
+            .update_expression(
+                "SET credential_sealed = :sealed, version = version + :one, written_by = :by",
+            )
+            .condition_expression("version = :version")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_values(":sealed", sealed)
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":by", AttributeValue::S(attempt.clone()))
+            .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
+            .send()
+            .await;
+        Ok(written_by_us(result, &attempt, version + 1, "UpdateItem")?.then_some(version + 1))
     }
 
     async fn count_failure(

@@ -175,6 +175,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Marks the incident `signature` as reported; `true` for the one caller that did (a
     /// repeat of that same call after a lost answer included).
     async fn declare_incident(&self, signature: &str, at: i64) -> Result<bool, StoreError>;
+    /// One page of a walk over every connection's own app, like [`Store::connection_page`].
+    async fn app_page(&self, after: Option<&str>, limit: i32) -> Result<AppPage, StoreError>;
+    /// Replaces an app's sealed credential (the same credential sealed anew) if the app is
+    /// still at `version`: `Ok(Some(new version))`, or `Ok(None)` when it changed or is gone.
+    /// Safe to repeat after a lost answer.
+    async fn reseal_app(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        credential: &crate::crypto::Sealed,
+    ) -> Result<Option<u64>, StoreError>;
     /// Creates or replaces a connection's own app; returns its new version.
     async fn save_app(&self, app: &AppRecord) -> Result<u64, StoreError>;
     /// Reads a connection's own app.
@@ -187,6 +198,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 pub struct ConnectionPage {
     pub connections: Vec<StoredConnection>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<String>,
+}
+
+/// A page of [`Store::app_page`].
+#[derive(Debug, Default)]
+pub struct AppPage {
+    pub apps: Vec<StoredApp>,
     /// Where the next page starts; `None` after the last.
     pub next: Option<String>,
 }

@@ -241,14 +241,31 @@ impl Store for MemoryStore {
         limit: i32,
     ) -> Result<ConnectionPage, StoreError> {
         let connections = self.connections.lock().map_err(|_| poisoned())?;
-        let mut keys: Vec<&String> =
-            connections.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)).collect();
-        keys.sort();
-        let limit = usize::try_from(limit).unwrap_or(0).max(1);
-        let page: Vec<StoredConnection> =
-            keys.iter().take(limit).filter_map(|k| connections.get(*k).cloned()).collect();
-        let next = (keys.len() > limit).then(|| keys[limit - 1].clone());
-        Ok(ConnectionPage { connections: page, next })
+        let (connections, next) = page_of(&connections, after, limit);
+        Ok(ConnectionPage { connections, next })
+    }
+
+    async fn app_page(&self, after: Option<&str>, limit: i32) -> Result<AppPage, StoreError> {
+        let apps = self.apps.lock().map_err(|_| poisoned())?;
+        let (apps, next) = page_of(&apps, after, limit);
+        Ok(AppPage { apps, next })
+    }
+
+    async fn reseal_app(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+        credential: &crate::crypto::Sealed,
+    ) -> Result<Option<u64>, StoreError> {
+        let mut apps = self.apps.lock().map_err(|_| poisoned())?;
+        match apps.get_mut(&app_key(id)) {
+            Some(stored) if stored.version == version => {
+                stored.app.credential_sealed = credential.clone();
+                stored.version += 1;
+                Ok(Some(stored.version))
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn count_failure(
@@ -293,6 +310,22 @@ impl Store for MemoryStore {
     async fn delete_app(&self, id: &ConnectionId) -> Result<bool, StoreError> {
         Ok(self.apps.lock().map_err(|_| poisoned())?.remove(&app_key(id)).is_some())
     }
+}
+
+/// The items of `items` after the key `after`, in key order, at most `limit`, and the key
+/// to resume after when more follow.
+fn page_of<T: Clone>(
+    items: &HashMap<String, T>,
+    after: Option<&str>,
+    limit: i32,
+) -> (Vec<T>, Option<String>) {
+    let mut keys: Vec<&String> =
+        items.keys().filter(|k| after.is_none_or(|a| k.as_str() > a)).collect();
+    keys.sort();
+    let limit = usize::try_from(limit).unwrap_or(0).max(1);
+    let page: Vec<T> = keys.iter().take(limit).filter_map(|k| items.get(*k).cloned()).collect();
+    let next = (keys.len() > limit).then(|| keys[limit - 1].clone());
+    (page, next)
 }
 
 fn poisoned() -> StoreError {

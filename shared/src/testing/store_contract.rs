@@ -110,6 +110,46 @@ pub async fn check(store: &dyn Store) {
     a_walk_sees_every_connection_once_and_nothing_else(store).await;
     incidents_count_each_connection_once_and_are_declared_once(store).await;
     a_reseal_replaces_the_secrets_of_an_unchanged_connection_no_refresh_holds(store).await;
+    apps_are_walked_and_resealed_only_when_unchanged(store).await;
+}
+
+async fn apps_are_walked_and_resealed_only_when_unchanged(store: &dyn Store) {
+    use crate::apps::AppSummary;
+    use crate::store::AppRecord;
+    let id = fresh_connection_id();
+    let record = AppRecord {
+        connection_id: id.clone(),
+        summary: AppSummary {
+            auth_type: "oauthPrivate".into(),
+            private_client_id: "0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3".into(),
+            private_tenant_id: "common".into(),
+            credential: "secret".into(),
+            certificate_thumbprint: None,
+            certificate_thumbprint_sha256: None,
+            certificate_expires_at: None,
+        },
+        credential_sealed: sealed(3),
+        updated_at: "2027-01-15T10:00:00Z".into(),
+    };
+    let version = store.save_app(&record).await.unwrap();
+    assert_eq!(store.reseal_app(&id, version + 1, &sealed(4)).await.unwrap(), None);
+    assert_eq!(store.reseal_app(&id, version, &sealed(4)).await.unwrap(), Some(version + 1));
+    let stored = store.get_app(&id).await.unwrap().unwrap();
+    assert_eq!(stored.app.credential_sealed, sealed(4));
+    assert_eq!(stored.app.summary, record.summary);
+    assert_eq!(store.reseal_app(&fresh_connection_id(), 1, &sealed(4)).await.unwrap(), None);
+    // The walk finds it, and nothing that is not an app.
+    let mut found = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.app_page(after.as_deref(), 3).await.unwrap();
+        found += page.apps.iter().filter(|a| a.app.connection_id == id).count();
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(found, 1);
 }
 
 async fn a_reseal_replaces_the_secrets_of_an_unchanged_connection_no_refresh_holds(

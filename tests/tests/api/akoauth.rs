@@ -339,6 +339,11 @@ async fn reseal_moves_every_connection_to_a_new_key_leaving_busy_ones_for_the_ne
         assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
     }
     let old_key = app.connection(&cids[0]).await.unwrap().connection.secrets.key_id;
+    // A connection's own app, its credential sealed under the old key too.
+    let with_app = new_cid();
+    let app_secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    let body = serde_json::json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "client_secret": app_secret});
+    assert_eq!(crate::apps::set_app(&app, &with_app, body).await.0, 200);
     let alias = format!("alias/oauth-next-{}", ms_oauth_tests::random_base32(8));
     let new_key = ms_oauth_tests::aws::ensure_kms_key(&app.kms, &alias).await.unwrap();
     let new_arn = app
@@ -363,6 +368,7 @@ async fn reseal_moves_every_connection_to_a_new_key_leaving_busy_ones_for_the_ne
     let (ok, out, err) = akoauth_with(&app, &["reseal"], None, &with_new_key).await;
     assert!(!ok, "a busy connection makes the run fail: {out}");
     assert!(err.contains(r#""resealed":2"#) && err.contains(r#""busy":1"#), "{err}");
+    assert!(err.contains("1 apps: 1 sealed anew"), "{err}");
     assert!(err.contains("3 connections: 2 sealed anew, 0 already current, 1 busy"), "{err}");
 
     // The refresh ends; the next run finishes the job, and one after it finds nothing to do.
@@ -381,6 +387,16 @@ async fn reseal_moves_every_connection_to_a_new_key_leaving_busy_ones_for_the_ne
         (summary["resealed"].as_u64(), summary["already_current"].as_u64()),
         (Some(0), Some(3))
     );
+    assert_eq!(summary["apps"]["already_current"], 1);
+    // The app's credential opens from its new sealing, unchanged.
+    let keys = ms_oauth::crypto::KmsDataKeys::new(app.kms.clone(), app.kms_key.clone());
+    let opened = ms_oauth::apps::open_app(&store, &keys, &with_app, None).await.unwrap().unwrap();
+    let ms_oauth::apps::Credential::Secret(secret) = &opened.auth.credential else {
+        panic!("a secret")
+    };
+    assert_eq!(secrecy::ExposeSecret::expose_secret(secret), app_secret);
+    let sealed_app = store.get_app(&with_app).await.unwrap().unwrap();
+    assert_eq!(sealed_app.app.credential_sealed.key_id, new_arn);
 
     // Every value now names the new key; the functions (still sealing with the old one) open
     // them, by the key each value names, and serve the same tokens.

@@ -244,21 +244,7 @@ impl LambdaAudit {
             .resources(format!("autokitteh:connection/{}", event.connection_id))
             .detail(detail)
             .build();
-        let out = client
-            .put_events()
-            .entries(entry)
-            .send()
-            .await
-            .map_err(|e| crate::error::chain(&e.into_service_error()))?;
-        match out.failed_entry_count() {
-            0 => Ok(()),
-            _ => Err(out
-                .entries()
-                .iter()
-                .filter_map(|e| e.error_message())
-                .collect::<Vec<_>>()
-                .join("; ")),
-        }
+        crate::events::put_event(client, entry).await
     }
 }
 

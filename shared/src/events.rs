@@ -92,22 +92,29 @@ impl EventBridgeEvents {
             .detail_type(event.kind.detail_type())
             .detail(detail)
             .build();
-        let out = self
-            .client
-            .put_events()
-            .entries(entry)
-            .send()
-            .await
-            .map_err(|e| crate::error::chain(&e.into_service_error()))?;
-        match out.failed_entry_count() {
-            0 => Ok(()),
-            _ => Err(out
-                .entries()
-                .iter()
-                .filter_map(|e| e.error_message())
-                .collect::<Vec<_>>()
-                .join("; ")),
-        }
+        put_event(&self.client, entry).await
+    }
+}
+
+/// Puts one entry on EventBridge; an error says why it was not accepted.
+pub async fn put_event(
+    client: &aws_sdk_eventbridge::Client,
+    entry: PutEventsRequestEntry,
+) -> Result<(), String> {
+    let out = client
+        .put_events()
+        .entries(entry)
+        .send()
+        .await
+        .map_err(|e| crate::error::chain(&e.into_service_error()))?;
+    match out.failed_entry_count() {
+        0 => Ok(()),
+        _ => Err(out
+            .entries()
+            .iter()
+            .filter_map(|e| e.error_message())
+            .collect::<Vec<_>>()
+            .join("; ")),
     }
 }
 

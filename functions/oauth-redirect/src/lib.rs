@@ -657,14 +657,7 @@ async fn consented_daemon(
             return Ok(Some((auth, Some(app))));
         }
     }
-    let opened = open_app(
-        service.store.as_ref(),
-        service.keys.as_ref(),
-        &flow.connection_id,
-        service.federation.as_ref(),
-    )
-    .await
-    .map_err(open_failure)?;
+    let opened = stored_app(service, &flow.connection_id).await?;
     Ok(opened
         .filter(|app| app.kind == AppKind::Daemon && app.auth.client_id == client_id)
         .map(|app| (app.auth, None)))
@@ -676,6 +669,16 @@ fn app_failure(e: AppFailure) -> FlowError {
         AppFailure::Refused(e) => FlowError::Microsoft(e),
         AppFailure::Unavailable(e) => token_failure(e),
     }
+}
+
+/// The connection's own app as the table keeps it, its credential opened.
+async fn stored_app(
+    service: &RedirectService,
+    cid: &ConnectionId,
+) -> Result<Option<ms_oauth::apps::OpenedApp>, FlowError> {
+    let store = service.store.as_ref();
+    let opened = open_app(store, service.keys.as_ref(), cid, service.federation.as_ref()).await;
+    opened.map_err(open_failure)
 }
 
 fn open_failure(e: OpenAppError) -> FlowError {
@@ -802,14 +805,7 @@ async fn own_app(
             return Ok((auth, Some(app)));
         }
     }
-    let opened = open_app(
-        service.store.as_ref(),
-        service.keys.as_ref(),
-        &flow.connection_id,
-        service.federation.as_ref(),
-    )
-    .await
-    .map_err(open_failure)?;
+    let opened = stored_app(service, &flow.connection_id).await?;
     match opened {
         Some(app) if app.kind == AppKind::Private && app.auth.client_id == client_id => {
             Ok((app.auth, None))

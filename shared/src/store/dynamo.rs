@@ -17,6 +17,42 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// Replaces the sealed value `attribute` of the item `key` if it is still at `version`
+    /// (and, with `unleased_at`, no refresh holds its lease then), bumping the version. The
+    /// write carries a mark of this call, so its own repeat after a lost answer succeeds.
+    async fn reseal_item(
+        &self,
+        key: String,
+        attribute: &str,
+        sealed: &crate::crypto::Sealed,
+        version: u64,
+        unleased_at: Option<i64>,
+    ) -> Result<Option<u64>, StoreError> {
+        let attempt = crate::state::attempt_id().map_err(|_| StoreError::Unavailable {
+            operation: "UpdateItem",
+            source: "no randomness for the reseal mark".into(),
+        })?;
+        let mut condition = "version = :version".to_owned();
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(key))
+            .update_expression("SET #sealed = :sealed, version = version + :one, written_by = :by")
+            .expression_attribute_names("#sealed", attribute)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .expression_attribute_values(":sealed", serde_dynamo::to_attribute_value(sealed)?)
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":by", AttributeValue::S(attempt.clone()))
+            .expression_attribute_values(":version", AttributeValue::N(version.to_string()));
+        if let Some(now) = unleased_at {
+            condition.push_str(" AND (attribute_not_exists(lease_until) OR lease_until < :now)");
+            update = update.expression_attribute_values(":now", AttributeValue::N(now.to_string()));
+        }
+        let result = update.condition_expression(condition).send().await;
+        Ok(written_by_us(result, &attempt, version + 1, "UpdateItem")?.then_some(version + 1))
+    }
+
     /// One page of a scan over the items whose key starts with `prefix`, read as `T`, and
     /// the key to resume after.
     async fn scan_page<T: serde::de::DeserializeOwned>(
@@ -391,30 +427,7 @@ impl Store for DynamoStore {
         secrets: &crate::crypto::Sealed,
         now: i64,
     ) -> Result<Option<u64>, StoreError> {
-        // A mark of this call: its own repeat (after a lost answer) finds it and succeeds.
-        let attempt = crate::state::attempt_id().map_err(|_| StoreError::Unavailable {
-            operation: "UpdateItem",
-            source: "no randomness for the reseal mark".into(),
-        })?;
-        let secrets = serde_dynamo::to_attribute_value(secrets)?;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
-            .update_expression("SET secrets = :secrets, version = version + :one, written_by = :by")
-            .condition_expression(
-                "version = :version AND (attribute_not_exists(lease_until) OR lease_until < :now)",
-            )
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .expression_attribute_values(":secrets", secrets)
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .expression_attribute_values(":by", AttributeValue::S(attempt.clone()))
-            .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
-            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
-            .send()
-            .await;
-        Ok(written_by_us(result, &attempt, version + 1, "UpdateItem")?.then_some(version + 1))
+        self.reseal_item(connection_key(id), "secrets", secrets, version, Some(now)).await
     }
 
     async fn mark_needs_reauth(
@@ -560,28 +573,7 @@ impl Store for DynamoStore {
         version: u64,
         credential: &crate::crypto::Sealed,
     ) -> Result<Option<u64>, StoreError> {
-        let attempt = crate::state::attempt_id().map_err(|_| StoreError::Unavailable {
-            operation: "UpdateItem",
-            source: "no randomness for the reseal mark".into(),
-        })?;
-        let sealed = serde_dynamo::to_attribute_value(credential)?;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY_ATTRIBUTE, AttributeValue::S(app_key(id)))
-            .update_expression(
-                "SET credential_sealed = :sealed, version = version + :one, written_by = :by",
-            )
-            .condition_expression("version = :version")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .expression_attribute_values(":sealed", sealed)
-            .expression_attribute_values(":one", AttributeValue::N("1".into()))
-            .expression_attribute_values(":by", AttributeValue::S(attempt.clone()))
-            .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
-            .send()
-            .await;
-        Ok(written_by_us(result, &attempt, version + 1, "UpdateItem")?.then_some(version + 1))
+        self.reseal_item(app_key(id), "credential_sealed", credential, version, None).await
     }
 
     async fn count_failure(

@@ -87,16 +87,27 @@ async fn rotating_the_client_secret_in_the_middle_of_a_load_run_fails_no_sign_in
         async move { aws::ensure_secret(&client, &arn, value).await.expect("new version") }
     };
     let run = stack.run(&LoadOptions { flows: 400, concurrency: 8, faults: None });
+    // Each step waits for sign-ins to have gone on meanwhile (token requests at the
+    // stand-in), so the rotation lands in the middle of the run however fast the machine is.
+    let after_more_sign_ins = |count: usize| {
+        let standin = stack.standin.clone();
+        async move {
+            let target = standin.calls().token_requests + count;
+            while standin.calls().token_requests < target {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let rotate = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        after_more_sign_ins(60).await;
         // 1. The new value is stored before Microsoft takes it: instances that read it are
         //    refused and fall back to the previous version.
         put(rotated).await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        after_more_sign_ins(80).await;
         // 2. Entra ID takes it too, 3. and the old one is deleted there: instances still
         //    holding the old value are refused and read the current one again.
         stack.standin.accept_secret_too(rotated);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        after_more_sign_ins(40).await;
         stack.standin.rotate_secret(rotated);
     };
     let (report, ()) = tokio::join!(run, rotate);

@@ -511,6 +511,32 @@ pub async fn open_app(
     Ok(Some(OpenedApp { kind, summary, auth }))
 }
 
+/// The credential a connection's own app had before its last change, while it may still be
+/// tried (see `registration::PREVIOUS_CREDENTIAL_GRACE`); `None` when there is none.
+pub async fn previous_credential(
+    store: &dyn crate::store::Store,
+    keys: &dyn crate::crypto::DataKeys,
+    cid: &crate::domain::ConnectionId,
+    federation: Option<&std::sync::Arc<crate::federation::FederatedAssertions>>,
+    now: OffsetDateTime,
+) -> Result<Option<Credential>, OpenAppError> {
+    let Some(stored) = store.get_app(cid).await? else { return Ok(None) };
+    let (Some(sealed), Some(until)) =
+        (stored.app.previous_credential_sealed, stored.app.previous_until)
+    else {
+        return Ok(None);
+    };
+    let until = OffsetDateTime::parse(&until, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| OpenAppError::Corrupt)?;
+    if now >= until {
+        return Ok(None);
+    }
+    let plaintext = crate::crypto::open(keys, &credential_context(cid.as_str()), &sealed).await?;
+    Credential::from_plaintext(plaintext.expose_secret(), federation)
+        .map(Some)
+        .map_err(|_| OpenAppError::Corrupt)
+}
+
 /// AutoKitteh's names of a connection's own app (non-secret).
 pub const AK_APP_VARS: [&str; 3] = ["auth_type", "private_client_id", "private_tenant_id"];
 /// AutoKitteh's names of a connection's own app credential (secret vars).

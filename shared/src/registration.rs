@@ -204,7 +204,18 @@ impl TokenService {
         app: &App,
         now: time::OffsetDateTime,
     ) -> Result<u64, AppFailure> {
-        let record = app_record(self.keys.as_ref(), cid, app, now).await?;
+        let (record, existing) =
+            tokio::join!(app_record(self.keys.as_ref(), cid, app, now), self.store.get_app(cid));
+        let mut record = record?;
+        // The same app with a new credential keeps the one it replaces, for a day.
+        if let Some(existing) = existing.map_err(TokenFailure::from)?
+            && existing.app.summary.private_client_id == record.summary.private_client_id
+            && existing.app.summary.auth_type == record.summary.auth_type
+            && existing.app.summary.credential != "aws_federation"
+        {
+            record.previous_credential_sealed = Some(existing.app.credential_sealed);
+            record.previous_until = Some(rfc3339(now + PREVIOUS_CREDENTIAL_GRACE));
+        }
         Ok(self.store.save_app(&record).await.map_err(TokenFailure::from)?)
     }
 
@@ -282,8 +293,14 @@ pub async fn app_record(
         summary: app.summary(),
         credential_sealed: sealed,
         updated_at: rfc3339(now),
+        previous_credential_sealed: None,
+        previous_until: None,
     })
 }
+
+/// How long a replaced credential of the same app is still tried when Microsoft refuses the
+/// new one (a new secret or certificate can take minutes to work everywhere).
+pub const PREVIOUS_CREDENTIAL_GRACE: time::Duration = time::Duration::hours(24);
 
 /// Proves a daemon app: mints its first token (client credentials for the Graph `.default`
 /// scope, in the app's own tenant) and reads the organization with it; the connection to

@@ -153,6 +153,15 @@ pub const INCIDENT_THRESHOLD: u32 = 5;
 /// connection (the alarm's threshold is the operator's `CredentialWarningDays`).
 const CERTIFICATE_WARNING_DAYS: f64 = 60.0;
 
+/// Where a refused credential's replacement for one more try comes from.
+#[derive(Debug, Clone, Copy)]
+enum Fallback<'a> {
+    /// The other version of the server-wide secret in Secrets Manager.
+    ServerSecret,
+    /// The credential the connection's own app had before its last change.
+    OwnApp(&'a ConnectionId),
+}
+
 /// What [`TokenService::reseal`] did with one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResealOutcome {
@@ -551,22 +560,25 @@ impl TokenService {
             Ok(auth) => auth,
             Err(reason) => return self.needs_reauth(stored, owner, &reason).await,
         };
-        // Only the server-wide app's secret rotates in Secrets Manager; a connection's own
-        // app gets a new one through the app API.
-        let rotating = AppKind::from_auth_type(&c.auth_type).is_none();
+        // The server-wide secret rotates in Secrets Manager; a connection's own app keeps the
+        // credential a new one replaced for a while.
+        let fallback = match AppKind::from_auth_type(&c.auth_type) {
+            None => Fallback::ServerSecret,
+            Some(_) => Fallback::OwnApp(cid),
+        };
         let context = connection_context(cid.as_str());
         // The data key for the new tokens is made while Microsoft answers.
         let (renewed, data_key) = tokio::join!(
             async {
                 match &refresh_token {
                     Some(rt) => self
-                        .with_retries(auth, rotating, |auth| async move {
+                        .with_retries(auth, fallback, |auth| async move {
                             self.microsoft.refresh(rt, &auth).await
                         })
                         .await
                         .map(Renewal::Refreshed),
                     None => self
-                        .with_retries(auth, false, |auth| async move {
+                        .with_retries(auth, fallback, |auth| async move {
                             self.microsoft.app_token(&auth).await
                         })
                         .await
@@ -662,12 +674,11 @@ impl TokenService {
     }
 
     /// Calls the token endpoint as `auth`, retrying transient failures with a doubling
-    /// backoff; when `rotating` (the server-wide secret), a refused secret is read again once
-    /// from Secrets Manager.
+    /// backoff; a refused credential is tried once more with the other one `fallback` names.
     async fn with_retries<T, F, Fut>(
         &self,
         mut auth: ClientAuth,
-        rotating: bool,
+        fallback: Fallback<'_>,
         call: F,
     ) -> Result<T, TokenFailure>
     where
@@ -686,19 +697,16 @@ impl TokenService {
             }
             match result {
                 Ok(r) => return Ok(r),
-                Err(e) if e.is_invalid_client() && rotating && !secret_reread => {
+                Err(e) if e.is_invalid_client() && !secret_reread => {
                     secret_reread = true;
-                    let Credential::Secret(stale) = &auth.credential else {
-                        return Err(TokenFailure::Token(e));
-                    };
-                    match self.client_secret.alternative(stale).await? {
+                    match self.other_credential(&auth, fallback).await? {
                         Some((other, version)) => {
                             tracing::warn!(
                                 version = version.as_str(),
-                                "client secret refused; retrying with the other version"
+                                "credential refused; retrying with the other one"
                             );
                             retried_with = Some(version);
-                            auth.credential = Credential::Secret(other);
+                            auth.credential = other;
                         }
                         None => return Err(TokenFailure::Token(e)),
                     }
@@ -711,6 +719,42 @@ impl TokenService {
                 }
                 Err(e) => return Err(TokenFailure::Token(e)),
             }
+        }
+    }
+
+    /// The credential to try once more after Microsoft refused `auth`'s: the other version
+    /// of the server-wide secret, or the one a connection's own app had before its last
+    /// change.
+    async fn other_credential(
+        &self,
+        auth: &ClientAuth,
+        fallback: Fallback<'_>,
+    ) -> Result<Option<(Credential, crate::secrets::SecretVersion)>, TokenFailure> {
+        use crate::secrets::SecretVersion;
+        match (fallback, &auth.credential) {
+            (Fallback::ServerSecret, Credential::Secret(stale)) => Ok(self
+                .client_secret
+                .alternative(stale)
+                .await?
+                .map(|(other, version)| (Credential::Secret(other), version))),
+            (Fallback::OwnApp(cid), Credential::Secret(_) | Credential::Certificate(_)) => {
+                let now = self.clock.now();
+                let previous = crate::apps::previous_credential(
+                    self.store.as_ref(),
+                    self.keys.as_ref(),
+                    cid,
+                    self.federation.as_ref(),
+                    now,
+                )
+                .await;
+                match previous {
+                    Ok(previous) => Ok(previous.map(|c| (c, SecretVersion::Previous))),
+                    Err(OpenAppError::Store(e)) => Err(e.into()),
+                    Err(OpenAppError::Crypto(e)) => Err(e.into()),
+                    Err(_) => Ok(None),
+                }
+            }
+            _ => Ok(None),
         }
     }
 

@@ -337,7 +337,8 @@ async fn finish(
             Some(client_id) => {
                 let (auth, from_vars) =
                     own_app(service, &flow, client_id, session.as_ref()).await?;
-                (AppUse::Own(auth), from_vars)
+                let from_table = from_vars.is_none();
+                (AppUse::Own(auth, from_table), from_vars)
             }
         };
         Ok((exchange(service, code, &flow, auth).await?, from_vars))
@@ -777,8 +778,9 @@ fn finish_in_autokitteh(
 enum AppUse {
     /// The server-wide app: its secret is read again once when refused (rotation).
     Default(ClientAuth),
-    /// The connection's own app.
-    Own(ClientAuth),
+    /// The connection's own app; `true` when it came from the table (which keeps the
+    /// credential a new one replaced, tried once when Microsoft refuses the new one).
+    Own(ClientAuth, bool),
 }
 
 /// Opens the connection's own app the flow was started with; refuses one replaced since.
@@ -826,8 +828,32 @@ async fn exchange(
     let verifier = || PkceCodeVerifier::new(flow.pkce_verifier.expose_secret().to_owned());
     let code = AuthorizationCode::new(code.to_owned());
     let mut auth = match app {
-        AppUse::Own(auth) => {
-            return match service.microsoft.exchange_code(code, verifier(), &auth).await {
+        AppUse::Own(mut auth, from_table) => {
+            let mut answer = service.microsoft.exchange_code(code.clone(), verifier(), &auth).await;
+            if from_table && matches!(&answer, Err(e) if e.is_invalid_client()) {
+                let previous = ms_oauth::apps::previous_credential(
+                    service.store.as_ref(),
+                    service.keys.as_ref(),
+                    &flow.connection_id,
+                    service.federation.as_ref(),
+                    service.clock.now(),
+                )
+                .await
+                .map_err(open_failure)?;
+                if let Some(previous) = previous {
+                    tracing::warn!(cid = %flow.connection_id, "the app's credential was refused; retrying with the one it replaced");
+                    auth.credential = previous;
+                    answer = service.microsoft.exchange_code(code, verifier(), &auth).await;
+                    let worked = !matches!(&answer, Err(e) if e.is_invalid_client());
+                    let version = ms_oauth::secrets::SecretVersion::Previous;
+                    ms_oauth::metrics::record_secret_retry(
+                        service.metrics.as_ref(),
+                        version,
+                        worked,
+                    );
+                }
+            }
+            return match answer {
                 Err(TokenError::Rejected(e)) => Err(FlowError::OwnApp(auth.client_id, e)),
                 other => Ok(other?),
             };

@@ -23,9 +23,15 @@ pub use flow::PendingFlow;
 pub(crate) const OPTIONAL_CONNECTION_ATTRIBUTES: [&str; 4] =
     ["status_reason", "autokitteh_user_id", "refresh_queue", "app_client_id"];
 
-/// Attributes of an app item that are absent when unset (a certificate's facts).
-pub(crate) const OPTIONAL_APP_ATTRIBUTES: [&str; 3] =
-    ["certificate_thumbprint", "certificate_thumbprint_sha256", "certificate_expires_at"];
+/// Attributes of an app item that are absent when unset (a certificate's facts, the
+/// credential a new one replaced).
+pub(crate) const OPTIONAL_APP_ATTRIBUTES: [&str; 5] = [
+    "certificate_thumbprint",
+    "certificate_thumbprint_sha256",
+    "certificate_expires_at",
+    "previous_credential_sealed",
+    "previous_until",
+];
 
 /// Attribute holding the partition key of every item.
 pub const KEY_ATTRIBUTE: &str = "pk";

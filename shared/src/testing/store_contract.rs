@@ -130,6 +130,8 @@ async fn apps_are_walked_and_resealed_only_when_unchanged(store: &dyn Store) {
         },
         credential_sealed: sealed(3),
         updated_at: "2027-01-15T10:00:00Z".into(),
+        previous_credential_sealed: None,
+        previous_until: None,
     };
     let version = store.save_app(&record).await.unwrap();
     assert_eq!(store.reseal_app(&id, version + 1, &sealed(4)).await.unwrap(), None);
@@ -247,6 +249,8 @@ async fn apps_are_replaced_whole_and_kept_apart_from_tokens(store: &dyn Store) {
         },
         credential_sealed: sealed(7),
         updated_at: "2027-01-15T10:00:00Z".into(),
+        previous_credential_sealed: None,
+        previous_until: None,
     };
     assert_eq!(store.save_app(&with_certificate).await.unwrap(), 1);
     // Saving the same again (a retry after a lost answer) leaves the same app.

@@ -172,6 +172,42 @@ async fn a_rotated_private_secret_is_set_again_without_a_new_sign_in() {
     assert_nowhere(&app, &[&old, &new]).await;
 }
 
+#[tokio::test]
+async fn a_new_private_secret_microsoft_does_not_take_yet_falls_back_to_the_one_it_replaced() {
+    use ms_oauth::metrics::name;
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let old = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(private_app(&app, &old));
+    let body = |secret: &str| json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
+    assert_eq!(set_app(&app, &cid, body(&old)).await.0, 200);
+    assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
+
+    // The owner sets a new secret here before Entra ID takes it: refreshes and sign-ins try
+    // the one it replaced, and go on.
+    let new = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    assert_eq!(set_app(&app, &cid, body(&new)).await.0, 200);
+    let token_path = format!("/connections/{cid}/token?force_refresh=true");
+    let (status, token) = call(&app, reqwest::Method::GET, &token_path, None).await;
+    assert_eq!((status, &token["stale"]), (200, &json!(false)), "{token}");
+    assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
+    let fell_back = [("Version", "previous"), ("Outcome", "ok")];
+    assert_eq!(app.metrics.count(name::CLIENT_SECRET_RETRY, &fell_back), 2);
+
+    // Entra ID takes the new one: no retry.
+    app.standin.set_app_secrets(PRIVATE_CLIENT, &[&new]);
+    assert_eq!(call(&app, reqwest::Method::GET, &token_path, None).await.0, 200);
+    assert_eq!(app.metrics.count(name::CLIENT_SECRET_RETRY, &[]), 2);
+
+    // The replaced one is tried for a day only.
+    app.standin.set_app_secrets(PRIVATE_CLIENT, &[&old]);
+    app.clock.advance(std::time::Duration::from_secs(25 * 3600));
+    let (status, refused) = call(&app, reqwest::Method::GET, &token_path, None).await;
+    assert_eq!(status, 502, "{refused}");
+    assert_eq!(app.metrics.count(name::CLIENT_SECRET_RETRY, &[]), 2);
+    assert_nowhere(&app, &[&old, &new]).await;
+}
+
 /// The key's base64 body, which must never be stored or logged.
 fn key_body(cert: &TestCertificate) -> String {
     cert.key_pem.lines().filter(|l| !l.starts_with("-----")).collect::<Vec<_>>().join("")

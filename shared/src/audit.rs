@@ -79,6 +79,27 @@ pub enum Actor {
     Operator,
 }
 
+impl Actor {
+    /// Who started `flow`: the AutoKitteh user inside AutoKitteh, else the platform user its
+    /// start grant named.
+    pub fn of_flow(flow: &crate::store::PendingFlow) -> Self {
+        match &flow.ak_user_id {
+            Some(user) => Actor::AutokittehUser(user.clone()),
+            None => Actor::PlatformUser(flow.platform_user.clone()),
+        }
+    }
+}
+
+/// Metrics and the audit trail of a function, from its environment.
+pub fn observability(
+    sdk: &aws_config::SdkConfig,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> (std::sync::Arc<dyn Metrics>, std::sync::Arc<dyn AuditTrail>) {
+    let metrics = crate::metrics::from_env(lookup);
+    let audit = from_env(sdk, lookup, metrics.clone());
+    (metrics, audit)
+}
+
 /// Who asks, and the id of the request they asked in (so an act publishes with the same id
 /// however often it is published).
 #[derive(Debug, Clone)]

@@ -312,7 +312,7 @@ impl TokenService {
         let margin = config.refresh_margin;
         let http = crate::runtime::http_client(&config)?;
         let write_back = write_back_from(lookup, sdk, &config, &http)?;
-        let metrics = crate::metrics::from_env(lookup);
+        let (metrics, audit) = crate::audit::observability(sdk, lookup);
         Ok(Self {
             store: Arc::new(crate::store::DynamoStore::new(
                 aws_sdk_dynamodb::Client::new(sdk),
@@ -328,7 +328,7 @@ impl TokenService {
             backoff: Duration::from_millis(200),
             write_back,
             metrics: metrics.clone(),
-            audit: crate::audit::from_env(sdk, lookup, metrics),
+            audit,
             federation,
         })
     }

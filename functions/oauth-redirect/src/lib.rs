@@ -145,8 +145,7 @@ impl RedirectService {
         ));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
         let events = ms_oauth::runtime::events_from_env(sdk, lookup);
-        let metrics = ms_oauth::metrics::from_env(lookup);
-        let audit = ms_oauth::audit::from_env(sdk, lookup, metrics.clone());
+        let (metrics, audit) = ms_oauth::audit::observability(sdk, lookup);
         let service =
             Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events)
                 .with_metrics(metrics)
@@ -203,10 +202,7 @@ struct Spent {
 
 impl Spent {
     fn new(key: &StateKey, flow: &PendingFlow) -> Self {
-        let actor = match &flow.ak_user_id {
-            Some(user) => Actor::AutokittehUser(user.clone()),
-            None => Actor::PlatformUser(flow.platform_user.clone()),
-        };
+        let actor = Actor::of_flow(flow);
         let auth_type = match (&flow.admin_consent, &flow.app_client_id) {
             (Some(_), Some(_)) => "own_app",
             (None, Some(_)) => AUTH_TYPE_PRIVATE,

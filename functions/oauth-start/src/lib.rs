@@ -122,8 +122,7 @@ impl StartService {
         sdk: &aws_config::SdkConfig,
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Self {
-        let metrics = ms_oauth::metrics::from_env(lookup);
-        let audit = ms_oauth::audit::from_env(sdk, lookup, metrics.clone());
+        let (metrics, audit) = ms_oauth::audit::observability(sdk, lookup);
         self.with_metrics(metrics).with_audit(audit)
     }
 
@@ -551,10 +550,7 @@ fn flow_started(
     flow: &PendingFlow,
     auth_type: &str,
 ) -> AuditEvent {
-    let actor = match &flow.ak_user_id {
-        Some(user) => Actor::AutokittehUser(user.clone()),
-        None => Actor::PlatformUser(flow.platform_user.clone()),
-    };
+    let actor = Actor::of_flow(flow);
     let now = service.clock.now();
     let cid = &flow.connection_id;
     let mut event = AuditEvent::new(Act::FlowStarted, &[&key.as_hex()], now, cid, actor, "started");

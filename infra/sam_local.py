@@ -52,6 +52,7 @@ FUNCTIONS = {
 # Names the local stack creates (tests/src/bin/local-stack.rs).
 LOCAL = {
     "OAUTH_TABLE_NAME": "autokitteh-oauth-local",
+    "KEY_SHARES_TABLE_NAME": "autokitteh-oauth-local-key-shares",
     "TOKEN_KMS_KEY_ID": "alias/autokitteh-oauth-local",
     "MICROSOFT_CLIENT_SECRET_ARN": "autokitteh-oauth-local/microsoft-client-secret",
     "START_LINK_KEY_ARN": "autokitteh-oauth-local/start-link-key",

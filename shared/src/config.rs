@@ -20,6 +20,7 @@ pub const MICROSOFT_GRAPH_URL: &str = "MICROSOFT_GRAPH_URL";
 pub const MICROSOFT_SCOPES: &str = "MICROSOFT_SCOPES";
 pub const OAUTH_TABLE_NAME: &str = "OAUTH_TABLE_NAME";
 pub const TOKEN_KMS_KEY_ID: &str = "TOKEN_KMS_KEY_ID";
+pub const KEY_SHARES_TABLE_NAME: &str = "KEY_SHARES_TABLE_NAME";
 pub const START_LINK_KEY: &str = "START_LINK_KEY";
 pub const START_LINK_KEY_ARN: &str = "START_LINK_KEY_ARN";
 pub const EVENT_BUS_NAME: &str = "EVENT_BUS_NAME";

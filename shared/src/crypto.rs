@@ -3,6 +3,13 @@
 //! The KMS encryption context binds the ciphertext to the table and connection id, and the
 //! same pairs are the AES-GCM associated data, so a sealed blob copied to another connection
 //! neither unwraps at KMS nor authenticates locally.
+//!
+//! A connection's tokens are sealed under a key derived from the KMS data key *and* a key
+//! share ([`Share`]): 32 random bytes made at sign-in and kept in a table of their own,
+//! which has no backups. The main table (and every backup of it) holds the ciphertext and
+//! the KMS-wrapped data key, never the share. A disconnect deletes the share
+//! ([`KeyShares::shred`]), after which no copy of the tokens can be opened, KMS access or
+//! not: crypto-shredding.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +18,10 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use async_trait::async_trait;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
+use hkdf::Hkdf;
 use secrecy::{ExposeSecret, SecretSlice};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 /// The algorithm recorded with every sealed value.
 pub const ALGORITHM: &str = "AES-256-GCM";
@@ -29,6 +38,12 @@ pub enum CryptoError {
     Integrity,
     #[error("the system random generator failed")]
     Random,
+    #[error("the key share table failed")]
+    Shares(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The value's key share was deleted (the connection was disconnected): it can never be
+    /// opened again.
+    #[error("the key share of this value was destroyed")]
+    Shredded,
 }
 
 /// Key/value pairs that bind a ciphertext to where it is stored.
@@ -165,15 +180,128 @@ pub struct Sealed {
     /// How the context was formed (absent in values sealed before the logical store name).
     #[serde(default)]
     pub scheme: ContextScheme,
+    /// The [`Share`] mixed into the key, for values that can be shredded (absent in values
+    /// sealed with the data key alone: app credentials, and tokens sealed before shares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_id: Option<String>,
 }
 
-/// Encrypts `plaintext` under `key`, authenticating `context` with it.
+/// Length of a share's secret and of its id's random part.
+const SHARE_LEN: usize = 32;
+const SHARE_ID_LEN: usize = 16;
+/// What the share-derived key is for (HKDF info, followed by the share's id).
+const SHARE_KEY_INFO: &[u8] = b"autokitteh-microsoft-oauth/connection-secrets/v1\0";
+
+/// One connection's key share: a random secret kept apart from the sealed values (see the
+/// module documentation). Debug output shows the id only.
+#[derive(Clone)]
+pub struct Share {
+    pub id: String,
+    secret: SecretSlice<u8>,
+}
+
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Share").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Share {
+    /// A new random share.
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut id = [0u8; SHARE_ID_LEN];
+        let mut secret = vec![0u8; SHARE_LEN];
+        getrandom::fill(&mut id).map_err(|_| CryptoError::Random)?;
+        getrandom::fill(&mut secret).map_err(|_| CryptoError::Random)?;
+        Ok(Self { id: crate::state::hex(&id), secret: secret.into() })
+    }
+
+    /// A share read back from its table.
+    pub fn from_parts(id: String, secret: Vec<u8>) -> Result<Self, CryptoError> {
+        if secret.len() != SHARE_LEN {
+            return Err(CryptoError::Integrity);
+        }
+        Ok(Self { id, secret: secret.into() })
+    }
+
+    /// The secret, for the share table only.
+    pub fn secret(&self) -> &[u8] {
+        self.secret.expose_secret()
+    }
+
+    /// The AES key of a value sealed with data key `data_key` and this share:
+    /// HKDF-SHA256 with the share as salt and the data key as input keying material.
+    fn derive(&self, data_key: &SecretSlice<u8>) -> Result<SecretSlice<u8>, CryptoError> {
+        let data_key = data_key.expose_secret();
+        if data_key.len() != 32 {
+            return Err(CryptoError::BadDataKey);
+        }
+        let hkdf = Hkdf::<Sha256>::new(Some(self.secret.expose_secret()), data_key);
+        let mut info = SHARE_KEY_INFO.to_vec();
+        info.extend_from_slice(self.id.as_bytes());
+        let mut key = vec![0u8; 32];
+        hkdf.expand(&info, &mut key).map_err(|_| CryptoError::BadDataKey)?;
+        Ok(key.into())
+    }
+}
+
+/// Where the key shares of connections are kept: a table apart from the sealed values, with
+/// no backups (DynamoDB in production, memory in unit tests).
+#[async_trait]
+pub trait KeyShares: Send + Sync + std::fmt::Debug {
+    /// Stores `share` for `connection_id`. Safe to repeat after a lost answer.
+    async fn put(&self, connection_id: &str, share: &Share) -> Result<(), CryptoError>;
+    /// Reads a share back; `Ok(None)` once it was shredded (or never stored).
+    async fn get(&self, connection_id: &str, share_id: &str) -> Result<Option<Share>, CryptoError>;
+    /// Deletes every share of `connection_id` but `keep`; returns how many it deleted.
+    /// Idempotent.
+    async fn shred(&self, connection_id: &str, keep: Option<&str>) -> Result<usize, CryptoError>;
+}
+
+/// A new share for `connection_id`, stored before anything is sealed with it.
+pub async fn new_share(shares: &dyn KeyShares, connection_id: &str) -> Result<Share, CryptoError> {
+    let share = Share::generate()?;
+    shares.put(connection_id, &share).await?;
+    Ok(share)
+}
+
+/// Once a connection's new tokens (`current`) are written: destroys the shares of the tokens
+/// they replaced. Best effort: what it misses, the next sign-in or the disconnect destroys.
+pub async fn retire_shares(shares: &dyn KeyShares, connection_id: &str, current: &Sealed) {
+    let Some(keep) = current.share_id.as_deref() else { return };
+    match shares.shred(connection_id, Some(keep)).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(cid = %connection_id, shares = n, "replaced tokens' key shares destroyed")
+        }
+        Err(e) => {
+            tracing::warn!(cid = %connection_id, error = %crate::error::chain(&e), "replaced tokens' key shares not destroyed; the next sign-in or disconnect does it")
+        }
+    }
+}
+
+/// The share `sealed` names, read from `shares`; [`CryptoError::Shredded`] when it is gone.
+pub async fn share_of(
+    shares: &dyn KeyShares,
+    connection_id: &str,
+    sealed: &Sealed,
+) -> Result<Share, CryptoError> {
+    let id = sealed.share_id.as_deref().ok_or(CryptoError::Integrity)?;
+    shares.get(connection_id, id).await?.ok_or(CryptoError::Shredded)
+}
+
+/// Encrypts `plaintext` under `key` (mixed with `share`, when given), authenticating
+/// `context` with it.
 pub fn seal(
     key: &DataKey,
+    share: Option<&Share>,
     context: &EncryptionContext,
     plaintext: &[u8],
 ) -> Result<Sealed, CryptoError> {
-    let cipher = cipher(&key.plaintext)?;
+    let cipher = match share {
+        Some(share) => cipher(&share.derive(&key.plaintext)?)?,
+        None => cipher(&key.plaintext)?,
+    };
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).map_err(|_| CryptoError::Random)?;
     let aad = associated_data(context);
@@ -191,20 +319,58 @@ pub fn seal(
         } else {
             ContextScheme::Table
         },
+        share_id: share.map(|s| s.id.clone()),
     })
 }
 
-/// Decrypts a [`Sealed`] value; fails if it was moved to another context or altered.
+/// Decrypts a [`Sealed`] value sealed without a share; fails if it was moved to another
+/// context or altered.
 pub async fn open(
     keys: &dyn DataKeys,
     context: &EncryptionContext,
     sealed: &Sealed,
 ) -> Result<SecretSlice<u8>, CryptoError> {
+    if sealed.share_id.is_some() {
+        return Err(CryptoError::Integrity);
+    }
+    check_form(sealed)?;
+    let key = keys.unwrap(&sealed.key_id, &sealed.wrapped_key, context).await?;
+    decrypt(&key, context, sealed)
+}
+
+/// Decrypts a connection's [`Sealed`] value, with its share when it names one (read while
+/// KMS unwraps the data key); [`CryptoError::Shredded`] when the share was destroyed.
+pub async fn open_shared(
+    keys: &dyn DataKeys,
+    shares: &dyn KeyShares,
+    connection_id: &str,
+    context: &EncryptionContext,
+    sealed: &Sealed,
+) -> Result<SecretSlice<u8>, CryptoError> {
+    if sealed.share_id.is_none() {
+        return open(keys, context, sealed).await;
+    }
+    check_form(sealed)?;
+    let (key, share) = tokio::join!(
+        keys.unwrap(&sealed.key_id, &sealed.wrapped_key, context),
+        share_of(shares, connection_id, sealed),
+    );
+    decrypt(&share?.derive(&key?)?, context, sealed)
+}
+
+fn check_form(sealed: &Sealed) -> Result<(), CryptoError> {
     if sealed.alg != ALGORITHM || sealed.nonce.len() != NONCE_LEN {
         return Err(CryptoError::Integrity);
     }
-    let key = keys.unwrap(&sealed.key_id, &sealed.wrapped_key, context).await?;
-    let cipher = cipher(&key)?;
+    Ok(())
+}
+
+fn decrypt(
+    key: &SecretSlice<u8>,
+    context: &EncryptionContext,
+    sealed: &Sealed,
+) -> Result<SecretSlice<u8>, CryptoError> {
+    let cipher = cipher(key)?;
     let aad = associated_data(context);
     let plaintext = cipher
         .decrypt(Nonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad: &aad })
@@ -266,16 +432,130 @@ impl DataKeys for FakeDataKeys {
     }
 }
 
+/// In-memory [`KeyShares`] for unit tests, with the DynamoDB table's semantics.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Default)]
+pub struct MemoryKeyShares {
+    shares: std::sync::Mutex<BTreeMap<(String, String), Vec<u8>>>,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl MemoryKeyShares {
+    /// The ids of the shares held for `connection_id`.
+    pub fn ids(&self, connection_id: &str) -> Vec<String> {
+        let shares = self.shares.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        shares.keys().filter(|(c, _)| c == connection_id).map(|(_, id)| id.clone()).collect()
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+#[async_trait]
+impl KeyShares for MemoryKeyShares {
+    async fn put(&self, connection_id: &str, share: &Share) -> Result<(), CryptoError> {
+        let mut shares = self.shares.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        shares.insert((connection_id.to_owned(), share.id.clone()), share.secret().to_vec());
+        Ok(())
+    }
+
+    async fn get(&self, connection_id: &str, share_id: &str) -> Result<Option<Share>, CryptoError> {
+        let shares = self.shares.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match shares.get(&(connection_id.to_owned(), share_id.to_owned())) {
+            Some(secret) => Share::from_parts(share_id.to_owned(), secret.clone()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn shred(&self, connection_id: &str, keep: Option<&str>) -> Result<usize, CryptoError> {
+        let mut shares = self.shares.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = shares.len();
+        shares.retain(|(c, id), _| c != connection_id || Some(id.as_str()) == keep);
+        Ok(before - shares.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn shared_values_open_with_their_share_and_never_after_it_is_shredded() {
+        let keys = FakeDataKeys;
+        let shares = MemoryKeyShares::default();
+        let ctx = connection_context("con_a");
+        let share = Share::generate().unwrap();
+        shares.put("con_a", &share).await.unwrap();
+        let key = keys.generate(&ctx).await.unwrap();
+        let sealed = seal(&key, Some(&share), &ctx, b"refresh-token").unwrap();
+        assert_eq!(sealed.share_id.as_deref(), Some(share.id.as_str()));
+        let opened = open_shared(&keys, &shares, "con_a", &ctx, &sealed).await.unwrap();
+        assert_eq!(opened.expose_secret(), b"refresh-token");
+        // The data key alone (what KMS gives anyone who can call it) does not open it.
+        let unwrapped = keys.unwrap(&sealed.key_id, &sealed.wrapped_key, &ctx).await.unwrap();
+        assert!(matches!(decrypt(&unwrapped, &ctx, &sealed), Err(CryptoError::Integrity)));
+        let mut unshared = sealed.clone();
+        unshared.share_id = None;
+        assert!(open_shared(&keys, &shares, "con_a", &ctx, &unshared).await.is_err());
+        // Nor does another share, even one claiming the same id.
+        let other = Share::from_parts(share.id.clone(), vec![7; SHARE_LEN]).unwrap();
+        let derived = other.derive(&unwrapped).unwrap();
+        assert!(decrypt(&derived, &ctx, &sealed).is_err());
+        // Another connection's share table entry is not this one's.
+        assert!(matches!(
+            open_shared(&keys, &shares, "con_b", &connection_context("con_b"), &sealed).await,
+            Err(CryptoError::Kms(_) | CryptoError::Shredded)
+        ));
+
+        assert_eq!(shares.shred("con_a", None).await.unwrap(), 1);
+        assert!(matches!(
+            open_shared(&keys, &shares, "con_a", &ctx, &sealed).await,
+            Err(CryptoError::Shredded)
+        ));
+        assert_eq!(shares.shred("con_a", None).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn shredding_keeps_the_share_in_use_and_other_connections_shares() {
+        let shares = MemoryKeyShares::default();
+        let (old, new, theirs) =
+            (Share::generate().unwrap(), Share::generate().unwrap(), Share::generate().unwrap());
+        assert_ne!(old.id, new.id);
+        shares.put("con_a", &old).await.unwrap();
+        shares.put("con_a", &new).await.unwrap();
+        shares.put("con_b", &theirs).await.unwrap();
+        assert_eq!(shares.shred("con_a", Some(&new.id)).await.unwrap(), 1);
+        assert_eq!(shares.ids("con_a"), vec![new.id.clone()]);
+        assert_eq!(shares.ids("con_b"), vec![theirs.id.clone()]);
+    }
+
+    #[test]
+    fn shares_stay_out_of_debug_output() {
+        let share = Share::generate().unwrap();
+        let shown = format!("{share:?}");
+        assert!(shown.contains(&share.id));
+        let hex = crate::state::hex(share.secret());
+        assert!(!shown.contains(&hex) && !shown.contains(&format!("{:?}", share.secret())));
+    }
+
+    #[test]
+    fn unshared_values_refuse_a_claimed_share() {
+        let keys = FakeDataKeys;
+        let ctx = connection_context("con_a");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let key = runtime.block_on(keys.generate(&ctx)).unwrap();
+        let mut sealed = seal(&key, None, &ctx, b"x").unwrap();
+        sealed.share_id = Some("made-up".into());
+        assert!(matches!(
+            runtime.block_on(open(&keys, &ctx, &sealed)),
+            Err(CryptoError::Integrity)
+        ));
+    }
 
     #[tokio::test]
     async fn sealed_values_round_trip_and_hide_the_plaintext() {
         let keys = FakeDataKeys;
         let ctx = connection_context("con_a");
         let key = keys.generate(&ctx).await.unwrap();
-        let sealed = seal(&key, &ctx, b"secret-token-value").unwrap();
+        let sealed = seal(&key, None, &ctx, b"secret-token-value").unwrap();
         assert!(!sealed.ciphertext.windows(6).any(|w| w == b"secret"));
         let opened = open(&keys, &ctx, &sealed).await.unwrap();
         assert_eq!(opened.expose_secret(), b"secret-token-value");
@@ -286,7 +566,7 @@ mod tests {
         let keys = FakeDataKeys;
         let ctx = connection_context("con_a");
         let key = keys.generate(&ctx).await.unwrap();
-        let sealed = seal(&key, &ctx, b"x").unwrap();
+        let sealed = seal(&key, None, &ctx, b"x").unwrap();
         let other = connection_context("con_b");
         assert!(open(&keys, &other, &sealed).await.is_err());
         // Even with the right data key, the AES-GCM associated data catches the move.
@@ -303,7 +583,7 @@ mod tests {
         let keys = FakeDataKeys;
         let ctx = connection_context("con_a");
         let key = keys.generate(&ctx).await.unwrap();
-        let mut sealed = seal(&key, &ctx, b"x").unwrap();
+        let mut sealed = seal(&key, None, &ctx, b"x").unwrap();
         sealed.ciphertext[0] ^= 1;
         assert!(matches!(open(&keys, &ctx, &sealed).await, Err(CryptoError::Integrity)));
     }
@@ -315,7 +595,7 @@ mod tests {
         assert_eq!(ctx.get("store").map(String::as_str), Some(TOKEN_STORE));
         assert!(!ctx.contains_key("table"));
         let key = keys.generate(&ctx).await.unwrap();
-        let sealed = seal(&key, &ctx, b"x").unwrap();
+        let sealed = seal(&key, None, &ctx, b"x").unwrap();
         assert_eq!(sealed.scheme, ContextScheme::Store);
         // Read back from any table (a restored copy has another name).
         for table in ["oauth", "oauth-restored-2026-11-29"] {
@@ -328,7 +608,7 @@ mod tests {
             ("connection_id".to_owned(), "con_a".to_owned()),
         ]);
         let key = keys.generate(&legacy).await.unwrap();
-        let mut old = seal(&key, &legacy, b"y").unwrap();
+        let mut old = seal(&key, None, &legacy, b"y").unwrap();
         assert_eq!(old.scheme, ContextScheme::Table);
         let opened = open(&keys, &context_of(&old, "oauth", "con_a"), &old).await.unwrap();
         assert_eq!(opened.expose_secret(), b"y");

@@ -239,7 +239,12 @@ pub fn store_dependency(e: &crate::store::StoreError) -> Option<&'static str> {
 
 /// The dependency whose outage a sealing error is.
 pub fn crypto_dependency(e: &crate::crypto::CryptoError) -> Option<&'static str> {
-    matches!(e, crate::crypto::CryptoError::Kms(_)).then_some("kms")
+    use crate::crypto::CryptoError;
+    match e {
+        CryptoError::Kms(_) => Some("kms"),
+        CryptoError::Shares(_) => Some("dynamodb"),
+        _ => None,
+    }
 }
 
 /// The dependency whose outage a token endpoint error is (refusals are not outages).

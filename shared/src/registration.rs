@@ -186,9 +186,14 @@ impl TokenService {
         let organization = match daemon {
             Some(connection) => {
                 let name = connection.vars.org_display_name.clone();
-                save_daemon_connection(self.store.as_ref(), self.events.as_ref(), &connection)
-                    .await
-                    .map_err(TokenFailure::from)?;
+                save_daemon_connection(
+                    self.store.as_ref(),
+                    self.shares.as_ref(),
+                    self.events.as_ref(),
+                    &connection,
+                )
+                .await
+                .map_err(TokenFailure::from)?;
                 name
             }
             None => None,
@@ -226,7 +231,8 @@ impl TokenService {
         auth: &ClientAuth,
         now: time::OffsetDateTime,
     ) -> Result<Connection, AppFailure> {
-        daemon_connection(&self.microsoft, self.keys.as_ref(), cid, auth, now).await
+        daemon_connection(&self.microsoft, self.keys.as_ref(), self.shares.as_ref(), cid, auth, now)
+            .await
     }
 
     /// The non-secret part of a connection's own app.
@@ -260,10 +266,13 @@ impl TokenService {
 /// Saves a proven daemon app's connection and announces it.
 pub async fn save_daemon_connection(
     store: &dyn crate::store::Store,
+    shares: &dyn crate::crypto::KeyShares,
     events: &dyn crate::events::Events,
     connection: &Connection,
 ) -> Result<u64, crate::store::StoreError> {
     let version = store.save_connection(connection).await?;
+    crate::crypto::retire_shares(shares, connection.connection_id.as_str(), &connection.secrets)
+        .await;
     events
         .publish(&ConnectionEvent {
             kind: EventKind::Authorized,
@@ -287,7 +296,7 @@ pub async fn app_record(
     let plaintext = app.credential.to_plaintext()?;
     let context = credential_context(cid.as_str());
     let key = keys.generate(&context).await.map_err(TokenFailure::from)?;
-    let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
+    let sealed = seal(&key, None, &context, &plaintext).map_err(TokenFailure::from)?;
     Ok(AppRecord {
         connection_id: cid.clone(),
         summary: app.summary(),
@@ -308,6 +317,7 @@ pub const PREVIOUS_CREDENTIAL_GRACE: time::Duration = time::Duration::hours(24);
 pub async fn daemon_connection(
     microsoft: &crate::microsoft::Microsoft,
     keys: &dyn crate::crypto::DataKeys,
+    shares: &dyn crate::crypto::KeyShares,
     cid: &ConnectionId,
     auth: &ClientAuth,
     now: time::OffsetDateTime,
@@ -331,13 +341,15 @@ pub async fn daemon_connection(
         }
     };
     let context = connection_context(cid.as_str());
-    let key = keys.generate(&context).await.map_err(TokenFailure::from)?;
+    let (key, share) =
+        tokio::join!(keys.generate(&context), crate::crypto::new_share(shares, cid.as_str()));
+    let (key, share) = (key.map_err(TokenFailure::from)?, share.map_err(TokenFailure::from)?);
     let plaintext = serde_json::to_vec(&SecretVars {
         oauth_access_token: token.access_token.secret().clone(),
         oauth_refresh_token: None,
     })
     .map_err(|_| TokenFailure::Corrupt)?;
-    let sealed = seal(&key, &context, &plaintext).map_err(TokenFailure::from)?;
+    let sealed = seal(&key, Some(&share), &context, &plaintext).map_err(TokenFailure::from)?;
     let expiry = crate::microsoft::expiry_after(now, token.expires_in);
     let org = organization.unwrap_or_default();
     Ok(Connection {

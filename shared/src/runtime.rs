@@ -199,6 +199,18 @@ pub fn is_navigation(method: &http::Method) -> bool {
     method == http::Method::GET
 }
 
+/// The key share table (`KEY_SHARES_TABLE_NAME`) of the functions that seal or open tokens.
+pub fn key_shares_from_env(
+    sdk: &aws_config::SdkConfig,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<std::sync::Arc<dyn crate::crypto::KeyShares>, crate::config::ConfigError> {
+    let table = crate::config::required(lookup, crate::config::KEY_SHARES_TABLE_NAME)?;
+    Ok(std::sync::Arc::new(crate::store::DynamoKeyShares::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        table,
+    )))
+}
+
 /// The event sink named by `EVENT_BUS_NAME`, or none when it is unset.
 pub fn events_from_env(
     sdk: &aws_config::SdkConfig,

@@ -14,7 +14,10 @@ use time::format_description::well_known::Rfc3339;
 use crate::apps::{AppKind, Credential, OpenAppError};
 use crate::audit::{Act, AuditEvent, AuditTrail, Caller};
 use crate::clock::Clock;
-use crate::crypto::{CryptoError, DataKeys, connection_context, context_of, open, seal};
+use crate::crypto::{
+    CryptoError, DataKeys, KeyShares, Share, connection_context, context_of, open_shared, seal,
+    share_of,
+};
 use crate::domain::ConnectionId;
 use crate::events::{ConnectionEvent, EventKind, Events};
 use crate::metrics::{Metric, Metrics};
@@ -242,6 +245,8 @@ pub fn backoff_after(failures: u32) -> Duration {
 pub struct TokenService {
     pub store: Arc<dyn Store>,
     pub keys: Arc<dyn DataKeys>,
+    /// The key shares mixed into the keys of connections' tokens (`KEY_SHARES_TABLE_NAME`).
+    pub shares: Arc<dyn KeyShares>,
     pub microsoft: Microsoft,
     pub client_secret: Arc<CachedSecret>,
     pub clock: Arc<dyn Clock>,
@@ -319,6 +324,7 @@ impl TokenService {
                 config.table_name.clone(),
             )),
             keys: Arc::new(crate::crypto::KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key)),
+            shares: crate::runtime::key_shares_from_env(sdk, lookup)?,
             microsoft: Microsoft::new(crate::microsoft::Endpoints::new(&config), http),
             client_secret: Arc::new(client_secret),
             clock: Arc::new(crate::clock::SystemClock),
@@ -375,6 +381,9 @@ impl TokenService {
         let asked_at = self.clock.now();
         let deadline = Instant::now() + WAIT_FOR_OTHER_REFRESH;
         let mut poll = Duration::from_millis(40);
+        // A new sign-in destroys the share of the tokens it replaces: a read that raced it
+        // reads the connection again, once.
+        let mut reread = false;
         loop {
             let stored = self.store.get_connection(cid).await?.ok_or(TokenFailure::NotConnected)?;
             let c = &stored.connection;
@@ -390,7 +399,13 @@ impl TokenService {
             // (one already in flight included: concurrent forced requests share it).
             let refreshed_since = parse_time(&c.last_refresh_at) > Some(asked_at);
             if (!force && fresh) || refreshed_since {
-                return self.serve(&stored, refreshed_since, false).await;
+                match self.serve(&stored, refreshed_since, false).await {
+                    Err(TokenFailure::NeedsReauth { .. }) if !reread => {
+                        reread = true;
+                        continue;
+                    }
+                    served => return served,
+                }
             }
             let owner = lease_owner();
             if self.store.acquire_lease(cid, stored.version, &owner, now + LEASE_SECS, now).await? {
@@ -436,11 +451,29 @@ impl TokenService {
         })
     }
 
+    /// Decrypts a connection's tokens; a destroyed key share means a new sign-in is needed.
     async fn open_secrets(&self, stored: &StoredConnection) -> Result<SecretVars, TokenFailure> {
         let c = &stored.connection;
-        let context = context_of(&c.secrets, &self.table, c.connection_id.as_str());
-        let plaintext = open(self.keys.as_ref(), &context, &c.secrets).await?;
+        let cid = c.connection_id.as_str();
+        let context = context_of(&c.secrets, &self.table, cid);
+        let plaintext =
+            open_shared(self.keys.as_ref(), self.shares.as_ref(), cid, &context, &c.secrets)
+                .await
+                .map_err(shredded_needs_reauth)?;
         serde_json::from_slice(plaintext.expose_secret()).map_err(|_| TokenFailure::Corrupt)
+    }
+
+    /// The share a connection's new tokens are sealed with: the one its tokens have, or,
+    /// for tokens sealed before shares, a new one (stored first).
+    async fn share_for(&self, stored: &StoredConnection) -> Result<Share, TokenFailure> {
+        let c = &stored.connection;
+        let cid = c.connection_id.as_str();
+        if c.secrets.share_id.is_some() {
+            return share_of(self.shares.as_ref(), cid, &c.secrets)
+                .await
+                .map_err(shredded_needs_reauth);
+        }
+        Ok(crate::crypto::new_share(self.shares.as_ref(), cid).await?)
     }
 
     async fn refresh_with_lease(
@@ -548,7 +581,12 @@ impl TokenService {
         let refresh_token = if daemon {
             None
         } else {
-            let secrets = self.open_secrets(stored).await?;
+            let secrets = match self.open_secrets(stored).await {
+                Err(TokenFailure::NeedsReauth { reason }) => {
+                    return self.needs_reauth(stored, owner, &reason).await;
+                }
+                opened => opened?,
+            };
             let Some(refresh_token) = secrets.oauth_refresh_token.clone() else {
                 return self
                     .needs_reauth(stored, owner, "no refresh token (offline_access not granted)")
@@ -567,8 +605,8 @@ impl TokenService {
             Some(_) => Fallback::OwnApp(cid),
         };
         let context = connection_context(cid.as_str());
-        // The data key for the new tokens is made while Microsoft answers.
-        let (renewed, data_key) = tokio::join!(
+        // The data key and share for the new tokens are ready while Microsoft answers.
+        let (renewed, data_key, share) = tokio::join!(
             async {
                 match &refresh_token {
                     Some(rt) => self
@@ -586,7 +624,14 @@ impl TokenService {
                 }
             },
             self.keys.generate(&context),
+            self.share_for(stored),
         );
+        let share = match share {
+            Err(TokenFailure::NeedsReauth { reason }) => {
+                return self.needs_reauth(stored, owner, &reason).await;
+            }
+            share => share?,
+        };
         let renewed = match renewed {
             Ok(r) => r,
             Err(TokenFailure::Token(e)) if needs_new_grant(&e) => {
@@ -612,7 +657,7 @@ impl TokenService {
             oauth_refresh_token: kept.clone(),
         })
         .map_err(|_| TokenFailure::Corrupt)?;
-        let sealed = seal(&data_key, &context, &plaintext)?;
+        let sealed = seal(&data_key, Some(&share), &context, &plaintext)?;
         let now = self.clock.now();
         let expires_at = crate::microsoft::expiry_after(now, expires_in);
         let update = RefreshUpdate {
@@ -922,14 +967,17 @@ impl TokenService {
         key_arn: &str,
     ) -> Result<ResealOutcome, TokenFailure> {
         let c = &stored.connection;
-        if c.secrets.key_id == key_arn && c.secrets.scheme == crate::crypto::ContextScheme::Store {
+        if c.secrets.key_id == key_arn
+            && c.secrets.scheme == crate::crypto::ContextScheme::Store
+            && c.secrets.share_id.is_some()
+        {
             return Ok(ResealOutcome::Current);
         }
         let secrets = self.open_secrets(stored).await?;
         let plaintext = serde_json::to_vec(&secrets).map_err(|_| TokenFailure::Corrupt)?;
         let context = connection_context(c.connection_id.as_str());
-        let key = self.keys.generate(&context).await?;
-        let sealed = seal(&key, &context, &plaintext)?;
+        let (key, share) = tokio::join!(self.keys.generate(&context), self.share_for(stored));
+        let sealed = seal(&key?, Some(&share?), &context, &plaintext)?;
         let now = self.clock.now().unix_timestamp();
         let written =
             self.store.reseal_connection(&c.connection_id, stored.version, &sealed, now).await?;
@@ -956,7 +1004,7 @@ impl TokenService {
         let context = crate::apps::credential_context(cid.as_str());
         let plaintext = crate::crypto::open(self.keys.as_ref(), &context, sealed).await?;
         let key = self.keys.generate(&context).await?;
-        let resealed = seal(&key, &context, plaintext.expose_secret())?;
+        let resealed = seal(&key, None, &context, plaintext.expose_secret())?;
         Ok(match self.store.reseal_app(cid, stored.version, &resealed).await? {
             Some(_) => ResealOutcome::Resealed,
             None => ResealOutcome::Busy,
@@ -1024,7 +1072,8 @@ impl TokenService {
         self.write_back.as_deref()
     }
 
-    /// Deletes a connection's tokens and vars (in AutoKitteh too, with a write-back).
+    /// Deletes a connection's tokens and vars (in AutoKitteh too, with a write-back), key
+    /// shares first: once they are gone no copy of the tokens opens (backups included).
     /// Idempotent; `true` if there was one.
     pub async fn disconnect(&self, cid: &ConnectionId) -> Result<bool, TokenFailure> {
         self.disconnect_by(cid, &Caller::operator()).await
@@ -1036,6 +1085,10 @@ impl TokenService {
         cid: &ConnectionId,
         caller: &Caller,
     ) -> Result<bool, TokenFailure> {
+        let shredded = self.shares.shred(cid.as_str(), None).await?;
+        if shredded > 0 {
+            tracing::info!(cid = %cid, shares = shredded, "key shares destroyed");
+        }
         let removed = self.store.delete_connection(cid).await?;
         let existed = removed.is_some();
         if let Some(write_back) =
@@ -1082,6 +1135,17 @@ impl TokenService {
     }
 }
 
+/// Why a connection whose key share was destroyed cannot serve tokens.
+pub const SHREDDED_REASON: &str =
+    "the connection's tokens were destroyed (it was disconnected): sign in again";
+
+fn shredded_needs_reauth(e: CryptoError) -> TokenFailure {
+    match e {
+        CryptoError::Shredded => TokenFailure::NeedsReauth { reason: SHREDDED_REASON.to_owned() },
+        other => TokenFailure::Crypto(other),
+    }
+}
+
 /// True when a refused renewal cannot succeed until someone acts: the user signs in again
 /// or an administrator consents (the grant is dead until then).
 fn needs_new_grant(e: &TokenError) -> bool {
@@ -1124,11 +1188,20 @@ mod tests {
             (MICROSOFT_CLIENT_ID, "11111111-2222-3333-4444-555555555555"),
             (MICROSOFT_CLIENT_SECRET, "s"),
             (OAUTH_TABLE_NAME, "t"),
+            (KEY_SHARES_TABLE_NAME, "t-key-shares"),
             (TOKEN_KMS_KEY_ID, "alias/k"),
         ];
         vars.extend_from_slice(extra);
-        let lookup = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
+        let lookup = |k: &str| vars.iter().rfind(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
         TokenService::from_sdk(&lookup, &sdk())
+    }
+
+    #[test]
+    fn the_key_share_table_is_required() {
+        use crate::config::*;
+        assert!(service(&[]).is_ok());
+        let err = service(&[(KEY_SHARES_TABLE_NAME, " ")]).unwrap_err();
+        assert_eq!(err.var, KEY_SHARES_TABLE_NAME);
     }
 
     #[test]

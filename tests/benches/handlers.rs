@@ -19,9 +19,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use lambda_http::Request;
 use ms_oauth::clock::SystemClock;
 use ms_oauth::config::{self, Config, SecretSource};
-use ms_oauth::crypto::FakeDataKeys;
+use ms_oauth::crypto::{FakeDataKeys, MemoryKeyShares};
 use ms_oauth::domain::Origin;
-use ms_oauth::events::NoEvents;
 use ms_oauth::grant::{GrantKey, StartGrant};
 use ms_oauth::http::{HttpError, Transport};
 use ms_oauth::microsoft::{Endpoints, Microsoft};
@@ -151,9 +150,9 @@ fn redirect_service(store: Arc<MemoryStore>) -> RedirectService {
         microsoft,
         store,
         Arc::new(FakeDataKeys),
+        Arc::new(MemoryKeyShares::default()),
         Arc::new(SystemClock),
         value("bench-client-secret"),
-        Arc::new(NoEvents),
     )
 }
 

@@ -120,8 +120,16 @@ pub async fn sdk_config(endpoint: &str) -> SdkConfig {
         .await
 }
 
-/// Creates the table if missing: string key `pk`, on-demand, TTL on `expires_at`.
+/// The key-share table that goes with the token table `table` here (the template names its
+/// own).
+pub fn shares_table_of(table: &str) -> String {
+    format!("{table}-key-shares")
+}
+
+/// Creates the token table if missing (string key `pk`, on-demand, TTL on `expires_at`),
+/// and its key-share table ([`shares_table_of`]).
 pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Result<(), String> {
+    ensure_shares_table(client, &shares_table_of(name)).await?;
     if client.describe_table().table_name(name).send().await.is_ok() {
         return Ok(());
     }
@@ -177,6 +185,44 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Resu
         .send()
         .await
         .map_err(|e| format!("UpdateTimeToLive: {}", ms_oauth::error::chain(&e)))?;
+    Ok(())
+}
+
+/// Creates a key-share table if missing: partition key `connection_id`, sort key
+/// `share_id`, on-demand, and (as in the template) no point-in-time recovery.
+pub async fn ensure_shares_table(
+    client: &aws_sdk_dynamodb::Client,
+    name: &str,
+) -> Result<(), String> {
+    use ms_oauth::store::{SHARE_PARTITION_KEY, SHARE_SORT_KEY};
+    if client.describe_table().table_name(name).send().await.is_ok() {
+        return Ok(());
+    }
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| e.to_string())
+    };
+    client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute(SHARE_PARTITION_KEY)?)
+        .attribute_definitions(attribute(SHARE_SORT_KEY)?)
+        .key_schema(key(SHARE_PARTITION_KEY, KeyType::Hash)?)
+        .key_schema(key(SHARE_SORT_KEY, KeyType::Range)?)
+        .send()
+        .await
+        .map_err(|e| format!("CreateTable: {}", ms_oauth::error::chain(&e)))?;
     Ok(())
 }
 

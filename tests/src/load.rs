@@ -228,6 +228,7 @@ impl LoadStack {
         config.http_timeout = MICROSOFT_TIMEOUT;
 
         let resources = Resources {
+            shares_table: aws::shares_table_of(&name),
             table: name,
             kms_key,
             client_secret_arn: secret_arn.clone(),

@@ -23,6 +23,7 @@ use ms_oauth::crypto::KmsDataKeys;
 use ms_oauth::events::NoEvents;
 use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
+use ms_oauth::store::DynamoKeyShares;
 use ms_oauth::store::DynamoStore;
 use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
 use oauth_redirect::RedirectService;
@@ -43,6 +44,8 @@ pub struct Functions {
 #[derive(Debug, Clone)]
 pub struct Resources {
     pub table: String,
+    /// The key-share table (`KEY_SHARES_TABLE_NAME`).
+    pub shares_table: String,
     pub kms_key: String,
     pub client_secret_arn: String,
     pub start_link_key: String,
@@ -60,6 +63,10 @@ impl Functions {
     ) -> Result<Self, String> {
         let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), r.table.clone()));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), r.kms_key.clone()));
+        let shares = Arc::new(DynamoKeyShares::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            r.shares_table.clone(),
+        ));
         let secrets = aws_sdk_secretsmanager::Client::new(sdk);
         let client_secret = || {
             CachedSecret::with_ttl(
@@ -93,9 +100,9 @@ impl Functions {
             microsoft.clone(),
             store.clone(),
             keys.clone(),
+            shares.clone(),
             Arc::new(SystemClock),
             client_secret(),
-            Arc::new(NoEvents),
         );
         let redirect = match autokitteh {
             Some(ak) => redirect.with_autokitteh(ak),
@@ -104,6 +111,7 @@ impl Functions {
         let tokens = TokenService {
             store,
             keys,
+            shares,
             microsoft,
             client_secret: Arc::new(client_secret()),
             clock: Arc::new(SystemClock),

@@ -58,6 +58,7 @@ fn placeholder(var: &str) -> Option<&'static str> {
         config::MICROSOFT_GRAPH_URL => "https://graph.microsoft.com",
         config::MICROSOFT_SCOPES => "User.Read",
         config::OAUTH_TABLE_NAME => "oauth",
+        config::KEY_SHARES_TABLE_NAME => "oauth-key-shares",
         config::TOKEN_KMS_KEY_ID => {
             "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000"
         }

@@ -21,7 +21,9 @@ use ms_oauth::audit::{Act, Actor, AuditEvent, AuditTrail, NoAudit};
 use ms_oauth::autokitteh::{self, AkError, AkToken, AutoKitteh, Var};
 use ms_oauth::clock::{Clock, SystemClock};
 use ms_oauth::config::{self, Config, ConfigError};
-use ms_oauth::crypto::{DataKeys, KmsDataKeys, connection_context, seal};
+use ms_oauth::crypto::{
+    DataKeys, KeyShares, KmsDataKeys, connection_context, new_share, retire_shares, seal,
+};
 use ms_oauth::domain::Tenant;
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
@@ -57,6 +59,8 @@ pub struct RedirectService {
     pub microsoft: Microsoft,
     pub store: Arc<dyn Store>,
     pub keys: Arc<dyn DataKeys>,
+    /// The key shares mixed into the keys of connections' tokens (`KEY_SHARES_TABLE_NAME`).
+    pub shares: Arc<dyn KeyShares>,
     pub clock: Arc<dyn Clock>,
     pub client_secret: CachedSecret,
     pub events: Arc<dyn Events>,
@@ -78,9 +82,9 @@ impl RedirectService {
         microsoft: Microsoft,
         store: Arc<dyn Store>,
         keys: Arc<dyn DataKeys>,
+        shares: Arc<dyn KeyShares>,
         clock: Arc<dyn Clock>,
         client_secret: CachedSecret,
-        events: Arc<dyn Events>,
     ) -> Self {
         let page_context = PageContext::new(&config);
         Self {
@@ -88,9 +92,10 @@ impl RedirectService {
             microsoft,
             store,
             keys,
+            shares,
             clock,
             client_secret,
-            events,
+            events: Arc::new(ms_oauth::events::NoEvents),
             autokitteh: None,
             metrics: Arc::new(NoMetrics),
             audit: Arc::new(NoAudit),
@@ -106,6 +111,12 @@ impl RedirectService {
         federation: Option<Arc<ms_oauth::federation::FederatedAssertions>>,
     ) -> Self {
         self.federation = federation;
+        self
+    }
+
+    /// The same service announcing connections on `events`.
+    pub fn with_events(mut self, events: Arc<dyn Events>) -> Self {
+        self.events = events;
         self
     }
 
@@ -144,10 +155,12 @@ impl RedirectService {
             config.table_name.clone(),
         ));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
+        let shares = ms_oauth::runtime::key_shares_from_env(sdk, lookup)?;
         let events = ms_oauth::runtime::events_from_env(sdk, lookup);
         let (metrics, audit) = ms_oauth::audit::observability(sdk, lookup);
         let service =
-            Self::new(config, microsoft, store, keys, Arc::new(SystemClock), client_secret, events)
+            Self::new(config, microsoft, store, keys, shares, Arc::new(SystemClock), client_secret)
+                .with_events(events)
                 .with_metrics(metrics)
                 .with_audit(audit)
                 .with_federation(federation);
@@ -347,7 +360,8 @@ async fn finish(
 
     let context = connection_context(flow.connection_id.as_str());
     let personal = tokens.claims.is_personal_account();
-    let (user, organization, data_key) = tokio::join!(
+    // The new tokens get a new key share: the previous sign-in's goes once they are saved.
+    let (user, organization, data_key, share) = tokio::join!(
         service.microsoft.me(&tokens.access_token),
         async {
             if personal {
@@ -357,6 +371,7 @@ async fn finish(
             }
         },
         service.keys.generate(&context),
+        new_share(service.shares.as_ref(), flow.connection_id.as_str()),
     );
     let user = user?;
     // The organization only adds descriptive vars; a failure to read it must not fail the flow.
@@ -364,10 +379,10 @@ async fn finish(
         tracing::warn!(cid = %flow.connection_id, error = %ms_oauth::error::chain(&e), "organization not read");
         None
     });
-    let data_key = data_key?;
+    let (data_key, share) = (data_key?, share?);
 
     let secrets = secret_vars(&tokens)?;
-    let sealed = seal(&data_key, &context, secrets.expose_secret())?;
+    let sealed = seal(&data_key, Some(&share), &context, secrets.expose_secret())?;
     let expiry = ms_oauth::microsoft::expiry_after(now, tokens.expires_in);
     let auth_type =
         if flow.app_client_id.is_some() { AUTH_TYPE_PRIVATE } else { AUTH_TYPE_DEFAULT };
@@ -442,17 +457,18 @@ async fn finish(
     let version = saved?;
     written?;
     app_saved?;
-    service
-        .events
-        .publish(&ConnectionEvent {
-            kind: EventKind::Authorized,
-            connection_id: flow.connection_id.clone(),
-            tenant_id: Some(tokens.claims.tid.clone()),
-            reason: None,
-            connections: None,
-            at: rfc3339(now),
-        })
-        .await;
+    let authorized = ConnectionEvent {
+        kind: EventKind::Authorized,
+        connection_id: flow.connection_id.clone(),
+        tenant_id: Some(tokens.claims.tid.clone()),
+        reason: None,
+        connections: None,
+        at: rfc3339(now),
+    };
+    let announced = service.events.publish(&authorized);
+    let retired =
+        retire_shares(service.shares.as_ref(), flow.connection_id.as_str(), &connection.secrets);
+    tokio::join!(announced, retired);
     if let Some(spent) = spent {
         let mut event = spent.event(now, "completed");
         event.connection_version = Some(version);
@@ -590,25 +606,36 @@ async fn consent_finished(
         None => None,
     };
     if let Some((auth, from_vars)) = daemon {
-        let connection =
-            match daemon_connection(&service.microsoft, service.keys.as_ref(), cid, &auth, now)
-                .await
-            {
-                Ok(connection) => connection,
-                Err(AppFailure::Refused(e)) if e.class() == FailureClass::AdminConsent => {
-                    return Err(FlowError::ConsentPending(e));
-                }
-                Err(AppFailure::Refused(e)) => return Err(FlowError::OwnApp(auth.client_id, e)),
-                Err(e) => return Err(app_failure(e)),
-            };
+        let connection = match daemon_connection(
+            &service.microsoft,
+            service.keys.as_ref(),
+            service.shares.as_ref(),
+            cid,
+            &auth,
+            now,
+        )
+        .await
+        {
+            Ok(connection) => connection,
+            Err(AppFailure::Refused(e)) if e.class() == FailureClass::AdminConsent => {
+                return Err(FlowError::ConsentPending(e));
+            }
+            Err(AppFailure::Refused(e)) => return Err(FlowError::OwnApp(auth.client_id, e)),
+            Err(e) => return Err(app_failure(e)),
+        };
         // A daemon app AutoKitteh's vars named is kept sealed, so the token API can renew.
         if let Some(app) = from_vars {
             let record =
                 app_record(service.keys.as_ref(), cid, &app, now).await.map_err(app_failure)?;
             service.store.save_app(&record).await?;
         }
-        save_daemon_connection(service.store.as_ref(), service.events.as_ref(), &connection)
-            .await?;
+        save_daemon_connection(
+            service.store.as_ref(),
+            service.shares.as_ref(),
+            service.events.as_ref(),
+            &connection,
+        )
+        .await?;
         ready = true;
     }
     service
@@ -980,8 +1007,7 @@ fn dashboard_finish(dashboard: Option<&oauth2::url::Url>, cid: &ConnectionId) ->
 #[cfg(test)]
 mod tests {
     use ms_oauth::config::SecretSource;
-    use ms_oauth::crypto::FakeDataKeys;
-    use ms_oauth::events::NoEvents;
+    use ms_oauth::crypto::{FakeDataKeys, MemoryKeyShares};
     use ms_oauth::store::MemoryStore;
     use ms_oauth::testing::{parse_event, proptest_cases, query_pair, set_query};
     use proptest::prelude::*;
@@ -1011,9 +1037,9 @@ mod tests {
             microsoft,
             store,
             Arc::new(FakeDataKeys),
+            Arc::new(MemoryKeyShares::default()),
             Arc::new(SystemClock),
             CachedSecret::new(SecretSource::Value("s".to_owned().into()), None),
-            Arc::new(NoEvents),
         )
     }
 

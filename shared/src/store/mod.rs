@@ -10,6 +10,7 @@ mod app;
 mod connection;
 mod dynamo;
 mod flow;
+mod shares;
 
 #[cfg(any(test, feature = "testing"))]
 pub use crate::testing::MemoryStore;
@@ -17,6 +18,7 @@ pub use app::{AppRecord, StoredApp};
 pub use connection::{Connection, ConnectionVars, RefreshUpdate, Removed, StoredConnection};
 pub use dynamo::DynamoStore;
 pub use flow::PendingFlow;
+pub use shares::{DynamoKeyShares, SHARE_PARTITION_KEY, SHARE_SORT_KEY};
 
 /// Top-level attributes of a connection item that are absent when unset: a save that does
 /// not set one must remove it, or a re-sign-in would keep the previous grant's value.

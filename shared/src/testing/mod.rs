@@ -6,7 +6,7 @@ pub mod certs;
 mod memory;
 pub mod store_contract;
 
-pub use crate::crypto::FakeDataKeys;
+pub use crate::crypto::{FakeDataKeys, MemoryKeyShares};
 pub use memory::MemoryStore;
 
 /// Test cases per property: `PROPTEST_CASES` when set (long runs), otherwise `default`.

@@ -40,6 +40,7 @@ fn sealed(mark: u8) -> Sealed {
         nonce: vec![mark; 12],
         ciphertext: vec![mark; 24],
         scheme: ContextScheme::Store,
+        share_id: Some(format!("share-{mark}")),
     }
 }
 

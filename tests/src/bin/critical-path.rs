@@ -144,6 +144,7 @@ async fn main() {
     let config = Config::from_lookup(&|k| vars.get(k).cloned()).unwrap();
     let resources = Resources {
         table: "critical-path".into(),
+        shares_table: aws::shares_table_of("critical-path"),
         kms_key,
         client_secret_arn: secret_arn,
         start_link_key: START_KEY.into(),

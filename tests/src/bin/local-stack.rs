@@ -124,6 +124,10 @@ async fn run() -> Result<(), String> {
     let table = env(config::OAUTH_TABLE_NAME).unwrap_or_else(|| LOCAL_TABLE.into());
     aws::ensure_table(&aws_sdk_dynamodb::Client::new(&sdk), &table).await?;
     vars.insert(config::OAUTH_TABLE_NAME, table.clone());
+    let shares_table =
+        env(config::KEY_SHARES_TABLE_NAME).unwrap_or_else(|| aws::shares_table_of(&table));
+    aws::ensure_shares_table(&aws_sdk_dynamodb::Client::new(&sdk), &shares_table).await?;
+    vars.insert(config::KEY_SHARES_TABLE_NAME, shares_table);
     let kms_key = match env(config::TOKEN_KMS_KEY_ID) {
         Some(k) => k,
         None => aws::ensure_kms_key(&aws_sdk_kms::Client::new(&sdk), LOCAL_KMS_ALIAS).await?,

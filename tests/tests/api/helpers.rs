@@ -11,14 +11,14 @@ use connection_api::ConnectionApi;
 use ms_oauth::audit::{AuditTrail, RecordedAudit};
 use ms_oauth::clock::Clock;
 use ms_oauth::config::{self, Config};
-use ms_oauth::crypto::{DataKeys, KmsDataKeys, context_of, open};
+use ms_oauth::crypto::{DataKeys, KeyShares, KmsDataKeys, context_of, open_shared};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::events::RecordedEvents;
 use ms_oauth::grant::{DEFAULT_GRANT_LIFETIME_SECS, StartGrant};
 use ms_oauth::metrics::{Metrics, RecordedMetrics};
 use ms_oauth::microsoft::{Endpoints, Microsoft};
 use ms_oauth::secrets::CachedSecret;
-use ms_oauth::store::{DynamoStore, Store, StoredConnection};
+use ms_oauth::store::{DynamoKeyShares, DynamoStore, Store, StoredConnection};
 use ms_oauth::tokens::TokenService;
 use ms_oauth::writeback::WriteBack;
 use ms_oauth_tests::autokitteh::AkStandin;
@@ -152,6 +152,8 @@ pub struct TestApp {
     pub standin: Standin,
     pub clock: Arc<TestClock>,
     pub table: String,
+    /// The key-share table beside `table`.
+    pub shares_table: String,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub kms: aws_sdk_kms::Client,
     pub secretsmanager: aws_sdk_secretsmanager::Client,
@@ -349,6 +351,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let metrics: Arc<dyn Metrics> = recorded.clone();
     let recorded_audit = Arc::new(RecordedAudit::default());
     let audit: Arc<dyn AuditTrail> = recorded_audit.clone();
+    let shares_table = aws::shares_table_of(&table);
+    let shares: Arc<dyn KeyShares> =
+        Arc::new(DynamoKeyShares::new(dynamo_for_app.clone(), shares_table.clone()));
     let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamo_for_app, table.clone()));
     let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
     let endpoints = Endpoints::new(&config);
@@ -382,10 +387,11 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         microsoft.clone(),
         store.clone(),
         keys.clone(),
+        shares.clone(),
         clock.clone(),
         CachedSecret::new(client_secret_source.clone(), Some(sm_for_app.clone())),
-        events.clone(),
-    );
+    )
+    .with_events(events.clone());
     let redirect = match ak_client.clone() {
         Some(ak) => redirect.with_autokitteh(ak),
         None => redirect,
@@ -420,6 +426,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let tokens = TokenService {
         store,
         keys,
+        shares,
         microsoft,
         client_secret: Arc::new(CachedSecret::new(client_secret_source, Some(sm_for_app))),
         clock: clock.clone(),
@@ -447,6 +454,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         standin,
         clock,
         table,
+        shares_table,
         dynamodb,
         kms,
         secretsmanager,
@@ -538,6 +546,8 @@ async fn spawn_from_template(
         .event_bus_arn
         .expect("audit bus ARN");
     let table_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}", r.table);
+    let shares_table = aws::shares_table_of(&r.table);
+    let shares_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{shares_table}");
     let key_arn = format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/{}", r.kms_key);
     let deployment = ms_oauth_tests::iam::Deployment::new(
         serde_yaml_ng::from_str(
@@ -549,12 +559,14 @@ async fn spawn_from_template(
         parameters,
         BTreeMap::from([
             ("Table".to_owned(), r.table.clone()),
+            ("KeySharesTable".to_owned(), shares_table.clone()),
             ("StartLinkKey".to_owned(), start_key_arn),
             ("TokenKey".to_owned(), r.kms_key.clone()),
             ("AuditBus".to_owned(), audit_bus),
         ]),
         BTreeMap::from([
             ("Table.Arn".to_owned(), table_arn),
+            ("KeySharesTable.Arn".to_owned(), shares_arn),
             ("TokenKey.Arn".to_owned(), key_arn),
             ("AuditBus.Arn".to_owned(), audit_bus_arn),
         ]),
@@ -598,6 +610,7 @@ async fn spawn_from_template(
         standin,
         clock: Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc()))),
         table: r.table,
+        shares_table,
         dynamodb,
         kms,
         secretsmanager,
@@ -876,12 +889,47 @@ impl TestApp {
 
     /// The decrypted secret vars of a stored connection.
     pub async fn secret_vars(&self, stored: &StoredConnection) -> serde_json::Value {
+        let plaintext = self.open_secrets(stored).await.expect("open");
+        serde_json::from_slice(plaintext.expose_secret()).expect("json")
+    }
+
+    /// Opens a stored connection's sealed secrets the way the functions do (KMS and the
+    /// key-share table).
+    pub async fn open_secrets(
+        &self,
+        stored: &StoredConnection,
+    ) -> Result<secrecy::SecretSlice<u8>, ms_oauth::crypto::CryptoError> {
         let keys = KmsDataKeys::new(self.kms.clone(), "unused-for-decrypt");
         let c = &stored.connection;
-        let context = context_of(&c.secrets, &self.table, c.connection_id.as_str());
-        let plaintext =
-            open(&keys as &dyn DataKeys, &context, &stored.connection.secrets).await.expect("open");
-        serde_json::from_slice(plaintext.expose_secret()).expect("json")
+        let cid = c.connection_id.as_str();
+        let context = context_of(&c.secrets, &self.table, cid);
+        let shares = self.key_shares();
+        open_shared(&keys as &dyn DataKeys, &shares as &dyn KeyShares, cid, &context, &c.secrets)
+            .await
+    }
+
+    /// The key-share table, as the functions reach it.
+    pub fn key_shares(&self) -> DynamoKeyShares {
+        DynamoKeyShares::new(self.dynamodb.clone(), self.shares_table.clone())
+    }
+
+    /// The ids of the key shares held for `cid`.
+    pub async fn share_ids(&self, cid: &ConnectionId) -> Vec<String> {
+        let out = self
+            .dynamodb
+            .query()
+            .table_name(&self.shares_table)
+            .key_condition_expression("connection_id = :c")
+            .expression_attribute_values(":c", AttributeValue::S(cid.to_string()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("query shares");
+        out.items
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|item| item.get("share_id").and_then(|v| v.as_s().ok()).cloned())
+            .collect()
     }
 
     /// Every raw item in the table.

@@ -78,7 +78,7 @@ async fn seal_the_earlier_way(app: &TestApp, cid: &ConnectionId) {
     ]);
     let key = keys.generate(&legacy).await.unwrap();
     let mut connection = stored.connection.clone();
-    connection.secrets = seal(&key, &legacy, secrets.to_string().as_bytes()).unwrap();
+    connection.secrets = seal(&key, None, &legacy, secrets.to_string().as_bytes()).unwrap();
     connection.secrets.scheme = ContextScheme::Table;
     DynamoStore::new(app.dynamodb.clone(), app.table.clone())
         .save_connection(&connection)

@@ -1,12 +1,13 @@
 //! Tokens survive a point-in-time restore: a restore always creates a new table, and the
-//! tokens' encryption context names the logical store, not the physical table.
+//! tokens' encryption context names the logical store, not the physical table. And a
+//! disconnected connection's tokens never come back from one: their key share is destroyed.
 
 use std::sync::Arc;
 
-use ms_oauth::crypto::{ContextScheme, seal};
+use ms_oauth::crypto::{ContextScheme, CryptoError, seal};
 use ms_oauth::domain::Origin;
 use ms_oauth::store::{DynamoStore, Store};
-use ms_oauth::tokens::TokenService;
+use ms_oauth::tokens::{SHREDDED_REASON, TokenFailure, TokenService};
 use ms_oauth_tests::aws;
 use secrecy::ExposeSecret;
 
@@ -73,12 +74,15 @@ async fn tokens_sealed_the_earlier_way_still_open_and_are_resealed_on_refresh() 
         ("connection_id".to_owned(), cid.to_string()),
     ]);
     let key = keys.generate(&legacy).await.unwrap();
-    let mut old = seal(&key, &legacy, secrets.to_string().as_bytes()).unwrap();
+    let mut old = seal(&key, None, &legacy, secrets.to_string().as_bytes()).unwrap();
     old.scheme = ContextScheme::Table;
     let mut connection = stored.connection.clone();
     connection.secrets = old;
     let store = DynamoStore::new(app.dynamodb.clone(), app.table.clone());
     store.save_connection(&connection).await.unwrap();
+    // Earlier versions made no key share.
+    use ms_oauth::crypto::KeyShares;
+    app.key_shares().shred(cid.as_str(), None).await.unwrap();
     // What a stored item of the earlier format looks like: no scheme attribute at all.
     app.dynamodb
         .update_item()
@@ -102,4 +106,100 @@ async fn tokens_sealed_the_earlier_way_still_open_and_are_resealed_on_refresh() 
         ContextScheme::Store,
         "re-sealed by the refresh"
     );
+    // With a share of its own from now on, so a disconnect shreds it.
+    let share = resealed.connection.secrets.share_id.clone().expect("a share");
+    assert_eq!(app.share_ids(&cid).await, vec![share]);
+}
+
+#[tokio::test]
+async fn a_disconnected_connections_tokens_never_open_from_a_backup_taken_before() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    let other = new_cid();
+    assert_eq!(app.connect(&Browser::new(), &other, Origin::Web, "work").await.finish.status, 200);
+    let stored = app.connection(&cid).await.unwrap();
+    let share_id = stored.connection.secrets.share_id.clone().expect("sealed with a share");
+    assert_eq!(app.share_ids(&cid).await, vec![share_id.clone()]);
+    let original = app.secret_vars(&stored).await;
+    let access_token = original["oauth_access_token"].as_str().unwrap().to_owned();
+
+    // An on-demand backup of the token table while the connection is live.
+    let backup = app
+        .dynamodb
+        .create_backup()
+        .table_name(&app.table)
+        .backup_name("before-disconnect")
+        .send()
+        .await
+        .expect("CreateBackup")
+        .backup_details
+        .expect("backup details")
+        .backup_arn;
+    assert!(app.refresher.tokens.disconnect(&cid).await.unwrap());
+    assert!(app.share_ids(&cid).await.is_empty(), "the disconnect destroyed the share");
+    assert_eq!(app.share_ids(&other).await.len(), 1, "other connections keep theirs");
+
+    let restored = format!("{}-from-backup", app.table);
+    app.dynamodb
+        .restore_table_from_backup()
+        .target_table_name(&restored)
+        .backup_arn(&backup)
+        .send()
+        .await
+        .expect("RestoreTableFromBackup");
+    let copy = DynamoStore::new(app.dynamodb.clone(), restored.clone())
+        .get_connection(&cid)
+        .await
+        .unwrap()
+        .expect("the backup holds the connection");
+    assert_eq!(copy.connection.secrets, stored.connection.secrets, "the same sealed tokens");
+    // KMS still unwraps the data key in the backup; without the share it opens nothing.
+    let context = ms_oauth::crypto::context_of(&copy.connection.secrets, &restored, cid.as_str());
+    let unwrapped = app
+        .kms
+        .decrypt()
+        .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(
+            copy.connection.secrets.wrapped_key.clone(),
+        ))
+        .set_encryption_context(Some(context.into_iter().collect()))
+        .send()
+        .await
+        .expect("KMS still unwraps the data key");
+    assert_eq!(unwrapped.plaintext.map(|p| p.into_inner().len()), Some(32));
+    assert!(matches!(app.open_secrets(&copy).await, Err(CryptoError::Shredded)));
+    let raw = format!("{:?}{:?}", app.items().await, copy.connection);
+    assert!(!raw.contains(&access_token), "no token in the clear anywhere");
+
+    // Functions pointed at the restored table ask for a new sign-in; nothing is served.
+    let tokens = tokens_on(&app, &restored);
+    match tokens.token(&cid, false).await {
+        Err(TokenFailure::NeedsReauth { reason }) => assert_eq!(reason, SHREDDED_REASON),
+        other => panic!("expected a new sign-in to be needed, got {other:?}"),
+    }
+    // The other connection, live, reads back from the same backup.
+    let served = tokens.token(&other, false).await.expect("a live connection's token");
+    assert!(!served.access_token.expose_secret().is_empty());
+}
+
+#[tokio::test]
+async fn a_new_sign_in_destroys_the_share_of_the_tokens_it_replaces_and_refreshes_keep_theirs() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    assert_eq!(app.connect(&Browser::new(), &cid, Origin::Web, "work").await.finish.status, 200);
+    let first = app.connection(&cid).await.unwrap();
+    assert_eq!(app.connect(&Browser::new(), &cid, Origin::Web, "work").await.finish.status, 200);
+    let second = app.connection(&cid).await.unwrap();
+    let share = second.connection.secrets.share_id.clone().unwrap();
+    assert_ne!(first.connection.secrets.share_id.as_ref(), Some(&share));
+    assert_eq!(app.share_ids(&cid).await, vec![share.clone()]);
+    assert!(matches!(app.open_secrets(&first).await, Err(CryptoError::Shredded)));
+
+    let tokens = &app.refresher.tokens;
+    assert!(tokens.token(&cid, true).await.unwrap().refreshed);
+    let refreshed = app.connection(&cid).await.unwrap();
+    assert_ne!(refreshed.connection.secrets.wrapped_key, second.connection.secrets.wrapped_key);
+    assert_eq!(refreshed.connection.secrets.share_id.as_ref(), Some(&share), "one share a grant");
+    assert_eq!(app.share_ids(&cid).await, vec![share]);
 }

@@ -42,6 +42,7 @@ fn connection(cid: &ConnectionId, autokitteh_user_id: Option<&str>) -> Connectio
             nonce: vec![2; 12],
             ciphertext: vec![3; 16],
             scheme: ms_oauth::crypto::ContextScheme::Store,
+            share_id: None,
         },
         updated_at: "2026-11-29T00:00:00Z".into(),
         status_reason: None,

@@ -14,7 +14,8 @@
 //! - `akoauth audit --cid con_… --log-group …` prints what the audit trail holds for a
 //!   connection, when the trail is kept in a log group;
 //! - `akoauth reseal [--after …]` seals every connection's tokens anew under
-//!   `TOKEN_KMS_KEY_ID` (after a move to a new KMS key); safe to stop and run again.
+//!   `TOKEN_KMS_KEY_ID` (after a move to a new KMS key), with a key share for tokens sealed
+//!   before shares; safe to stop and run again.
 //!
 //! Long commands report their progress on stderr; stdout holds only the answer.
 
@@ -107,7 +108,7 @@ enum Command {
         top: usize,
     },
     /// Seal every connection's tokens anew under TOKEN_KMS_KEY_ID (after moving to a new KMS
-    /// key). Connections already under it are skipped, so an interrupted run is simply run
+    /// key; tokens sealed before key shares get one). Connections already so are skipped, so an interrupted run is simply run
     /// again (or resumed with --after); progress on stderr.
     Reseal {
         /// Resume after this cursor (printed in the progress lines).

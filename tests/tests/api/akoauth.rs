@@ -54,6 +54,7 @@ async fn akoauth_with(
         .env(config::MICROSOFT_AUTHORITY_HOST, app.standin.url())
         .env(config::MICROSOFT_GRAPH_URL, app.standin.url())
         .env(config::OAUTH_TABLE_NAME, &app.table)
+        .env(config::KEY_SHARES_TABLE_NAME, &app.shares_table)
         .env(config::TOKEN_KMS_KEY_ID, &app.kms_key)
         .env(config::START_LINK_KEY, &app.start_key)
         .env("AWS_ENDPOINT_URL", &app.aws_endpoint)

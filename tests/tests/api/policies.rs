@@ -151,6 +151,8 @@ fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
     let get_item = |pk: &str| AwsCall::new("dynamodb:GetItem", &table, &[(leading, pk)]);
     let connection_item = format!("conn#{cid}");
     let kms = |action: &str, context: &[(&str, &str)]| AwsCall::new(action, &key, context);
+    let shares = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}", app.shares_table);
+    let on_shares = |action: &str| AwsCall::new(action, &shares, &[]);
     let client_secret = app.client_secret_arn.clone();
     let other_secret = format!("arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:other-AbCdEf");
     vec![
@@ -195,6 +197,15 @@ fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
         ("TokenRefresherFunction", AwsCall::new("dynamodb:DeleteItem", &table, &[])),
         ("TokenRefresherFunction", AwsCall::new("dynamodb:Scan", &table, &[])),
         ("TokenRefresherFunction", kms("kms:Encrypt", &sealed)),
+        // Key shares: the start function never touches them, the redirect never reads one,
+        // the refresher never destroys one, and nobody scans them.
+        ("StartFunction", on_shares("dynamodb:GetItem")),
+        ("StartFunction", on_shares("dynamodb:PutItem")),
+        ("RedirectFunction", on_shares("dynamodb:GetItem")),
+        ("TokenRefresherFunction", on_shares("dynamodb:DeleteItem")),
+        ("TokenRefresherFunction", on_shares("dynamodb:Query")),
+        ("ConnectionApiFunction", on_shares("dynamodb:Scan")),
+        ("RedirectFunction", on_shares("dynamodb:Scan")),
     ]
 }
 
@@ -284,6 +295,9 @@ async fn standalone_scenario(app: &TestApp) {
     app.make_due(&cids[4]).await;
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report, Report { due: 1, needs_reauth: 1, ..Report::default() });
+    // The user signs in again: the new sign-in destroys the dead tokens' key share.
+    let flow = app.connect(&Browser::new(), &cids[4], Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
     assert_eq!(api(app, reqwest::Method::DELETE, &path(&cids[0], "")).await, 200);
     // A sign-in that needs an administrator's consent: the redirect records a consent link.
     app.standin.require_admin_consent(CLIENT_ID);
@@ -358,6 +372,12 @@ async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_g
     app.make_due(&cids[0]).await;
     let report = app.refresher.run().await.unwrap();
     assert_eq!(report.needs_reauth, 1, "{report:?}");
+    // The user signs in again: the new sign-in destroys the dead tokens' key share.
+    let start = browser
+        .get(&format!("{}{}?cid={}&origin=web", app.address, config::START_PATH, cids[0]))
+        .await;
+    let callback = app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+    assert!(matches!(browser.get(&callback).await.status, 200 | 302));
     assert_eq!(api(&app, reqwest::Method::DELETE, &format!("/connections/{}", cids[1])).await, 200);
     // A sign-in that needs an administrator's consent: the redirect records a consent link.
     app.standin.require_admin_consent(CLIENT_ID);

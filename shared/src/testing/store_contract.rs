@@ -443,10 +443,42 @@ async fn deletes_report_what_was_removed_once(store: &dyn Store) {
     assert!(store.acquire_lease(&id, 1, "b", NOW + 60, NOW).await.unwrap());
 }
 
+/// What every [`crate::crypto::KeyShares`] must do: shares read back whole, per connection,
+/// repeated writes harmless, and a shred final, selective and idempotent.
+pub async fn check_key_shares(shares: &dyn crate::crypto::KeyShares) {
+    use crate::crypto::Share;
+    let (a, b) = (fresh_connection_id(), fresh_connection_id());
+    let (a, b) = (a.as_str(), b.as_str());
+    let first = Share::generate().unwrap();
+    let second = Share::generate().unwrap();
+    let theirs = Share::generate().unwrap();
+    assert!(shares.get(a, &first.id).await.unwrap().is_none(), "nothing before a put");
+    shares.put(a, &first).await.unwrap();
+    shares.put(a, &first).await.unwrap();
+    shares.put(a, &second).await.unwrap();
+    shares.put(b, &theirs).await.unwrap();
+    let read = shares.get(a, &first.id).await.unwrap().expect("the share");
+    assert_eq!((read.id.as_str(), read.secret()), (first.id.as_str(), first.secret()));
+    assert!(shares.get(b, &first.id).await.unwrap().is_none(), "shares are per connection");
+
+    assert_eq!(shares.shred(a, Some(&second.id)).await.unwrap(), 1, "all but the one kept");
+    assert!(shares.get(a, &first.id).await.unwrap().is_none());
+    assert!(shares.get(a, &second.id).await.unwrap().is_some());
+    assert_eq!(shares.shred(a, None).await.unwrap(), 1);
+    assert_eq!(shares.shred(a, None).await.unwrap(), 0, "a repeat finds nothing");
+    assert!(shares.get(a, &second.id).await.unwrap().is_none());
+    assert!(shares.get(b, &theirs.id).await.unwrap().is_some(), "other connections untouched");
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]
     async fn the_in_memory_store_keeps_the_contract() {
         super::check(&super::super::MemoryStore::default()).await;
+    }
+
+    #[tokio::test]
+    async fn the_in_memory_key_shares_keep_the_contract() {
+        super::check_key_shares(&crate::crypto::MemoryKeyShares::default()).await;
     }
 }

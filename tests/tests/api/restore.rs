@@ -178,6 +178,15 @@ async fn a_disconnected_connections_tokens_never_open_from_a_backup_taken_before
         Err(TokenFailure::NeedsReauth { reason }) => assert_eq!(reason, SHREDDED_REASON),
         other => panic!("expected a new sign-in to be needed, got {other:?}"),
     }
+    // A refresh there finds the share gone too, and marks the copy for a new sign-in.
+    assert!(matches!(tokens.token(&cid, true).await, Err(TokenFailure::NeedsReauth { .. })));
+    let marked = DynamoStore::new(app.dynamodb.clone(), restored.clone())
+        .get_connection(&cid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(marked.connection.status, ms_oauth::store::STATUS_NEEDS_REAUTH);
+    assert_eq!(marked.connection.status_reason.as_deref(), Some(SHREDDED_REASON));
     // The other connection, live, reads back from the same backup.
     let served = tokens.token(&other, false).await.expect("a live connection's token");
     assert!(!served.access_token.expose_secret().is_empty());

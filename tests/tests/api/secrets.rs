@@ -69,9 +69,26 @@ async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
     secrets.push(("client secret", app.client_secret.clone()));
     secrets.push(("start-link key", app.start_key.clone()));
 
+    // The connection's key share, in each form a careless line could print it.
+    let stored = app.connection(&cid).await.unwrap();
+    let share_id = stored.connection.secrets.share_id.clone().expect("a key share");
+    let share = {
+        use ms_oauth::crypto::KeyShares;
+        app.key_shares().get(cid.as_str(), &share_id).await.unwrap().expect("the share")
+    };
+    let share_bytes = share.secret().to_vec();
+    secrets.push(("key share (hex)", share_bytes.iter().map(|b| format!("{b:02x}")).collect()));
+    secrets.push(("key share (bytes)", format!("{share_bytes:?}")));
+    {
+        use base64::Engine;
+        secrets.push((
+            "key share (base64)",
+            base64::engine::general_purpose::STANDARD.encode(&share_bytes),
+        ));
+    }
+
     let logs = captured_logs();
     assert!(logs.contains(&cid.to_string()), "the flow's logs were captured");
-    let stored = app.connection(&cid).await.unwrap();
     let raw_item = format!("{:?}", app.items().await);
     for (what, secret) in &secrets {
         assert!(!logs.contains(secret.as_str()), "{what} found in the logs");
@@ -109,4 +126,6 @@ async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
         .flatten()
         .collect();
     assert!(!binary.windows(access.len()).any(|w| w == access.as_bytes()));
+    // The token table never holds a key share.
+    assert!(!binary.windows(share_bytes.len()).any(|w| w == share_bytes.as_slice()));
 }

@@ -465,23 +465,36 @@ async fn finish(
         connections: None,
         at: rfc3339(now),
     };
+    // After the save, and all at once: the announcement, the audit event, and the end of the
+    // replaced tokens' key share (one more DynamoDB call beside the two PutEvents). A first
+    // sign-in (version 1) replaced none; what a failed attempt left, the disconnect destroys.
     let announced = service.events.publish(&authorized);
-    let retired =
-        retire_shares(service.shares.as_ref(), flow.connection_id.as_str(), &connection.secrets);
-    tokio::join!(announced, retired);
-    if let Some(spent) = spent {
-        let mut event = spent.event(now, "completed");
-        event.connection_version = Some(version);
-        event.tenant_id = Some(tokens.claims.tid.clone());
-        event.account = Some(
-            connection
-                .vars
-                .user_principal_name
-                .clone()
-                .unwrap_or_else(|| tokens.claims.oid.clone()),
-        );
-        service.audit.record(event).await;
-    }
+    let retired = async {
+        if version > 1 {
+            retire_shares(
+                service.shares.as_ref(),
+                flow.connection_id.as_str(),
+                &connection.secrets,
+            )
+            .await;
+        }
+    };
+    let audited = async {
+        if let Some(spent) = spent {
+            let mut event = spent.event(now, "completed");
+            event.connection_version = Some(version);
+            event.tenant_id = Some(tokens.claims.tid.clone());
+            event.account = Some(
+                connection
+                    .vars
+                    .user_principal_name
+                    .clone()
+                    .unwrap_or_else(|| tokens.claims.oid.clone()),
+            );
+            service.audit.record(event).await;
+        }
+    };
+    tokio::join!(announced, retired, audited);
     service.metrics.record(Metric::count(
         metric::SIGN_IN_COMPLETED,
         &[("Origin", flow.origin.as_str()), ("AuthType", auth_type)],

@@ -239,6 +239,7 @@ async fn main() {
         ("MICROSOFT_CLIENT_ID", "11111111-2222-3333-4444-555555555555"),
         ("OAUTH_TABLE_NAME", "coldstart"),
         ("TOKEN_KMS_KEY_ID", "alias/coldstart"),
+        ("KEY_SHARES_TABLE_NAME", "coldstart-key-shares"),
         ("MICROSOFT_CLIENT_SECRET_ARN", "coldstart/client-secret"),
         ("START_LINK_KEY_ARN", "coldstart/start-link-key"),
         ("PATH", "/usr/bin:/bin"),
@@ -255,6 +256,7 @@ async fn main() {
     let mut start_only = env.clone();
     start_only.remove("MICROSOFT_CLIENT_SECRET_ARN");
     start_only.remove("TOKEN_KMS_KEY_ID");
+    start_only.remove("KEY_SHARES_TABLE_NAME");
     let malformed_env = start_only.clone();
     let mut malformed: serde_json::Value = serde_json::from_str(&apigw_event(
         "GET",

@@ -347,15 +347,29 @@ pub async fn open_shared(
     context: &EncryptionContext,
     sealed: &Sealed,
 ) -> Result<SecretSlice<u8>, CryptoError> {
+    Ok(open_keeping_share(keys, shares, connection_id, context, sealed).await?.0)
+}
+
+/// [`open_shared`], also returning the share it used (`None` for a value sealed without
+/// one), for sealing the value's successor with it.
+pub async fn open_keeping_share(
+    keys: &dyn DataKeys,
+    shares: &dyn KeyShares,
+    connection_id: &str,
+    context: &EncryptionContext,
+    sealed: &Sealed,
+) -> Result<(SecretSlice<u8>, Option<Share>), CryptoError> {
     if sealed.share_id.is_none() {
-        return open(keys, context, sealed).await;
+        return Ok((open(keys, context, sealed).await?, None));
     }
     check_form(sealed)?;
     let (key, share) = tokio::join!(
         keys.unwrap(&sealed.key_id, &sealed.wrapped_key, context),
         share_of(shares, connection_id, sealed),
     );
-    decrypt(&share?.derive(&key?)?, context, sealed)
+    let share = share?;
+    let plaintext = decrypt(&share.derive(&key?)?, context, sealed)?;
+    Ok((plaintext, Some(share)))
 }
 
 fn check_form(sealed: &Sealed) -> Result<(), CryptoError> {

@@ -15,8 +15,8 @@ use crate::apps::{AppKind, Credential, OpenAppError};
 use crate::audit::{Act, AuditEvent, AuditTrail, Caller};
 use crate::clock::Clock;
 use crate::crypto::{
-    CryptoError, DataKeys, KeyShares, Share, connection_context, context_of, open_shared, seal,
-    share_of,
+    CryptoError, DataKeys, KeyShares, Share, connection_context, context_of, open_keeping_share,
+    seal, share_of,
 };
 use crate::domain::ConnectionId;
 use crate::events::{ConnectionEvent, EventKind, Events};
@@ -453,19 +453,38 @@ impl TokenService {
 
     /// Decrypts a connection's tokens; a destroyed key share means a new sign-in is needed.
     async fn open_secrets(&self, stored: &StoredConnection) -> Result<SecretVars, TokenFailure> {
+        Ok(self.open_with_share(stored).await?.0)
+    }
+
+    /// The same, with the key share the tokens were sealed with (none for tokens sealed
+    /// before shares).
+    async fn open_with_share(
+        &self,
+        stored: &StoredConnection,
+    ) -> Result<(SecretVars, Option<Share>), TokenFailure> {
         let c = &stored.connection;
         let cid = c.connection_id.as_str();
         let context = context_of(&c.secrets, &self.table, cid);
-        let plaintext =
-            open_shared(self.keys.as_ref(), self.shares.as_ref(), cid, &context, &c.secrets)
+        let (plaintext, share) =
+            open_keeping_share(self.keys.as_ref(), self.shares.as_ref(), cid, &context, &c.secrets)
                 .await
                 .map_err(shredded_needs_reauth)?;
-        serde_json::from_slice(plaintext.expose_secret()).map_err(|_| TokenFailure::Corrupt)
+        let secrets =
+            serde_json::from_slice(plaintext.expose_secret()).map_err(|_| TokenFailure::Corrupt)?;
+        Ok((secrets, share))
     }
 
-    /// The share a connection's new tokens are sealed with: the one its tokens have, or,
-    /// for tokens sealed before shares, a new one (stored first).
-    async fn share_for(&self, stored: &StoredConnection) -> Result<Share, TokenFailure> {
+    /// The share a connection's new tokens are sealed with: `known` (read with its tokens),
+    /// else the one its tokens have, or, for tokens sealed before shares, a new one (stored
+    /// first).
+    async fn share_for(
+        &self,
+        stored: &StoredConnection,
+        known: Option<Share>,
+    ) -> Result<Share, TokenFailure> {
+        if let Some(share) = known {
+            return Ok(share);
+        }
         let c = &stored.connection;
         let cid = c.connection_id.as_str();
         if c.secrets.share_id.is_some() {
@@ -578,10 +597,10 @@ impl TokenService {
         let c = &stored.connection;
         let cid = &c.connection_id;
         let daemon = AppKind::from_auth_type(&c.auth_type) == Some(AppKind::Daemon);
-        let refresh_token = if daemon {
-            None
+        let (refresh_token, share) = if daemon {
+            (None, None)
         } else {
-            let secrets = match self.open_secrets(stored).await {
+            let (secrets, share) = match self.open_with_share(stored).await {
                 Err(TokenFailure::NeedsReauth { reason }) => {
                     return self.needs_reauth(stored, owner, &reason).await;
                 }
@@ -592,7 +611,7 @@ impl TokenService {
                     .needs_reauth(stored, owner, "no refresh token (offline_access not granted)")
                     .await;
             };
-            Some(RefreshToken::new(refresh_token))
+            (Some(RefreshToken::new(refresh_token)), share)
         };
         let auth = match self.client_auth(c).await? {
             Ok(auth) => auth,
@@ -624,7 +643,7 @@ impl TokenService {
                 }
             },
             self.keys.generate(&context),
-            self.share_for(stored),
+            self.share_for(stored, share),
         );
         let share = match share {
             Err(TokenFailure::NeedsReauth { reason }) => {
@@ -973,10 +992,11 @@ impl TokenService {
         {
             return Ok(ResealOutcome::Current);
         }
-        let secrets = self.open_secrets(stored).await?;
+        let (secrets, share) = self.open_with_share(stored).await?;
         let plaintext = serde_json::to_vec(&secrets).map_err(|_| TokenFailure::Corrupt)?;
         let context = connection_context(c.connection_id.as_str());
-        let (key, share) = tokio::join!(self.keys.generate(&context), self.share_for(stored));
+        let (key, share) =
+            tokio::join!(self.keys.generate(&context), self.share_for(stored, share));
         let sealed = seal(&key?, Some(&share?), &context, &plaintext)?;
         let now = self.clock.now().unix_timestamp();
         let written =

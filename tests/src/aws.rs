@@ -126,6 +126,22 @@ pub fn shares_table_of(table: &str) -> String {
     format!("{table}-key-shares")
 }
 
+fn key(name: &str, kind: KeyType) -> Result<KeySchemaElement, String> {
+    KeySchemaElement::builder()
+        .attribute_name(name)
+        .key_type(kind)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn attribute(name: &str, kind: ScalarAttributeType) -> Result<AttributeDefinition, String> {
+    AttributeDefinition::builder()
+        .attribute_name(name)
+        .attribute_type(kind)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// Creates the token table if missing (string key `pk`, on-demand, TTL on `expires_at`),
 /// and its key-share table ([`shares_table_of`]).
 pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Result<(), String> {
@@ -133,20 +149,6 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Resu
     if client.describe_table().table_name(name).send().await.is_ok() {
         return Ok(());
     }
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .map_err(|e| e.to_string())
-    };
-    let attribute = |name: &str, kind: ScalarAttributeType| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(kind)
-            .build()
-            .map_err(|e| e.to_string())
-    };
     // The sparse index the refresher queries: only refreshable connections carry its key.
     let refresh_index = GlobalSecondaryIndex::builder()
         .index_name(ms_oauth::store::REFRESH_INDEX)
@@ -198,26 +200,12 @@ pub async fn ensure_shares_table(
     if client.describe_table().table_name(name).send().await.is_ok() {
         return Ok(());
     }
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .map_err(|e| e.to_string())
-    };
-    let attribute = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .map_err(|e| e.to_string())
-    };
     client
         .create_table()
         .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute(SHARE_PARTITION_KEY)?)
-        .attribute_definitions(attribute(SHARE_SORT_KEY)?)
+        .attribute_definitions(attribute(SHARE_PARTITION_KEY, ScalarAttributeType::S)?)
+        .attribute_definitions(attribute(SHARE_SORT_KEY, ScalarAttributeType::S)?)
         .key_schema(key(SHARE_PARTITION_KEY, KeyType::Hash)?)
         .key_schema(key(SHARE_SORT_KEY, KeyType::Range)?)
         .send()

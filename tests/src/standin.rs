@@ -710,6 +710,11 @@ async fn authorize_decision(
 }
 
 /// A refused token request, boxed to keep `Result`s small.
+/// The token endpoint's answer for a client id no registration has.
+fn app_not_found() -> Box<Response> {
+    refuse(StatusCode::BAD_REQUEST, "unauthorized_client", 700_016, "Application not found.")
+}
+
 fn refuse(status: StatusCode, error: &str, code: u32, description: &str) -> Box<Response> {
     Box::new(token_error(status, error, code, description))
 }
@@ -906,12 +911,7 @@ fn authenticate(
                 }
             }
             None => {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "unauthorized_client",
-                    700_016,
-                    "Application not found.",
-                ));
+                return Err(app_not_found());
             }
         }
         client_id
@@ -1009,12 +1009,7 @@ fn verify_federated_assertion(
         match shared.app(client_id) {
             Some(app) => app.federated_credentials,
             None => {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "unauthorized_client",
-                    700_016,
-                    "Application not found.",
-                ));
+                return Err(app_not_found());
             }
         }
     };

@@ -138,15 +138,25 @@ async fn a_single_tenant_app_refuses_tokens_of_another_tenant() {
     assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
 }
 
-#[tokio::test]
-async fn a_rotated_private_secret_is_set_again_without_a_new_sign_in() {
+/// The `PUT /connections/{cid}/app` body of the private app with client secret `secret`.
+fn private_body(secret: &str) -> serde_json::Value {
+    json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret})
+}
+
+/// An app with a connection signed in through its private app, and that app's secret.
+async fn signed_in_with_private_secret() -> (TestApp, ConnectionId, String) {
     let app = spawn_app().await;
     let cid = new_cid();
-    let old = format!("pv~{}", ms_oauth_tests::random_base32(30));
-    app.standin.register_app(private_app(&app, &old));
-    let body = |secret: &str| json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
-    assert_eq!(set_app(&app, &cid, body(&old)).await.0, 200);
+    let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(private_app(&app, &secret));
+    assert_eq!(set_app(&app, &cid, private_body(&secret)).await.0, 200);
     assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
+    (app, cid, secret)
+}
+
+#[tokio::test]
+async fn a_rotated_private_secret_is_set_again_without_a_new_sign_in() {
+    let (app, cid, old) = signed_in_with_private_secret().await;
 
     // The owner rotates the secret in Entra: refreshes are refused as the app's fault, and
     // the connection does not lose its grant. While the token is valid it is served stale.
@@ -164,7 +174,7 @@ async fn a_rotated_private_secret_is_set_again_without_a_new_sign_in() {
         call(&app, reqwest::Method::GET, &format!("/connections/{cid}"), None).await;
     assert_eq!(connection["status"], "ok");
 
-    let (status, saved) = set_app(&app, &cid, body(&new)).await;
+    let (status, saved) = set_app(&app, &cid, private_body(&new)).await;
     assert_eq!(status, 200);
     assert_eq!(saved["version"], 2);
     let (status, token) = call(&app, reqwest::Method::GET, &token_path, None).await;
@@ -175,18 +185,12 @@ async fn a_rotated_private_secret_is_set_again_without_a_new_sign_in() {
 #[tokio::test]
 async fn a_new_private_secret_microsoft_does_not_take_yet_falls_back_to_the_one_it_replaced() {
     use ms_oauth::metrics::name;
-    let app = spawn_app().await;
-    let cid = new_cid();
-    let old = format!("pv~{}", ms_oauth_tests::random_base32(30));
-    app.standin.register_app(private_app(&app, &old));
-    let body = |secret: &str| json!({"auth_type": "oauthPrivate", "client_id": PRIVATE_CLIENT, "tenant_id": OTHER_TENANT, "client_secret": secret});
-    assert_eq!(set_app(&app, &cid, body(&old)).await.0, 200);
-    assert_eq!(sign_in(&app, &cid).await.finish.status, 200);
+    let (app, cid, old) = signed_in_with_private_secret().await;
 
     // The owner sets a new secret here before Entra ID takes it: refreshes and sign-ins try
     // the one it replaced, and go on.
     let new = format!("pv~{}", ms_oauth_tests::random_base32(30));
-    assert_eq!(set_app(&app, &cid, body(&new)).await.0, 200);
+    assert_eq!(set_app(&app, &cid, private_body(&new)).await.0, 200);
     let token_path = format!("/connections/{cid}/token?force_refresh=true");
     let (status, token) = call(&app, reqwest::Method::GET, &token_path, None).await;
     assert_eq!((status, &token["stale"]), (200, &json!(false)), "{token}");

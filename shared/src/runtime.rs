@@ -200,15 +200,13 @@ pub fn is_navigation(method: &http::Method) -> bool {
 }
 
 /// The key share table (`KEY_SHARES_TABLE_NAME`) of the functions that seal or open tokens.
+/// It shares `dynamodb`, the client of the token table.
 pub fn key_shares_from_env(
-    sdk: &aws_config::SdkConfig,
+    dynamodb: &aws_sdk_dynamodb::Client,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<std::sync::Arc<dyn crate::crypto::KeyShares>, crate::config::ConfigError> {
     let table = crate::config::required(lookup, crate::config::KEY_SHARES_TABLE_NAME)?;
-    Ok(std::sync::Arc::new(crate::store::DynamoKeyShares::new(
-        aws_sdk_dynamodb::Client::new(sdk),
-        table,
-    )))
+    Ok(std::sync::Arc::new(crate::store::DynamoKeyShares::new(dynamodb.clone(), table)))
 }
 
 /// The event sink named by `EVENT_BUS_NAME`, or none when it is unset.

@@ -318,13 +318,11 @@ impl TokenService {
         let http = crate::runtime::http_client(&config)?;
         let write_back = write_back_from(lookup, sdk, &config, &http)?;
         let (metrics, audit) = crate::audit::observability(sdk, lookup);
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
         Ok(Self {
-            store: Arc::new(crate::store::DynamoStore::new(
-                aws_sdk_dynamodb::Client::new(sdk),
-                config.table_name.clone(),
-            )),
+            shares: crate::runtime::key_shares_from_env(&dynamodb, lookup)?,
+            store: Arc::new(crate::store::DynamoStore::new(dynamodb, config.table_name.clone())),
             keys: Arc::new(crate::crypto::KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key)),
-            shares: crate::runtime::key_shares_from_env(sdk, lookup)?,
             microsoft: Microsoft::new(crate::microsoft::Endpoints::new(&config), http),
             client_secret: Arc::new(client_secret),
             clock: Arc::new(crate::clock::SystemClock),

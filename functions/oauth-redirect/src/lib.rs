@@ -150,12 +150,10 @@ impl RedirectService {
         let http = ms_oauth::runtime::http_client(&config)?;
         let autokitteh = ms_oauth::runtime::autokitteh_from_config(&config, &http);
         let microsoft = Microsoft::new(Endpoints::new(&config), http);
-        let store = Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            config.table_name.clone(),
-        ));
+        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        let shares = ms_oauth::runtime::key_shares_from_env(&dynamodb, lookup)?;
+        let store = Arc::new(DynamoStore::new(dynamodb, config.table_name.clone()));
         let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
-        let shares = ms_oauth::runtime::key_shares_from_env(sdk, lookup)?;
         let events = ms_oauth::runtime::events_from_env(sdk, lookup);
         let (metrics, audit) = ms_oauth::audit::observability(sdk, lookup);
         let service =

@@ -141,7 +141,10 @@ async fn many_connections_of_one_tenant_refused_alike_raise_one_tenant_incident(
     let incidents: Vec<_> = events.iter().filter(|e| e.kind == EventKind::TenantFailing).collect();
     assert_eq!(incidents.len(), 1, "{events:?}");
     assert_eq!(incidents[0].tenant_id.as_deref(), Some(tenant.as_str()));
-    assert_eq!(incidents[0].connections, Some(5));
+    // The refresher renews 8 at a time: whichever refusal declares the incident first names
+    // the count it saw, the threshold or one counted a moment later.
+    let counted = incidents[0].connections.unwrap();
+    assert!((ms_oauth::tokens::INCIDENT_THRESHOLD..=7).contains(&counted), "{counted}");
     let reason = incidents[0].reason.as_deref().unwrap();
     assert!(reason.starts_with("sign_in_again:") && reason.contains("AADSTS50173"), "{reason}");
     assert_eq!(app.metrics.count(name::TENANT_INCIDENT, &[("Class", "sign_in_again")]), 1);

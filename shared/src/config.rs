@@ -194,14 +194,62 @@ pub struct AutoKittehConfig {
     pub ui_url: Url,
 }
 
+/// The part of the product that reads a configuration. Each reads only the variables it
+/// uses (the others keep their defaults), so a deployment gives every function exactly its
+/// own variables and the template test can hold it to that in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The start function: sends browsers to Microsoft with the deployment's scopes.
+    Start,
+    /// The redirect function: finishes sign-ins and admin consents.
+    Redirect,
+    /// The connection API: serves and refreshes tokens, sets own apps.
+    ConnectionApi,
+    /// The scheduled refresher.
+    Refresher,
+    /// `akoauth`, an operator's tool.
+    Operator,
+}
+
+impl Role {
+    /// Whether this role reads `var` (of the variables [`Config`] holds).
+    pub fn reads(self, var: &str) -> bool {
+        use Role::*;
+        match var {
+            // Only a sign-in's start asks for scopes; refreshes ask for what was granted.
+            MICROSOFT_SCOPES => self == Start,
+            // Refreshes are scheduled by it: everything but the start.
+            TOKEN_REFRESH_MARGIN_SECONDS => self != Start,
+            // Pages link to AutoKitteh's UI and dashboard; the other roles show no page.
+            AUTOKITTEH_UI_URL => matches!(self, Start | Redirect),
+            AUTOKITTEH_DASHBOARD_URL => self == Redirect,
+            _ => true,
+        }
+    }
+}
+
 impl Config {
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(&env_lookup)
+    /// Reads the configuration from the process environment, as `role` needs it.
+    pub fn from_env(role: Role) -> Result<Self, ConfigError> {
+        Self::for_role(role, &env_lookup)
     }
 
-    /// Reads the configuration through `lookup`, which returns a variable's value if set.
+    /// Reads the configuration `role` needs through `lookup`, which returns a variable's
+    /// value if set; the variables `role` does not read keep their defaults.
+    pub fn for_role(
+        role: Role,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::read(&|var: &str| if role.reads(var) { lookup(var) } else { None })
+    }
+
+    /// Reads every variable through `lookup` (local runs and tests that serve all roles
+    /// from one configuration).
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::read(lookup)
+    }
+
+    fn read(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let public_address = PublicAddress::parse(&required(lookup, WEBHOOK_ADDRESS)?)
             .map_err(|p| ConfigError::new(WEBHOOK_ADDRESS, p))?;
         let client_id = required(lookup, MICROSOFT_CLIENT_ID)?;
@@ -439,6 +487,42 @@ mod tests {
         assert!(PublicAddress::parse("http://api.example.com").is_err());
         assert!(PublicAddress::parse("api.example.com/path").is_err());
         assert!(PublicAddress::parse("ftp://api.example.com").is_err());
+    }
+
+    #[test]
+    fn each_role_reads_only_what_it_uses() {
+        use std::cell::RefCell;
+        let mut vars = base();
+        vars.push((MICROSOFT_SCOPES, "Mail.Read"));
+        vars.push((TOKEN_REFRESH_MARGIN_SECONDS, "60"));
+        vars.push((AUTOKITTEH_API_URL, "https://api.autokitteh.example"));
+        vars.push((AUTOKITTEH_UI_URL, "https://app.autokitteh.example"));
+        vars.push((AUTOKITTEH_DASHBOARD_URL, "https://dash.autokitteh.example"));
+        let all = lookup(&vars);
+        let asked = |role: Role| {
+            let asked = RefCell::new(Vec::new());
+            let config = Config::for_role(role, &|k| {
+                asked.borrow_mut().push(k.to_owned());
+                all(k)
+            })
+            .unwrap();
+            (config, asked.into_inner())
+        };
+        let (start, read) = asked(Role::Start);
+        assert_eq!(start.scopes[0], "Mail.Read");
+        assert_eq!(start.refresh_margin, DEFAULT_REFRESH_MARGIN);
+        assert!(!read.iter().any(|v| v == TOKEN_REFRESH_MARGIN_SECONDS), "{read:?}");
+        for role in [Role::ConnectionApi, Role::Refresher, Role::Operator] {
+            let (config, read) = asked(role);
+            assert!(!read.iter().any(|v| v == MICROSOFT_SCOPES), "{role:?} {read:?}");
+            assert!(!read.iter().any(|v| v == AUTOKITTEH_UI_URL), "{role:?}");
+            assert_eq!(config.refresh_margin, Duration::from_secs(60));
+            assert_eq!(config.dashboard_url, None);
+            assert!(read.iter().any(|v| v == MICROSOFT_GRAPH_URL), "{role:?}");
+        }
+        let (redirect, _) = asked(Role::Redirect);
+        assert!(redirect.dashboard_url.is_some());
+        assert_eq!(redirect.autokitteh.unwrap().ui_url.as_str(), "https://app.autokitteh.example/");
     }
 
     #[test]

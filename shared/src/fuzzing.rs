@@ -246,7 +246,9 @@ pub fn microsoft(data: &[u8]) {
                 }
             }
             1 => {
-                if let Ok(refreshed) = client.refresh(&RefreshToken::new("rt".into()), &auth).await
+                if let Ok(refreshed) = client
+                    .refresh(&RefreshToken::new("rt".into()), &auth, &["User.Read".to_owned()])
+                    .await
                 {
                     let now = time::OffsetDateTime::from_unix_timestamp(NOW).unwrap();
                     let _ = crate::microsoft::expiry_after(now, refreshed.expires_in);

@@ -24,7 +24,8 @@ pub mod name {
     /// Time the redirect function took. Dimension: `Outcome` (`completed`, `failed`).
     pub const REDIRECT_LATENCY: &str = "RedirectLatency";
     /// A token renewal. Dimensions: `Trigger` (`request`, `schedule`), `Outcome`
-    /// (`refreshed`, `stale`, `needs_reauth`, `app_misconfigured`, `failed`).
+    /// (`refreshed`, `stale`, `needs_reauth`, `app_misconfigured`, `failed`, and
+    /// `cooldown`: a request that shared a refresh failure of moments ago and called nothing).
     pub const REFRESH: &str = "Refresh";
     /// An answer of the connection API. Dimensions: `Operation`, `Status`.
     pub const API_ANSWER: &str = "ApiAnswer";
@@ -91,7 +92,16 @@ pub const DIMENSIONS: &[(&str, &[&str])] = &[
     ),
     (
         "Outcome",
-        &["completed", "failed", "refreshed", "stale", "needs_reauth", "app_misconfigured", "ok"],
+        &[
+            "completed",
+            "failed",
+            "refreshed",
+            "stale",
+            "needs_reauth",
+            "app_misconfigured",
+            "cooldown",
+            "ok",
+        ],
     ),
     ("Trigger", &["request", "schedule"]),
     (

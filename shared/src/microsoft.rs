@@ -319,6 +319,9 @@ pub struct Tokens {
     pub token_type: String,
     pub expires_in: Option<Duration>,
     pub claims: IdClaims,
+    /// The scopes Microsoft granted (the response's `scope`), space-separated; what the
+    /// connection's refreshes ask for. `None` when the response named none.
+    pub granted_scopes: Option<String>,
 }
 
 /// Tokens from a refresh. Microsoft normally rotates the refresh token; when a response
@@ -328,6 +331,44 @@ pub struct Refreshed {
     pub access_token: AccessToken,
     pub refresh_token: Option<RefreshToken>,
     pub expires_in: Option<Duration>,
+    /// The scopes of the new tokens, when Microsoft named them.
+    pub granted_scopes: Option<String>,
+}
+
+/// The scope `offline_access`: asked for on every refresh, never returned in a response's
+/// `scope` (it is no permission of the access token).
+const OFFLINE_ACCESS: &str = "offline_access";
+
+/// The scopes a refresh asks for. Microsoft refuses a refresh that asks for a scope the
+/// sign-in was not granted (AADSTS65001), so a connection refreshes with exactly what it was
+/// granted, whatever the deployment's `MICROSOFT_SCOPES` says now. A connection saved before
+/// its grant was recorded asks for the resource's `.default` scope: everything consented to
+/// the app for that user, never more.
+pub fn refresh_scopes(granted: Option<&str>, graph_default_scope: &str) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    match granted.map(str::trim).filter(|g| !g.is_empty()) {
+        Some(granted) => {
+            for scope in granted.split_whitespace() {
+                if !scopes.iter().any(|s| s.eq_ignore_ascii_case(scope)) {
+                    scopes.push(scope.to_owned());
+                }
+            }
+        }
+        None => {
+            scopes.extend([graph_default_scope, "openid", "profile"].into_iter().map(str::to_owned))
+        }
+    }
+    if !scopes.iter().any(|s| s.eq_ignore_ascii_case(OFFLINE_ACCESS)) {
+        scopes.push(OFFLINE_ACCESS.to_owned());
+    }
+    scopes
+}
+
+/// A token response's `scope` as stored: space-separated, as Microsoft sends it.
+fn scope_text(response: &MicrosoftTokenResponse) -> Option<String> {
+    let scopes = response.scopes()?;
+    let text = scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ");
+    (!text.trim().is_empty()).then_some(text)
 }
 
 /// A Graph read failed.
@@ -635,22 +676,25 @@ impl Microsoft {
             token_type: "Bearer".to_owned(),
             expires_in: response.expires_in(),
             claims,
+            granted_scopes: scope_text(&response),
         })
     }
 
-    /// Redeems a refresh token for new tokens, as the app that obtained it.
+    /// Redeems a refresh token for new tokens, as the app that obtained it, asking for
+    /// `scopes` (see [`refresh_scopes`]).
     pub async fn refresh(
         &self,
         refresh_token: &RefreshToken,
         auth: &ClientAuth,
+        scopes: &[String],
     ) -> Result<Refreshed, TokenError> {
         let authn = self.authn(auth).await?;
         let client = self.client(auth, &authn);
         let mut request = client
             .exchange_refresh_token(refresh_token)
-            // Microsoft's v2 endpoint documents `scope` as required on a refresh: the same
-            // scopes the sign-in asked for.
-            .add_scopes(self.endpoints.scopes.iter().cloned());
+            // Microsoft's v2 endpoint documents `scope` as required on a refresh, within
+            // what the sign-in was granted.
+            .add_scopes(scopes.iter().cloned().map(Scope::new));
         request = with_assertion!(request, &authn);
         let response =
             request.request_async(&OAuthHttp(self.http.as_ref())).await.map_err(token_error)?;
@@ -658,6 +702,7 @@ impl Microsoft {
             access_token: response.access_token().clone(),
             refresh_token: response.refresh_token().cloned(),
             expires_in: response.expires_in(),
+            granted_scopes: scope_text(&response),
         })
     }
 
@@ -743,6 +788,26 @@ pub(crate) fn read_id_token(id_token: &str) -> Result<IdClaims, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refresh_asks_for_what_was_granted_and_a_refresh_token() {
+        let graph = "https://graph.microsoft.us/.default";
+        assert_eq!(
+            refresh_scopes(Some("Mail.Read openid User.Read profile email mail.read"), graph),
+            ["Mail.Read", "openid", "User.Read", "profile", "email", "offline_access"]
+        );
+        assert_eq!(
+            refresh_scopes(Some("User.Read offline_access"), graph),
+            ["User.Read", "offline_access"]
+        );
+        // Saved before grants were recorded: everything consented, never more.
+        for legacy in [None, Some(""), Some("  ")] {
+            assert_eq!(
+                refresh_scopes(legacy, graph),
+                [graph, "openid", "profile", "offline_access"]
+            );
+        }
+    }
 
     #[test]
     fn a_stored_reason_gives_back_its_class_and_code() {

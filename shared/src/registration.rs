@@ -377,6 +377,9 @@ pub async fn daemon_connection(
         refresh_failures: 0,
         refresh_queue: None,
         app_client_id: Some(auth.client_id.clone()),
+        granted_scopes: None,
+        refresh_failed_at: None,
+        refresh_failure: None,
     })
 }
 

@@ -23,7 +23,9 @@ use crate::events::{ConnectionEvent, EventKind, Events};
 use crate::metrics::{Metric, Metrics};
 use crate::microsoft::{ClientAuth, FailureClass, Microsoft, Refreshed, TokenError};
 use crate::secrets::{CachedSecret, SecretError};
-use crate::store::{RefreshUpdate, STATUS_NEEDS_REAUTH, Store, StoreError, StoredConnection};
+use crate::store::{
+    RefreshFailureMark, RefreshUpdate, STATUS_NEEDS_REAUTH, Store, StoreError, StoredConnection,
+};
 use crate::writeback::{RefreshedVars, WriteBack};
 
 /// Refresh when the access token expires within this margin (unless configured).
@@ -45,8 +47,13 @@ pub const STUCK_AFTER: u32 = 6;
 pub const LEASE_SECS: i64 = 60;
 /// How long a request waits for another instance's refresh before giving up.
 pub const WAIT_FOR_OTHER_REFRESH: Duration = Duration::from_secs(8);
-/// Attempts at the token endpoint for transient failures.
-pub const REFRESH_ATTEMPTS: u32 = 3;
+/// Attempts at the token endpoint for transient failures (one retry: a longer outage is
+/// shared through [`REFRESH_COOLDOWN`] rather than retried by each request).
+pub const REFRESH_ATTEMPTS: u32 = 2;
+/// How long after a failed refresh every reader shares that failure instead of calling
+/// Microsoft again: a burst of requests during an outage makes one refresh call, not one
+/// per request (the lease stays taken that long).
+pub const REFRESH_COOLDOWN: Duration = Duration::from_secs(30);
 
 /// The decrypted secret vars of a connection.
 #[derive(Serialize, Deserialize)]
@@ -85,6 +92,16 @@ pub enum TokenFailure {
     NeedsReauth { reason: String },
     #[error("the token could not be refreshed now: {0}")]
     Unavailable(&'static str),
+    /// A refresh failed moments ago (this request's, or one it shares): no new token.
+    #[error("the token could not be refreshed ({failure}); try again in {retry_after_secs} s")]
+    RefreshFailed {
+        /// The failure class, with Microsoft's AADSTS code when it gave one.
+        failure: String,
+        retry_after_secs: u64,
+        /// The dependency that failed, for the request that called it (none for those that
+        /// shared its outcome and called nothing).
+        dependency: Option<&'static str>,
+    },
     #[error("token endpoint failed")]
     Token(#[source] TokenError),
     #[error("store failed")]
@@ -105,6 +122,7 @@ impl TokenFailure {
             TokenFailure::Token(e) if e.class() == FailureClass::AppMisconfigured => {
                 "app_misconfigured"
             }
+            TokenFailure::RefreshFailed { dependency: None, .. } => "cooldown",
             _ => "failed",
         }
     }
@@ -121,7 +139,24 @@ impl TokenFailure {
             TokenFailure::Store(_) | TokenFailure::Crypto(_) | TokenFailure::Secret(_) => {
                 Some(FailureClass::Transient.as_str())
             }
+            TokenFailure::RefreshFailed { failure, .. } => {
+                Some(failure.split(' ').next().unwrap_or(FailureClass::Transient.as_str()))
+                    .and_then(|c| DIMENSION_CLASSES.iter().copied().find(|known| *known == c))
+            }
             _ => None,
+        }
+    }
+
+    /// What a failed refresh leaves on the connection for readers to share: its class and
+    /// Microsoft's code, e.g. `transient` or `app_misconfigured (AADSTS7000215)`.
+    pub fn failure_text(&self) -> String {
+        if let TokenFailure::RefreshFailed { failure, .. } = self {
+            return failure.clone();
+        }
+        let class = self.failure_class().unwrap_or(FailureClass::Transient.as_str());
+        match self.aadsts() {
+            Some(code) => format!("{class} (AADSTS{code})"),
+            None => class.to_owned(),
         }
     }
 
@@ -142,10 +177,15 @@ impl TokenFailure {
             TokenFailure::Store(e) => m::store_dependency(e),
             TokenFailure::Crypto(e) => m::crypto_dependency(e),
             TokenFailure::Secret(SecretError::Unavailable { .. }) => Some("secrets_manager"),
+            TokenFailure::RefreshFailed { dependency, .. } => *dependency,
             _ => None,
         }
     }
 }
+
+/// The failure classes a shared refresh failure can name (the `Class` dimension's values).
+const DIMENSION_CLASSES: [&str; 6] =
+    ["sign_in_again", "admin_consent", "app_misconfigured", "transient", "refused", "internal"];
 
 /// Failures of one tenant are counted in windows of this many seconds.
 pub const INCIDENT_WINDOW_SECS: i64 = 600;
@@ -304,14 +344,16 @@ fn write_back_from(
 }
 
 impl TokenService {
-    /// Builds the service from the environment (the variables of the redirect function that
-    /// concern tokens, plus `EVENT_BUS_NAME` and `TOKEN_REFRESH_MARGIN_SECONDS`).
+    /// Builds the service from the environment as `role` reads it (the variables of the
+    /// redirect function that concern tokens, plus `EVENT_BUS_NAME` and
+    /// `TOKEN_REFRESH_MARGIN_SECONDS`).
     pub fn from_sdk(
+        role: crate::config::Role,
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, crate::config::ConfigError> {
         use crate::config::{self, Config};
-        let config = Config::from_lookup(lookup)?;
+        let config = Config::for_role(role, lookup)?;
         let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
         let (client_secret, federation) = crate::runtime::client_credential_from_env(sdk, lookup)?;
         let margin = config.refresh_margin;
@@ -405,9 +447,17 @@ impl TokenService {
                     served => return served,
                 }
             }
+            // A refresh failed moments ago: share its outcome rather than call again.
+            if let Some(failure) = self.recent_failure(c, asked_at) {
+                self.record_refresh("request", "cooldown");
+                if !force && c.token_expires_at > now {
+                    return self.serve(&stored, false, true).await;
+                }
+                return Err(failure);
+            }
             let owner = lease_owner();
             if self.store.acquire_lease(cid, stored.version, &owner, now + LEASE_SECS, now).await? {
-                let result = self.refresh_with_lease(&stored, &owner).await;
+                let result = self.refresh_with_lease(&stored, &owner, force).await;
                 let outcome = match &result {
                     Ok(grant) if grant.stale => "stale",
                     Ok(_) => "refreshed",
@@ -493,32 +543,87 @@ impl TokenService {
         Ok(crate::crypto::new_share(self.shares.as_ref(), cid).await?)
     }
 
+    /// The failure a reader asking at `asked_at` shares instead of refreshing: one that
+    /// happened after it asked, or within [`REFRESH_COOLDOWN`].
+    fn recent_failure(
+        &self,
+        c: &crate::store::Connection,
+        asked_at: OffsetDateTime,
+    ) -> Option<TokenFailure> {
+        let failed_at = parse_time(c.refresh_failed_at.as_deref()?)?;
+        let now = self.clock.now();
+        let ends = failed_at + REFRESH_COOLDOWN;
+        if now >= ends && failed_at <= asked_at {
+            return None;
+        }
+        Some(TokenFailure::RefreshFailed {
+            failure: c.refresh_failure.clone().unwrap_or_else(|| "transient".to_owned()),
+            retry_after_secs: u64::try_from((ends - now).whole_seconds()).unwrap_or(0).max(1),
+            dependency: None,
+        })
+    }
+
+    /// The mark a failed refresh leaves, holding the lease through the cooldown.
+    fn failure_mark(&self, failure: &TokenFailure) -> RefreshFailureMark {
+        let now = self.clock.now();
+        RefreshFailureMark {
+            failed_at: rfc3339(now),
+            failure: failure.failure_text(),
+            // A lease is free once its end has passed (`lease_until < now`): free by the
+            // time the cooldown ends, when readers stop sharing the failure.
+            cooldown_until: (now + REFRESH_COOLDOWN).unix_timestamp() - 1,
+        }
+    }
+
     async fn refresh_with_lease(
         &self,
         stored: &StoredConnection,
         owner: &str,
+        force: bool,
     ) -> Result<AccessGrant, TokenFailure> {
         let cid = &stored.connection.connection_id;
-        let result = self.refresh_locked(stored, owner).await;
-        if let Err(e) = &result
-            && !matches!(e, TokenFailure::NeedsReauth { .. })
-        {
-            // Give the lease back so the next request can try at once.
-            if let Err(release) = self.store.release_lease(cid, owner).await {
-                tracing::warn!(cid = %cid, error = %crate::error::chain(&release), "lease not released");
+        let e = match self.refresh_locked(stored, owner).await {
+            Err(e @ (TokenFailure::NeedsReauth { .. } | TokenFailure::NotConnected)) => {
+                return Err(e);
             }
-        }
-        match result {
-            Err(
-                e @ (TokenFailure::Token(_)
-                | TokenFailure::Secret(_)
-                | TokenFailure::Unavailable(_)),
-            ) if stored.connection.token_expires_at > self.clock.now().unix_timestamp() => {
-                tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "refresh failed; serving the still valid token");
-                self.serve(stored, false, true).await
+            Err(e @ TokenFailure::Store(_)) => {
+                // Nothing can be marked: give the lease back so the next request can try.
+                if let Err(release) = self.store.release_lease(cid, owner).await {
+                    tracing::warn!(cid = %cid, error = %crate::error::chain(&release), "lease not released");
+                }
+                return Err(e);
             }
-            other => other,
+            Err(e) => e,
+            ok => return ok,
+        };
+        // A refused app credential is no outage: whoever fixes the app must see the next
+        // request work, so nothing is shared; the lease is given back.
+        let refused_app =
+            matches!(&e, TokenFailure::Token(t) if t.class() == FailureClass::AppMisconfigured);
+        let mark = self.failure_mark(&e);
+        let recorded = if refused_app {
+            self.store.release_lease(cid, owner).await.map(|()| true)
+        } else {
+            // Readers within the cooldown share this failure instead of calling again.
+            self.store.hold_after_failure(cid, owner, &mark).await
+        };
+        if let Err(write) = recorded {
+            tracing::warn!(cid = %cid, error = %crate::error::chain(&write), "refresh failure not recorded");
         }
+        let valid = stored.connection.token_expires_at > self.clock.now().unix_timestamp();
+        if !force && valid {
+            tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "refresh failed; serving the still valid token");
+            return self.serve(stored, false, true).await;
+        }
+        tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "refresh failed; no token refreshed");
+        if refused_app {
+            return Err(e);
+        }
+        Err(TokenFailure::RefreshFailed {
+            failure: mark.failure,
+            retry_after_secs: REFRESH_COOLDOWN.as_secs(),
+            dependency: e.failed_dependency(),
+        })
     }
 
     /// The app a connection's tokens belong to: the server-wide app, or the connection's
@@ -622,13 +727,19 @@ impl TokenService {
             Some(_) => Fallback::OwnApp(cid),
         };
         let context = connection_context(cid.as_str());
+        // Exactly what the sign-in was granted, whatever the deployment asks for today.
+        let scopes = crate::microsoft::refresh_scopes(
+            c.granted_scopes.as_deref(),
+            &self.microsoft.endpoints().graph_default_scope(),
+        );
+        let scopes = &scopes;
         // The data key and share for the new tokens are ready while Microsoft answers.
         let (renewed, data_key, share) = tokio::join!(
             async {
                 match &refresh_token {
                     Some(rt) => self
                         .with_retries(auth, fallback, |auth| async move {
-                            self.microsoft.refresh(rt, &auth).await
+                            self.microsoft.refresh(rt, &auth, scopes).await
                         })
                         .await
                         .map(Renewal::Refreshed),
@@ -661,9 +772,11 @@ impl TokenService {
             Err(e) => return Err(e),
         };
         let data_key = data_key?;
-        let (access_token, new_refresh_token, expires_in) = match renewed {
-            Renewal::Refreshed(r) => (r.access_token, r.refresh_token, r.expires_in),
-            Renewal::AppToken(t) => (t.access_token, None, t.expires_in),
+        let (access_token, new_refresh_token, expires_in, granted_scopes) = match renewed {
+            Renewal::Refreshed(r) => {
+                (r.access_token, r.refresh_token, r.expires_in, r.granted_scopes)
+            }
+            Renewal::AppToken(t) => (t.access_token, None, t.expires_in, None),
         };
 
         // Microsoft rotates refresh tokens; when a response has none, the old one stays.
@@ -689,6 +802,7 @@ impl TokenService {
                 now.unix_timestamp(),
                 self.margin,
             ),
+            granted_scopes,
         };
         let saved_as = match self.store.save_refresh(cid, stored.version, owner, &update).await? {
             Some(version) => {
@@ -892,7 +1006,8 @@ impl TokenService {
                 let failures = c.refresh_failures.saturating_add(1);
                 let backoff = i64::try_from(backoff_after(failures).as_secs()).unwrap_or(i64::MAX);
                 let due = now.saturating_add(backoff);
-                match self.store.postpone_refresh(cid, &owner, due, failures).await {
+                let mark = self.failure_mark(&e);
+                match self.store.postpone_refresh(cid, &owner, due, failures, &mark).await {
                     Ok(_) => {}
                     Err(postpone) => {
                         tracing::warn!(cid = %cid, error = %crate::error::chain(&postpone), "failed refresh not postponed; retried next run");
@@ -1211,7 +1326,7 @@ mod tests {
         ];
         vars.extend_from_slice(extra);
         let lookup = |k: &str| vars.iter().rfind(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned());
-        TokenService::from_sdk(&lookup, &sdk())
+        TokenService::from_sdk(crate::config::Role::ConnectionApi, &lookup, &sdk())
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub struct Calls {
     pub graph_organization: usize,
     /// Token requests with `grant_type=refresh_token` that reached the grant checks.
     pub refreshes: usize,
+    /// Every token request with `grant_type=refresh_token`, faulted ones included.
+    pub refresh_requests: usize,
     /// How many times each authorization code was presented at the token endpoint,
     /// faulted requests included, requests refused for their client credential not (the
     /// code is not looked at before the client is authenticated).
@@ -169,7 +171,11 @@ struct RefreshGrant {
 /// What a valid code or refresh token grants.
 struct Grant {
     account: Account,
+    /// What the user consented to (a refresh token carries it on).
     scope: String,
+    /// The scopes of the tokens issued now (the response's `scope`): what was asked for,
+    /// within the consent, without `offline_access` (Entra never returns that one).
+    granted: String,
     /// Issue a refresh token.
     rotate: bool,
     /// The authorize `state` the grant descends from.
@@ -201,6 +207,8 @@ struct Inner {
     issuer_keys: HashMap<String, serde_json::Value>,
     calls: Calls,
     token_fault: Option<Fault>,
+    /// A fault for refresh-token requests only (a refresh outage; sign-ins still work).
+    refresh_fault: Option<Fault>,
     me_fault: Option<Fault>,
     organization_fault: Option<Fault>,
     code_ttl: Option<Duration>,
@@ -381,6 +389,11 @@ impl Standin {
 
     pub fn set_token_fault(&self, fault: Option<Fault>) {
         self.shared.inner().token_fault = fault;
+    }
+
+    /// Answers every refresh-token request with `fault` (sign-ins are unaffected).
+    pub fn set_refresh_fault(&self, fault: Option<Fault>) {
+        self.shared.inner().refresh_fault = fault;
     }
 
     pub fn set_me_fault(&self, fault: Option<Fault>) {
@@ -805,7 +818,14 @@ async fn token(
             let code = form.get("code").cloned().unwrap_or_default();
             *inner.calls.code_presentations.entry(code).or_default() += 1;
         }
-        let fixed = inner.token_fault.clone();
+        let refresh = form.get("grant_type").is_some_and(|g| g == "refresh_token");
+        if refresh {
+            inner.calls.refresh_requests += 1;
+        }
+        let fixed = inner
+            .token_fault
+            .clone()
+            .or_else(|| if refresh { inner.refresh_fault.clone() } else { None });
         fixed.or_else(|| draw_fault(&mut inner))
     };
     if let Some(response) = apply_fault(fault).await {
@@ -1378,6 +1398,7 @@ fn redeem_code(
     Ok(Grant {
         account: code.account.clone(),
         scope: code.scope.clone(),
+        granted: code.scope.clone(),
         rotate: true,
         state: code.state.clone(),
     })
@@ -1439,25 +1460,35 @@ fn redeem_refresh_token(
         ));
     }
     let consented: Vec<&str> = grant.scope.split(' ').collect();
-    if requested.split(' ').any(|s| !consented.contains(&s)) {
+    // `<resource>/.default` asks for everything consented to the app (and nothing more).
+    let default_scope = format!("{}/.default", shared.base);
+    let granted = if requested.split(' ').any(|s| s == default_scope) {
+        grant.scope.clone()
+    } else if requested.split(' ').any(|s| !consented.contains(&s)) {
         return Err(refuse(
             StatusCode::BAD_REQUEST,
             "invalid_grant",
             65_001,
             "The user or administrator has not consented to use the application for a requested scope.",
         ));
-    }
+    } else {
+        requested.to_owned()
+    };
     Ok(Grant {
         account: grant.account.clone(),
         scope: grant.scope.clone(),
+        granted,
         rotate,
         state: grant.state.clone(),
     })
 }
 
 fn issue_tokens(shared: &Shared, client_id: &str, tenant: &str, grant: Grant) -> Response {
-    let Grant { account, scope, rotate, state } = grant;
+    let Grant { account, scope, granted, rotate, state } = grant;
     let scope = scope.as_str();
+    let granted: Vec<&str> =
+        granted.split(' ').filter(|s| !s.is_empty() && *s != "offline_access").collect();
+    let granted = granted.join(" ");
     let mut access_token = format!("eyJ0eXAi.stand-in-access.{}", random(48));
     let min_len = shared.inner().access_token_len;
     while access_token.len() < min_len {
@@ -1502,7 +1533,7 @@ fn issue_tokens(shared: &Shared, client_id: &str, tenant: &str, grant: Grant) ->
     .unwrap_or_default();
     Json(json!({
         "token_type": "Bearer",
-        "scope": scope,
+        "scope": granted,
         "expires_in": 3599,
         "ext_expires_in": 3599,
         "access_token": access_token,

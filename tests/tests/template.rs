@@ -18,6 +18,8 @@ use serde_yaml_ng::Value;
 /// Variables read by the AWS SDK rather than by our configuration; only the copy of the
 /// template that `sam local` runs (`infra/local_template.py`) declares them.
 const SDK_VARIABLES: [&str; 1] = ["AWS_ENDPOINT_URL"];
+/// Variables Lambda itself sets in every function (the code reads them to know it runs there).
+const LAMBDA_VARIABLES: [&str; 1] = ["AWS_LAMBDA_FUNCTION_NAME"];
 /// Secrets may reach deployed functions only through Secrets Manager.
 const PLAIN_SECRET_VARIABLES: [&str; 2] = [config::MICROSOFT_CLIENT_SECRET, config::START_LINK_KEY];
 
@@ -218,6 +220,58 @@ fn the_template_sets_exactly_the_variables_each_function_reads() {
                 assert!(
                     build(&binary, &Recorder::new(&fewer)).is_err(),
                     "{id}: {var} looks unnecessary"
+                );
+            }
+        }
+    }
+}
+
+/// The plain-value twin of a secret's ARN variable: local runs may give the value itself,
+/// a deployment never does (see [`PLAIN_SECRET_VARIABLES`]).
+fn arn_twin(var: &str) -> Option<&'static str> {
+    Some(match var {
+        config::MICROSOFT_CLIENT_SECRET => config::MICROSOFT_CLIENT_SECRET_ARN,
+        config::START_LINK_KEY => config::START_LINK_KEY_ARN,
+        config::AUTOKITTEH_API_TOKEN => config::AUTOKITTEH_API_TOKEN_ARN,
+        _ => return None,
+    })
+}
+
+/// The environments a function is started from in these checks: standalone (no mode
+/// variable), in every mode its template gives it, and with secretless client
+/// authentication where it authenticates to Microsoft.
+fn environments(vars: &BTreeSet<String>) -> Vec<(&'static str, Recorder)> {
+    let ours: BTreeSet<String> =
+        vars.iter().filter(|v| !SDK_VARIABLES.contains(&v.as_str())).cloned().collect();
+    let standalone: BTreeSet<String> =
+        ours.iter().filter(|v| !MODE_VARIABLES.contains(&v.as_str())).cloned().collect();
+    let mut environments =
+        vec![("standalone", Recorder::new(&standalone)), ("every mode", Recorder::new(&ours))];
+    if ours.contains(config::MICROSOFT_CLIENT_AUTH) {
+        let mut federated = standalone.clone();
+        federated.remove(config::MICROSOFT_CLIENT_SECRET_ARN);
+        let mut recorder = Recorder::new(&federated);
+        recorder.overrides.insert(config::MICROSOFT_CLIENT_AUTH.into(), "aws_federation".into());
+        environments.push(("aws_federation", recorder));
+    }
+    environments
+}
+
+#[test]
+fn every_variable_a_function_reads_is_one_the_template_gives_it() {
+    for (id, (binary, vars)) in functions(&template()) {
+        for (mode, recorder) in environments(&vars) {
+            build(&binary, &recorder).unwrap_or_else(|e| panic!("{id} ({mode}): {e}"));
+            for asked in recorder.asked() {
+                if vars.contains(&asked) || LAMBDA_VARIABLES.contains(&asked.as_str()) {
+                    continue;
+                }
+                // A secret's value is read only where its ARN may stand instead.
+                let twin = arn_twin(&asked);
+                assert!(
+                    twin.is_some_and(|arn| vars.contains(arn)),
+                    "{id} ({mode}) reads {asked}, which the template does not give it: on a \
+                     deployment it silently takes the built-in default"
                 );
             }
         }
@@ -447,6 +501,24 @@ fn the_platform_api_and_the_sign_in_routes_are_throttled_apart() {
         assert_eq!(refs(&settings["ThrottlingRateLimit"]), "ConnectionApiRateLimit");
         assert_eq!(refs(&settings["ThrottlingBurstLimit"]), "ConnectionApiBurstLimit");
     }
+    // In front of AutoKitteh its proxied routes have limits of their own, not the sign-in's.
+    let proxied = branches[2].as_mapping().expect("route settings in front of AutoKitteh");
+    let proxy_routes: BTreeSet<String> = resources_of_type(&template, "AWS::ApiGatewayV2::Route")
+        .into_iter()
+        .filter(|(_, r)| r["Condition"].as_str() == Some("ProxyToAutoKitteh"))
+        .filter_map(|(_, r)| r["Properties"]["RouteKey"].as_str().map(str::to_owned))
+        .collect();
+    let configured: BTreeSet<String> =
+        proxied.keys().map(|k| k.as_str().unwrap().to_owned()).collect();
+    assert_eq!(configured, proxy_routes, "every proxied route, and only those");
+    for settings in proxied.values() {
+        assert_eq!(refs(&settings["ThrottlingRateLimit"]), "AutoKittehRateLimit");
+        assert_eq!(refs(&settings["ThrottlingBurstLimit"]), "AutoKittehBurstLimit");
+    }
+    let parameters = &template["Parameters"];
+    let sign_in = parameters["SignInRateLimit"]["Default"].as_u64().unwrap();
+    let autokitteh = parameters["AutoKittehRateLimit"]["Default"].as_u64().unwrap();
+    assert!(autokitteh >= 100 * sign_in, "AutoKitteh's traffic is not capped like sign-ins");
     // The sign-in functions can reserve (and be held to) their own concurrency.
     for id in ["StartFunction", "RedirectFunction"] {
         let reserved = &resources(&template)[id]["Properties"]["ReservedConcurrentExecutions"];

@@ -39,7 +39,9 @@ impl ConnectionApi {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        Ok(Self { tokens: TokenService::from_sdk(lookup, sdk)? })
+        Ok(Self {
+            tokens: TokenService::from_sdk(ms_oauth::config::Role::ConnectionApi, lookup, sdk)?,
+        })
     }
 }
 
@@ -401,6 +403,23 @@ fn failure(api: &ConnectionApi, cid: &ConnectionId, e: TokenFailure) -> Response
                 StatusCode::BAD_GATEWAY,
                 &json!({"error": "app_misconfigured", "message": "Microsoft refused the connection's app credential; set a new secret or certificate on the app", "reason": reason}),
             )
+        }
+        TokenFailure::RefreshFailed { failure, retry_after_secs, .. } => {
+            tracing::warn!(cid = %cid, failure = %failure, "no token refreshed: the refresh failed");
+            if failure.starts_with(FailureClass::AppMisconfigured.as_str()) {
+                return respond(
+                    StatusCode::BAD_GATEWAY,
+                    &json!({"error": "app_misconfigured", "message": "Microsoft refused the connection's app credential; set a new secret or certificate on the app", "reason": failure}),
+                );
+            }
+            let mut r = respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "refresh_failed", "message": "the token could not be refreshed; no new token was issued, retry after the time given", "reason": failure}),
+            );
+            if let Ok(after) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, after);
+            }
+            r
         }
         TokenFailure::Corrupt => {
             tracing::error!(cid = %cid, error = %ms_oauth::error::chain(&e), "token request failed");

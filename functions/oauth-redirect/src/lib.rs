@@ -143,7 +143,7 @@ impl RedirectService {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        let config = Config::from_lookup(lookup)?;
+        let config = Config::for_role(config::Role::Redirect, lookup)?;
         let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
         let (client_secret, federation) =
             ms_oauth::runtime::client_credential_from_env(sdk, lookup)?;
@@ -409,6 +409,9 @@ async fn finish(
         refresh_failures: 0,
         refresh_queue: Some(REFRESH_QUEUE.to_owned()),
         app_client_id: flow.app_client_id.clone(),
+        granted_scopes: tokens.granted_scopes.clone(),
+        refresh_failed_at: None,
+        refresh_failure: None,
     };
     // AutoKitteh's copy: every var checked against its limits before anything is written.
     let pushed = match (&service.autokitteh, &session) {

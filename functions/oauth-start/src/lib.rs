@@ -132,7 +132,7 @@ impl StartService {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        let config = Config::from_lookup(lookup)?;
+        let config = Config::for_role(config::Role::Start, lookup)?;
         let store = Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(sdk),
             config.table_name.clone(),

@@ -45,7 +45,7 @@ impl Refresher {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        Ok(Self { tokens: TokenService::from_sdk(lookup, sdk)? })
+        Ok(Self { tokens: TokenService::from_sdk(ms_oauth::config::Role::Refresher, lookup, sdk)? })
     }
 
     /// One pass over the due connections, page by page.

@@ -247,8 +247,19 @@ async fn run(cli: Cli) -> Result<String, String> {
         }
         Command::Token { cid, force_refresh } => {
             let tokens = token_service().await?;
+            // A forced refresh that could not refresh fails (exit 2, naming the cause); it
+            // never prints the old token as if it were new.
             let grant =
                 tokens.token(&cid, force_refresh).await.map_err(|e| ms_oauth::error::chain(&e))?;
+            if grant.stale {
+                let until = grant
+                    .expires_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                eprintln!(
+                    "akoauth: warning: {cid}: a due refresh failed; this token is the stored one, valid until {until}"
+                );
+            }
             use secrecy::ExposeSecret;
             Ok(grant.access_token.expose_secret().to_owned())
         }
@@ -616,7 +627,8 @@ async fn audit(cid: &ConnectionId, log_group: &str, days: u32) -> Result<String,
 
 async fn token_service() -> Result<ms_oauth::tokens::TokenService, String> {
     let sdk = ms_oauth::runtime::aws_config().await;
-    ms_oauth::tokens::TokenService::from_sdk(&config::env_lookup, &sdk).map_err(|e| e.to_string())
+    ms_oauth::tokens::TokenService::from_sdk(config::Role::Operator, &config::env_lookup, &sdk)
+        .map_err(|e| e.to_string())
 }
 
 async fn start_link(grant: &StartGrant) -> Result<String, String> {

@@ -71,6 +71,20 @@ pub struct Connection {
     /// were issued to: refreshes must use that app.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub app_client_id: Option<String>,
+    /// The scopes Microsoft granted the connection's tokens, space-separated, as its token
+    /// response named them; every refresh asks for exactly these. Absent for connections
+    /// saved before grants were recorded, and for daemon apps.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub granted_scopes: Option<String>,
+    /// When the last refresh failed (RFC 3339), while no refresh has succeeded since; set by
+    /// the store, never by a save. Readers within [`crate::tokens::REFRESH_COOLDOWN`] of it
+    /// share that failure instead of calling Microsoft again.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refresh_failed_at: Option<String>,
+    /// The failure class (and AADSTS code) of that failure, e.g. `transient` or
+    /// `transient (AADSTS50000)`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refresh_failure: Option<String>,
 }
 
 /// A connection as read back, with the fields the store maintains.
@@ -101,4 +115,17 @@ pub struct RefreshUpdate {
     pub token_expires_at: i64,
     pub last_refresh_at: String,
     pub refresh_due_at: i64,
+    /// The scopes of the new tokens, when Microsoft named them (else the stored ones stay).
+    pub granted_scopes: Option<String>,
+}
+
+/// What a refresh that failed without ending the grant leaves on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshFailureMark {
+    /// When it failed, RFC 3339.
+    pub failed_at: String,
+    /// Its failure class and code (see [`Connection::refresh_failure`]).
+    pub failure: String,
+    /// Until when (epoch seconds) the lease stays taken, so no other reader refreshes.
+    pub cooldown_until: i64,
 }

@@ -387,17 +387,20 @@ impl Store for DynamoStore {
         update: &RefreshUpdate,
     ) -> Result<Option<u64>, StoreError> {
         let secrets = serde_dynamo::to_attribute_value(&update.secrets)?;
-        let result = self
+        // A refresh that names its scopes records them; one that does not keeps the grant's.
+        let scopes =
+            if update.granted_scopes.is_some() { ", granted_scopes = :scopes" } else { "" };
+        let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
-            .update_expression(
+            .update_expression(format!(
                 "SET secrets = :secrets, vars.oauth_expiry = :expiry, token_expires_at = :exp, \
                  last_refresh_at = :at, updated_at = :at, refresh_due_at = :due, \
-                 refresh_failures = :zero, version = version + :one, written_by = :owner \
-                 REMOVE lease_owner, lease_until",
-            )
+                 refresh_failures = :zero, version = version + :one, written_by = :owner{scopes} \
+                 REMOVE lease_owner, lease_until, refresh_failed_at, refresh_failure"
+            ))
             .condition_expression("lease_owner = :owner AND version = :version")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .expression_attribute_values(":zero", AttributeValue::N("0".into()))
@@ -414,9 +417,12 @@ impl Store for DynamoStore {
             )
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
-            .expression_attribute_values(":version", AttributeValue::N(version.to_string()))
-            .send()
-            .await;
+            .expression_attribute_values(":version", AttributeValue::N(version.to_string()));
+        if let Some(granted) = &update.granted_scopes {
+            request =
+                request.expression_attribute_values(":scopes", AttributeValue::S(granted.clone()));
+        }
+        let result = request.send().await;
         Ok(written_by_us(result, owner, version + 1, "UpdateItem")?.then_some(version + 1))
     }
 
@@ -466,6 +472,7 @@ impl Store for DynamoStore {
         owner: &str,
         due_at: i64,
         failures: u32,
+        mark: &RefreshFailureMark,
     ) -> Result<bool, StoreError> {
         let result = self
             .client
@@ -473,15 +480,48 @@ impl Store for DynamoStore {
             .table_name(&self.table)
             .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
             .update_expression(
-                "SET refresh_due_at = :due, refresh_failures = :failures \
-                 REMOVE lease_owner, lease_until",
+                "SET refresh_due_at = :due, refresh_failures = :failures, lease_until = :until, \
+                 refresh_failed_at = :at, refresh_failure = :failure",
             )
-            // Repeated after a lost answer it finds the lease gone and reports false; the
-            // postponement was made all the same.
+            // The owner is unique to the call, so a repeat after a lost answer writes the
+            // same values again.
             .condition_expression("lease_owner = :owner")
             .expression_attribute_values(":due", AttributeValue::N(due_at.to_string()))
             .expression_attribute_values(":failures", AttributeValue::N(failures.to_string()))
             .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(
+                ":until",
+                AttributeValue::N(mark.cooldown_until.to_string()),
+            )
+            .expression_attribute_values(":at", AttributeValue::S(mark.failed_at.clone()))
+            .expression_attribute_values(":failure", AttributeValue::S(mark.failure.clone()))
+            .send()
+            .await;
+        conditional(result.map(drop), "UpdateItem")
+    }
+
+    async fn hold_after_failure(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        mark: &RefreshFailureMark,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .update_expression(
+                "SET lease_until = :until, refresh_failed_at = :at, refresh_failure = :failure",
+            )
+            .condition_expression("lease_owner = :owner")
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(
+                ":until",
+                AttributeValue::N(mark.cooldown_until.to_string()),
+            )
+            .expression_attribute_values(":at", AttributeValue::S(mark.failed_at.clone()))
+            .expression_attribute_values(":failure", AttributeValue::S(mark.failure.clone()))
             .send()
             .await;
         conditional(result.map(drop), "UpdateItem")

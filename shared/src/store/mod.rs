@@ -15,15 +15,24 @@ mod shares;
 #[cfg(any(test, feature = "testing"))]
 pub use crate::testing::MemoryStore;
 pub use app::{AppRecord, StoredApp};
-pub use connection::{Connection, ConnectionVars, RefreshUpdate, Removed, StoredConnection};
+pub use connection::{
+    Connection, ConnectionVars, RefreshFailureMark, RefreshUpdate, Removed, StoredConnection,
+};
 pub use dynamo::DynamoStore;
 pub use flow::PendingFlow;
 pub use shares::{DynamoKeyShares, SHARE_PARTITION_KEY, SHARE_SORT_KEY};
 
 /// Top-level attributes of a connection item that are absent when unset: a save that does
 /// not set one must remove it, or a re-sign-in would keep the previous grant's value.
-pub(crate) const OPTIONAL_CONNECTION_ATTRIBUTES: [&str; 4] =
-    ["status_reason", "autokitteh_user_id", "refresh_queue", "app_client_id"];
+pub(crate) const OPTIONAL_CONNECTION_ATTRIBUTES: [&str; 7] = [
+    "status_reason",
+    "autokitteh_user_id",
+    "refresh_queue",
+    "app_client_id",
+    "granted_scopes",
+    "refresh_failed_at",
+    "refresh_failure",
+];
 
 /// Attributes of an app item that are absent when unset (a certificate's facts, the
 /// credential a new one replaced).
@@ -135,14 +144,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: &str,
         now: &str,
     ) -> Result<bool, StoreError>;
-    /// After a failed refresh: gives the lease back and moves the next attempt to `due_at`,
-    /// counting `failures` in a row. `Ok(false)` when `owner` no longer held the lease.
+    /// After a failed scheduled refresh: moves the next attempt to `due_at`, counting
+    /// `failures` in a row, and leaves `mark` (the lease stays taken until its cooldown
+    /// ends). `Ok(false)` when `owner` no longer held the lease.
     async fn postpone_refresh(
         &self,
         id: &ConnectionId,
         owner: &str,
         due_at: i64,
         failures: u32,
+        mark: &RefreshFailureMark,
+    ) -> Result<bool, StoreError>;
+    /// After a refresh that failed without ending the grant: leaves `mark` on the connection
+    /// and keeps the lease until its cooldown ends, so readers share the failure instead of
+    /// each calling Microsoft. `Ok(false)` when `owner` no longer held the lease. Safe to
+    /// repeat.
+    async fn hold_after_failure(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        mark: &RefreshFailureMark,
     ) -> Result<bool, StoreError>;
     /// Gives the lease back without writing tokens.
     async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError>;

@@ -133,6 +133,11 @@ impl Store for MemoryStore {
                 c.updated_at = update.last_refresh_at.clone();
                 c.refresh_due_at = update.refresh_due_at;
                 c.refresh_failures = 0;
+                if let Some(granted) = &update.granted_scopes {
+                    c.granted_scopes = Some(granted.clone());
+                }
+                c.refresh_failed_at = None;
+                c.refresh_failure = None;
                 stored.version += 1;
                 leases.remove(&key);
                 Ok(Some(stored.version))
@@ -191,6 +196,24 @@ impl Store for MemoryStore {
         owner: &str,
         due_at: i64,
         failures: u32,
+        mark: &RefreshFailureMark,
+    ) -> Result<bool, StoreError> {
+        if !self.hold_after_failure(id, owner, mark).await? {
+            return Ok(false);
+        }
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        if let Some(stored) = connections.get_mut(&connection_key(id)) {
+            stored.connection.refresh_due_at = due_at;
+            stored.connection.refresh_failures = failures;
+        }
+        Ok(true)
+    }
+
+    async fn hold_after_failure(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        mark: &RefreshFailureMark,
     ) -> Result<bool, StoreError> {
         let mut connections = self.connections.lock().map_err(|_| poisoned())?;
         let mut leases = self.leases.lock().map_err(|_| poisoned())?;
@@ -198,10 +221,10 @@ impl Store for MemoryStore {
         if leases.get(&key).is_none_or(|(holder, _)| holder != owner) {
             return Ok(false);
         }
-        leases.remove(&key);
+        leases.insert(key.clone(), (owner.to_owned(), mark.cooldown_until));
         if let Some(stored) = connections.get_mut(&key) {
-            stored.connection.refresh_due_at = due_at;
-            stored.connection.refresh_failures = failures;
+            stored.connection.refresh_failed_at = Some(mark.failed_at.clone());
+            stored.connection.refresh_failure = Some(mark.failure.clone());
         }
         Ok(true)
     }

@@ -14,7 +14,7 @@ use crate::domain::{ConnectionId, Origin};
 use crate::state::StateKey;
 use crate::store::{
     AUTH_TYPE_DEFAULT, Connection, ConnectionVars, ConsumeError, PendingFlow, REFRESH_QUEUE,
-    RefreshUpdate, STATUS_NEEDS_REAUTH, STATUS_OK, Store, StoreError,
+    RefreshFailureMark, RefreshUpdate, STATUS_NEEDS_REAUTH, STATUS_OK, Store, StoreError,
 };
 
 const NOW: i64 = 1_800_000_000;
@@ -68,6 +68,9 @@ pub fn connection(id: &ConnectionId, due: i64) -> Connection {
         refresh_failures: 0,
         refresh_queue: Some(REFRESH_QUEUE.into()),
         app_client_id: None,
+        granted_scopes: Some("Mail.Read openid User.Read profile email".into()),
+        refresh_failed_at: None,
+        refresh_failure: None,
     }
 }
 
@@ -94,6 +97,8 @@ fn update(mark: u8, due: i64) -> RefreshUpdate {
         token_expires_at: NOW + 7200,
         last_refresh_at: "2027-01-15T10:00:00Z".into(),
         refresh_due_at: due,
+        // Mark 2's refresh names its scopes; the others' do not.
+        granted_scopes: (mark == 2).then(|| "Mail.Read User.Read".into()),
     }
 }
 
@@ -106,6 +111,7 @@ pub async fn check(store: &dyn Store) {
     leases_are_exclusive_and_end_with_the_write(store).await;
     a_dead_grant_leaves_the_refresh_queue(store).await;
     failed_refreshes_are_postponed_and_counted_until_one_succeeds(store).await;
+    a_failed_refresh_holds_the_lease_through_its_cooldown(store).await;
     deletes_report_what_was_removed_once(store).await;
     apps_are_replaced_whole_and_kept_apart_from_tokens(store).await;
     a_walk_sees_every_connection_once_and_nothing_else(store).await;
@@ -377,6 +383,7 @@ async fn leases_are_exclusive_and_end_with_the_write(store: &dyn Store) {
     assert_eq!(stored.connection.refresh_due_at, NOW + 500);
     assert_eq!(stored.connection.token_expires_at, NOW + 7200);
     assert_eq!(stored.connection.vars.oauth_expiry, "2027-01-15T11:00:00Z");
+    assert_eq!(stored.connection.granted_scopes.as_deref(), Some("Mail.Read User.Read"));
     // Released by the write: the next holder takes it at the new version only.
     assert!(!store.acquire_lease(&id, 1, "b", NOW + 60, NOW).await.unwrap());
     assert!(store.acquire_lease(&id, 2, "b", NOW + 60, NOW).await.unwrap());
@@ -413,19 +420,62 @@ async fn failed_refreshes_are_postponed_and_counted_until_one_succeeds(store: &d
     let due = store.due_connections(NOW, 1000).await.unwrap();
     let position = |id: &ConnectionId| due.iter().position(|d| d == id).unwrap();
     assert!(position(&early) < position(&late), "oldest first");
-    assert!(!store.postpone_refresh(&early, "a", NOW + 300, 1).await.unwrap(), "no lease");
+    let mark = failure_mark(NOW + 30);
+    assert!(!store.postpone_refresh(&early, "a", NOW + 300, 1, &mark).await.unwrap(), "no lease");
     assert!(store.acquire_lease(&early, 1, "a", NOW + 60, NOW).await.unwrap());
-    assert!(store.postpone_refresh(&early, "a", NOW + 300, 1).await.unwrap());
+    assert!(store.postpone_refresh(&early, "a", NOW + 300, 1, &mark).await.unwrap());
+    assert!(store.postpone_refresh(&early, "a", NOW + 300, 1, &mark).await.unwrap(), "repeat");
     let stored = store.get_connection(&early).await.unwrap().unwrap();
     assert_eq!(stored.connection.refresh_due_at, NOW + 300);
     assert_eq!(stored.connection.refresh_failures, 1);
+    assert_eq!(stored.connection.refresh_failed_at.as_deref(), Some("2027-01-15T10:00:00Z"));
+    assert_eq!(stored.connection.refresh_failure.as_deref(), Some("transient"));
     assert_eq!(stored.version, 1, "a postponement is not a new version");
     assert!(!store.due_connections(NOW, 1000).await.unwrap().contains(&early));
-    // The lease is given back; a later refresh succeeds and resets the count.
-    assert!(store.acquire_lease(&early, 1, "b", NOW + 60, NOW).await.unwrap());
+    // The lease stays taken through the cooldown, then anyone may refresh; a later refresh
+    // succeeds, resets the count and clears the failure.
+    assert!(!store.acquire_lease(&early, 1, "b", NOW + 60, NOW + 29).await.unwrap(), "cooldown");
+    assert!(store.acquire_lease(&early, 1, "b", NOW + 91, NOW + 31).await.unwrap());
     assert_eq!(store.save_refresh(&early, 1, "b", &update(3, NOW + 900)).await.unwrap(), Some(2));
     let stored = store.get_connection(&early).await.unwrap().unwrap();
     assert_eq!(stored.connection.refresh_failures, 0);
+    assert_eq!(stored.connection.refresh_failed_at, None);
+    assert_eq!(stored.connection.refresh_failure, None);
+    // A refresh that names no scopes keeps the grant's.
+    assert_eq!(
+        stored.connection.granted_scopes.as_deref(),
+        Some("Mail.Read openid User.Read profile email")
+    );
+}
+
+fn failure_mark(cooldown_until: i64) -> RefreshFailureMark {
+    RefreshFailureMark {
+        failed_at: "2027-01-15T10:00:00Z".into(),
+        failure: "transient".into(),
+        cooldown_until,
+    }
+}
+
+async fn a_failed_refresh_holds_the_lease_through_its_cooldown(store: &dyn Store) {
+    let id = fresh_connection_id();
+    store.save_connection(&connection(&id, NOW + 100)).await.unwrap();
+    let mark = failure_mark(NOW + 30);
+    assert!(!store.hold_after_failure(&id, "a", &mark).await.unwrap(), "no lease");
+    assert!(store.acquire_lease(&id, 1, "a", NOW + 60, NOW).await.unwrap());
+    assert!(store.hold_after_failure(&id, "a", &mark).await.unwrap());
+    assert!(store.hold_after_failure(&id, "a", &mark).await.unwrap(), "safe to repeat");
+    assert!(!store.hold_after_failure(&id, "b", &mark).await.unwrap(), "not b's");
+    let stored = store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(stored.version, 1, "a failure is not a new version");
+    assert_eq!(stored.connection.refresh_failure.as_deref(), Some("transient"));
+    assert!(!store.acquire_lease(&id, 1, "b", NOW + 60, NOW + 30).await.unwrap(), "cooldown");
+    assert!(store.acquire_lease(&id, 1, "b", NOW + 91, NOW + 31).await.unwrap(), "after it");
+    // A new sign-in clears the failure with everything else of the earlier grant.
+    store.save_connection(&connection(&id, NOW + 100)).await.unwrap();
+    let stored = store.get_connection(&id).await.unwrap().unwrap();
+    assert_eq!(stored.connection.refresh_failed_at, None);
+    assert_eq!(stored.connection.refresh_failure, None);
+    assert!(store.acquire_lease(&id, 2, "c", NOW + 60, NOW).await.unwrap());
 }
 
 async fn deletes_report_what_was_removed_once(store: &dyn Store) {

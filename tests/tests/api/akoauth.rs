@@ -408,3 +408,34 @@ async fn reseal_moves_every_connection_to_a_new_key_leaving_busy_ones_for_the_ne
         assert_eq!(reqwest::get(&token).await.unwrap().status(), 200);
     }
 }
+
+#[tokio::test]
+async fn during_a_refresh_outage_twelve_operators_forcing_a_refresh_make_one_and_all_say_it_failed()
+{
+    binary();
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, ms_oauth::domain::Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    let old = app.secret_vars(&app.connection(&cid).await.unwrap()).await;
+    let old = old["oauth_access_token"].as_str().unwrap().to_owned();
+    app.standin.set_refresh_fault(Some(ms_oauth_tests::standin::Fault::Status(503)));
+    let before = app.standin.calls().refresh_requests;
+    let cid_arg = cid.to_string();
+    let args = ["token", "--cid", cid_arg.as_str(), "--force-refresh"];
+    let runs = (0..12).map(|_| akoauth(&app, &args, None));
+    let results = futures::future::join_all(runs).await;
+    let calls = app.standin.calls().refresh_requests - before;
+    assert!((1..=2).contains(&calls), "{calls} refresh calls for 12 forced refreshes");
+    for (ok, out, err) in results {
+        assert!(!ok, "a forced refresh that failed must not succeed: {out}");
+        assert!(!out.contains(&old), "the old token printed as new");
+        assert!(err.contains("could not be refreshed (transient)"), "{err}");
+    }
+    // A plain read still prints the stored token (it is valid), without a warning: it was
+    // not due.
+    let (ok, out, err) = akoauth(&app, &["token", "--cid", &cid_arg], None).await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), old);
+    assert!(!err.contains("warning"), "{err}");
+}

@@ -159,12 +159,16 @@ async fn a_rotated_private_secret_is_set_again_without_a_new_sign_in() {
     let (app, cid, old) = signed_in_with_private_secret().await;
 
     // The owner rotates the secret in Entra: refreshes are refused as the app's fault, and
-    // the connection does not lose its grant. While the token is valid it is served stale.
+    // the connection does not lose its grant. A forced refresh says so (never the old token
+    // as new); a plain read still gets the valid token.
     let new = format!("pv~{}", ms_oauth_tests::random_base32(30));
     app.standin.set_app_secrets(PRIVATE_CLIENT, &[&new]);
     let token_path = format!("/connections/{cid}/token?force_refresh=true");
-    let (status, stale) = call(&app, reqwest::Method::GET, &token_path, None).await;
-    assert_eq!((status, &stale["stale"]), (200, &json!(true)), "{stale}");
+    let (status, refused) = call(&app, reqwest::Method::GET, &token_path, None).await;
+    assert_eq!((status, &refused["error"]), (502, &json!("app_misconfigured")), "{refused}");
+    let plain = format!("/connections/{cid}/token");
+    let (status, stored) = call(&app, reqwest::Method::GET, &plain, None).await;
+    assert_eq!((status, &stored["refreshed"]), (200, &json!(false)), "{stored}");
     app.clock.advance(std::time::Duration::from_secs(3600));
     let (status, refused) = call(&app, reqwest::Method::GET, &token_path, None).await;
     assert_eq!(status, 502, "{refused}");

@@ -122,6 +122,9 @@ pub struct AppOptions {
     /// `TestApp::sts`), trusted by a federated identity credential; Microsoft knows no
     /// secret of the deployment.
     pub aws_federation: bool,
+    /// With `from_template`: SAM parameters of the deployment beyond the test's own (for
+    /// example `MicrosoftScopes`).
+    pub parameters: Vec<(&'static str, String)>,
 }
 
 impl Default for AppOptions {
@@ -139,6 +142,7 @@ impl Default for AppOptions {
             ak_write_back: false,
             from_template: false,
             aws_federation: false,
+            parameters: Vec::new(),
         }
     }
 }
@@ -522,6 +526,9 @@ async fn spawn_from_template(
     }
     if let Some(tenant) = &options.tenant {
         parameters.insert("MicrosoftTenantId".into(), tenant.clone());
+    }
+    for (name, value) in &options.parameters {
+        parameters.insert((*name).to_owned(), value.clone());
     }
     let mut ak_service_user = None;
     if let Some(ak) = &autokitteh {

@@ -9,6 +9,7 @@ mod apps;
 mod audit;
 mod autokitteh;
 mod binding;
+mod deployments;
 mod events;
 mod faults;
 mod federation;

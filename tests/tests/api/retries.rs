@@ -53,6 +53,9 @@ fn connection(cid: &ConnectionId, autokitteh_user_id: Option<&str>) -> Connectio
         refresh_failures: 0,
         refresh_queue: Some(REFRESH_QUEUE.into()),
         app_client_id: None,
+        granted_scopes: None,
+        refresh_failed_at: None,
+        refresh_failure: None,
     }
 }
 
@@ -102,6 +105,7 @@ async fn a_lost_answer_to_the_refresh_save_reports_it_saved() {
         token_expires_at: 1_900_003_600,
         last_refresh_at: "2026-11-29T00:00:00Z".into(),
         refresh_due_at: 1_900_003_300,
+        granted_scopes: Some("User.Read openid profile".into()),
     };
     let saved = with_lost_answer(
         &proxy,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::events::EventKind;
+use ms_oauth::tokens::{REFRESH_ATTEMPTS, REFRESH_COOLDOWN};
 use ms_oauth_tests::standin::Fault;
 use serde_json::Value;
 
@@ -156,27 +157,37 @@ async fn transient_failures_retry_then_serve_the_valid_token_or_a_clear_503() {
     app.standin.set_token_fault(Some(Fault::Status(503)));
     let before = app.standin.calls().token_requests;
 
-    // Due for refresh but still valid: three attempts, then the old token.
+    // Due for refresh but still valid: two attempts, then the old token, marked stale.
     near_expiry(&app);
     let (status, body) = token(&app, &cid, false).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["access_token"], issued["oauth_access_token"]);
     assert_eq!(body["stale"], true);
-    assert_eq!(app.standin.calls().token_requests - before, 3);
+    assert_eq!(app.standin.calls().token_requests - before, REFRESH_ATTEMPTS as usize);
 
-    // Expired: nothing valid to serve.
+    // Within the cooldown the next reader shares that failure: no call.
+    let (status, body) = token(&app, &cid, false).await;
+    assert_eq!((status, &body["stale"]), (200, &Value::Bool(true)), "{body}");
+    assert_eq!(app.standin.calls().token_requests - before, REFRESH_ATTEMPTS as usize);
+
+    // Expired: nothing valid to serve; the answer says the refresh failed, and when to retry.
     app.clock.advance(Duration::from_secs(600));
     let (status, body, headers) =
         api(&app, reqwest::Method::GET, &format!("/connections/{cid}/token")).await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(body["error"], "unavailable");
-    assert_eq!(headers["retry-after"], "5");
+    assert_eq!(body["error"], "refresh_failed");
+    assert_eq!(body["reason"], "transient");
+    assert_eq!(headers["retry-after"], REFRESH_COOLDOWN.as_secs().to_string());
+    assert!(body.get("access_token").is_none());
 
-    // Once Microsoft is back, the next request refreshes (the lease was released).
+    // Once Microsoft is back and the cooldown is over, the next request refreshes.
     app.standin.set_token_fault(None);
+    app.clock.advance(REFRESH_COOLDOWN);
     let (status, body) = token(&app, &cid, false).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["refreshed"], true);
+    let stored = app.connection(&cid).await.unwrap().connection;
+    assert_eq!((stored.refresh_failed_at, stored.refresh_failure), (None, None));
 }
 
 #[tokio::test]

@@ -1,0 +1,172 @@
+//! Deployments as the template wires them (each function from the environment the resolved
+//! template gives it), with settings users change: the scopes a sign-in asks for, and what a
+//! refresh then asks for; a refresh outage met by a burst of readers.
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use ms_oauth::domain::{ConnectionId, Origin};
+use ms_oauth::tokens::REFRESH_COOLDOWN;
+use ms_oauth_tests::standin::Fault;
+use serde_json::Value;
+use token_refresher::Report;
+
+use crate::helpers::*;
+
+/// What a deployment that reads mail and calendars asks for (`MicrosoftScopes`).
+const OWN_SCOPES: &str = "User.Read Mail.Read Calendars.Read";
+
+async fn get(app: &TestApp, path: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{}{path}", app.api_address))
+        .send()
+        .await
+        .expect("connection API");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("JSON");
+    crate::openapi::assert_documented("GET", path, status, &body);
+    (status, body)
+}
+
+fn scopes_of(authorize_url: &str) -> Vec<String> {
+    let url = url::Url::parse(authorize_url).unwrap();
+    let scope = url.query_pairs().find(|(k, _)| k == "scope").map(|(_, v)| v.into_owned());
+    scope.unwrap_or_default().split(' ').map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_deployment_with_its_own_scopes_refreshes_from_the_api_and_from_the_refresher() {
+    let app = spawn_app_with(AppOptions {
+        from_template: true,
+        parameters: vec![("MicrosoftScopes", OWN_SCOPES.to_owned())],
+        ..AppOptions::default()
+    })
+    .await;
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    let asked = scopes_of(&flow.authorize_url);
+    assert!(asked.contains(&"Mail.Read".to_owned()), "{asked:?}");
+    assert!(!asked.iter().any(|s| s.starts_with("Channel")), "the default list: {asked:?}");
+
+    // What Microsoft granted is kept with the connection (offline_access is never named).
+    let stored = app.connection(&cid).await.unwrap().connection;
+    let granted = stored.granted_scopes.clone().expect("granted scopes recorded");
+    assert!(granted.split(' ').any(|s| s == "Calendars.Read"), "{granted}");
+    assert!(!granted.split(' ').any(|s| s == "offline_access"), "{granted}");
+
+    // The connection API refreshes with exactly that grant, which Microsoft accepts.
+    let refreshes = app.standin.calls().refreshes;
+    let (status, body) = get(&app, &format!("/connections/{cid}/token?force_refresh=true")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["refreshed"], true, "{body}");
+    assert_eq!(body["stale"], false, "{body}");
+    assert_eq!(app.standin.calls().refreshes, refreshes + 1);
+
+    // So does the refresher.
+    app.make_due(&cid).await;
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report, Report { due: 1, refreshed: 1, ..Report::default() });
+    let stored = app.connection(&cid).await.unwrap().connection;
+    assert_eq!(stored.status, "ok", "{:?}", stored.status_reason);
+    assert_eq!(stored.granted_scopes.as_deref(), Some(granted.as_str()));
+    let (status, body) = get(&app, &format!("/connections/{cid}")).await;
+    assert_eq!((status, &body["status"]), (200, &Value::from("ok")), "{body}");
+}
+
+#[tokio::test]
+async fn a_connection_saved_before_grants_were_recorded_refreshes_with_what_was_consented() {
+    let app = spawn_app_with(AppOptions {
+        from_template: true,
+        parameters: vec![("MicrosoftScopes", OWN_SCOPES.to_owned())],
+        ..AppOptions::default()
+    })
+    .await;
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    let granted = app.connection(&cid).await.unwrap().connection.granted_scopes.unwrap();
+    // As an item saved by an earlier version: no record of the grant.
+    app.dynamodb
+        .update_item()
+        .table_name(&app.table)
+        .key("pk", AttributeValue::S(format!("conn#{cid}")))
+        .update_expression("REMOVE granted_scopes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(app.connection(&cid).await.unwrap().connection.granted_scopes, None);
+
+    let (status, body) = get(&app, &format!("/connections/{cid}/token?force_refresh=true")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["refreshed"], true, "{body}");
+    // Microsoft named the consented scopes in its answer: from now on they are the grant.
+    let stored = app.connection(&cid).await.unwrap().connection;
+    assert_eq!(stored.granted_scopes.as_deref(), Some(granted.as_str()));
+    assert_eq!(stored.status, "ok");
+}
+
+#[tokio::test]
+async fn during_a_refresh_outage_a_burst_of_forced_refreshes_makes_one_refresh_and_no_old_token() {
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    let stored = app.secret_vars(&app.connection(&cid).await.unwrap()).await;
+    let old_token = stored["oauth_access_token"].as_str().unwrap().to_owned();
+    app.standin.set_refresh_fault(Some(Fault::Status(503)));
+    let before = app.standin.calls().refresh_requests;
+
+    let path = format!("/connections/{cid}/token?force_refresh=true");
+    let burst = (0..12).map(|_| get(&app, &path));
+    let answers = futures::future::join_all(burst).await;
+    let calls = app.standin.calls().refresh_requests - before;
+    // One refresh, tried at most twice: the other readers shared its outcome.
+    assert!((1..=2).contains(&calls), "{calls} refresh calls for 12 readers");
+    for (status, body) in &answers {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(body["error"], "refresh_failed", "{body}");
+        assert_eq!(body["reason"], "transient", "{body}");
+        assert!(!body.to_string().contains(&old_token), "the old token is never served as new");
+    }
+    let shared = app.metrics.count(
+        ms_oauth::metrics::name::REFRESH,
+        &[("Trigger", "request"), ("Outcome", "cooldown")],
+    );
+    assert_eq!(shared, 11, "every reader but the one that called shared its failure");
+
+    // A plain read meanwhile still gets the valid token, said to be stale.
+    let (status, body) = get(&app, &format!("/connections/{cid}/token")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["refreshed"], false);
+    // Fresh (not within the margin): served as stored, not stale.
+    assert_eq!(body["access_token"], old_token);
+
+    // After the cooldown, with Microsoft back, a forced refresh refreshes.
+    app.standin.set_refresh_fault(None);
+    app.clock.advance(REFRESH_COOLDOWN + Duration::from_secs(1));
+    let (status, body) = get(&app, &path).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["refreshed"], true);
+    assert_ne!(body["access_token"], old_token);
+}
+
+#[tokio::test]
+async fn a_plain_read_of_a_due_token_during_an_outage_says_it_is_stale() {
+    let app = spawn_app().await;
+    let cid: ConnectionId = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    app.standin.set_refresh_fault(Some(Fault::Status(500)));
+    // Four minutes before expiry: due, still valid.
+    app.clock.advance(Duration::from_secs(3599 - 240));
+    let before = app.standin.calls().refresh_requests;
+    let path = format!("/connections/{cid}/token");
+    let readers = (0..6).map(|_| get(&app, &path));
+    for (status, body) in futures::future::join_all(readers).await {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["stale"], true, "{body}");
+    }
+    let calls = app.standin.calls().refresh_requests - before;
+    assert!((1..=2).contains(&calls), "{calls} refresh calls for 6 readers");
+}

@@ -90,16 +90,6 @@ impl Actor {
     }
 }
 
-/// Metrics and the audit trail of a function, from its environment.
-pub fn observability(
-    sdk: &aws_config::SdkConfig,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> (std::sync::Arc<dyn Metrics>, std::sync::Arc<dyn AuditTrail>) {
-    let metrics = crate::metrics::from_env(lookup);
-    let audit = from_env(sdk, lookup, metrics.clone());
-    (metrics, audit)
-}
-
 /// Who asks, and the id of the request they asked in (so an act publishes with the same id
 /// however often it is published).
 #[derive(Debug, Clone)]
@@ -290,14 +280,15 @@ impl AuditTrail for LambdaAudit {
 /// The trail from the environment: lines on Lambda (`AWS_LAMBDA_FUNCTION_NAME` set), the
 /// bus `AUDIT_BUS_NAME` when set; none of either elsewhere.
 pub fn from_env(
-    sdk: &aws_config::SdkConfig,
+    eventbridge: impl FnOnce() -> aws_sdk_eventbridge::Client,
     lookup: &dyn Fn(&str) -> Option<String>,
     metrics: std::sync::Arc<dyn Metrics>,
 ) -> std::sync::Arc<dyn AuditTrail> {
+    // The client is built only for a bus: nothing at init that no request needs.
     let bus = lookup(crate::config::AUDIT_BUS_NAME)
         .map(|b| b.trim().to_owned())
         .filter(|b| !b.is_empty())
-        .map(|b| (aws_sdk_eventbridge::Client::new(sdk), b));
+        .map(|b| (eventbridge(), b));
     let lines = lookup(crate::metrics::LAMBDA_FUNCTION_NAME).is_some_and(|n| !n.trim().is_empty());
     if !lines && bus.is_none() {
         return std::sync::Arc::new(NoAudit);

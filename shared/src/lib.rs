@@ -28,6 +28,7 @@ pub mod secrets;
 pub mod state;
 pub mod store;
 pub mod tokens;
+pub mod wiring;
 pub mod writeback;
 
 #[doc(hidden)]

@@ -315,34 +315,6 @@ fn parse_time(rfc: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(rfc, &Rfc3339).ok()
 }
 
-/// The write-back to AutoKitteh when `AUTOKITTEH_API_TOKEN[_ARN]` is set; it needs
-/// `AUTOKITTEH_API_URL` (where to write).
-fn write_back_from(
-    lookup: &dyn Fn(&str) -> Option<String>,
-    sdk: &aws_config::SdkConfig,
-    config: &crate::config::Config,
-    http: &reqwest::Client,
-) -> Result<Option<Arc<WriteBack>>, crate::config::ConfigError> {
-    use crate::config::{AUTOKITTEH_API_TOKEN, AUTOKITTEH_API_TOKEN_ARN, AUTOKITTEH_API_URL};
-    let given = [AUTOKITTEH_API_TOKEN, AUTOKITTEH_API_TOKEN_ARN]
-        .into_iter()
-        .find(|var| lookup(var).is_some_and(|v| !v.trim().is_empty()));
-    let Some(var) = given else { return Ok(None) };
-    let Some(autokitteh) = crate::runtime::autokitteh_from_config(config, http) else {
-        return Err(crate::config::ConfigError {
-            var,
-            problem: format!("needs {AUTOKITTEH_API_URL}, the AutoKitteh it writes to"),
-        });
-    };
-    let token = crate::runtime::secret_from_env(
-        sdk,
-        lookup,
-        AUTOKITTEH_API_TOKEN,
-        AUTOKITTEH_API_TOKEN_ARN,
-    )?;
-    Ok(Some(Arc::new(WriteBack::new(autokitteh, token))))
-}
-
 impl TokenService {
     /// Builds the service from the environment as `role` reads it (the variables of the
     /// redirect function that concern tokens, plus `EVENT_BUS_NAME` and
@@ -352,28 +324,30 @@ impl TokenService {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, crate::config::ConfigError> {
-        use crate::config::{self, Config};
-        let config = Config::for_role(role, lookup)?;
-        let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
-        let (client_secret, federation) = crate::runtime::client_credential_from_env(sdk, lookup)?;
-        let margin = config.refresh_margin;
-        let http = crate::runtime::http_client(&config)?;
-        let write_back = write_back_from(lookup, sdk, &config, &http)?;
-        let (metrics, audit) = crate::audit::observability(sdk, lookup);
-        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+        Self::wire(&crate::wiring::Wiring::new(role, lookup, sdk))
+    }
+
+    /// Builds the service through `wiring`.
+    pub fn wire(wiring: &crate::wiring::Wiring<'_>) -> Result<Self, crate::config::ConfigError> {
+        let config = wiring.config()?;
+        let (client_secret, federation) = wiring.client_credential()?;
+        let http = wiring.http(&config)?;
+        let write_back = wiring.write_back(&config, &http)?;
+        let (metrics, audit) = wiring.observability();
+        let dynamodb = wiring.dynamodb();
         Ok(Self {
-            shares: crate::runtime::key_shares_from_env(&dynamodb, lookup)?,
-            store: Arc::new(crate::store::DynamoStore::new(dynamodb, config.table_name.clone())),
-            keys: Arc::new(crate::crypto::KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key)),
+            shares: wiring.key_shares(&dynamodb)?,
+            store: wiring.store(&config, &dynamodb),
+            keys: wiring.data_keys()?,
             microsoft: Microsoft::new(crate::microsoft::Endpoints::new(&config), http),
             client_secret: Arc::new(client_secret),
-            clock: Arc::new(crate::clock::SystemClock),
-            events: crate::runtime::events_from_env(sdk, lookup),
+            clock: wiring.clock(),
+            events: wiring.events(),
             table: config.table_name,
-            margin,
-            backoff: Duration::from_millis(200),
+            margin: config.refresh_margin,
+            backoff: wiring.retry_backoff(),
             write_back,
-            metrics: metrics.clone(),
+            metrics,
             audit,
             federation,
         })

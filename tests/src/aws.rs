@@ -264,3 +264,23 @@ pub async fn ensure_secret(
         .arn
         .ok_or_else(|| "CreateSecret returned no ARN".to_owned())
 }
+
+/// Makes the EventBridge bus `name` (or finds it) and returns its ARN.
+pub async fn ensure_event_bus(
+    client: &aws_sdk_eventbridge::Client,
+    name: &str,
+) -> Result<String, String> {
+    if let Ok(out) = client.describe_event_bus().name(name).send().await
+        && let Some(arn) = out.arn
+    {
+        return Ok(arn);
+    }
+    client
+        .create_event_bus()
+        .name(name)
+        .send()
+        .await
+        .map_err(|e| format!("CreateEventBus: {}", ms_oauth::error::chain(&e)))?
+        .event_bus_arn
+        .ok_or_else(|| "CreateEventBus returned no ARN".to_owned())
+}

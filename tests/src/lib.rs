@@ -5,6 +5,7 @@
 pub mod autokitteh;
 pub mod aws;
 pub mod chaos;
+pub mod deploy;
 pub mod frontdoor;
 pub mod iam;
 pub mod load;

@@ -8,20 +8,21 @@
 //! every failure is a clear page, no connection is half-written or holds another sign-in's
 //! tokens, and no authorization code reaches the token endpoint twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use ms_oauth::config::{self, Config};
+use ms_oauth::config;
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::grant::GrantKey;
+use ms_oauth::wiring::Overrides;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::aws;
 use crate::chaos::{ChaosCounts, ChaosProxy};
-use crate::local::{self, Functions, Resources};
+use crate::local;
 use crate::standin::{AccountKind, Fault, RandomFaults, Registration, Standin, accounts_for};
+use crate::{aws, deploy};
 
 const CLIENT_ID: &str = "7c1e4f0a-8b2d-4e6f-a1c3-5d7e9f0b2c4d";
 const CLIENT_SECRET: &str = "load-run-client-secret~not-a-real-one";
@@ -185,10 +186,7 @@ impl LoadStack {
     pub async fn start_with_secret_ttl(moto: &str, secret_ttl: Duration) -> Result<Self, String> {
         let name = format!("load-{}", crate::random_base32(10));
         let setup = aws::sdk_config(moto).await;
-        aws::ensure_table(&aws_sdk_dynamodb::Client::new(&setup), &name).await?;
-        let kms_key =
-            aws::ensure_kms_key(&aws_sdk_kms::Client::new(&setup), &format!("alias/{name}"))
-                .await?;
+        let resources = deploy::Resources::make(&setup, &name, START_KEY).await?;
         let secret_arn = aws::ensure_secret(
             &aws_sdk_secretsmanager::Client::new(&setup),
             &format!("{name}/client-secret"),
@@ -215,28 +213,24 @@ impl LoadStack {
             },
         )
         .map_err(|e| e.to_string())?;
-        let vars: HashMap<&str, String> = HashMap::from([
-            (config::WEBHOOK_ADDRESS, address.clone()),
-            (config::MICROSOFT_CLIENT_ID, CLIENT_ID.to_owned()),
-            (config::MICROSOFT_TENANT_ID, TENANT.to_owned()),
-            (config::MICROSOFT_AUTHORITY_HOST, standin.url()),
-            (config::MICROSOFT_GRAPH_URL, standin.url()),
-            (config::OAUTH_TABLE_NAME, name.clone()),
+        // The template deployed with the stand-in as identity platform, every function built
+        // from the environment it gives that function.
+        let parameters = BTreeMap::from([
+            ("MicrosoftClientId".to_owned(), CLIENT_ID.to_owned()),
+            ("MicrosoftClientSecretArn".to_owned(), secret_arn.clone()),
+            ("MicrosoftTenantId".to_owned(), TENANT.to_owned()),
+            ("MicrosoftAuthorityHost".to_owned(), standin.url()),
+            ("MicrosoftGraphUrl".to_owned(), standin.url()),
         ]);
-        let mut config =
-            Config::from_lookup(&|k| vars.get(k).cloned()).map_err(|e| e.to_string())?;
-        config.http_timeout = MICROSOFT_TIMEOUT;
-
-        let resources = Resources {
-            shares_table: aws::shares_table_of(&name),
-            table: name,
-            kms_key,
-            client_secret_arn: secret_arn.clone(),
-            start_link_key: START_KEY.to_owned(),
-            secret_ttl,
+        let deployment = deploy::deployment(&name, parameters, &resources);
+        let environments = deploy::environments(&deployment, &address);
+        let overrides = Overrides {
+            http_timeout: Some(MICROSOFT_TIMEOUT),
+            secret_ttl: Some(secret_ttl),
+            ..Overrides::default()
         };
-        let functions = Functions::wire(&config, &sdk, &resources)?;
-        tokio::spawn(local::serve(app, functions));
+        let built = deploy::build(&|id| &environments[id], &|_| &sdk, &|_| overrides.clone())?;
+        tokio::spawn(local::serve(app, built.served().0));
 
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

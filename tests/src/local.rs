@@ -7,8 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::time::Duration;
-
 use connection_api::ConnectionApi;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -16,120 +14,20 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lambda_http::Body;
-use ms_oauth::clock::SystemClock;
 use ms_oauth::config::{ADMIN_CONSENT_PATH, REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
-use ms_oauth::config::{Config, SecretSource};
-use ms_oauth::crypto::KmsDataKeys;
-use ms_oauth::events::NoEvents;
-use ms_oauth::microsoft::{Endpoints, Microsoft};
-use ms_oauth::secrets::CachedSecret;
-use ms_oauth::store::DynamoKeyShares;
-use ms_oauth::store::DynamoStore;
-use ms_oauth::tokens::{DEFAULT_REFRESH_MARGIN, TokenService};
 use oauth_redirect::RedirectService;
 use oauth_start::StartService;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-/// The two functions behind one local address.
+/// The functions served over HTTP behind one local address (the refresher runs on a
+/// schedule, not behind an address).
 #[derive(Debug, Clone)]
 pub struct Functions {
     pub start: Arc<StartService>,
     pub redirect: Arc<RedirectService>,
     /// The connection API (IAM-authorized in AWS; open on this local address).
     pub api: Arc<ConnectionApi>,
-}
-
-/// Where the functions' AWS resources are.
-#[derive(Debug, Clone)]
-pub struct Resources {
-    pub table: String,
-    /// The key-share table (`KEY_SHARES_TABLE_NAME`).
-    pub shares_table: String,
-    pub kms_key: String,
-    pub client_secret_arn: String,
-    pub start_link_key: String,
-    /// How long the client secret is cached (the functions' default unless a test rotates).
-    pub secret_ttl: Duration,
-}
-
-impl Functions {
-    /// The three services wired the way the functions wire them, on one AWS SDK config and
-    /// without events: the client secret from Secrets Manager, the start-link key as a value.
-    pub fn wire(
-        config: &Config,
-        sdk: &aws_config::SdkConfig,
-        r: &Resources,
-    ) -> Result<Self, String> {
-        let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), r.table.clone()));
-        let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), r.kms_key.clone()));
-        let shares = Arc::new(DynamoKeyShares::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            r.shares_table.clone(),
-        ));
-        let secrets = aws_sdk_secretsmanager::Client::new(sdk);
-        let client_secret = || {
-            CachedSecret::with_ttl(
-                SecretSource::SecretsManager { arn: r.client_secret_arn.clone() },
-                Some(secrets.clone()),
-                r.secret_ttl,
-            )
-        };
-        let http = ms_oauth::http::build_client(config.http_timeout).map_err(|e| e.to_string())?;
-        let microsoft = Microsoft::new(Endpoints::new(config), http.clone());
-        // Inside AutoKitteh when the config names one (`AUTOKITTEH_API_URL`).
-        let autokitteh = ms_oauth::runtime::autokitteh_from_config(config, &http);
-        let start = match &autokitteh {
-            Some(ak) => StartService::in_autokitteh(
-                config.clone(),
-                Endpoints::new(config),
-                store.clone(),
-                Arc::new(SystemClock),
-                ak.clone(),
-            ),
-            None => StartService::new(
-                config.clone(),
-                Endpoints::new(config),
-                store.clone(),
-                Arc::new(SystemClock),
-                CachedSecret::new(SecretSource::Value(r.start_link_key.clone().into()), None),
-            ),
-        };
-        let redirect = RedirectService::new(
-            config.clone(),
-            microsoft.clone(),
-            store.clone(),
-            keys.clone(),
-            shares.clone(),
-            Arc::new(SystemClock),
-            client_secret(),
-        );
-        let redirect = match autokitteh {
-            Some(ak) => redirect.with_autokitteh(ak),
-            None => redirect,
-        };
-        let tokens = TokenService {
-            store,
-            keys,
-            shares,
-            microsoft,
-            client_secret: Arc::new(client_secret()),
-            clock: Arc::new(SystemClock),
-            events: Arc::new(NoEvents),
-            table: r.table.clone(),
-            margin: DEFAULT_REFRESH_MARGIN,
-            backoff: Duration::from_millis(200),
-            write_back: None,
-            metrics: Arc::new(ms_oauth::metrics::NoMetrics),
-            audit: Arc::new(ms_oauth::audit::NoAudit),
-            federation: None,
-        };
-        Ok(Self {
-            start: Arc::new(start),
-            redirect: Arc::new(redirect),
-            api: Arc::new(ConnectionApi { tokens }),
-        })
-    }
 }
 
 /// Accepts connections on `listener` until the runtime stops.

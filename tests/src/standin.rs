@@ -234,9 +234,19 @@ struct Shared {
     app_tokens: Mutex<HashMap<String, (String, String)>>,
     /// Where this stand-in is reached (the audience of assertions).
     base: String,
+    /// The Graph resource of this cloud, whose `.default` scope is the only one known:
+    /// `base` unless a national cloud's Graph host is set (`Standin::set_graph_resource`).
+    graph_resource: Mutex<String>,
 }
 
 impl Shared {
+    /// `<graph resource>/.default`, the one `.default` scope this cloud knows.
+    fn graph_default_scope(&self) -> String {
+        let resource =
+            self.graph_resource.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        format!("{}/.default", resource.trim_end_matches('/'))
+    }
+
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -278,6 +288,7 @@ impl Standin {
             assertion_ids: Mutex::default(),
             app_tokens: Mutex::default(),
             base: format!("http://{addr}"),
+            graph_resource: Mutex::new(format!("http://{addr}")),
         });
         let app = Router::new()
             .route("/", get(index))
@@ -294,6 +305,14 @@ impl Standin {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { addr, shared })
+    }
+
+    /// Serves Graph as the cloud whose Graph host is `resource` (a national cloud's, say
+    /// `http://localhost:PORT` of this same server): its `.default` scope is then the only
+    /// one known, and the global cloud's is refused as a resource this cloud has not.
+    pub fn set_graph_resource(&self, resource: &str) {
+        *self.shared.graph_resource.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            resource.to_owned();
     }
 
     /// `http://127.0.0.1:PORT`, usable as both authority host and Graph URL.
@@ -1206,7 +1225,7 @@ fn client_credentials_grant(
         );
     }
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
-    if scope != format!("{}/.default", shared.base) {
+    if scope != shared.graph_default_scope() {
         return token_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
@@ -1328,6 +1347,13 @@ fn check_admin_consent(
             StatusCode::BAD_REQUEST,
             "AADSTS900144",
             "Admin consent needs scope <resource>/.default and a state.",
+        )));
+    }
+    if !get("scope").split(' ').any(|s| s == shared.graph_default_scope()) {
+        return Err(Box::new(stand_in_error(
+            StatusCode::BAD_REQUEST,
+            "AADSTS500011",
+            "The resource principal named in the scope was not found in the tenant (another cloud's Graph?).",
         )));
     }
     Ok(())
@@ -1461,7 +1487,7 @@ fn redeem_refresh_token(
     }
     let consented: Vec<&str> = grant.scope.split(' ').collect();
     // `<resource>/.default` asks for everything consented to the app (and nothing more).
-    let default_scope = format!("{}/.default", shared.base);
+    let default_scope = shared.graph_default_scope();
     let granted = if requested.split(' ').any(|s| s == default_scope) {
         grant.scope.clone()
     } else if requested.split(' ').any(|s| !consented.contains(&s)) {

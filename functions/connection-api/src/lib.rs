@@ -39,9 +39,13 @@ impl ConnectionApi {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        Ok(Self {
-            tokens: TokenService::from_sdk(ms_oauth::config::Role::ConnectionApi, lookup, sdk)?,
-        })
+        let role = ms_oauth::config::Role::ConnectionApi;
+        Self::wire(&ms_oauth::wiring::Wiring::new(role, lookup, sdk))
+    }
+
+    /// Builds the API through `wiring`.
+    pub fn wire(wiring: &ms_oauth::wiring::Wiring<'_>) -> Result<Self, ConfigError> {
+        Ok(Self { tokens: TokenService::wire(wiring)? })
     }
 }
 

@@ -9,7 +9,11 @@ use lambda_http::{Error, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ms_oauth::runtime::init_tracing();
-    let api = ms_oauth::runtime::from_process_env(ConnectionApi::from_sdk).await?;
+    let api = ms_oauth::wiring::from_process_env(
+        ms_oauth::config::Role::ConnectionApi,
+        ConnectionApi::wire,
+    )
+    .await?;
     let api = &api;
     ms_oauth::runtime::run_http(service_fn(move |req| async move {
         Ok::<_, Infallible>(handle(api, req).await)

@@ -19,11 +19,9 @@ use ms_oauth::apps::{
 };
 use ms_oauth::audit::{Act, Actor, AuditEvent, AuditTrail, NoAudit};
 use ms_oauth::autokitteh::{self, AkError, AkToken, AutoKitteh, Var};
-use ms_oauth::clock::{Clock, SystemClock};
+use ms_oauth::clock::Clock;
 use ms_oauth::config::{self, Config, ConfigError};
-use ms_oauth::crypto::{
-    DataKeys, KeyShares, KmsDataKeys, connection_context, new_share, retire_shares, seal,
-};
+use ms_oauth::crypto::{DataKeys, KeyShares, connection_context, new_share, retire_shares, seal};
 use ms_oauth::domain::Tenant;
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::error::{FlowError, PageContext};
@@ -40,11 +38,11 @@ use ms_oauth::secrets::CachedSecret;
 use ms_oauth::state::FlowSecrets;
 use ms_oauth::state::{MAX_STATE_LEN, StateKey, browser_hash, constant_time_eq};
 use ms_oauth::store::{
-    AUTH_TYPE_DEFAULT, Connection, ConnectionVars, DynamoStore, PendingFlow, REFRESH_QUEUE,
-    STATUS_OK, Store,
+    AUTH_TYPE_DEFAULT, Connection, ConnectionVars, PendingFlow, REFRESH_QUEUE, STATUS_OK, Store,
 };
 use ms_oauth::tokens::TokenFailure;
 use ms_oauth::tokens::{Keep, refresh_due_at};
+use ms_oauth::wiring::Wiring;
 use oauth2::{AuthorizationCode, PkceCodeVerifier};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use time::format_description::well_known::Rfc3339;
@@ -143,22 +141,24 @@ impl RedirectService {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        let config = Config::for_role(config::Role::Redirect, lookup)?;
-        let kms_key = config::required(lookup, config::TOKEN_KMS_KEY_ID)?;
-        let (client_secret, federation) =
-            ms_oauth::runtime::client_credential_from_env(sdk, lookup)?;
-        let http = ms_oauth::runtime::http_client(&config)?;
-        let autokitteh = ms_oauth::runtime::autokitteh_from_config(&config, &http);
+        Self::wire(&Wiring::new(config::Role::Redirect, lookup, sdk))
+    }
+
+    /// Builds the service through `wiring`.
+    pub fn wire(wiring: &Wiring<'_>) -> Result<Self, ConfigError> {
+        let config = wiring.config()?;
+        let (client_secret, federation) = wiring.client_credential()?;
+        let http = wiring.http(&config)?;
+        let autokitteh = wiring.autokitteh(&config, &http);
         let microsoft = Microsoft::new(Endpoints::new(&config), http);
-        let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
-        let shares = ms_oauth::runtime::key_shares_from_env(&dynamodb, lookup)?;
-        let store = Arc::new(DynamoStore::new(dynamodb, config.table_name.clone()));
-        let keys = Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), kms_key));
-        let events = ms_oauth::runtime::events_from_env(sdk, lookup);
-        let (metrics, audit) = ms_oauth::audit::observability(sdk, lookup);
+        let dynamodb = wiring.dynamodb();
+        let shares = wiring.key_shares(&dynamodb)?;
+        let store = wiring.store(&config, &dynamodb);
+        let keys = wiring.data_keys()?;
+        let (metrics, audit) = wiring.observability();
         let service =
-            Self::new(config, microsoft, store, keys, shares, Arc::new(SystemClock), client_secret)
-                .with_events(events)
+            Self::new(config, microsoft, store, keys, shares, wiring.clock(), client_secret)
+                .with_events(wiring.events())
                 .with_metrics(metrics)
                 .with_audit(audit)
                 .with_federation(federation);
@@ -1052,7 +1052,7 @@ mod tests {
             store,
             Arc::new(FakeDataKeys),
             Arc::new(MemoryKeyShares::default()),
-            Arc::new(SystemClock),
+            Arc::new(ms_oauth::clock::SystemClock),
             CachedSecret::new(SecretSource::Value("s".to_owned().into()), None),
         )
     }

@@ -9,7 +9,9 @@ use oauth_redirect::{RedirectService, handle};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ms_oauth::runtime::init_tracing();
-    let service = ms_oauth::runtime::from_process_env(RedirectService::from_sdk).await?;
+    let service =
+        ms_oauth::wiring::from_process_env(ms_oauth::config::Role::Redirect, RedirectService::wire)
+            .await?;
     let service = &service;
     ms_oauth::runtime::run_http(service_fn(move |req| async move {
         Ok::<_, Infallible>(handle(service, req).await)

@@ -21,7 +21,7 @@ use ms_oauth::apps::{
 };
 use ms_oauth::audit::{Act, Actor, AuditEvent, AuditTrail, NoAudit};
 use ms_oauth::autokitteh::{AutoKitteh, Integration};
-use ms_oauth::clock::{Clock, SystemClock};
+use ms_oauth::clock::Clock;
 use ms_oauth::config::{self, Config, ConfigError};
 use ms_oauth::domain::{ConnectionId, Origin, Tenant};
 use ms_oauth::error::{FlowError, PageContext};
@@ -36,7 +36,8 @@ use ms_oauth::secrets::CachedSecret;
 use ms_oauth::state::{
     CONFIRM_COOKIE_PREFIX, FlowSecrets, StateKey, browser_hash, constant_time_eq, random_nonce,
 };
-use ms_oauth::store::{DynamoStore, PendingFlow, Store};
+use ms_oauth::store::{PendingFlow, Store};
+use ms_oauth::wiring::Wiring;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Everything the start function builds once per instance.
@@ -116,49 +117,39 @@ impl StartService {
         self
     }
 
-    /// Metrics and the audit trail from the environment.
-    fn observed(
-        self,
-        sdk: &aws_config::SdkConfig,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Self {
-        let (metrics, audit) = ms_oauth::audit::observability(sdk, lookup);
-        self.with_metrics(metrics).with_audit(audit)
-    }
-
     /// Builds the service from `lookup` with AWS clients made from `sdk`. Never touches the
     /// client secret.
     pub fn from_sdk(
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        let config = Config::for_role(config::Role::Start, lookup)?;
-        let store = Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            config.table_name.clone(),
-        ));
+        Self::wire(&Wiring::new(config::Role::Start, lookup, sdk))
+    }
+
+    /// Builds the service through `wiring`.
+    pub fn wire(wiring: &Wiring<'_>) -> Result<Self, ConfigError> {
+        let config = wiring.config()?;
+        let store = wiring.store(&config, &wiring.dynamodb());
         let endpoints = Endpoints::new(&config);
+        let (metrics, audit) = wiring.observability();
         // Inside AutoKitteh its API is the one outbound peer; standalone needs no HTTP client.
-        if let Some(ak) = &config.autokitteh {
-            let http = ms_oauth::runtime::http_client(&config)?;
-            let autokitteh = AutoKitteh::new(ak.api_url.clone(), Arc::new(http));
-            let service =
-                Self::in_autokitteh(config, endpoints, store, Arc::new(SystemClock), autokitteh);
-            return Ok(service.observed(sdk, lookup));
+        let http = match &config.autokitteh {
+            Some(_) => Some(wiring.http(&config)?),
+            None => None,
+        };
+        if let Some(autokitteh) = http.as_ref().and_then(|http| wiring.autokitteh(&config, http)) {
+            let service = Self::in_autokitteh(config, endpoints, store, wiring.clock(), autokitteh);
+            return Ok(service.with_metrics(metrics).with_audit(audit));
         }
-        let start_key = ms_oauth::runtime::secret_from_env(
-            sdk,
-            lookup,
-            config::START_LINK_KEY,
-            config::START_LINK_KEY_ARN,
-        )?;
+        let start_key = wiring.secret(config::START_LINK_KEY, config::START_LINK_KEY_ARN)?;
         if let Some(value) = start_key.local_value() {
             GrantKey::new(value)
                 .map_err(|e| ConfigError { var: config::START_LINK_KEY, problem: e.to_string() })?;
         }
         // No HTTP client: the start function makes no outbound call to Microsoft.
-        Ok(Self::new(config, endpoints, store, Arc::new(SystemClock), start_key)
-            .observed(sdk, lookup))
+        Ok(Self::new(config, endpoints, store, wiring.clock(), start_key)
+            .with_metrics(metrics)
+            .with_audit(audit))
     }
 
     /// `check` with the start-link key; when it finds a signature it cannot verify, with a
@@ -593,7 +584,7 @@ mod tests {
             config,
             endpoints,
             store,
-            Arc::new(SystemClock),
+            Arc::new(ms_oauth::clock::SystemClock),
             CachedSecret::new(SecretSource::Value(KEY.to_owned().into()), None),
         )
     }

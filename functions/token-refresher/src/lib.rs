@@ -45,7 +45,13 @@ impl Refresher {
         lookup: &dyn Fn(&str) -> Option<String>,
         sdk: &aws_config::SdkConfig,
     ) -> Result<Self, ConfigError> {
-        Ok(Self { tokens: TokenService::from_sdk(ms_oauth::config::Role::Refresher, lookup, sdk)? })
+        let role = ms_oauth::config::Role::Refresher;
+        Self::wire(&ms_oauth::wiring::Wiring::new(role, lookup, sdk))
+    }
+
+    /// Builds the refresher through `wiring`.
+    pub fn wire(wiring: &ms_oauth::wiring::Wiring<'_>) -> Result<Self, ConfigError> {
+        Ok(Self { tokens: TokenService::wire(wiring)? })
     }
 
     /// One pass over the due connections, page by page.

@@ -7,7 +7,9 @@ use token_refresher::Refresher;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     ms_oauth::runtime::init_tracing();
-    let refresher = ms_oauth::runtime::from_process_env(Refresher::from_sdk).await?;
+    let refresher =
+        ms_oauth::wiring::from_process_env(ms_oauth::config::Role::Refresher, Refresher::wire)
+            .await?;
     let refresher = &refresher;
     run(service_fn(move |_: LambdaEvent<serde_json::Value>| async move {
         // A failed query, or a connection that keeps failing, fails the invocation, so the

@@ -29,6 +29,7 @@ use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::grant::{
     DEFAULT_GRANT_LIFETIME_SECS, GrantKey, MAX_GRANT_LIFETIME_SECS, MAX_LABEL_LEN, StartGrant,
 };
+use ms_oauth::wiring::Wiring;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -494,7 +495,8 @@ async fn reseal(mut after: Option<String>) -> Result<String, String> {
     let configured = config::required(&config::env_lookup, config::TOKEN_KMS_KEY_ID)
         .map_err(|e| e.to_string())?;
     // Values name the key by ARN: compare with the ARN of whatever TOKEN_KMS_KEY_ID names.
-    let kms = aws_sdk_kms::Client::new(&ms_oauth::runtime::aws_config().await);
+    let sdk = ms_oauth::runtime::aws_config().await;
+    let kms = Wiring::new(config::Role::Operator, &config::env_lookup, &sdk).kms();
     let described = kms.describe_key().key_id(&configured).send().await.map_err(|e| {
         format!("{configured}: {}", ms_oauth::error::chain(&e.into_service_error()))
     })?;
@@ -625,10 +627,11 @@ async fn audit(cid: &ConnectionId, log_group: &str, days: u32) -> Result<String,
     Ok(ordered.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
 }
 
+/// The token service as the functions build it, through the one wiring, as an operator.
 async fn token_service() -> Result<ms_oauth::tokens::TokenService, String> {
     let sdk = ms_oauth::runtime::aws_config().await;
-    ms_oauth::tokens::TokenService::from_sdk(config::Role::Operator, &config::env_lookup, &sdk)
-        .map_err(|e| e.to_string())
+    let wiring = Wiring::new(config::Role::Operator, &config::env_lookup, &sdk);
+    ms_oauth::tokens::TokenService::wire(&wiring).map_err(|e| e.to_string())
 }
 
 async fn start_link(grant: &StartGrant) -> Result<String, String> {
@@ -639,16 +642,19 @@ async fn start_link(grant: &StartGrant) -> Result<String, String> {
         )?;
     let source = config::secret_source(&lookup, config::START_LINK_KEY, config::START_LINK_KEY_ARN)
         .map_err(|e| e.to_string())?;
-    let client = match source {
+    let secret = match source {
+        // A key given as a value needs no AWS configuration at all (`make link`).
+        config::SecretSource::Value(value) => value,
         config::SecretSource::SecretsManager { .. } => {
-            Some(aws_sdk_secretsmanager::Client::new(&ms_oauth::runtime::aws_config().await))
+            let sdk = ms_oauth::runtime::aws_config().await;
+            Wiring::new(config::Role::Operator, &lookup, &sdk)
+                .secret(config::START_LINK_KEY, config::START_LINK_KEY_ARN)
+                .map_err(|e| e.to_string())?
+                .get()
+                .await
+                .map_err(|e| ms_oauth::error::chain(&e))?
         }
-        config::SecretSource::Value(_) => None,
     };
-    let secret = ms_oauth::secrets::CachedSecret::new(source, client)
-        .get()
-        .await
-        .map_err(|e| ms_oauth::error::chain(&e))?;
     let key = GrantKey::new(secret).map_err(|e| format!("{}: {e}", config::START_LINK_KEY))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let token = key.sign(grant, now).map_err(|e| format!("cannot sign the grant: {e}"))?;

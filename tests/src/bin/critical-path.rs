@@ -10,7 +10,7 @@
 
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,12 +20,13 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use ms_oauth::autokitteh::{Integration, LOGGED_IN_COOKIE, SESSION_COOKIE};
-use ms_oauth::config::{self, Config};
+use ms_oauth::config;
 use ms_oauth::domain::Origin;
+use ms_oauth::wiring::Overrides;
 use ms_oauth_tests::autokitteh::{AkFault, AkStandin, CONNECTIONS_GET, VARS_SET, WHO_AM_I};
-use ms_oauth_tests::aws;
-use ms_oauth_tests::local::{self, Functions, Resources};
+use ms_oauth_tests::local;
 use ms_oauth_tests::standin::{Fault, Registration, Standin};
+use ms_oauth_tests::{aws, deploy};
 use tokio::net::TcpListener;
 
 const CLIENT_ID: &str = "3f2b7c8e-1d4a-4b6f-9e0c-5a7d8b9c0e1f";
@@ -89,10 +90,7 @@ async fn main() {
     let ms_delay = if only == "aws" { Duration::ZERO } else { delay };
     let moto = aws::spawn_moto(aws::free_port().unwrap()).expect("moto");
     let setup = aws::sdk_config(&moto).await;
-    aws::ensure_table(&aws_sdk_dynamodb::Client::new(&setup), "critical-path").await.unwrap();
-    let kms_key = aws::ensure_kms_key(&aws_sdk_kms::Client::new(&setup), "alias/critical-path")
-        .await
-        .unwrap();
+    let resources = deploy::Resources::make(&setup, "critical-path", START_KEY).await.unwrap();
     let secret = "critical-path-client-secret";
     let secret_arn = aws::ensure_secret(
         &aws_sdk_secretsmanager::Client::new(&setup),
@@ -124,34 +122,28 @@ async fn main() {
         },
     )
     .unwrap();
-    let mut vars: HashMap<&str, String> = HashMap::from([
-        (config::WEBHOOK_ADDRESS, address.clone()),
-        (config::MICROSOFT_CLIENT_ID, CLIENT_ID.to_owned()),
-        (config::MICROSOFT_AUTHORITY_HOST, standin.url()),
-        (config::MICROSOFT_GRAPH_URL, standin.url()),
-        (config::OAUTH_TABLE_NAME, "critical-path".to_owned()),
+    let mut parameters = BTreeMap::from([
+        ("MicrosoftClientId".to_owned(), CLIENT_ID.to_owned()),
+        ("MicrosoftClientSecretArn".to_owned(), secret_arn),
+        ("MicrosoftAuthorityHost".to_owned(), standin.url()),
+        ("MicrosoftGraphUrl".to_owned(), standin.url()),
     ]);
     // Inside AutoKitteh: one org and user; each flow gets a connection of its own.
     let autokitteh = if autokitteh_mode {
         let ak = AkStandin::spawn(TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
-        vars.insert(config::AUTOKITTEH_API_URL, ak.url());
+        parameters.insert("AutoKittehApiUrl".into(), ak.url());
         let org = ak.add_org("Critical path");
         let user = ak.add_user("bench@autokitteh.example", &[&org]);
         Some(AkRun { session: ak.session_for(&user), ak, org })
     } else {
         None
     };
-    let config = Config::from_lookup(&|k| vars.get(k).cloned()).unwrap();
-    let resources = Resources {
-        table: "critical-path".into(),
-        shares_table: aws::shares_table_of("critical-path"),
-        kms_key,
-        client_secret_arn: secret_arn,
-        start_link_key: START_KEY.into(),
-        secret_ttl: ms_oauth::secrets::SECRET_CACHE_TTL,
-    };
-    let functions = Functions::wire(&config, &sdk, &resources).unwrap();
-    tokio::spawn(local::serve(app_listener, functions));
+    // The functions as the template deploys them (events and audit included).
+    let deployment = deploy::deployment("critical-path", parameters, &resources);
+    let environments = deploy::environments(&deployment, &address);
+    let built =
+        deploy::build(&|id| &environments[id], &|_| &sdk, &|_| Overrides::default()).unwrap();
+    tokio::spawn(local::serve(app_listener, built.served().0));
     let set_delays = |aws: Duration, microsoft: Duration| {
         aws_delay_ms.store(u64::try_from(aws.as_millis()).unwrap_or(0), Ordering::Relaxed);
         let fault = Some(Fault::Delay(microsoft));

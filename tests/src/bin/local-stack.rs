@@ -1,8 +1,9 @@
 //! `make run`: the whole product on this machine with no AWS account and no Azure app.
 //!
 //! Brings up (unless pointed elsewhere) moto for DynamoDB/Secrets Manager/KMS and the
-//! stand-in identity platform, creates the table, key and secrets idempotently, serves both
-//! functions on their API paths and prints a signed start link.
+//! stand-in identity platform, creates the table, key and secrets idempotently, builds the
+//! functions from the environments the template gives them, serves the start, redirect and
+//! connection API functions on their API paths and prints a signed start link.
 //!
 //! Inside AutoKitteh: with `LOCAL_AUTOKITTEH=1` it also starts a stand-in AutoKitteh and a
 //! front door on the public address (the three OAuth paths to the functions, the rest to the
@@ -16,26 +17,23 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use connection_api::ConnectionApi;
 use ms_oauth::autokitteh::Integration;
 use ms_oauth::config::{self, PublicAddress};
 use ms_oauth::domain::Origin;
 use ms_oauth::grant::MAX_GRANT_LIFETIME_SECS;
+use ms_oauth::wiring::Overrides;
 use ms_oauth_tests::autokitteh::AkStandin;
-use ms_oauth_tests::aws;
-use ms_oauth_tests::local::{self, Functions};
+use ms_oauth_tests::local;
 use ms_oauth_tests::standin::{AppRegistration, OTHER_TENANT, Registration, Standin};
+use ms_oauth_tests::{aws, deploy};
 
 /// Apps the local stand-in registers for connections' own apps (the API document's example).
 const DEMO_DAEMON_APP: &str = "0b7c8d9e-1f20-4a3b-8c4d-5e6f708192a3";
 const DEMO_PRIVATE_APP: &str = "1c8d9e0f-2a31-4b4c-9d5e-6f708192a3b4";
 const DEMO_APP_SECRET: &str = "example-secret-value";
-use oauth_redirect::RedirectService;
-use oauth_start::StartService;
 use tokio::net::TcpListener;
 
 const DEFAULT_WEBHOOK_ADDRESS: &str = "http://localhost:9000";
@@ -44,6 +42,9 @@ const LOCAL_TABLE: &str = "autokitteh-oauth-local";
 const LOCAL_KMS_ALIAS: &str = "alias/autokitteh-oauth-local";
 const LOCAL_CLIENT_SECRET_NAME: &str = "autokitteh-oauth-local/microsoft-client-secret";
 const LOCAL_START_KEY_NAME: &str = "autokitteh-oauth-local/start-link-key";
+const LOCAL_AK_TOKEN_NAME: &str = "autokitteh-oauth-local/autokitteh-api-token";
+/// The stack name the local deployment of the template goes by.
+const LOCAL_STACK: &str = "autokitteh-oauth-local";
 /// Used only when `START_LINK_KEY` is unset, so local start links are reproducible.
 const LOCAL_START_LINK_KEY: &str = "local-development-start-link-key-do-not-use-in-production";
 const LOCAL_CLIENT_SECRET: &str = "local-stand-in-client-secret~not-a-real-one";
@@ -154,8 +155,15 @@ async fn run() -> Result<(), String> {
     if let Some(tenant) = env(config::MICROSOFT_TENANT_ID) {
         vars.insert(config::MICROSOFT_TENANT_ID, tenant);
     }
-    if let Some(scopes) = env(config::MICROSOFT_SCOPES) {
-        vars.insert(config::MICROSOFT_SCOPES, scopes);
+    for var in [
+        config::MICROSOFT_SCOPES,
+        config::TOKEN_REFRESH_MARGIN_SECONDS,
+        config::EVENT_BUS_NAME,
+        config::AUTOKITTEH_DASHBOARD_URL,
+    ] {
+        if let Some(value) = env(var) {
+            vars.insert(var, value);
+        }
     }
     match env(config::MICROSOFT_AUTHORITY_HOST) {
         Some(authority) => {
@@ -266,10 +274,14 @@ async fn run() -> Result<(), String> {
         return Ok(());
     }
 
-    let lookup = |k: &str| vars.get(k).cloned();
-    let start = StartService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
-    let redirect = RedirectService::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
-    let api = ConnectionApi::from_sdk(&lookup, &sdk).map_err(|e| e.to_string())?;
+    // The functions as the template deploys them: each from the environment the resolved
+    // template gives it (the same wiring as on Lambda and in the tests).
+    let webhook = vars.get(config::WEBHOOK_ADDRESS).cloned().unwrap_or_default();
+    let (resources, parameters) = deployment_of(&vars, &sdk).await?;
+    let deployment = deploy::deployment(LOCAL_STACK, parameters, &resources);
+    let environments = deploy::environments(&deployment, &webhook);
+    let built = deploy::build(&|id| &environments[id], &|_| &sdk, &|_| Overrides::default())?;
+    let (functions, _refresher) = built.served();
     let listener = TcpListener::bind(("127.0.0.1", listen_port)).await.map_err(|e| {
         format!("cannot listen on 127.0.0.1:{listen_port} ({e}); set WEBHOOK_ADDRESS or LOCAL_PORT")
     })?;
@@ -312,8 +324,6 @@ async fn run() -> Result<(), String> {
     }
     println!("\nReady. Press Ctrl-C to stop.");
 
-    let functions =
-        Functions { start: Arc::new(start), redirect: Arc::new(redirect), api: Arc::new(api) };
     tokio::select! {
         () = local::serve(listener, functions) => Ok(()),
         _ = tokio::signal::ctrl_c() => {
@@ -321,6 +331,53 @@ async fn run() -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The stack's parameters and resources from what this run settled on (`vars`, by the
+/// functions' variable names): the variables a stack takes as parameters become those, the
+/// resources it makes are the ones made here. Secrets given as values are kept in Secrets
+/// Manager, where a stack keeps them.
+async fn deployment_of(
+    vars: &HashMap<&'static str, String>,
+    sdk: &aws_config::SdkConfig,
+) -> Result<(deploy::Resources, BTreeMap<String, String>), String> {
+    let get = |var: &str| vars.get(var).cloned().unwrap_or_default();
+    let mut parameters = BTreeMap::new();
+    for (var, parameter) in [
+        (config::MICROSOFT_CLIENT_ID, "MicrosoftClientId"),
+        (config::MICROSOFT_CLIENT_SECRET_ARN, "MicrosoftClientSecretArn"),
+        (config::MICROSOFT_TENANT_ID, "MicrosoftTenantId"),
+        (config::MICROSOFT_SCOPES, "MicrosoftScopes"),
+        (config::MICROSOFT_AUTHORITY_HOST, "MicrosoftAuthorityHost"),
+        (config::MICROSOFT_GRAPH_URL, "MicrosoftGraphUrl"),
+        (config::TOKEN_REFRESH_MARGIN_SECONDS, "TokenRefreshMarginSeconds"),
+        (config::EVENT_BUS_NAME, "EventBusName"),
+        (config::AUTOKITTEH_API_URL, "AutoKittehApiUrl"),
+        (config::AUTOKITTEH_UI_URL, "AutoKittehUiUrl"),
+        (config::AUTOKITTEH_DASHBOARD_URL, "AutoKittehDashboardUrl"),
+        (config::AUTOKITTEH_API_TOKEN_ARN, "AutoKittehApiTokenArn"),
+    ] {
+        if let Some(value) = vars.get(var) {
+            parameters.insert(parameter.to_owned(), value.clone());
+        }
+    }
+    if let Some(token) = vars.get(config::AUTOKITTEH_API_TOKEN) {
+        let secrets = aws_sdk_secretsmanager::Client::new(sdk);
+        let arn = aws::ensure_secret(&secrets, LOCAL_AK_TOKEN_NAME, token).await?;
+        parameters.insert("AutoKittehApiTokenArn".to_owned(), arn);
+    }
+    let audit_bus = format!("{LOCAL_STACK}-audit");
+    let audit_bus_arn =
+        aws::ensure_event_bus(&aws_sdk_eventbridge::Client::new(sdk), &audit_bus).await?;
+    let resources = deploy::Resources {
+        table: get(config::OAUTH_TABLE_NAME),
+        shares_table: get(config::KEY_SHARES_TABLE_NAME),
+        kms_key: get(config::TOKEN_KMS_KEY_ID),
+        start_link_key_arn: get(config::START_LINK_KEY_ARN),
+        audit_bus,
+        audit_bus_arn,
+    };
+    Ok((resources, parameters))
 }
 
 /// Prints a start link for a new connection, signed with the local start-link key.

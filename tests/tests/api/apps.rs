@@ -439,7 +439,7 @@ async fn admin_consent_links_check_their_grant_and_tenant() {
 }
 
 /// A daemon app in `OTHER_TENANT` with `secret`, not yet consented to.
-fn daemon_app(app: &TestApp, secret: &str) -> AppRegistration {
+pub fn daemon_app(app: &TestApp, secret: &str) -> AppRegistration {
     AppRegistration {
         client_id: DAEMON_CLIENT.into(),
         home_tenant: OTHER_TENANT.into(),

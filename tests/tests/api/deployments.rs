@@ -170,3 +170,76 @@ async fn a_plain_read_of_a_due_token_during_an_outage_says_it_is_stale() {
     let calls = app.standin.calls().refresh_requests - before;
     assert!((1..=2).contains(&calls), "{calls} refresh calls for 6 readers");
 }
+
+/// Standalone deployments users run, each as the template wires it.
+fn standalone_deployments() -> Vec<(&'static str, AppOptions)> {
+    let with = |parameters: Vec<(&'static str, String)>| AppOptions {
+        parameters,
+        ..AppOptions::default()
+    };
+    vec![
+        ("default", AppOptions::default()),
+        ("own scopes", with(vec![("MicrosoftScopes", OWN_SCOPES.to_owned())])),
+        // A national cloud: Graph on a host of its own, whose `.default` is the only one.
+        ("national cloud", AppOptions { national_cloud_graph: true, ..AppOptions::default() }),
+        ("aws_federation", AppOptions { aws_federation: true, ..AppOptions::default() }),
+    ]
+}
+
+/// Sign-in, a token, a forced refresh (and one of a connection saved before grants were
+/// recorded), a refresher run, an administrator's consent for a daemon app and its token.
+async fn journey(name: &str, app: &TestApp) {
+    use crate::apps::{DAEMON_CLIENT, admin_consent_link, admin_decides, daemon_app, set_app};
+    let cid = new_cid();
+    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{name}: {}", flow.finish.body);
+    let (status, body) = get(app, &format!("/connections/{cid}/token")).await;
+    assert_eq!(status, 200, "{name}: {body}");
+    let (status, body) = get(app, &format!("/connections/{cid}/token?force_refresh=true")).await;
+    assert_eq!((status, &body["refreshed"]), (200, &Value::Bool(true)), "{name}: {body}");
+
+    let legacy = new_cid();
+    let flow = app.connect(&Browser::new(), &legacy, Origin::Web, "work").await;
+    assert_eq!(flow.finish.status, 200, "{name}: {}", flow.finish.body);
+    app.dynamodb
+        .update_item()
+        .table_name(&app.table)
+        .key("pk", AttributeValue::S(format!("conn#{legacy}")))
+        .update_expression("REMOVE granted_scopes")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = get(app, &format!("/connections/{legacy}/token?force_refresh=true")).await;
+    assert_eq!(status, 200, "{name}: a connection saved before grants were recorded: {body}");
+
+    app.make_due(&cid).await;
+    app.make_due(&legacy).await;
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report, Report { due: 2, refreshed: 2, ..Report::default() }, "{name}");
+
+    // A daemon app: an administrator consents through the start function's link, then the
+    // connection API mints its app-only tokens.
+    let daemon = new_cid();
+    let secret = format!("dm~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(daemon_app(app, &secret));
+    let body = serde_json::json!({"auth_type": "daemonApp", "client_id": DAEMON_CLIENT, "tenant_id": ms_oauth_tests::standin::OTHER_TENANT, "client_secret": secret});
+    let (status, refused) = set_app(app, &daemon, body).await;
+    assert_eq!(status, 409, "{name}: {refused}");
+    let path = refused["admin_consent_path"].as_str().unwrap();
+    let admin = Browser::new();
+    let to_microsoft = admin.get(&admin_consent_link(app, &daemon, path, None)).await;
+    assert_eq!(to_microsoft.status, 302, "{name}: {}", to_microsoft.body);
+    let consent_url = to_microsoft.location.clone().unwrap();
+    let finish = admin_decides(app, &admin, &consent_url, "accept").await;
+    assert_page(&finish, 200, "Admin consent granted");
+    let (status, body) = get(app, &format!("/connections/{daemon}/token?force_refresh=true")).await;
+    assert_eq!(status, 200, "{name}: a daemon token: {body}");
+}
+
+#[tokio::test]
+async fn every_standalone_deployment_signs_in_refreshes_and_gets_admin_consent_as_wired() {
+    for (name, options) in standalone_deployments() {
+        let app = spawn_app_with(options).await;
+        journey(name, &app).await;
+    }
+}

@@ -220,14 +220,7 @@ async fn a_secret_stored_before_microsoft_takes_it_falls_back_to_the_previous_ve
         .unwrap();
     // This instance's cache holds the old value; a fresh instance (the token API after its
     // cache lapsed) reads the new one first: Microsoft refuses it, the previous one works.
-    let fresh_instance = ms_oauth::secrets::CachedSecret::new(
-        ms_oauth::config::SecretSource::SecretsManager { arn: app.client_secret_arn.clone() },
-        Some(app.secretsmanager.clone()),
-    );
-    let tokens = ms_oauth::tokens::TokenService {
-        client_secret: std::sync::Arc::new(fresh_instance),
-        ..app.refresher.tokens.clone()
-    };
+    let tokens = app.token_service("ConnectionApiFunction", &[], None);
     let refused_before = app.standin.calls().refused_client_secrets;
     let grant = tokens.token(&cid, true).await.expect("the previous version works");
     assert!(grant.refreshed);

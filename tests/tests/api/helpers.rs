@@ -1,5 +1,6 @@
-//! Spawns the whole product for one test: moto (shared), a fresh table/key/secrets, the
-//! stand-in identity platform and both functions behind a local HTTP address.
+//! Spawns the whole product for one test: moto (shared), a fresh deployment of the template
+//! (tables, keys, secrets), the stand-in identity platform and the four functions, each
+//! built through the one wiring from the environment the resolved template gives it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -7,29 +8,23 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use connection_api::ConnectionApi;
-use ms_oauth::audit::{AuditTrail, RecordedAudit};
+use ms_oauth::audit::RecordedAudit;
 use ms_oauth::clock::Clock;
-use ms_oauth::config::{self, Config};
+use ms_oauth::config;
 use ms_oauth::crypto::{DataKeys, KeyShares, KmsDataKeys, context_of, open_shared};
 use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::events::RecordedEvents;
 use ms_oauth::grant::{DEFAULT_GRANT_LIFETIME_SECS, StartGrant};
-use ms_oauth::metrics::{Metrics, RecordedMetrics};
-use ms_oauth::microsoft::{Endpoints, Microsoft};
-use ms_oauth::secrets::CachedSecret;
+use ms_oauth::metrics::RecordedMetrics;
 use ms_oauth::store::{DynamoKeyShares, DynamoStore, Store, StoredConnection};
 use ms_oauth::tokens::TokenService;
-use ms_oauth::writeback::WriteBack;
+use ms_oauth::wiring::{AwsService, Overrides};
 use ms_oauth_tests::autokitteh::AkStandin;
-use ms_oauth_tests::aws;
 use ms_oauth_tests::local::{self, Functions};
 use ms_oauth_tests::recorder::Recorder;
 use ms_oauth_tests::standin::{Registration, Standin};
-use ms_oauth_tests::startlink;
-use oauth_redirect::RedirectService;
-use oauth_start::StartService;
-use secrecy::{ExposeSecret, SecretString};
+use ms_oauth_tests::{aws, deploy, startlink};
+use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 use token_refresher::Refresher;
 use tokio::net::TcpListener;
@@ -107,6 +102,8 @@ pub struct AppOptions {
     /// `AUTOKITTEH_DASHBOARD_URL`.
     pub dashboard_url: Option<String>,
     pub dead_kms: bool,
+    /// Secrets Manager unreachable for the functions that read the client secret (the start
+    /// function is an instance that read its start-link key before the outage).
     pub dead_secrets_manager: bool,
     /// Inside an AutoKitteh deployment: a stand-in AutoKitteh behind a front door on the
     /// public address, which sends only the OAuth paths to the functions.
@@ -114,17 +111,20 @@ pub struct AppOptions {
     /// With `autokitteh`: the connection API and the refresher write back to AutoKitteh as
     /// a service user (`TestApp::ak_service_user`) whose API token is in Secrets Manager.
     pub ak_write_back: bool,
-    /// Build every function as it runs on Lambda (`from_sdk`) from the environment the
-    /// template gives it in a deployment of this app, each reaching AWS through a recorder of
-    /// its own (see [`TestApp::deployed`]).
+    /// Every function is built from the environment the template gives it; with this, each
+    /// also reaches AWS through a recorder of its own and writes to the real sinks (events,
+    /// audit bus), for the policy tests (see [`TestApp::deployed`]).
     pub from_template: bool,
     /// The server-wide app authenticates with the functions' AWS identity (an STS stand-in,
     /// `TestApp::sts`), trusted by a federated identity credential; Microsoft knows no
     /// secret of the deployment.
     pub aws_federation: bool,
-    /// With `from_template`: SAM parameters of the deployment beyond the test's own (for
-    /// example `MicrosoftScopes`).
+    /// SAM parameters of the deployment beyond the test's own (for example
+    /// `MicrosoftScopes`).
     pub parameters: Vec<(&'static str, String)>,
+    /// Graph on another host than the identity platform, as in a national cloud: the
+    /// stand-in by the name `localhost`, knowing only that host's `.default` scope.
+    pub national_cloud_graph: bool,
 }
 
 impl Default for AppOptions {
@@ -143,6 +143,7 @@ impl Default for AppOptions {
             from_template: false,
             aws_federation: false,
             parameters: Vec::new(),
+            national_cloud_graph: false,
         }
     }
 }
@@ -182,6 +183,11 @@ pub struct TestApp {
     pub audit: Arc<RecordedAudit>,
     /// The STS stand-in (with `AppOptions::aws_federation`).
     pub sts: Option<ms_oauth_tests::sts::StsStandin>,
+    /// Each function's environment, as the resolved template gives it.
+    pub environments: BTreeMap<String, BTreeMap<String, String>>,
+    /// The AWS SDK configuration the functions were built with, and the seams changed.
+    sdk: aws_config::SdkConfig,
+    overrides: Overrides,
 }
 
 /// A test deployment of the template: the functions' set-up and the AWS calls each made.
@@ -190,10 +196,6 @@ pub struct Deployed {
     /// By the template's logical id of the function.
     pub functions: BTreeMap<String, (ms_oauth_tests::iam::FunctionSetUp, Recorder)>,
 }
-
-/// The four functions of the template.
-pub const TEMPLATE_FUNCTIONS: [&str; 4] =
-    ["StartFunction", "RedirectFunction", "ConnectionApiFunction", "TokenRefresherFunction"];
 
 /// The role the functions run as with `AppOptions::aws_federation` (the subject of their
 /// tokens).
@@ -233,10 +235,10 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let secretsmanager = aws_sdk_secretsmanager::Client::new(&sdk);
 
     let suffix = ms_oauth_tests::random_base32(10);
-    let table = format!("oauth-test-{suffix}");
-    aws::ensure_table(&dynamodb, &table).await.expect("table");
-    let kms_key =
-        aws::ensure_kms_key(&kms, &format!("alias/oauth-test-{suffix}")).await.expect("kms key");
+    let start_key = ms_oauth_tests::random_base32(40);
+    let resources = deploy::Resources::make(&sdk, &format!("oauth-test-{suffix}"), &start_key)
+        .await
+        .expect("the deployment's resources");
     let client_secret = format!("cs~{}", ms_oauth_tests::random_base32(32));
     let client_secret_arn = aws::ensure_secret(
         &secretsmanager,
@@ -245,7 +247,6 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     )
     .await
     .expect("secret");
-    let start_key = ms_oauth_tests::random_base32(40);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
     let functions_address = format!("http://{}", listener.local_addr().expect("addr"));
@@ -287,239 +288,19 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     } else {
         None
     };
-    let federation = match &sts {
-        Some(sts) => Some(Arc::new(ms_oauth::federation::FederatedAssertions::new(
-            aws_sdk_sts::Client::new(&aws::sdk_config(&sts.url()).await),
-        ))),
-        None => None,
-    };
 
-    let mut vars: HashMap<&str, String> = HashMap::from([
-        (config::WEBHOOK_ADDRESS, address.clone()),
-        (config::MICROSOFT_CLIENT_ID, CLIENT_ID.to_owned()),
-        (config::MICROSOFT_AUTHORITY_HOST, standin.url()),
-        (config::MICROSOFT_GRAPH_URL, standin.url()),
-        (config::OAUTH_TABLE_NAME, table.clone()),
-    ]);
-    if let Some(tenant) = &options.tenant {
-        vars.insert(config::MICROSOFT_TENANT_ID, tenant.clone());
-    }
-    if let Some(dashboard) = &options.dashboard_url {
-        vars.insert(config::AUTOKITTEH_DASHBOARD_URL, dashboard.clone());
-    }
-    if let Some(margin) = options.refresh_margin_secs {
-        vars.insert(config::TOKEN_REFRESH_MARGIN_SECONDS, margin.to_string());
-    }
-    if let Some(ak) = &autokitteh {
-        vars.insert(config::AUTOKITTEH_API_URL, ak.url());
-        vars.insert(config::AUTOKITTEH_UI_URL, address.clone());
-    }
-    let mut config = Config::from_lookup(&|k| vars.get(k).cloned()).expect("config");
-    config.http_timeout = options.http_timeout;
-
-    if options.from_template {
-        let resources = DeployedResources {
-            endpoint: endpoint.clone(),
-            table: table.clone(),
-            kms_key,
-            client_secret: client_secret.clone(),
-            client_secret_arn: client_secret_arn.clone(),
-            start_key: start_key.clone(),
-            suffix,
-        };
-        let addresses = (address, functions_address);
-        let stand_ins = (standin, autokitteh, sts);
-        return spawn_from_template(options, resources, listener, addresses, stand_ins).await;
-    }
-
-    let dead = |yes: bool| if yes { DEAD_ENDPOINT.to_owned() } else { endpoint.clone() };
-    let dynamodb_endpoint = if options.stalled_dynamodb {
-        stalled_endpoint().await
-    } else {
-        dead(options.dead_dynamodb)
-    };
-    let dynamo_for_app = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(dynamodb_endpoint).build(),
-    );
-    let kms_for_app = aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::config::Builder::from(&sdk).endpoint_url(dead(options.dead_kms)).build(),
-    );
-    let sm_for_app = aws_sdk_secretsmanager::Client::from_conf(
-        aws_sdk_secretsmanager::config::Builder::from(&sdk)
-            .endpoint_url(dead(options.dead_secrets_manager))
-            .build(),
-    );
-
-    let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
-    let recorded = Arc::new(RecordedMetrics::default());
-    let metrics: Arc<dyn Metrics> = recorded.clone();
-    let recorded_audit = Arc::new(RecordedAudit::default());
-    let audit: Arc<dyn AuditTrail> = recorded_audit.clone();
-    let shares_table = aws::shares_table_of(&table);
-    let shares: Arc<dyn KeyShares> =
-        Arc::new(DynamoKeyShares::new(dynamo_for_app.clone(), shares_table.clone()));
-    let store: Arc<dyn Store> = Arc::new(DynamoStore::new(dynamo_for_app, table.clone()));
-    let http = ms_oauth::http::build_client(config.http_timeout).expect("http client");
-    let endpoints = Endpoints::new(&config);
-    let microsoft = Microsoft::new(endpoints.clone(), http.clone());
-    let ak_client = ms_oauth::runtime::autokitteh_from_config(&config, &http);
-    let start = match &ak_client {
-        Some(ak) => StartService::in_autokitteh(
-            config.clone(),
-            endpoints,
-            store.clone(),
-            clock.clone(),
-            ak.clone(),
-        ),
-        None => StartService::new(
-            config.clone(),
-            endpoints,
-            store.clone(),
-            clock.clone(),
-            CachedSecret::new(
-                config::SecretSource::Value(SecretString::from(start_key.clone())),
-                None,
-            ),
-        ),
-    };
-    let keys: Arc<dyn DataKeys> = Arc::new(KmsDataKeys::new(kms_for_app, kms_key.clone()));
-    let client_secret_source =
-        config::SecretSource::SecretsManager { arn: client_secret_arn.clone() };
-    let events = Arc::new(RecordedEvents::default());
-    let redirect = RedirectService::new(
-        config.clone(),
-        microsoft.clone(),
-        store.clone(),
-        keys.clone(),
-        shares.clone(),
-        clock.clone(),
-        CachedSecret::new(client_secret_source.clone(), Some(sm_for_app.clone())),
-    )
-    .with_events(events.clone());
-    let redirect = match ak_client.clone() {
-        Some(ak) => redirect.with_autokitteh(ak),
-        None => redirect,
-    }
-    .with_metrics(metrics.clone())
-    .with_audit(audit.clone())
-    .with_federation(federation.clone());
-    let start = start.with_metrics(metrics.clone()).with_audit(audit.clone());
-    let mut ak_service_user = None;
-    let write_back = match (&ak_client, &autokitteh) {
-        (Some(client), Some(standin)) if options.ak_write_back => {
-            let user = standin.add_user("automation@service.contoso.example", &[]);
-            let token = standin.session_for(&user);
-            let arn = aws::ensure_secret(
-                &secretsmanager,
-                &format!("oauth-test/{suffix}/autokitteh-api-token"),
-                &token,
-            )
-            .await
-            .expect("API token secret");
-            ak_service_user = Some((user, token));
-            Some(Arc::new(WriteBack::new(
-                client.clone(),
-                CachedSecret::new(
-                    config::SecretSource::SecretsManager { arn },
-                    Some(sm_for_app.clone()),
-                ),
-            )))
-        }
-        _ => None,
-    };
-    let tokens = TokenService {
-        store,
-        keys,
-        shares,
-        microsoft,
-        client_secret: Arc::new(CachedSecret::new(client_secret_source, Some(sm_for_app))),
-        clock: clock.clone(),
-        events: events.clone(),
-        table: table.clone(),
-        margin: config.refresh_margin,
-        backoff: Duration::from_millis(20),
-        write_back,
-        metrics: metrics.clone(),
-        audit: audit.clone(),
-        federation,
-    };
-    tokio::spawn(local::serve(
-        listener,
-        Functions {
-            start: Arc::new(start),
-            redirect: Arc::new(redirect),
-            api: Arc::new(ConnectionApi { tokens: tokens.clone() }),
-        },
-    ));
-
-    TestApp {
-        address,
-        api_address: functions_address,
-        standin,
-        clock,
-        table,
-        shares_table,
-        dynamodb,
-        kms,
-        secretsmanager,
-        client_secret,
-        client_secret_arn,
-        start_key,
-        events,
-        refresher: Refresher { tokens },
-        autokitteh,
-        ak_service_user,
-        deployed: None,
-        kms_key,
-        aws_endpoint: endpoint,
-        metrics: recorded,
-        audit: recorded_audit,
-        sts,
-    }
-}
-
-struct DeployedResources {
-    endpoint: String,
-    table: String,
-    kms_key: String,
-    client_secret: String,
-    client_secret_arn: String,
-    start_key: String,
-    suffix: String,
-}
-
-/// The app as the template deploys it: each function built by its `from_sdk` from exactly
-/// the variables the template sets on it (resolved for this deployment), with its own AWS
-/// endpoint, a recorder in front of the emulator.
-async fn spawn_from_template(
-    options: AppOptions,
-    r: DeployedResources,
-    listener: TcpListener,
-    (address, api_address): (String, String),
-    (standin, autokitteh, sts): (
-        Standin,
-        Option<AkStandin>,
-        Option<ms_oauth_tests::sts::StsStandin>,
-    ),
-) -> TestApp {
-    use ms_oauth_tests::recorder::{ACCOUNT, REGION};
-    let sdk = aws::sdk_config(&r.endpoint).await;
-    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
-    let kms = aws_sdk_kms::Client::new(&sdk);
-    let secretsmanager = aws_sdk_secretsmanager::Client::new(&sdk);
-    let secret = |name: &str, value: String| {
-        let client = secretsmanager.clone();
-        let name = format!("oauth-test/{}/{name}", r.suffix);
-        async move { aws::ensure_secret(&client, &name, &value).await.expect("secret") }
-    };
-    let start_key_arn = secret("start-link-key", r.start_key.clone()).await;
-
+    // The deployment: the template with this test's parameters.
     let mut parameters = BTreeMap::from([
         ("MicrosoftClientId".to_owned(), CLIENT_ID.to_owned()),
-        ("MicrosoftClientSecretArn".to_owned(), r.client_secret_arn.clone()),
+        ("MicrosoftClientSecretArn".to_owned(), client_secret_arn.clone()),
         ("MicrosoftAuthorityHost".to_owned(), standin.url()),
         ("MicrosoftGraphUrl".to_owned(), standin.url()),
     ]);
+    if options.national_cloud_graph {
+        let graph = format!("http://localhost:{}", standin.addr.port());
+        standin.set_graph_resource(&graph);
+        parameters.insert("MicrosoftGraphUrl".into(), graph);
+    }
     if options.aws_federation {
         parameters.insert("MicrosoftClientAuth".into(), "aws_federation".into());
         parameters.insert("MicrosoftClientSecretArn".into(), String::new());
@@ -527,8 +308,11 @@ async fn spawn_from_template(
     if let Some(tenant) = &options.tenant {
         parameters.insert("MicrosoftTenantId".into(), tenant.clone());
     }
-    for (name, value) in &options.parameters {
-        parameters.insert((*name).to_owned(), value.clone());
+    if let Some(margin) = options.refresh_margin_secs {
+        parameters.insert("TokenRefreshMarginSeconds".into(), margin.to_string());
+    }
+    if let Some(dashboard) = &options.dashboard_url {
+        parameters.insert("AutoKittehDashboardUrl".into(), dashboard.clone());
     }
     let mut ak_service_user = None;
     if let Some(ak) = &autokitteh {
@@ -537,103 +321,157 @@ async fn spawn_from_template(
         if options.ak_write_back {
             let user = ak.add_user("automation@service.contoso.example", &[]);
             let token = ak.session_for(&user);
-            parameters
-                .insert("AutoKittehApiTokenArn".into(), secret("ak-token", token.clone()).await);
+            let arn = aws::ensure_secret(
+                &secretsmanager,
+                &format!("oauth-test/{suffix}/autokitteh-api-token"),
+                &token,
+            )
+            .await
+            .expect("API token secret");
+            parameters.insert("AutoKittehApiTokenArn".into(), arn);
             ak_service_user = Some((user, token));
         }
     }
-    // The audit bus the template makes, made on the emulator under this deployment's name.
-    let audit_bus = format!("oauth-test-audit-{}", r.suffix);
-    let audit_bus_arn = aws_sdk_eventbridge::Client::new(&sdk)
-        .create_event_bus()
-        .name(&audit_bus)
-        .send()
-        .await
-        .expect("audit bus")
-        .event_bus_arn
-        .expect("audit bus ARN");
-    let table_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}", r.table);
-    let shares_table = aws::shares_table_of(&r.table);
-    let shares_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{shares_table}");
-    let key_arn = format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/{}", r.kms_key);
-    let deployment = ms_oauth_tests::iam::Deployment::new(
-        serde_yaml_ng::from_str(
-            &std::fs::read_to_string(aws::workspace_root().join("infra/template.yaml"))
-                .expect("template"),
-        )
-        .expect("template is YAML"),
-        "oauth-test",
-        parameters,
-        BTreeMap::from([
-            ("Table".to_owned(), r.table.clone()),
-            ("KeySharesTable".to_owned(), shares_table.clone()),
-            ("StartLinkKey".to_owned(), start_key_arn),
-            ("TokenKey".to_owned(), r.kms_key.clone()),
-            ("AuditBus".to_owned(), audit_bus),
-        ]),
-        BTreeMap::from([
-            ("Table.Arn".to_owned(), table_arn),
-            ("KeySharesTable.Arn".to_owned(), shares_arn),
-            ("TokenKey.Arn".to_owned(), key_arn),
-            ("AuditBus.Arn".to_owned(), audit_bus_arn),
-        ]),
-    );
+    for (name, value) in &options.parameters {
+        parameters.insert((*name).to_owned(), value.clone());
+    }
+    let deployment = deploy::deployment("oauth-test", parameters, &resources);
 
+    // Each function reaches AWS as the template lets it: through a recorder of its own with
+    // `from_template` (the policy tests), else straight to the emulator.
     let mut functions = BTreeMap::new();
     let mut sdks = BTreeMap::new();
-    for id in TEMPLATE_FUNCTIONS {
-        let set_up = deployment.function(id);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind recorder");
-        let sts_upstream = sts.as_ref().map(|s| s.url());
-        let recorder = Recorder::spawn_routed(listener, &r.endpoint, sts_upstream.as_deref())
-            .expect("recorder");
-        sdks.insert(id, aws::sdk_config(recorder.url()).await);
+    for id in deploy::FUNCTIONS {
+        let set_up = deploy::function(&deployment, id, &address);
+        let recorder = if options.from_template {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind recorder");
+            let sts_upstream = sts.as_ref().map(|s| s.url());
+            let recorder = Recorder::spawn_routed(listener, &endpoint, sts_upstream.as_deref())
+                .expect("recorder");
+            sdks.insert(id, aws::sdk_config(recorder.url()).await);
+            Some(recorder)
+        } else {
+            sdks.insert(id, sdk.clone());
+            None
+        };
         functions.insert(id.to_owned(), (set_up, recorder));
     }
-    let build = |id: &str| {
-        let (set_up, _) = &functions[id];
-        // Only the public address differs: here it is this loopback address.
-        let mut env = set_up.environment.clone();
-        env.insert(config::WEBHOOK_ADDRESS.to_owned(), address.clone());
-        move |k: &str| env.get(k).cloned()
+
+    // The seams a test may change: the clock, the sinks, timeouts and dead dependencies.
+    let clock = Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc())));
+    let recorded = Arc::new(RecordedMetrics::default());
+    let recorded_audit = Arc::new(RecordedAudit::default());
+    let events = Arc::new(RecordedEvents::default());
+    let mut endpoints = Vec::new();
+    if options.dead_dynamodb {
+        endpoints.push((AwsService::DynamoDb, DEAD_ENDPOINT.to_owned()));
+    }
+    if options.stalled_dynamodb {
+        endpoints.push((AwsService::DynamoDb, stalled_endpoint().await));
+    }
+    if options.dead_kms {
+        endpoints.push((AwsService::Kms, DEAD_ENDPOINT.to_owned()));
+    }
+
+    if let (Some(sts), false) = (&sts, options.from_template) {
+        endpoints.push((AwsService::Sts, sts.url()));
+    }
+    let mut overrides = Overrides {
+        clock: Some(clock.clone()),
+        endpoints,
+        http_timeout: Some(options.http_timeout),
+        retry_backoff: Some(Duration::from_millis(20)),
+        ..Overrides::default()
     };
-    let start = StartService::from_sdk(&build("StartFunction"), &sdks["StartFunction"])
-        .expect("start from the template's environment");
-    let redirect = RedirectService::from_sdk(&build("RedirectFunction"), &sdks["RedirectFunction"])
-        .expect("redirect from the template's environment");
-    let api =
-        ConnectionApi::from_sdk(&build("ConnectionApiFunction"), &sdks["ConnectionApiFunction"])
-            .expect("connection API from the template's environment");
-    let refresher =
-        Refresher::from_sdk(&build("TokenRefresherFunction"), &sdks["TokenRefresherFunction"])
-            .expect("refresher from the template's environment");
+    // The policy tests see every AWS call the template's sinks make; the others record them.
+    if !options.from_template {
+        overrides.metrics = Some(recorded.clone());
+        overrides.audit = Some(recorded_audit.clone());
+        overrides.events = Some(events.clone());
+    }
+    // Secrets Manager down for the functions that read the client secret; the start
+    // function's instance holds its start-link key from before.
+    let overrides_of = |id: &str| {
+        let mut overrides = overrides.clone();
+        if options.dead_secrets_manager && id != "StartFunction" {
+            overrides.endpoints.push((AwsService::SecretsManager, DEAD_ENDPOINT.to_owned()));
+        }
+        overrides
+    };
+    let built = deploy::build(&|id| &functions[id].0.environment, &|id| &sdks[id], &overrides_of)
+        .unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(local::serve(
         listener,
-        Functions { start: Arc::new(start), redirect: Arc::new(redirect), api: Arc::new(api) },
+        Functions {
+            start: Arc::new(built.start),
+            redirect: Arc::new(built.redirect),
+            api: Arc::new(built.api),
+        },
     ));
+    let environments = functions
+        .iter()
+        .map(|(id, (set_up, _))| (id.clone(), set_up.environment.clone()))
+        .collect();
+    let deployed = options.from_template.then(|| Deployed {
+        deployment,
+        functions: functions
+            .into_iter()
+            .map(|(id, (set_up, recorder))| (id, (set_up, recorder.expect("a recorder"))))
+            .collect(),
+    });
+
     TestApp {
         address,
-        api_address,
+        api_address: functions_address,
         standin,
-        clock: Arc::new(TestClock(Mutex::new(OffsetDateTime::now_utc()))),
-        table: r.table,
-        shares_table,
+        clock,
+        table: resources.table,
+        shares_table: resources.shares_table,
         dynamodb,
         kms,
         secretsmanager,
-        client_secret: r.client_secret,
-        client_secret_arn: r.client_secret_arn,
-        start_key: r.start_key,
-        events: Arc::new(RecordedEvents::default()),
-        refresher,
+        client_secret,
+        client_secret_arn,
+        start_key,
+        events,
+        refresher: built.refresher,
         autokitteh,
         ak_service_user,
-        deployed: Some(Deployed { deployment, functions }),
-        kms_key: r.kms_key,
-        aws_endpoint: r.endpoint,
-        metrics: Arc::new(RecordedMetrics::default()),
-        audit: Arc::new(RecordedAudit::default()),
+        deployed,
+        kms_key: resources.kms_key,
+        aws_endpoint: endpoint,
+        metrics: recorded,
+        audit: recorded_audit,
         sts,
+        environments,
+        sdk,
+        overrides,
+    }
+}
+
+impl TestApp {
+    /// Another instance of a function that serves tokens (`ConnectionApiFunction` or
+    /// `TokenRefresherFunction`), built like the first through the one wiring from its
+    /// environment with `changed` variables (another table, say), and `secret_ttl` for the
+    /// client secret's cache when given.
+    pub fn token_service(
+        &self,
+        function: &str,
+        changed: &[(&str, &str)],
+        secret_ttl: Option<Duration>,
+    ) -> TokenService {
+        let mut env = self.environment(function);
+        for (name, value) in changed {
+            env.insert((*name).to_owned(), (*value).to_owned());
+        }
+        let overrides = Overrides { secret_ttl, ..self.overrides.clone() };
+        deploy::wire((&env, &self.sdk, &overrides), function, TokenService::wire)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The environment the template gives `function` in this deployment.
+    pub fn environment(&self, function: &str) -> BTreeMap<String, String> {
+        self.environments[function].clone()
     }
 }
 

@@ -2,8 +2,7 @@
 //! tokens' encryption context names the logical store, not the physical table. And a
 //! disconnected connection's tokens never come back from one: their key share is destroyed.
 
-use std::sync::Arc;
-
+use ms_oauth::config;
 use ms_oauth::crypto::{ContextScheme, CryptoError, seal};
 use ms_oauth::domain::Origin;
 use ms_oauth::store::{DynamoStore, Store};
@@ -29,12 +28,9 @@ async fn restored_copy(app: &TestApp) -> String {
     restored
 }
 
+/// The connection API as a stack restored onto `table` runs it (its table variable changed).
 fn tokens_on(app: &TestApp, table: &str) -> TokenService {
-    TokenService {
-        store: Arc::new(DynamoStore::new(app.dynamodb.clone(), table.to_owned())),
-        table: table.to_owned(),
-        ..app.refresher.tokens.clone()
-    }
+    app.token_service("ConnectionApiFunction", &[(config::OAUTH_TABLE_NAME, table)], None)
 }
 
 #[tokio::test]

@@ -18,9 +18,17 @@ What it does, each step skipped when already done:
    containers no host network), and infra/.sam-local/env.json pointing the functions there;
 5. `sam local start-api` on the public address `make run` uses (WEBHOOK_ADDRESS, default
    http://localhost:9000), with the local base image, warm containers.
-Every variable `make run` honours is honoured here (MOTO_PORT, STANDIN_PORT, WEBHOOK_ADDRESS);
-DOCKER_BRIDGE_ADDRESS overrides the bridge address. Ctrl-C (or SIGTERM) stops SAM, the
-local stack and the containers.
+Every variable `make run` honours is honoured here (MOTO_PORT, STANDIN_PORT, WEBHOOK_ADDRESS,
+MICROSOFT_CLIENT_ID, MICROSOFT_CLIENT_SECRET, MICROSOFT_SCOPES, ...). MICROSOFT_AUTHORITY_HOST,
+MICROSOFT_GRAPH_URL and AWS_ENDPOINT_URL, when set, reach the functions and replace the
+stand-in and moto, which are then not started: a value the containers reach as it is (real
+Microsoft, a host's address) is passed on; a loopback one is translated to Docker's bridge
+address when the service answers there, and refused with what to do when it does not.
+DOCKER_BRIDGE_ADDRESS overrides the bridge address.
+
+However it is stopped (Ctrl-C, SIGTERM, or its parent or itself killed), nothing stays
+behind: a watchdog process stops SAM, the local stack and the functions' containers as soon
+as this process is gone.
 """
 
 import ipaddress
@@ -233,12 +241,86 @@ def wait_for_port(host, port, timeout, what, proc=None):
     raise SystemExit(f"sam-local: {what} did not come up on {host}:{port}")
 
 
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain")
+
+
+def is_loopback(host):
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def answers(host, port):
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
+
+
+def for_containers(var, value, bridge, reachable=answers):
+    """`value` of `var` as the functions' containers must use it. A loopback address names
+    the container itself there: it becomes the bridge address when the service answers on
+    it (it listens on all addresses, or on the bridge's), else this stops with what to do."""
+    parts = urllib.parse.urlsplit(value)
+    host = parts.hostname or ""
+    if not is_loopback(host):
+        return value
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if not reachable(bridge, port):
+        raise SystemExit(
+            f"sam-local: {var}={value} is a loopback address, which the functions' containers "
+            f"cannot reach, and nothing answers on Docker's bridge address {bridge}:{port}. "
+            f"Make the service listen on 0.0.0.0 or {bridge} and set "
+            f"{var}={parts.scheme}://{bridge}:{port}{parts.path}, or unset {var} to use the local "
+            f"{'moto' if var == 'AWS_ENDPOINT_URL' else 'stand-in'}.")
+    netloc = f"{bridge}:{port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+WATCHDOG = """
+import os, signal, subprocess, sys, time
+pgids = []
+for line in sys.stdin:
+    line = line.strip()
+    if line.isdigit():
+        pgids.append(int(line))
+# The parent is gone (its end of the pipe closed): stop what it started.
+for pgid in reversed(pgids):
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        if sig == signal.SIGINT:
+            for _ in range(50):
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=sam.cli.container.type=lambda"],
+                     capture_output=True, text=True).stdout.split()
+if ids:
+    subprocess.run(["docker", "rm", "-f", *ids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+"""
+
+
 class Stack:
     """The local stack's services and `sam local start-api`, stopped together."""
 
     def __init__(self):
         self.procs = []
         self.link = None
+        # Stops everything once this process is gone, however it went.
+        self.watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG], stdin=subprocess.PIPE,
+                                         text=True, start_new_session=True)
+
+    def started(self, proc):
+        self.procs.append(proc)
+        self.watchdog.stdin.write(f"{proc.pid}\n")
+        self.watchdog.stdin.flush()
 
     def start(self):
         began = time.time()
@@ -255,16 +337,22 @@ class Stack:
         standin_port = int(os.environ.get("STANDIN_PORT", "9100"))
         os.makedirs(WORK, exist_ok=True)
 
+        # What the user set wins, as everywhere; the local services stand in for the rest.
+        given = {var: os.environ[var] for var in
+                 ("MICROSOFT_AUTHORITY_HOST", "MICROSOFT_GRAPH_URL", "AWS_ENDPOINT_URL")
+                 if os.environ.get(var, "").strip()}
+        seen = {var: for_containers(var, value, bridge) for var, value in given.items()}
+        client_id = os.environ.get("MICROSOFT_CLIENT_ID", "").strip() or LOCAL_CLIENT_ID
+
         stack_log = open(os.path.join(WORK, "local-stack.log"), "w+", encoding="utf-8")
         stack_env = dict(os.environ, LOCAL_SERVICES_ONLY="1", LOCAL_BIND_ADDRESS=bridge,
                          WEBHOOK_ADDRESS=public, MOTO_PORT=str(moto_port),
                          STANDIN_PORT=str(standin_port),
                          MOTO_SERVER=os.path.join(VENV, "moto_server"))
-        stack_env.pop("AWS_ENDPOINT_URL", None)
         stack = subprocess.Popen([os.path.join(ROOT, "target", "debug", "local-stack")], env=stack_env,
                                  stdout=stack_log, stderr=subprocess.STDOUT, cwd=ROOT,
                                  start_new_session=True)
-        self.procs.append(stack)
+        self.started(stack)
         deadline = time.time() + 90
         while self.link is None:
             if stack.poll() is not None or time.time() > deadline:
@@ -276,13 +364,26 @@ class Stack:
                 if line.startswith("START_LINK="):
                     self.link = line.split("=", 1)[1]
 
-        variables = dict(LOCAL,
+        standin = f"http://{bridge}:{standin_port}"
+        local = {var: os.environ.get(var, "").strip() or value for var, value in LOCAL.items()}
+        variables = dict(local,
                          WEBHOOK_ADDRESS=public,
-                         MICROSOFT_CLIENT_ID=LOCAL_CLIENT_ID,
-                         MICROSOFT_AUTHORITY_HOST=f"http://{bridge}:{standin_port}",
-                         MICROSOFT_GRAPH_URL=f"http://{bridge}:{standin_port}",
-                         AWS_ENDPOINT_URL=f"http://{bridge}:{moto_port}",
+                         MICROSOFT_CLIENT_ID=client_id,
+                         AWS_ENDPOINT_URL=seen.get("AWS_ENDPOINT_URL", f"http://{bridge}:{moto_port}"),
                          EVENT_BUS_NAME="", AUDIT_BUS_NAME="")
+        if "MICROSOFT_AUTHORITY_HOST" in seen:
+            # Another identity platform: its Graph as given, else the global one.
+            variables["MICROSOFT_AUTHORITY_HOST"] = seen["MICROSOFT_AUTHORITY_HOST"]
+            if "MICROSOFT_GRAPH_URL" in seen:
+                variables["MICROSOFT_GRAPH_URL"] = seen["MICROSOFT_GRAPH_URL"]
+        else:
+            variables["MICROSOFT_AUTHORITY_HOST"] = standin
+            variables["MICROSOFT_GRAPH_URL"] = seen.get("MICROSOFT_GRAPH_URL", standin)
+        for var in ("MICROSOFT_TENANT_ID", "MICROSOFT_SCOPES", "TOKEN_REFRESH_MARGIN_SECONDS"):
+            if os.environ.get(var, "").strip():
+                variables[var] = os.environ[var]
+        for var, value in seen.items():
+            say(f"{var}={value} for the functions (from the environment)")
         env_json = os.path.join(WORK, "env.json")
         with open(env_json, "w", encoding="utf-8") as f:
             json.dump(environments(variables), f, indent=1)
@@ -293,14 +394,14 @@ class Stack:
             os.path.join(VENV, "sam"), "local", "start-api",
             "--template", os.path.join(WORK, "template.yaml"),
             "--env-vars", env_json,
-            "--parameter-overrides", f"Architecture={arch} MicrosoftClientId={LOCAL_CLIENT_ID}",
+            "--parameter-overrides", f"Architecture={arch} MicrosoftClientId={client_id}",
             "--invoke-image", IMAGE, "--skip-pull-image",
             "--warm-containers", "LAZY",
             "--host", "127.0.0.1", "--port", str(port),
         ]
         sam = subprocess.Popen(command, cwd=INFRA, env=dict(os.environ, **SAM_ENV),
                                stdout=sam_log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(sam)
+        self.started(sam)
         if not wait_for_port("127.0.0.1", port, 120, "sam local start-api", sam):
             sam_log.seek(0)
             raise SystemExit(f"sam-local: sam local start-api stopped:\n{sam_log.read()[-4000:]}")
@@ -321,28 +422,140 @@ class Stack:
                              capture_output=True, text=True).stdout.split()
         if ids:
             subprocess.run(["docker", "rm", "-f", *ids], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Nothing left for the watchdog to do.
+        if self.watchdog.stdin and not self.watchdog.stdin.closed:
+            self.watchdog.stdin.close()
+            self.watchdog.wait(timeout=30)
 
 
 def serve():
+    parent = os.getppid()
     stack = Stack()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(0))
     try:
         stack.start()
         print(f"\nOpen this start link in a browser (opens once, within 10 minutes):\nSTART_LINK={stack.link}")
         print("\nReady. Press Ctrl-C to stop.", flush=True)
-        while all(p.poll() is None for p in stack.procs):
+        # Until Ctrl-C, a service stopping, or whoever started this going away.
+        while all(p.poll() is None for p in stack.procs) and os.getppid() == parent:
             time.sleep(1)
-        return 1
+        return 1 if os.getppid() == parent else 0
     except KeyboardInterrupt:
         return 0
     finally:
         stack.stop()
 
 
+def check_for_containers():
+    """The translation of loopback values, with the answer of the bridge address given."""
+    bridge = "172.17.0.1"
+    value = for_containers("MICROSOFT_AUTHORITY_HOST", "http://127.0.0.1:9400", bridge, lambda h, p: True)
+    assert value == "http://172.17.0.1:9400", value
+    value = for_containers("AWS_ENDPOINT_URL", "http://localhost:4599/", bridge, lambda h, p: (h, p) == (bridge, 4599))
+    assert value == "http://172.17.0.1:4599/", value
+    for given in ("https://login.microsoftonline.com", "http://10.0.0.5:9400"):
+        assert for_containers("MICROSOFT_AUTHORITY_HOST", given, bridge, lambda h, p: False) == given
+    try:
+        for_containers("MICROSOFT_AUTHORITY_HOST", "http://127.0.0.1:9400", bridge, lambda h, p: False)
+        raise AssertionError("a loopback address nothing answers on the bridge was passed on")
+    except SystemExit as refused:
+        message = str(refused)
+        assert "0.0.0.0" in message and "http://172.17.0.1:9400" in message, message
+    say("loopback addresses: translated to the bridge where the service answers, refused where not")
+
+
+def sign_in_and_check(public, link, request, sign_in):
+    cid = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)["cid"][0]
+    began = time.time()
+    sign_in(link, cid)
+    say(f"signed in {cid} through sam local in {time.time() - began:.1f} s")
+    status, _, body = request("GET", f"{public}/connections/{cid}/token")
+    assert status == 200 and json.loads(body)["access_token"], (status, body[:200])
+    return cid
+
+
+def test_another_identity_platform(request, sign_in):
+    """MICROSOFT_AUTHORITY_HOST set: an identity platform apart from the local stack (the
+    stand-in in a process of its own, on the bridge address, with an app of its own), given
+    as a loopback address; the local stack starts no stand-in and the sign-in goes there."""
+    bridge = bridge_address()
+    port = int(os.environ.get("IDENTITY_PORT", "9450"))
+    public = os.environ.get("WEBHOOK_ADDRESS", "http://localhost:9000")
+    app = {"MICROSOFT_CLIENT_ID": "4b1e7c2d-9a3f-4e5b-8c6d-7e8f9a0b1c2d",
+           "MICROSOFT_CLIENT_SECRET": "another-identity-platform-secret~local"}
+    platform_log = open(os.path.join(WORK, "identity-standin.log"), "w+", encoding="utf-8")
+    platform = subprocess.Popen([os.path.join(ROOT, "target", "debug", "identity-standin"), f"{bridge}:{port}"],
+                                env=dict(os.environ, WEBHOOK_ADDRESS=public, **app), stdout=platform_log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    saved = {k: os.environ.get(k) for k in [*app, "MICROSOFT_AUTHORITY_HOST", "MICROSOFT_GRAPH_URL"]}
+    stack = Stack()
+    stack.started(platform)
+    try:
+        wait_for_port(bridge, port, 30, "the identity platform", platform)
+        os.environ.update(app, MICROSOFT_AUTHORITY_HOST=f"http://127.0.0.1:{port}",
+                          MICROSOFT_GRAPH_URL=f"http://127.0.0.1:{port}")
+        stack.start()
+        standin_port = int(os.environ.get("STANDIN_PORT", "9100"))
+        assert not answers(bridge, standin_port), "the local stack started its stand-in anyway"
+        with open(os.path.join(WORK, "local-stack.log"), encoding="utf-8") as f:
+            assert "(from MICROSOFT_AUTHORITY_HOST)" in f.read()
+        sign_in_and_check(public, stack.link, request, sign_in)
+        say(f"MICROSOFT_AUTHORITY_HOST=http://127.0.0.1:{port}: the sign-in went to that identity "
+            f"platform (at {bridge}:{port} for the containers); no stand-in was started")
+    finally:
+        stack.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def processes_of(marker):
+    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    return [pid for pid in out if int(pid) != os.getpid()]
+
+
+def test_killed_leaves_nothing():
+    """`make sam-local` killed outright (no Ctrl-C, no cleanup of its own): the watchdog stops
+    SAM, the local stack and the containers; the public address is free again."""
+    public = os.environ.get("WEBHOOK_ADDRESS", "http://localhost:9000")
+    port = urllib.parse.urlsplit(public).port or 80
+    bridge = bridge_address()
+    moto_port = int(os.environ.get("MOTO_PORT", "4566"))
+    log = open(os.path.join(WORK, "serve.log"), "w+", encoding="utf-8")
+    served = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve"], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 180
+    while True:
+        log.seek(0)
+        if "Ready." in log.read():
+            break
+        if served.poll() is not None or time.time() > deadline:
+            log.seek(0)
+            raise AssertionError(f"sam-local serve did not start:\n{log.read()[-3000:]}")
+        time.sleep(0.5)
+    os.kill(served.pid, signal.SIGKILL)
+    served.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        left = (processes_of("target/debug/local-stack") + processes_of("sam local start-api")
+                + processes_of(f"moto_server -H {bridge} -p {moto_port}"))
+        containers = subprocess.run(["docker", "ps", "-aq", "--filter", "label=sam.cli.container.type=lambda"],
+                                    capture_output=True, text=True).stdout.split()
+        if not left and not containers and port_free("127.0.0.1", port):
+            say("killed outright, it left no process, container or taken port behind")
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"left behind: processes {left}, containers {containers}")
+
+
 def test():
     sys.path.insert(0, os.path.join(ROOT, "tests", "conformance"))
     from run import request, sign_in  # noqa: E402  (the same browser steps as the conformance run)
 
+    check_for_containers()
     stack = Stack()
     try:
         public = stack.start()
@@ -364,10 +577,12 @@ def test():
         assert status == 200 and json.loads(body)["status"] == "init_required", (status, body)
         say("every route of the template answered by its function through sam local: "
             "start link, confirmation, redirect, status, token, Teams start, disconnect")
-        print("1 passed, 0 failed")
-        return 0
     finally:
         stack.stop()
+    test_another_identity_platform(request, sign_in)
+    test_killed_leaves_nothing()
+    print("4 passed, 0 failed")
+    return 0
 
 
 if __name__ == "__main__":

@@ -298,13 +298,14 @@ pub const LAMBDA_FUNCTION_NAME: &str = "AWS_LAMBDA_FUNCTION_NAME";
 /// (default [`DEFAULT_NAMESPACE`]); elsewhere none, so tools that print to stdout
 /// (`akoauth token`) print only what they are asked for.
 pub fn from_env(lookup: &dyn Fn(&str) -> Option<String>) -> std::sync::Arc<dyn Metrics> {
+    // Off Lambda (akoauth, local runs) nothing is recorded, and the namespace is not read.
+    if lookup(LAMBDA_FUNCTION_NAME).is_none_or(|n| n.trim().is_empty()) {
+        return std::sync::Arc::new(NoMetrics);
+    }
     let namespace = lookup(crate::config::METRICS_NAMESPACE)
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
-    if lookup(LAMBDA_FUNCTION_NAME).is_none_or(|n| n.trim().is_empty()) {
-        return std::sync::Arc::new(NoMetrics);
-    }
     std::sync::Arc::new(EmfMetrics::new(namespace))
 }
 

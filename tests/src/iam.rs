@@ -157,7 +157,26 @@ impl Deployment {
         match v {
             Value::Tagged(t) => match tag_name(t).as_str() {
                 "Ref" => {
-                    self.reference(t.value.as_str().expect("Ref takes a name")).map(Value::String)
+                    let name = t.value.as_str().expect("Ref takes a name");
+                    let list = self.template["Parameters"][name]["Type"].as_str()
+                        == Some("CommaDelimitedList");
+                    let value = self.reference(name)?;
+                    if list {
+                        // A list parameter is a list: empty items (the default "") drop out.
+                        let items = value.split(',').map(str::trim).filter(|i| !i.is_empty());
+                        return Some(Value::Sequence(
+                            items.map(|i| Value::String(i.to_owned())).collect(),
+                        ));
+                    }
+                    Some(Value::String(value))
+                }
+                "Join" => {
+                    let args = t.value.as_sequence().expect("Join takes a separator and a list");
+                    let separator = args[0].as_str().expect("a separator");
+                    let items = self.resolve(&args[1])?;
+                    let items = items.as_sequence().expect("Join takes a list");
+                    let parts: Vec<String> = items.iter().filter_map(scalar).collect();
+                    Some(Value::String(parts.join(separator)))
                 }
                 "GetAtt" => {
                     let name = match &t.value {
@@ -278,6 +297,27 @@ impl Deployment {
             }
         }
         documents.iter().flat_map(statements_of).collect()
+    }
+
+    /// The statements of the managed policy `id` (logical id); none when it is not deployed.
+    pub fn policy_statements(&self, id: &str) -> Vec<Statement> {
+        self.resource(id)
+            .map(|p| statements_of(&p["Properties"]["PolicyDocument"]))
+            .unwrap_or_default()
+    }
+
+    /// The value of output `name`, resolved; `None` when its condition leaves it out.
+    pub fn output(&self, name: &str) -> Option<String> {
+        let output = &self.template["Outputs"][name];
+        if output.is_null() {
+            panic!("the template has no output {name}");
+        }
+        if let Some(condition) = output["Condition"].as_str()
+            && !self.condition(condition)
+        {
+            return None;
+        }
+        self.resolve(&output["Value"]).and_then(|v| scalar(&v))
     }
 
     /// The key policies of the template's KMS keys, by key ARN.
@@ -470,7 +510,8 @@ impl Statement {
             && self.conditions.iter().all(|c| condition_holds(c, call))
     }
 
-    fn names(&self, principal: &str) -> bool {
+    /// Whether the statement's principal names `principal`.
+    pub fn names(&self, principal: &str) -> bool {
         self.principals.iter().any(|p| p == "*" || p == principal)
     }
 }

@@ -77,6 +77,7 @@ fn placeholder(var: &str) -> Option<&'static str> {
         config::AUTOKITTEH_API_URL => "https://api.autokitteh.example",
         config::AUTOKITTEH_UI_URL => "https://app.autokitteh.example",
         config::AUTOKITTEH_DASHBOARD_URL => "https://dash.autokitteh.example",
+        "AWS_LAMBDA_FUNCTION_NAME" => "oauth-function",
         _ => return None,
     })
 }
@@ -87,15 +88,25 @@ struct Recorder {
     asked: Mutex<BTreeSet<String>>,
     /// Values other than the placeholder, by name.
     overrides: BTreeMap<String, String>,
+    /// Runs as a function on Lambda, which sets [`LAMBDA_VARIABLES`] itself.
+    on_lambda: bool,
 }
 
 impl Recorder {
     fn new(vars: &BTreeSet<String>) -> Self {
-        Self { vars: vars.clone(), asked: Mutex::default(), overrides: BTreeMap::new() }
+        Self {
+            vars: vars.clone(),
+            asked: Mutex::default(),
+            overrides: BTreeMap::new(),
+            on_lambda: true,
+        }
     }
 
     fn lookup(&self, name: &str) -> Option<String> {
         self.asked.lock().unwrap().insert(name.to_owned());
+        if self.on_lambda && LAMBDA_VARIABLES.contains(&name) {
+            return placeholder(name).map(str::to_owned);
+        }
         if !self.vars.contains(name) {
             return None;
         }
@@ -462,9 +473,9 @@ fn the_key_policies_name_the_store_the_code_seals_with() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("kms:EncryptionContext:store: "))
         .collect();
-    // The token key's statements for new seals (the redirect's, the API's and refresher's)
-    // and for app credentials (the API seals, sign-ins and refreshes open).
-    assert_eq!(named.len(), 4, "{named:?}");
+    // The token key's statements for new seals (the redirect's, the API's and refresher's),
+    // for app credentials (the API seals, sign-ins and refreshes open) and the operators'.
+    assert_eq!(named.len(), 5, "{named:?}");
     assert!(named.iter().all(|n| *n == ms_oauth::crypto::TOKEN_STORE), "{named:?}");
     let purposes: Vec<&str> = text
         .lines()
@@ -798,4 +809,116 @@ fn with_aws_federation_the_functions_start_without_a_secret_and_may_ask_sts_only
         let secret_statements = with_secret.role_statements(&with_secret.function(id).role);
         assert!(!secret_statements.iter().any(|s| s.actions.iter().any(|a| a.starts_with("sts:"))));
     }
+}
+
+/// The deployments the operator checks run over: standalone with a secret, secretless, and
+/// inside AutoKitteh with write-back; each with an operator role.
+fn operator_deployments() -> Vec<(&'static str, BTreeMap<String, String>)> {
+    let base = |extra: &[(&str, &str)]| {
+        let mut parameters = BTreeMap::from([
+            ("MicrosoftClientId".to_owned(), "11111111-2222-3333-4444-555555555555".to_owned()),
+            ("OperatorRoleArns".to_owned(), "arn:aws:iam::123456789012:role/oncall".to_owned()),
+        ]);
+        for (k, v) in extra {
+            parameters.insert((*k).to_owned(), (*v).to_owned());
+        }
+        parameters
+    };
+    vec![
+        ("standalone", base(&[])),
+        ("aws_federation", base(&[("MicrosoftClientAuth", "aws_federation")])),
+        (
+            "inside AutoKitteh with write-back",
+            base(&[
+                ("AutoKittehApiUrl", "https://api.autokitteh.example"),
+                (
+                    "AutoKittehApiTokenArn",
+                    "arn:aws:secretsmanager:us-east-1:123456789012:secret:ak-AbCdEf",
+                ),
+            ]),
+        ),
+    ]
+}
+
+fn test_resources() -> ms_oauth_tests::deploy::Resources {
+    ms_oauth_tests::deploy::Resources {
+        table: "oauth".into(),
+        shares_table: "oauth-key-shares".into(),
+        kms_key: "00000000-0000-0000-0000-000000000000".into(),
+        start_link_key_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:sl-AbCdEf".into(),
+        audit_bus: "oauth-audit".into(),
+        audit_bus_arn: "arn:aws:events:us-east-1:123456789012:event-bus/oauth-audit".into(),
+    }
+}
+
+#[test]
+fn the_operator_environment_output_gives_akoauth_exactly_what_it_reads() {
+    for (mode, parameters) in operator_deployments() {
+        let deployment = ms_oauth_tests::deploy::deployment("stack", parameters, &test_resources());
+        let text = deployment.output("OperatorEnvironment").expect("always an output");
+        let given: BTreeMap<String, String> = text
+            .split(' ')
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{mode}: {pair}"));
+                assert!(!v.is_empty(), "{mode}: {k} is empty");
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        let names: BTreeSet<String> = given.keys().cloned().collect();
+        let mut recorder = Recorder::new(&names);
+        recorder.overrides = given.clone();
+        recorder.on_lambda = false;
+        let lookup = |name: &str| recorder.lookup(name);
+        // Every command that reaches AWS builds the token service; start-link and
+        // consent-link also read the start-link key (standalone).
+        ms_oauth::tokens::TokenService::from_sdk(config::Role::Operator, &lookup, &sdk())
+            .unwrap_or_else(|e| panic!("{mode}: akoauth cannot start from the output: {e}"));
+        let link_key =
+            config::secret_source(&lookup, config::START_LINK_KEY, config::START_LINK_KEY_ARN);
+        assert_eq!(link_key.is_ok(), !mode.starts_with("inside"), "{mode}");
+        let asked = recorder.asked();
+        // Read to tell whether a mode is on (or a secret given twice): their absence says so.
+        let switches: BTreeSet<&str> = MODE_VARIABLES
+            .into_iter()
+            .chain(PLAIN_SECRET_VARIABLES)
+            .chain([
+                config::AUTOKITTEH_API_TOKEN,
+                config::MICROSOFT_CLIENT_SECRET_ARN,
+                config::START_LINK_KEY_ARN,
+            ])
+            .chain(LAMBDA_VARIABLES)
+            .collect();
+        for var in &asked {
+            assert!(
+                names.contains(var) || switches.contains(var.as_str()),
+                "{mode}: akoauth reads {var}, which OperatorEnvironment does not give"
+            );
+        }
+        let unread: Vec<&String> = names.difference(&asked).collect();
+        assert!(
+            unread.is_empty(),
+            "{mode}: OperatorEnvironment gives what akoauth never reads: {unread:?}"
+        );
+    }
+}
+
+#[test]
+fn only_the_operator_roles_named_may_open_tokens_and_only_with_them_is_there_a_policy() {
+    let (_, mut parameters) = operator_deployments().remove(0);
+    let with = ms_oauth_tests::deploy::deployment("stack", parameters.clone(), &test_resources());
+    parameters.remove("OperatorRoleArns");
+    let without = ms_oauth_tests::deploy::deployment("stack", parameters, &test_resources());
+    let named = |d: &ms_oauth_tests::iam::Deployment| -> usize {
+        d.key_policies()
+            .values()
+            .flatten()
+            .filter(|s| s.names("arn:aws:iam::123456789012:role/oncall"))
+            .count()
+    };
+    assert_eq!(named(&with), 3, "open and seal, the earlier seals, describe");
+    assert_eq!(named(&without), 0);
+    assert!(!with.policy_statements("OperatorPolicy").is_empty());
+    assert!(without.policy_statements("OperatorPolicy").is_empty());
+    assert!(with.output("OperatorPolicyArn").is_some());
+    assert!(without.output("OperatorPolicyArn").is_none());
 }

@@ -1,4 +1,4 @@
-.PHONY: help run link dashboard-picture test bench-coldstart-static sam-local test-sam-local test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
+.PHONY: help run link dashboard-picture test bench-coldstart-static sam-local test-sam-local test-rust test-browser test-api bench-api fuzz fuzz-smoke deps-fuzz deps-api lint lint-rust lint-infra build sam-build bench bench-handlers bench-tokens bench-coldstart bench-critical-path bench-load bench-refresh-burst deps deps-moto deps-sdk deps-browser deps-infra deps-build deps-bench clean-local
 
 SHELL := /bin/bash
 VENV := .venv
@@ -35,6 +35,7 @@ help:
 	@echo "make bench  - every measurement below, then docs/benchmarks.md and docs/coldstart.svg"
 	@echo "make bench-handlers - CPU per request of the start and redirect handlers (criterion)"
 	@echo "make bench-load - 1,000 sign-ins, 64 at a time, clean and with faults, each connection checked"
+	@echo "make bench-refresh-burst - refresh calls per burst of forced refreshes during a refresh outage"
 	@echo "make bench-tokens - token request latency through the local stack"
 	@echo "make bench-coldstart - Init, first invocation and RSS of each function vs hello world"
 	@echo "make bench-critical-path - sequential hops of the redirect with latency added to every dependency"
@@ -169,7 +170,7 @@ $(VENV)/.bench-deps: $(MOTO)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
 	touch $@
 
-bench: deps-moto deps-bench bench-handlers bench-coldstart bench-coldstart-static bench-critical-path bench-load bench-api fuzz build
+bench: deps-moto deps-bench bench-handlers bench-coldstart bench-coldstart-static bench-critical-path bench-load bench-refresh-burst bench-api fuzz build
 	$(VENV)/bin/python tests/bench/report.py
 
 bench-handlers:
@@ -179,6 +180,11 @@ bench-load: deps-moto
 	cargo build --release -p ms-oauth-tests --bin load
 	@mkdir -p $(BENCH_OUT)
 	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/load 1000 64 --json $(BENCH_OUT)/load.json
+# Bursts of forced refreshes while the identity platform fails every refresh: calls per burst.
+bench-refresh-burst: deps-moto
+	cargo build --release -p ms-oauth-tests --bin refresh-burst
+	@mkdir -p $(BENCH_OUT)
+	MOTO_SERVER=$(abspath $(MOTO)) ./target/release/refresh-burst --json $(BENCH_OUT)/refresh-burst.json
 bench-tokens: deps-moto
 	cargo build -p ms-oauth-tests --bin local-stack
 	MOTO_SERVER=$(abspath $(MOTO)) python3 tests/bench/token_latency.py

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use ms_oauth::config;
 use ms_oauth::testing::certs;
 use ms_oauth_tests::aws::workspace_root;
+use ms_oauth_tests::recorder::AwsCall;
 use ms_oauth_tests::standin::{AppRegistration, OTHER_TENANT};
 
 use crate::apps::{DAEMON_CLIENT, PRIVATE_CLIENT, admin_decides};
@@ -438,4 +439,147 @@ async fn during_a_refresh_outage_twelve_operators_forcing_a_refresh_make_one_and
     assert!(ok, "{err}");
     assert_eq!(out.trim(), old);
     assert!(!err.contains("warning"), "{err}");
+}
+
+/// The operator of the policy test: a role of `OperatorRoleArns`.
+const ONCALL: &str = "arn:aws:iam::123456789012:role/oncall";
+
+/// Runs akoauth as an operator of `app`'s deployment: configured from nothing but the stack's
+/// `OperatorEnvironment` output (its public address this machine's), reaching AWS through
+/// `recorder`.
+async fn as_operator(
+    app: &TestApp,
+    recorder: &ms_oauth_tests::recorder::Recorder,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt as _;
+    let deployed = app.deployed.as_ref().expect("a deployment of the template");
+    let output = deployed.deployment.output("OperatorEnvironment").expect("an output");
+    let mut command = tokio::process::Command::new(binary());
+    command.args(args).env_clear();
+    for pair in output.split(' ') {
+        let (name, value) = pair.split_once('=').expect("NAME=value");
+        command.env(name, value);
+    }
+    command
+        .env(config::WEBHOOK_ADDRESS, &app.address)
+        .env("AWS_ENDPOINT_URL", recorder.url())
+        .env("AWS_REGION", ms_oauth_tests::aws::LOCAL_REGION)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("USER", "oncall");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("akoauth runs");
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or("").as_bytes()).await.expect("stdin");
+    }
+    let out = child.wait_with_output().await.expect("akoauth output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_role_configured_from_the_stack_may_do_what_akoauth_does_and_no_more() {
+    use ms_oauth_tests::iam::{Decision, authorize, unused_grants};
+    binary();
+    let app = spawn_app_with(AppOptions {
+        from_template: true,
+        parameters: vec![("OperatorRoleArns", ONCALL.to_owned())],
+        ..AppOptions::default()
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let recorder =
+        ms_oauth_tests::recorder::Recorder::spawn_routed(listener, &app.aws_endpoint, None)
+            .expect("recorder");
+    let cids: Vec<_> = (0..3).map(|_| new_cid()).collect();
+    for cid in &cids {
+        let flow = app.connect(&Browser::new(), cid, ms_oauth::domain::Origin::Web, "work").await;
+        assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    }
+    crate::policies::seal_the_earlier_way(&app, &cids[1]).await;
+    let arg = |i: usize| cids[i].to_string();
+    let (a, b, c) = (arg(0), arg(1), arg(2));
+    // Every operator command, as the README gives them.
+    let secret = format!("pv~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(AppRegistration {
+        client_id: PRIVATE_CLIENT.into(),
+        home_tenant: OTHER_TENANT.into(),
+        secrets: vec![secret.clone()],
+        redirect_uris: vec![format!("{}{}", app.address, config::REDIRECT_PATH)],
+        ..AppRegistration::default()
+    });
+    let own = new_cid().to_string();
+    let set = [
+        "app",
+        "set",
+        "--cid",
+        &own,
+        "--auth-type",
+        "oauthPrivate",
+        "--client-id",
+        PRIVATE_CLIENT,
+        "--tenant-id",
+        OTHER_TENANT,
+        "--client-secret-file",
+        "-",
+    ];
+    let runs: Vec<(Vec<&str>, Option<String>)> = vec![
+        (vec!["status", "--cid", &a], None),
+        (vec!["token", "--cid", &a, "--force-refresh"], None),
+        (vec!["token", "--cid", &b, "--force-refresh"], None),
+        (set.to_vec(), Some(format!("{secret}\n"))),
+        (vec!["app", "show", "--cid", &own], None),
+        (vec!["stats"], None),
+        (vec!["reseal"], None),
+        (vec!["consent-link", "--cid", &c], None),
+        (vec!["start-link", "--cid", &c, "--origin", "web"], None),
+        (vec!["disconnect", "--cid", &c], None),
+        (vec!["app", "remove", "--cid", &own], None),
+    ];
+    for (args, stdin) in &runs {
+        let (ok, out, err) = as_operator(&app, &recorder, args, stdin.as_deref()).await;
+        assert!(ok, "akoauth {args:?} as an operator: {err}{out}");
+    }
+
+    let deployment = &app.deployed.as_ref().unwrap().deployment;
+    let iam = deployment.policy_statements("OperatorPolicy");
+    let key_policies = deployment.key_policies();
+    let decided: Vec<(AwsCall, Decision)> = recorder
+        .calls()
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|call| {
+            let decision = authorize(ONCALL, &iam, &key_policies, &call);
+            (call, decision)
+        })
+        .collect();
+    let refused: Vec<String> = decided
+        .iter()
+        .filter(|(_, d)| matches!(d, Decision::Denied(_)))
+        .map(|(c, d)| format!("{} on {} {:?}: {d:?}", c.action, c.resource, c.context))
+        .collect();
+    assert_eq!(refused, Vec::<String>::new(), "what akoauth does that the stack does not allow");
+    let mut unused = unused_grants("OperatorPolicy", &iam, &decided, "role", ONCALL);
+    for (key, policy) in &key_policies {
+        let on_key: Vec<(AwsCall, Decision)> =
+            decided.iter().filter(|(c, _)| &c.resource == key).cloned().collect();
+        unused.extend(unused_grants(&format!("oncall on {key}"), policy, &on_key, "key", ONCALL));
+    }
+    assert_eq!(unused, std::collections::BTreeSet::new(), "grants no operator command uses");
+    // Another role, even of the same account, opens nothing.
+    let someone = "arn:aws:iam::123456789012:role/someone-else";
+    for (call, _) in decided.iter().filter(|(c, _)| c.action == "kms:Decrypt") {
+        let decision = authorize(someone, &iam, &key_policies, call);
+        assert!(matches!(decision, Decision::Denied(_)), "{someone} may {call:?}");
+    }
 }

@@ -67,7 +67,7 @@ fn env_of<'a>(app: &'a TestApp, function: &str, var: &str) -> &'a str {
 
 /// Re-seals `cid`'s secrets bound to the table's name, as earlier versions stored them
 /// (the test's own KMS client: not a call of any function).
-async fn seal_the_earlier_way(app: &TestApp, cid: &ConnectionId) {
+pub(crate) async fn seal_the_earlier_way(app: &TestApp, cid: &ConnectionId) {
     let stored = app.connection(cid).await.unwrap();
     let secrets = app.secret_vars(&stored).await;
     let key_arn = env_of(app, "ConnectionApiFunction", config::TOKEN_KMS_KEY_ID);

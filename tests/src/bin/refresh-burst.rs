@@ -76,7 +76,9 @@ async fn run(json: Option<&str>) -> Result<bool, String> {
         bursts.push(burst(&stack, &cid, readers, "after the cooldown", &old).await?);
         stack.standin.set_refresh_fault(None);
     }
-    println!("| readers | when | refresh calls | 503 refresh_failed | other | old token as new | ms |");
+    println!(
+        "| readers | when | refresh calls | 503 refresh_failed | other | old token as new | ms |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for b in &bursts {
         println!(

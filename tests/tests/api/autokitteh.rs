@@ -14,18 +14,18 @@ use time::format_description::well_known::Rfc3339;
 use crate::helpers::*;
 
 /// A deployment with one org, its member, and a Microsoft connection of that org.
-struct Deployment {
-    app: TestApp,
-    org: String,
-    user: String,
-    cid: String,
+pub(crate) struct Deployment {
+    pub(crate) app: TestApp,
+    pub(crate) org: String,
+    pub(crate) user: String,
+    pub(crate) cid: String,
 }
 
 async fn deployment() -> Deployment {
     deployment_with(AppOptions::default()).await
 }
 
-async fn deployment_with(options: AppOptions) -> Deployment {
+pub(crate) async fn deployment_with(options: AppOptions) -> Deployment {
     let app = spawn_app_with(AppOptions { autokitteh: true, ..options }).await;
     let ak = app.autokitteh.clone().expect("AutoKitteh stand-in");
     let org = ak.add_org("Contoso automation");
@@ -35,12 +35,12 @@ async fn deployment_with(options: AppOptions) -> Deployment {
 }
 
 impl Deployment {
-    fn ak(&self) -> &AkStandin {
+    pub(crate) fn ak(&self) -> &AkStandin {
         self.app.autokitteh.as_ref().expect("AutoKitteh stand-in")
     }
 
     /// A browser signed in to AutoKitteh as `user` through its sign-in page.
-    async fn signed_in(&self, user: &str) -> Browser {
+    pub(crate) async fn signed_in(&self, user: &str) -> Browser {
         let browser = Browser::new();
         self.sign_in(&browser, user).await;
         browser
@@ -59,7 +59,7 @@ impl Deployment {
         assert!(cookies.contains_key(SESSION_COOKIE));
     }
 
-    fn url(&self, path_and_query: &str) -> String {
+    pub(crate) fn url(&self, path_and_query: &str) -> String {
         format!("{}{path_and_query}", self.app.address)
     }
 
@@ -482,7 +482,7 @@ async fn autokittehs_own_python_sdk_gets_a_working_credential_from_the_vars() {
 
 /// A deployment whose connection API and refresher write back to AutoKitteh, with the
 /// connection already made through the popup.
-async fn connected_with_write_back() -> Deployment {
+pub(crate) async fn connected_with_write_back() -> Deployment {
     let d = deployment_with(AppOptions { ak_write_back: true, ..AppOptions::default() }).await;
     let (service_user, _) = d.app.ak_service_user.clone().expect("service user");
     d.ak().set_membership(&d.org, &service_user, true);

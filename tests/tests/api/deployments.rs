@@ -243,3 +243,47 @@ async fn every_standalone_deployment_signs_in_refreshes_and_gets_admin_consent_a
         journey(name, &app).await;
     }
 }
+
+#[tokio::test]
+async fn inside_autokitteh_with_write_back_signs_in_refreshes_writes_back_and_gets_admin_consent() {
+    use crate::apps::{DAEMON_CLIENT, admin_decides, daemon_app};
+    use ms_oauth_tests::standin::OTHER_TENANT;
+    // Signed in from AutoKitteh's own connection form; the vars are written, CODE_OK.
+    let d = crate::autokitteh::connected_with_write_back().await;
+    let app = &d.app;
+    let cid: ConnectionId = d.cid.parse().unwrap();
+    let (status, body) = get(app, &format!("/connections/{cid}/token")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, forced) = get(app, &format!("/connections/{cid}/token?force_refresh=true")).await;
+    assert_eq!((status, &forced["refreshed"]), (200, &Value::Bool(true)), "{forced}");
+    assert_eq!(d.ak().vars(&d.cid)["oauth_access_token"].value, forced["access_token"]);
+    app.make_due(&cid).await;
+    let report = app.refresher.run().await.unwrap();
+    assert_eq!(report, Report { due: 1, refreshed: 1, ..Report::default() });
+    let written = d.ak().vars(&d.cid)["oauth_access_token"].value.clone();
+    assert_ne!(written, forced["access_token"].as_str().unwrap(), "the refresher wrote it back");
+    assert_eq!(d.ak().status(&d.cid).0, "CODE_OK");
+
+    // A daemon app named by AutoKitteh's vars: a member consents as the tenant's admin.
+    let daemon =
+        d.ak().add_connection(&d.org, ms_oauth::autokitteh::Integration::Microsoft, "daemon");
+    let secret = format!("dm~{}", ms_oauth_tests::random_base32(30));
+    app.standin.register_app(daemon_app(app, &secret));
+    for (name, value, secret_var) in [
+        ("auth_type", "daemonApp", false),
+        ("private_client_id", DAEMON_CLIENT, false),
+        ("private_tenant_id", OTHER_TENANT, false),
+        ("private_client_secret", secret.as_str(), true),
+    ] {
+        d.ak().set_var(&daemon, name, value, secret_var);
+    }
+    let browser = d.signed_in(&d.user).await;
+    let link = d.url(&format!("{}?cid={daemon}&origin=web", ms_oauth::config::ADMIN_CONSENT_PATH));
+    let to_microsoft = browser.get(&link).await;
+    assert_eq!(to_microsoft.status, 302, "{}", to_microsoft.body);
+    let finish =
+        admin_decides(app, &browser, to_microsoft.location.as_deref().unwrap(), "accept").await;
+    assert_page(&finish, 200, "the connection is ready");
+    let (status, body) = get(app, &format!("/connections/{daemon}/token?force_refresh=true")).await;
+    assert_eq!(status, 200, "a daemon token: {body}");
+}

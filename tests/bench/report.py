@@ -345,10 +345,14 @@ def main():
         "no-latency baseline) / latency. The design's floor is 4: consume state → token → "
         "(Graph /me ∥ Graph /organization ∥ KMS ∥ the new key share's PutItem) → save. Deleting "
         "the spent state runs alongside the token exchange and the client secret is read "
-        "alongside the consume, so neither adds a hop, also on a cold instance. A sign-in over "
-        "earlier tokens also destroys their key share after the save, alongside the PutEvents "
-        "calls of the connection event and the audit trail (not configured here); these runs "
-        "are first sign-ins.\n"
+        "alongside the consume, so neither adds a hop, also on a cold instance. The functions "
+        "are built as the template deploys them (`tests/src/deploy.rs`): the connection event "
+        "(`EVENT_BUS_NAME`, `default` unless changed) and the audit event (`AUDIT_BUS_NAME`) are "
+        "published after the save, side by side (with, on a sign-in over earlier tokens, the "
+        "destruction of their key share), so that no event announces a connection that was not "
+        "saved: that is a fifth hop. Runs before the functions were built from the template "
+        "left the events unconfigured and measured 4; a deployment always had the fifth. "
+        "These runs are first sign-ins.\n"
     )
     w(
         "Inside an AutoKitteh deployment (`--autokitteh`, a stand-in AutoKitteh whose WhoAmI, "

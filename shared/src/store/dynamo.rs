@@ -17,6 +17,38 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// Leaves `mark` on a connection whose lease `owner` holds, the lease held until the
+    /// cooldown ends, with `also` set beside it. The owner is unique to the call, so a repeat
+    /// after a lost answer writes the same values again.
+    async fn mark_failure(
+        &self,
+        id: &ConnectionId,
+        owner: &str,
+        mark: &RefreshFailureMark,
+        also: &[(&str, AttributeValue)],
+    ) -> Result<bool, StoreError> {
+        let extra: String = also.iter().map(|(name, _)| format!(", {name} = :{name}")).collect();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .update_expression(format!(
+                "SET lease_until = :until, refresh_failed_at = :at, refresh_failure = :failure{extra}"
+            ))
+            .condition_expression("lease_owner = :owner")
+            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
+            .expression_attribute_values(
+                ":until",
+                AttributeValue::N(mark.cooldown_until.to_string()),
+            )
+            .expression_attribute_values(":at", AttributeValue::S(mark.failed_at.clone()))
+            .expression_attribute_values(":failure", AttributeValue::S(mark.failure.clone()));
+        for (name, value) in also {
+            request = request.expression_attribute_values(format!(":{name}"), value.clone());
+        }
+        conditional(request.send().await.map(drop), "UpdateItem")
+    }
     /// Replaces the sealed value `attribute` of the item `key` if it is still at `version`
     /// (and, with `unleased_at`, no refresh holds its lease then), bumping the version. The
     /// write carries a mark of this call, so its own repeat after a lost answer succeeds.
@@ -474,30 +506,11 @@ impl Store for DynamoStore {
         failures: u32,
         mark: &RefreshFailureMark,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
-            .update_expression(
-                "SET refresh_due_at = :due, refresh_failures = :failures, lease_until = :until, \
-                 refresh_failed_at = :at, refresh_failure = :failure",
-            )
-            // The owner is unique to the call, so a repeat after a lost answer writes the
-            // same values again.
-            .condition_expression("lease_owner = :owner")
-            .expression_attribute_values(":due", AttributeValue::N(due_at.to_string()))
-            .expression_attribute_values(":failures", AttributeValue::N(failures.to_string()))
-            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
-            .expression_attribute_values(
-                ":until",
-                AttributeValue::N(mark.cooldown_until.to_string()),
-            )
-            .expression_attribute_values(":at", AttributeValue::S(mark.failed_at.clone()))
-            .expression_attribute_values(":failure", AttributeValue::S(mark.failure.clone()))
-            .send()
-            .await;
-        conditional(result.map(drop), "UpdateItem")
+        let schedule = [
+            ("refresh_due_at", AttributeValue::N(due_at.to_string())),
+            ("refresh_failures", AttributeValue::N(failures.to_string())),
+        ];
+        self.mark_failure(id, owner, mark, &schedule).await
     }
 
     async fn hold_after_failure(
@@ -506,25 +519,7 @@ impl Store for DynamoStore {
         owner: &str,
         mark: &RefreshFailureMark,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
-            .update_expression(
-                "SET lease_until = :until, refresh_failed_at = :at, refresh_failure = :failure",
-            )
-            .condition_expression("lease_owner = :owner")
-            .expression_attribute_values(":owner", AttributeValue::S(owner.to_owned()))
-            .expression_attribute_values(
-                ":until",
-                AttributeValue::N(mark.cooldown_until.to_string()),
-            )
-            .expression_attribute_values(":at", AttributeValue::S(mark.failed_at.clone()))
-            .expression_attribute_values(":failure", AttributeValue::S(mark.failure.clone()))
-            .send()
-            .await;
-        conditional(result.map(drop), "UpdateItem")
+        self.mark_failure(id, owner, mark, &[]).await
     }
 
     async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError> {

@@ -44,7 +44,6 @@ async fn akoauth_with(
     stdin: Option<&str>,
     changed: &[(&str, &str)],
 ) -> (bool, String, String) {
-    use tokio::io::AsyncWriteExt as _;
     let mut command = tokio::process::Command::new(binary());
     command
         .args(args)
@@ -66,6 +65,15 @@ async fn akoauth_with(
     for (name, value) in changed {
         command.env(name, value);
     }
+    finish(command, stdin).await
+}
+
+/// Runs `command` with `stdin`: exit success, stdout, stderr.
+async fn finish(
+    mut command: tokio::process::Command,
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt as _;
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -453,7 +461,6 @@ async fn as_operator(
     args: &[&str],
     stdin: Option<&str>,
 ) -> (bool, String, String) {
-    use tokio::io::AsyncWriteExt as _;
     let deployed = app.deployed.as_ref().expect("a deployment of the template");
     let output = deployed.deployment.output("OperatorEnvironment").expect("an output");
     let mut command = tokio::process::Command::new(binary());
@@ -469,21 +476,7 @@ async fn as_operator(
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .env("USER", "oncall");
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("akoauth runs");
-    if let Some(mut pipe) = child.stdin.take() {
-        pipe.write_all(stdin.unwrap_or("").as_bytes()).await.expect("stdin");
-    }
-    let out = child.wait_with_output().await.expect("akoauth output");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    finish(command, stdin).await
 }
 
 #[tokio::test]

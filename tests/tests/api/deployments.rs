@@ -34,8 +34,9 @@ fn scopes_of(authorize_url: &str) -> Vec<String> {
     scope.unwrap_or_default().split(' ').map(str::to_owned).collect()
 }
 
-#[tokio::test]
-async fn a_deployment_with_its_own_scopes_refreshes_from_the_api_and_from_the_refresher() {
+/// A deployment with [`OWN_SCOPES`] (each function from its environment, through a
+/// recorder) and a connection signed in there; the sign-in's flow.
+async fn own_scopes_connection() -> (TestApp, ConnectionId, Flow) {
     let app = spawn_app_with(AppOptions {
         from_template: true,
         parameters: vec![("MicrosoftScopes", OWN_SCOPES.to_owned())],
@@ -45,6 +46,12 @@ async fn a_deployment_with_its_own_scopes_refreshes_from_the_api_and_from_the_re
     let cid = new_cid();
     let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
     assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    (app, cid, flow)
+}
+
+#[tokio::test]
+async fn a_deployment_with_its_own_scopes_refreshes_from_the_api_and_from_the_refresher() {
+    let (app, cid, flow) = own_scopes_connection().await;
     let asked = scopes_of(&flow.authorize_url);
     assert!(asked.contains(&"Mail.Read".to_owned()), "{asked:?}");
     assert!(!asked.iter().any(|s| s.starts_with("Channel")), "the default list: {asked:?}");
@@ -76,15 +83,7 @@ async fn a_deployment_with_its_own_scopes_refreshes_from_the_api_and_from_the_re
 
 #[tokio::test]
 async fn a_connection_saved_before_grants_were_recorded_refreshes_with_what_was_consented() {
-    let app = spawn_app_with(AppOptions {
-        from_template: true,
-        parameters: vec![("MicrosoftScopes", OWN_SCOPES.to_owned())],
-        ..AppOptions::default()
-    })
-    .await;
-    let cid = new_cid();
-    let flow = app.connect(&Browser::new(), &cid, Origin::Web, "work").await;
-    assert_eq!(flow.finish.status, 200, "{}", flow.finish.body);
+    let (app, cid, _) = own_scopes_connection().await;
     let granted = app.connection(&cid).await.unwrap().connection.granted_scopes.unwrap();
     // As an item saved by an earlier version: no record of the grant.
     app.dynamodb

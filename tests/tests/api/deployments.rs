@@ -28,6 +28,18 @@ async fn get(app: &TestApp, path: &str) -> (u16, Value) {
     (status, body)
 }
 
+/// Makes `cid` look like an item saved before grants were recorded.
+async fn forget_the_grant(app: &TestApp, cid: &ConnectionId) {
+    app.dynamodb
+        .update_item()
+        .table_name(&app.table)
+        .key("pk", AttributeValue::S(format!("conn#{cid}")))
+        .update_expression("REMOVE granted_scopes")
+        .send()
+        .await
+        .unwrap();
+}
+
 fn scopes_of(authorize_url: &str) -> Vec<String> {
     let url = url::Url::parse(authorize_url).unwrap();
     let scope = url.query_pairs().find(|(k, _)| k == "scope").map(|(_, v)| v.into_owned());
@@ -86,14 +98,7 @@ async fn a_connection_saved_before_grants_were_recorded_refreshes_with_what_was_
     let (app, cid, _) = own_scopes_connection().await;
     let granted = app.connection(&cid).await.unwrap().connection.granted_scopes.unwrap();
     // As an item saved by an earlier version: no record of the grant.
-    app.dynamodb
-        .update_item()
-        .table_name(&app.table)
-        .key("pk", AttributeValue::S(format!("conn#{cid}")))
-        .update_expression("REMOVE granted_scopes")
-        .send()
-        .await
-        .unwrap();
+    forget_the_grant(&app, &cid).await;
     assert_eq!(app.connection(&cid).await.unwrap().connection.granted_scopes, None);
 
     let (status, body) = get(&app, &format!("/connections/{cid}/token?force_refresh=true")).await;
@@ -200,14 +205,7 @@ async fn journey(name: &str, app: &TestApp) {
     let legacy = new_cid();
     let flow = app.connect(&Browser::new(), &legacy, Origin::Web, "work").await;
     assert_eq!(flow.finish.status, 200, "{name}: {}", flow.finish.body);
-    app.dynamodb
-        .update_item()
-        .table_name(&app.table)
-        .key("pk", AttributeValue::S(format!("conn#{legacy}")))
-        .update_expression("REMOVE granted_scopes")
-        .send()
-        .await
-        .unwrap();
+    forget_the_grant(app, &legacy).await;
     let (status, body) = get(app, &format!("/connections/{legacy}/token?force_refresh=true")).await;
     assert_eq!(status, 200, "{name}: a connection saved before grants were recorded: {body}");
 

@@ -99,6 +99,19 @@ pub enum AppError {
     CertificateNotYetValid(String),
     #[error("the client assertion could not be signed")]
     Signing,
+    #[error(
+        "client_id is this deployment's own server-wide app; a connection's own app must be an app registration of its own"
+    )]
+    ServerWideApp,
+}
+
+/// Refuses the deployment's own server-wide app as a connection's own app: with it a user
+/// would have the deployment's credential (or AWS identity) act for an app that is not theirs.
+pub fn refuse_server_wide(client_id: &str, server_wide: &str) -> Result<(), AppError> {
+    if client_id.eq_ignore_ascii_case(server_wide) {
+        return Err(AppError::ServerWideApp);
+    }
+    Ok(())
 }
 
 /// A client secret, or a certificate with its private key.

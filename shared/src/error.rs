@@ -285,7 +285,7 @@ impl FlowError {
                     "The connection's own Microsoft app cannot be used",
                     &format!("Nothing was saved: {e}."),
                     Some(
-                        "The owner of the connection's app must upload a new certificate or client secret to it in Microsoft Entra ID and set it on the connection again.",
+                        "The owner of the connection's app must fix it in Microsoft Entra ID (a new certificate or client secret) and set it on the connection again, or set another app of their own.",
                     ),
                 )
             }

@@ -162,6 +162,7 @@ impl TokenService {
     ) -> Result<AppSaved, AppFailure> {
         let now = self.clock.now();
         let app = request.into_app(now, self.federation.as_ref())?;
+        crate::apps::refuse_server_wide(&app.client_id, self.microsoft.endpoints().client_id())?;
         let auth = ClientAuth {
             client_id: app.client_id.clone(),
             tenant: app.tenant.clone(),

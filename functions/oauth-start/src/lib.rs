@@ -479,6 +479,9 @@ async fn autokitteh_user_and_app(
         Some(app) => Some(app),
         None => from_table?,
     };
+    if let Some(app) = &app {
+        ms_oauth::apps::refuse_server_wide(&app.client_id, service.endpoints.client_id())?;
+    }
     Ok((user, app))
 }
 

@@ -616,3 +616,26 @@ async fn app_requests_are_checked_and_never_echoed() {
     assert_eq!(status, 405);
     assert!(app.items().await.is_empty(), "nothing written");
 }
+
+#[tokio::test]
+async fn the_deployments_own_app_is_refused_as_a_connections_own_app_and_nothing_reaches_microsoft()
+{
+    let app = spawn_app().await;
+    let cid = new_cid();
+    let before = app.standin.calls().token_requests;
+    for (auth_type, tenant) in [("daemonApp", OTHER_TENANT), ("oauthPrivate", "common")] {
+        // The server-wide app's client id, in any case, with any credential.
+        for client_id in [CLIENT_ID.to_owned(), CLIENT_ID.to_uppercase()] {
+            let body = json!({"auth_type": auth_type, "client_id": client_id, "tenant_id": tenant, "client_secret": "anything"});
+            let (status, refused) = set_app(&app, &cid, body).await;
+            assert_eq!(status, 400, "{auth_type}: {refused}");
+            assert_eq!(refused["error"], "invalid_app");
+            assert!(refused["message"].as_str().unwrap().contains("server-wide"), "{refused}");
+        }
+    }
+    assert_eq!(app.standin.calls().token_requests, before, "nothing was asked of Microsoft");
+    assert!(app.connection(&cid).await.is_none());
+    let (status, _) =
+        call(&app, reqwest::Method::GET, &format!("/connections/{cid}/app"), None).await;
+    assert_eq!(status, 404, "no app was kept");
+}

@@ -709,3 +709,18 @@ async fn a_daemon_app_named_by_autokitteh_vars_gets_admin_consent_from_a_member(
     let items = format!("{:?}", d.app.items().await);
     assert!(!items.contains(&secret) && !captured_logs().contains(&secret));
 }
+
+#[tokio::test]
+async fn vars_that_name_the_deployments_own_app_as_the_connections_app_are_refused_at_the_start() {
+    let d = deployment().await;
+    let ak = d.ak();
+    ak.set_var(&d.cid, "auth_type", "oauthPrivate", false);
+    ak.set_var(&d.cid, "private_client_id", CLIENT_ID, false);
+    ak.set_var(&d.cid, "private_tenant_id", "common", false);
+    ak.set_var(&d.cid, "private_client_secret", "anything", true);
+    let browser = d.signed_in(&d.user).await;
+    let page = browser.get(&d.start_url(&d.cid, "web")).await;
+    assert_page(&page, 502, "server-wide app");
+    assert!(page.location.is_none(), "not sent to Microsoft");
+    assert_eq!(d.app.pending_states().await, 0, "no flow was started");
+}

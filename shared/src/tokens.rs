@@ -140,8 +140,8 @@ impl TokenFailure {
                 Some(FailureClass::Transient.as_str())
             }
             TokenFailure::RefreshFailed { failure, .. } => {
-                Some(failure.split(' ').next().unwrap_or(FailureClass::Transient.as_str()))
-                    .and_then(|c| DIMENSION_CLASSES.iter().copied().find(|known| *known == c))
+                let class = failure.split(' ').next().unwrap_or_default();
+                crate::metrics::dimension_values("Class")?.iter().copied().find(|c| *c == class)
             }
             _ => None,
         }
@@ -182,10 +182,6 @@ impl TokenFailure {
         }
     }
 }
-
-/// The failure classes a shared refresh failure can name (the `Class` dimension's values).
-const DIMENSION_CLASSES: [&str; 6] =
-    ["sign_in_again", "admin_consent", "app_misconfigured", "transient", "refused", "internal"];
 
 /// Failures of one tenant are counted in windows of this many seconds.
 pub const INCIDENT_WINDOW_SECS: i64 = 600;

@@ -120,7 +120,8 @@ pub enum Credential {
     Secret(SecretString),
     Certificate(Box<Certificate>),
     /// This function's AWS identity, trusted by the app's federated identity credential.
-    AwsFederation(std::sync::Arc<crate::federation::FederatedAssertions>),
+    /// Its assertions name the connection (`federation::own_app_audience`).
+    AwsFederation(crate::federation::FederatedIdentity),
 }
 
 impl fmt::Debug for Credential {
@@ -165,10 +166,10 @@ impl Credential {
 
     /// Reads back [`Credential::to_plaintext`]. An expired certificate still opens: whether
     /// it may be used is decided where it is used. An app trusting the functions' AWS
-    /// identity opens with `federation`, this deployment's source of it.
+    /// identity opens with `federation`, this deployment's identity for the app's connection.
     pub fn from_plaintext(
         bytes: &[u8],
-        federation: Option<&std::sync::Arc<crate::federation::FederatedAssertions>>,
+        federation: Option<crate::federation::FederatedIdentity>,
     ) -> Result<Self, AppError> {
         let stored: OwnedCredential =
             serde_json::from_slice(bytes).map_err(|_| AppError::Credential)?;
@@ -184,9 +185,9 @@ impl Credential {
 
     /// The functions' AWS identity as an app's credential, when this deployment has one.
     pub fn federated(
-        federation: Option<&std::sync::Arc<crate::federation::FederatedAssertions>>,
+        federation: Option<crate::federation::FederatedIdentity>,
     ) -> Result<Self, AppError> {
-        federation.map(|f| Credential::AwsFederation(f.clone())).ok_or(AppError::NoFederation)
+        federation.map(Credential::AwsFederation).ok_or(AppError::NoFederation)
     }
 }
 
@@ -474,6 +475,20 @@ pub struct AppSummary {
     pub certificate_expires_at: Option<String>,
 }
 
+impl AppSummary {
+    /// What the connection API and `akoauth` show of the app of `cid`: the summary, and for an
+    /// app that trusts the functions' AWS identity the audience its federated identity
+    /// credential must name (one connection's).
+    pub fn answer(&self, cid: &crate::domain::ConnectionId) -> serde_json::Value {
+        let mut answer = serde_json::to_value(self).unwrap_or_default();
+        if self.credential == "aws_federation" {
+            answer["federation_audience"] =
+                serde_json::Value::String(crate::federation::own_app_audience(cid));
+        }
+        answer
+    }
+}
+
 /// A connection's own app, opened for use: its kind, what may be shown, and how it
 /// authenticates.
 #[derive(Debug, Clone)]
@@ -510,6 +525,8 @@ pub async fn open_app(
     let plaintext =
         crate::crypto::open(keys, &credential_context(cid.as_str()), &stored.app.credential_sealed)
             .await?;
+    let federation =
+        federation.map(|f| crate::federation::FederatedIdentity::own_app(f.clone(), cid));
     let credential =
         Credential::from_plaintext(plaintext.expose_secret(), federation).map_err(|e| match e {
             AppError::NoFederation => OpenAppError::NoFederation,
@@ -545,6 +562,8 @@ pub async fn previous_credential(
         return Ok(None);
     }
     let plaintext = crate::crypto::open(keys, &credential_context(cid.as_str()), &sealed).await?;
+    let federation =
+        federation.map(|f| crate::federation::FederatedIdentity::own_app(f.clone(), cid));
     Credential::from_plaintext(plaintext.expose_secret(), federation)
         .map(Some)
         .map_err(|_| OpenAppError::Corrupt)

@@ -546,7 +546,7 @@ fn microsoft_page(e: &MicrosoftError, ctx: &PageContext) -> Page {
             "The server's Microsoft credentials were refused",
             "Microsoft does not trust this deployment's AWS identity for its app: no federated identity credential of the app matches it. Nothing was saved.",
             Some(
-                "An administrator must add a federated identity credential to the Microsoft Entra app with the deployment's issuer, subject and audience (see the deployment guide).",
+                "An administrator must add a federated identity credential to the Microsoft Entra app with the deployment's issuer, subject and audience (see the deployment guide); a connection's own app names the connection in its audience (api://AzureADTokenExchange/connections/<connection id>).",
             ),
         )
     } else if e.error == "invalid_client" || code(7_000_215) || code(7_000_222) {

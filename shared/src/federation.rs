@@ -3,17 +3,30 @@
 //! the client assertion of an app with a federated identity credential trusting it. No client
 //! secret exists anywhere.
 //!
-//! A token is asked for with the audience Entra expects (`api://AzureADTokenExchange`),
-//! RS256 and a short lifetime, and reused until shortly before it ends.
+//! A token is asked for with RS256 and a short lifetime, and reused until shortly before it
+//! ends. Its audience says which app may take it:
+//! - the server-wide app's tokens carry the audience Entra proposes (`api://AzureADTokenExchange`);
+//! - a connection's own app gets tokens whose audience names that connection
+//!   ([`own_app_audience`]), so an app owner's federated identity credential trusts this
+//!   deployment for one connection only. With the plain audience, anyone able to set an app on
+//!   their own connection could borrow any app that trusts the deployment (another customer's
+//!   daemon app) and be given its tokens.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
+use crate::domain::ConnectionId;
+
 /// `aud` of every token: what an Entra federated identity credential requires.
 pub const ENTRA_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// What every connection's own-app audience starts with (the IAM condition allows exactly
+/// [`ENTRA_AUDIENCE`] and this prefix).
+pub const OWN_APP_AUDIENCE_PREFIX: &str = "api://AzureADTokenExchange/connections/";
 /// The one algorithm Entra verifies for these tokens.
 pub const SIGNING_ALGORITHM: &str = "RS256";
 /// How long a token is asked for.
@@ -57,6 +70,36 @@ pub enum FederationError {
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// Which federated identity an app's assertions prove: this function's AWS identity, for
+/// one audience.
+#[derive(Debug, Clone)]
+pub struct FederatedIdentity {
+    source: Arc<FederatedAssertions>,
+    audience: String,
+}
+
+impl FederatedIdentity {
+    /// The server-wide app's: the audience Entra proposes.
+    pub fn server_wide(source: Arc<FederatedAssertions>) -> Self {
+        Self { source, audience: ENTRA_AUDIENCE.to_owned() }
+    }
+
+    /// A connection's own app's: an audience that names the connection.
+    pub fn own_app(source: Arc<FederatedAssertions>, cid: &ConnectionId) -> Self {
+        Self { source, audience: own_app_audience(cid) }
+    }
+
+    /// The `aud` of its assertions.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// A current assertion.
+    pub async fn assertion(&self) -> Result<SecretString, FederationError> {
+        self.source.assertion(&self.audience).await
+    }
+}
+
 impl FederationError {
     /// True when trying again later may succeed.
     pub fn is_transient(&self) -> bool {
@@ -64,47 +107,65 @@ impl FederationError {
     }
 }
 
-/// Tokens of this function's AWS identity for Entra, cached per instance.
+/// The audience of the tokens a connection's own app is given: it names the connection.
+/// The app owner puts exactly this in the app's federated identity credential.
+pub fn own_app_audience(cid: &ConnectionId) -> String {
+    format!("{OWN_APP_AUDIENCE_PREFIX}{cid}")
+}
+
+/// How many audiences keep a cached token at once; past it the cache starts again (a
+/// refresher run touches one audience per own-app connection).
+const CACHED_AUDIENCES: usize = 512;
+
+/// One audience's cached token.
+type Slot = Arc<Mutex<Option<(SecretString, OffsetDateTime)>>>;
+
+/// Tokens of this function's AWS identity for Entra, cached per instance and audience.
 #[derive(Debug)]
 pub struct FederatedAssertions {
     client: aws_sdk_sts::Client,
-    cached: Mutex<Option<(SecretString, OffsetDateTime)>>,
+    cached: std::sync::Mutex<HashMap<String, Slot>>,
 }
 
 impl FederatedAssertions {
     pub fn new(client: aws_sdk_sts::Client) -> Self {
-        Self { client, cached: Mutex::new(None) }
+        Self { client, cached: std::sync::Mutex::new(HashMap::new()) }
     }
 
-    /// A token with at least [`RENEW_BEFORE`] left: the cached one, or a new one from STS.
-    /// Concurrent callers share one STS call.
-    pub async fn assertion(&self) -> Result<SecretString, FederationError> {
-        let mut cached = self.cached.lock().await;
+    fn slot(&self, audience: &str) -> Slot {
+        let mut cached = self.cached.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !cached.contains_key(audience) && cached.len() >= CACHED_AUDIENCES {
+            cached.clear();
+        }
+        cached.entry(audience.to_owned()).or_default().clone()
+    }
+
+    /// A token for `audience` with at least [`RENEW_BEFORE`] left: the cached one, or a new
+    /// one from STS. Concurrent callers for one audience share one STS call.
+    pub async fn assertion(&self, audience: &str) -> Result<SecretString, FederationError> {
+        let slot = self.slot(audience);
+        let mut cached = slot.lock().await;
         let now = OffsetDateTime::now_utc();
         if let Some((token, until)) = cached.as_ref()
             && *until - now > RENEW_BEFORE
         {
             return Ok(token.clone());
         }
-        let (token, until) = self.fetch(now).await?;
+        let (token, until) = self.fetch(audience, now).await?;
         *cached = Some((token.clone(), until));
         Ok(token)
     }
 
-    /// Forgets the cached token (after Microsoft refused it).
-    pub async fn forget(&self) {
-        *self.cached.lock().await = None;
-    }
-
     async fn fetch(
         &self,
+        audience: &str,
         now: OffsetDateTime,
     ) -> Result<(SecretString, OffsetDateTime), FederationError> {
         let lifetime = i32::try_from(TOKEN_LIFETIME.as_secs()).unwrap_or(300);
         let result = self
             .client
             .get_web_identity_token()
-            .audience(ENTRA_AUDIENCE)
+            .audience(audience)
             .signing_algorithm(SIGNING_ALGORITHM)
             .duration_seconds(lifetime)
             .send()
@@ -151,5 +212,17 @@ mod tests {
             Ok(ClientAuthMode::AwsFederation)
         );
         assert!(ClientAuthMode::parse(Some("federated")).is_err());
+    }
+
+    #[test]
+    fn an_own_apps_audience_names_its_connection_under_the_allowed_prefix() {
+        let cid: ConnectionId = "con_0123456789abcdefghijklmnop".parse().unwrap();
+        let audience = own_app_audience(&cid);
+        assert_eq!(
+            audience,
+            "api://AzureADTokenExchange/connections/con_0123456789abcdefghijklmnop"
+        );
+        assert!(audience.starts_with(OWN_APP_AUDIENCE_PREFIX));
+        assert!(OWN_APP_AUDIENCE_PREFIX.starts_with(ENTRA_AUDIENCE));
     }
 }

@@ -441,7 +441,9 @@ impl ClientAuth {
         Self {
             client_id: endpoints.client_id.to_string(),
             tenant: endpoints.tenant.clone(),
-            credential: Credential::AwsFederation(source),
+            credential: Credential::AwsFederation(
+                crate::federation::FederatedIdentity::server_wide(source),
+            ),
         }
     }
 
@@ -623,8 +625,8 @@ impl Microsoft {
     async fn authn(&self, auth: &ClientAuth) -> Result<Authn, TokenError> {
         match &auth.credential {
             Credential::Secret(s) => Ok(Authn::Secret(s.clone())),
-            Credential::AwsFederation(source) => {
-                Ok(Authn::Assertion(source.assertion().await.map_err(TokenError::Federation)?))
+            Credential::AwsFederation(identity) => {
+                Ok(Authn::Assertion(identity.assertion().await.map_err(TokenError::Federation)?))
             }
             Credential::Certificate(cert) => {
                 let now = time::OffsetDateTime::now_utc();

@@ -63,11 +63,12 @@ impl fmt::Debug for AppRequest {
 
 impl AppRequest {
     /// Validates the request into an app; a certificate must be valid now; an app trusting
-    /// the functions' AWS identity needs `federation`, this deployment's source of it.
+    /// the functions' AWS identity needs `federation`, this deployment's identity for the
+    /// app's connection.
     pub fn into_app(
         self,
         now: time::OffsetDateTime,
-        federation: Option<&std::sync::Arc<crate::federation::FederatedAssertions>>,
+        federation: Option<crate::federation::FederatedIdentity>,
     ) -> Result<App, AppError> {
         let kind = AppKind::from_auth_type(&self.auth_type).ok_or(AppError::AuthType)?;
         let federated = self.aws_federation.unwrap_or(false);
@@ -128,6 +129,9 @@ pub fn advice(e: &MicrosoftError) -> &'static str {
             "the app is not registered in this tenant: check client_id and tenant_id, or make the app multi-tenant"
         }
         Some(90002 | 900_023) => "the tenant is unknown: give its Directory (tenant) ID",
+        Some(70021 | 700_211 | 700_212 | 700_213) => {
+            "the app does not trust this deployment for this connection: add a federated identity credential (Other issuer) with the deployment's issuer, one of its FederatedSubjects as subject, and federation_audience (api://AzureADTokenExchange/connections/<connection id>) as audience"
+        }
         _ => match e.class() {
             FailureClass::AdminConsent => {
                 "an administrator of the tenant must grant admin consent to the app's application permissions"
@@ -161,7 +165,11 @@ impl TokenService {
         request: AppRequest,
     ) -> Result<AppSaved, AppFailure> {
         let now = self.clock.now();
-        let app = request.into_app(now, self.federation.as_ref())?;
+        let federation = self
+            .federation
+            .as_ref()
+            .map(|f| crate::federation::FederatedIdentity::own_app(f.clone(), cid));
+        let app = request.into_app(now, federation)?;
         crate::apps::refuse_server_wide(&app.client_id, self.microsoft.endpoints().client_id())?;
         let auth = ClientAuth {
             client_id: app.client_id.clone(),

@@ -66,6 +66,16 @@ pub struct FederatedCredential {
     pub audience: String,
 }
 
+/// An app-only access token the stand-in issued.
+#[derive(Debug, Clone)]
+struct IssuedAppToken {
+    client_id: String,
+    tenant: String,
+    /// Whether it carries application permissions (an administrator consented to the app's);
+    /// the server-wide app's carry none.
+    roles: bool,
+}
+
 /// What the stand-in accepts as a registered app.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -230,8 +240,8 @@ struct Shared {
     apps: Mutex<HashMap<String, AppRegistration>>,
     /// `jti`s of the client assertions already presented.
     assertion_ids: Mutex<std::collections::HashSet<String>>,
-    /// App-only access tokens: client id and tenant.
-    app_tokens: Mutex<HashMap<String, (String, String)>>,
+    /// App-only access tokens.
+    app_tokens: Mutex<HashMap<String, IssuedAppToken>>,
     /// Where this stand-in is reached (the audience of assertions).
     base: String,
     /// The Graph resource of this cloud, whose `.default` scope is the only one known:
@@ -404,6 +414,15 @@ impl Standin {
     /// App-only tokens issued so far.
     pub fn app_tokens_issued(&self) -> usize {
         self.shared.app_tokens.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// App-only tokens issued so far to `client_id` in `tenant`.
+    pub fn app_tokens_issued_to(&self, client_id: &str, tenant: &str) -> usize {
+        self.shared
+            .app_tokens
+            .lock()
+            .map(|t| t.values().filter(|a| a.client_id == client_id && a.tenant == tenant).count())
+            .unwrap_or(0)
     }
 
     pub fn set_token_fault(&self, fault: Option<Fault>) {
@@ -1208,14 +1227,7 @@ fn client_credentials_grant(
     tenant: &str,
     form: &HashMap<String, String>,
 ) -> Response {
-    let Some(app) = shared.app(client_id) else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "unauthorized_client",
-            700_016,
-            "The server-wide app of this stand-in has no application permissions.",
-        );
-    };
+    let app = shared.app(client_id);
     if !KNOWN_TENANTS.contains(&tenant) {
         return token_error(
             StatusCode::BAD_REQUEST,
@@ -1233,18 +1245,29 @@ fn client_credentials_grant(
             "The provided value for scope is not valid; client credentials need <resource>/.default.",
         );
     }
-    if !app.consented_tenants.iter().any(|t| t == tenant) {
-        return token_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            7_000_229,
-            "The client application is missing service principal in the tenant: an administrator must consent.",
-        );
-    }
+    // As Entra: the server-wide (multi-tenant) app has a service principal wherever its
+    // users consented, and is given a token there, with no application permissions.
+    let roles = match &app {
+        Some(app) => {
+            if !app.consented_tenants.iter().any(|t| t == tenant) {
+                return token_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    7_000_229,
+                    "The client application is missing service principal in the tenant: an administrator must consent.",
+                );
+            }
+            true
+        }
+        None => false,
+    };
     let access_token = format!("eyJ0eXAi.stand-in-app.{}", random(48));
     shared.inner().issued_secrets.push(access_token.clone());
     if let Ok(mut tokens) = shared.app_tokens.lock() {
-        tokens.insert(access_token.clone(), (client_id.to_owned(), tenant.to_owned()));
+        tokens.insert(
+            access_token.clone(),
+            IssuedAppToken { client_id: client_id.to_owned(), tenant: tenant.to_owned(), roles },
+        );
     }
     Json(json!({
         "token_type": "Bearer",
@@ -1574,10 +1597,10 @@ fn bearer_account(shared: &Shared, headers: &HeaderMap) -> Option<Account> {
     shared.inner().access_tokens.get(token).cloned()
 }
 
-/// The tenant of an app-only bearer token.
-fn bearer_app_tenant(shared: &Shared, headers: &HeaderMap) -> Option<String> {
+/// An app-only bearer token's record.
+fn bearer_app(shared: &Shared, headers: &HeaderMap) -> Option<IssuedAppToken> {
     let token = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?;
-    shared.app_tokens.lock().ok()?.get(token).map(|(_, tenant)| tenant.clone())
+    shared.app_tokens.lock().ok()?.get(token).cloned()
 }
 
 fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -1612,7 +1635,7 @@ async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
         inner.calls.graph_me += 1;
         inner.me_fault.clone()
     };
-    if bearer_app_tenant(&shared, &headers).is_some() {
+    if bearer_app(&shared, &headers).is_some() {
         return graph_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -1644,7 +1667,14 @@ async fn organization(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> 
         inner.calls.graph_organization += 1;
         inner.organization_fault.clone()
     };
-    if let Some(tenant) = bearer_app_tenant(&shared, &headers) {
+    if let Some(IssuedAppToken { tenant, roles, .. }) = bearer_app(&shared, &headers) {
+        if !roles {
+            return graph_error(
+                StatusCode::FORBIDDEN,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            );
+        }
         let name = if tenant == WORK_TENANT { "Contoso (stand-in)" } else { "Fabrikam (stand-in)" };
         return Json(json!({"value": [{"id": tenant, "displayName": name, "tenantType": "AAD"}]}))
             .into_response();

@@ -277,7 +277,9 @@ async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
             Err(e) => failure(api, &cid, e),
         },
         Ok(Route::GetApp(cid)) => match api.tokens.app_summary(&cid).await {
-            Ok(Some(app)) => respond(StatusCode::OK, &json!({"connection_id": cid, "app": app})),
+            Ok(Some(app)) => {
+                respond(StatusCode::OK, &json!({"connection_id": cid, "app": app.answer(&cid)}))
+            }
             Ok(None) => error(
                 StatusCode::NOT_FOUND,
                 "no_app",
@@ -290,7 +292,7 @@ async fn respond_to(api: &ConnectionApi, req: Request) -> Response<Body> {
                 StatusCode::OK,
                 &json!({
                     "connection_id": cid,
-                    "app": saved.summary,
+                    "app": saved.summary.answer(&cid),
                     "version": saved.version,
                     "organization": saved.organization,
                 }),
@@ -319,6 +321,9 @@ fn app_failure(api: &ConnectionApi, cid: &ConnectionId, e: AppFailure) -> Respon
             });
             if class == FailureClass::AdminConsent {
                 body["admin_consent_path"] = json!(format!("{ADMIN_CONSENT_PATH}?cid={cid}"));
+            }
+            if matches!(e.code(), Some(70021 | 700_211 | 700_212 | 700_213)) {
+                body["federation_audience"] = json!(ms_oauth::federation::own_app_audience(cid));
             }
             let status = match class {
                 FailureClass::AdminConsent => StatusCode::CONFLICT,

@@ -322,7 +322,7 @@ async fn app(action: AppAction) -> Result<String, String> {
             match tokens.set_app(&cid, request).await {
                 Ok(saved) => serde_json::to_string_pretty(&serde_json::json!({
                     "connection_id": cid,
-                    "app": saved.summary,
+                    "app": saved.summary.answer(&cid),
                     "version": saved.version,
                     "organization": saved.organization,
                 }))
@@ -345,7 +345,7 @@ async fn app(action: AppAction) -> Result<String, String> {
         AppAction::Show { cid } => {
             match tokens.app_summary(&cid).await.map_err(|e| ms_oauth::error::chain(&e))? {
                 Some(app) => serde_json::to_string_pretty(
-                    &serde_json::json!({"connection_id": cid, "app": app}),
+                    &serde_json::json!({"connection_id": cid, "app": app.answer(&cid)}),
                 )
                 .map_err(|e| e.to_string()),
                 None => Ok(format!("{cid}: uses the server-wide app (oauthDefault)")),

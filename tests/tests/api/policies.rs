@@ -249,6 +249,12 @@ async fn with_aws_federation_every_aws_call_is_allowed_and_no_secret_is_readable
     let mut probes = probes(&app);
     probes.extend([
         ("RedirectFunction", sts_call("api://SomeoneElse", "RS256", "300")),
+        // Own-app audiences name a connection, and nothing else under Entra's audience.
+        ("ConnectionApiFunction", sts_call("api://AzureADTokenExchange/anything", "RS256", "300")),
+        (
+            "TokenRefresherFunction",
+            sts_call("api://AzureADTokenExchange/connections/", "RS256", "300"),
+        ),
         ("ConnectionApiFunction", sts_call(ENTRA, "RS256", "3600")),
         ("TokenRefresherFunction", sts_call(ENTRA, "ES384", "300")),
         ("StartFunction", sts_call(ENTRA, "RS256", "300")),

@@ -82,9 +82,13 @@ impl Integration {
         }
     }
 
-    /// The integration a start path belongs to (`…/oauth/start/microsoft[_teams]`).
+    /// The integration a start path belongs to (`…/oauth/start/microsoft[_teams]`, and the
+    /// web UI's `…/oauth/start/microsoft_microsoft_teams`).
     pub fn from_start_path(path: &str) -> Self {
-        if path.trim_end_matches('/').ends_with("/microsoft_teams") {
+        let path = path.trim_end_matches('/');
+        if path.ends_with(crate::config::START_PATH_TEAMS)
+            || path.ends_with(crate::config::START_PATH_TEAMS_WEB_UI)
+        {
             Integration::MicrosoftTeams
         } else {
             Integration::Microsoft
@@ -487,6 +491,14 @@ mod tests {
         assert_eq!(
             Integration::from_start_path("/prod/oauth/start/microsoft_teams"),
             Integration::MicrosoftTeams
+        );
+        assert_eq!(
+            Integration::from_start_path("/oauth/start/microsoft_microsoft_teams"),
+            Integration::MicrosoftTeams
+        );
+        assert_eq!(
+            Integration::from_start_path("/oauth/start/not_microsoft_teams"),
+            Integration::Microsoft
         );
         assert_eq!(Integration::MicrosoftTeams.id(), "int_3kthm1cr0s72ae4dc301f284d7");
     }

@@ -53,6 +53,34 @@ const REQUIRED_SCOPES: [&str; 4] = ["openid", "profile", "offline_access", "User
 pub const START_PATH: &str = "/oauth/start/microsoft";
 /// Start path of AutoKitteh's Microsoft Teams integration (same flow, another integration).
 pub const START_PATH_TEAMS: &str = "/oauth/start/microsoft_teams";
+/// The Teams start path AutoKitteh's web UI builds when a Teams connection is created
+/// (`auth_scopes=microsoft_teams`, which AutoKitteh's `/microsoft/save` appends after
+/// `/oauth/start/microsoft_`): the same start as [`START_PATH_TEAMS`].
+pub const START_PATH_TEAMS_WEB_UI: &str = "/oauth/start/microsoft_microsoft_teams";
+/// AutoKitteh's own Microsoft finish handlers, which take a token blob in the web address and
+/// write it into any connection named: the start function answers them with a refusal page,
+/// so that behind the front door nobody can write tokens through a link.
+pub const AUTOKITTEH_TOKEN_URL_PATHS: [&str; 2] = ["/microsoft/oauth", "/microsoft_teams/oauth"];
+/// Every path the start function answers on the public address.
+pub const START_FUNCTION_PATHS: [&str; 6] = [
+    START_PATH,
+    START_PATH_TEAMS,
+    START_PATH_TEAMS_WEB_UI,
+    ADMIN_CONSENT_PATH,
+    AUTOKITTEH_TOKEN_URL_PATHS[0],
+    AUTOKITTEH_TOKEN_URL_PATHS[1],
+];
+/// Every path of the public address that goes to the functions (the rest of the AutoKitteh
+/// API host goes to AutoKitteh).
+pub const FUNCTION_PATHS: [&str; 7] = [
+    START_FUNCTION_PATHS[0],
+    START_FUNCTION_PATHS[1],
+    START_FUNCTION_PATHS[2],
+    START_FUNCTION_PATHS[3],
+    START_FUNCTION_PATHS[4],
+    START_FUNCTION_PATHS[5],
+    REDIRECT_PATH,
+];
 /// Path of the redirect function on the public address; registered in Azure.
 pub const REDIRECT_PATH: &str = "/oauth/redirect/microsoft";
 /// Where an administrator is sent to grant a connection's app tenant-wide consent.

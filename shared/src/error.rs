@@ -28,6 +28,9 @@ pub enum FlowError {
     BadQuery(&'static str),
     #[error("method not allowed")]
     Method,
+    /// AutoKitteh's own `/microsoft/oauth` (tokens in the web address), refused.
+    #[error("a finish address that takes tokens in the web address was called")]
+    TokensInAddress,
     #[error("start grant refused: {0}")]
     Grant(#[from] GrantError),
     #[error("state refused: {0}")]
@@ -208,6 +211,14 @@ impl FlowError {
                 "This address only takes links",
                 "Open the sign-in link in a browser; other kinds of requests are not accepted here.",
                 Some(START_AGAIN),
+            ),
+            FlowError::TokensInAddress => Page::error(
+                S::GONE,
+                "This address is not used",
+                "Microsoft connections are no longer finished through this address: it would take tokens from the web address and write them into whatever connection it names. Nothing was saved.",
+                Some(
+                    "Connect again from the connection's page in AutoKitteh; the sign-in now finishes by itself. If a link or page sent you here, do not trust it.",
+                ),
             ),
             FlowError::Grant(GrantError::Expired) => Page::error(
                 S::FORBIDDEN,

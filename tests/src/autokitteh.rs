@@ -121,6 +121,8 @@ impl AkStandin {
             .route("/login", post(login))
             .route("/logout", get(logout))
             .route("/microsoft/save", get(microsoft_save))
+            .route(TOKEN_URL_FINISH, get(microsoft_oauth))
+            .route("/microsoft_teams/oauth", get(microsoft_oauth))
             .route("/connections/{cid}/success", get(success))
             .route("/{service}/{method}", post(rpc))
             .with_state(shared.clone());
@@ -429,43 +431,96 @@ struct SaveQuery {
     auth_type: String,
     #[serde(default)]
     auth_scopes: String,
+    #[serde(default)]
+    client_id: String,
+    #[serde(default)]
+    client_secret: String,
+    #[serde(default)]
+    tenant_id: String,
 }
 
-/// The connection form's target: saves `auth_type` as the user, then a relative redirect to
-/// the start of the OAuth flow.
+/// AutoKitteh's own finish that takes a token blob in the web address; counted in
+/// [`AkStandin::calls`] under this path.
+pub const TOKEN_URL_FINISH: &str = "/microsoft/oauth";
+
+/// AutoKitteh's `/microsoft/oauth`: as upstream (U1 of the reference), it writes the tokens the
+/// address carries into the connection it names for any signed-in user, as the system user.
+/// This stand-in writes a marker instead of decoding the blob; a test shows it is never reached.
+async fn microsoft_oauth(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    *shared.inner().calls.entry(TOKEN_URL_FINISH.to_owned()).or_default() += 1;
+    if let Err(text) = browser_user(&shared, &headers) {
+        return unauthorized(text);
+    }
+    let cid = q.get("cid").cloned().unwrap_or_default();
+    let mut inner = shared.inner();
+    if !inner.connections.contains_key(&cid) {
+        return (StatusCode::BAD_REQUEST, "invalid connection ID").into_response();
+    }
+    let vars = inner.vars.entry(cid.clone()).or_default();
+    for name in ["oauth_access_token", "oauth_refresh_token"] {
+        vars.insert(
+            name.into(),
+            StoredVar { value: "written-through-the-address".into(), is_secret: true },
+        );
+    }
+    (StatusCode::FOUND, [(header::LOCATION, format!("/connections/{cid}/success"))]).into_response()
+}
+
+/// The connection form's target, as upstream: it saves `auth_type` (and, for `oauthPrivate`,
+/// the private app's vars) **as the system user** for any signed-in user who names the
+/// connection, without checking membership (U1 of the reference), then redirects (relative)
+/// to `/oauth/start/microsoft` with `_<auth_scopes>` appended (the edit form sends `teams`,
+/// the web UI's create form `microsoft_teams`, U2).
 async fn microsoft_save(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Query(q): Query<SaveQuery>,
 ) -> Response {
-    let user_id = match browser_user(&shared, &headers) {
-        Ok(u) => u,
-        Err(text) => return unauthorized(text),
-    };
+    if let Err(text) = browser_user(&shared, &headers) {
+        return unauthorized(text);
+    }
     let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned()).into_response();
     let valid_cid = q.cid.len() == 30
         && q.cid.starts_with("con_")
         && q.cid[4..].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
-    if !valid_cid || !["web", "cli", "vscode", "dash"].contains(&q.origin.as_str()) {
-        return bad("invalid connection ID, origin, or scopes");
+    if !valid_cid {
+        return bad("invalid connection ID");
     }
-    if q.auth_type != "oauthDefault" {
-        return bad("this stand-in only implements auth_type=oauthDefault");
-    }
-    let path = match q.auth_scopes.as_str() {
-        "" => "/oauth/start/microsoft",
-        "teams" => "/oauth/start/microsoft_teams",
-        _ => return bad("invalid connection ID, origin, or scopes"),
+    let word = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let private = match q.auth_type.as_str() {
+        "oauthDefault" => false,
+        "oauthPrivate" => {
+            if q.client_id.is_empty() || q.client_secret.is_empty() {
+                return bad("missing private app details");
+            }
+            true
+        }
+        other => return bad(&format!("unexpected auth type {other:?}")),
     };
-    let mut inner = shared.inner();
-    if !may_use(&inner, &user_id, &q.cid) {
-        return (StatusCode::FORBIDDEN, "permission denied").into_response();
+    if !word(&q.cid) || !word(&q.origin) || !word(&q.auth_scopes) {
+        return bad("bad redirect URL");
     }
-    inner
-        .vars
-        .entry(q.cid.clone())
-        .or_default()
-        .insert("auth_type".into(), StoredVar { value: q.auth_type.clone(), is_secret: false });
+    let mut path = "/oauth/start/microsoft".to_owned();
+    if !q.auth_scopes.is_empty() {
+        path = format!("{path}_{}", q.auth_scopes);
+    }
+    let mut inner = shared.inner();
+    let vars = inner.vars.entry(q.cid.clone()).or_default();
+    let plain = |value: &str| StoredVar { value: value.to_owned(), is_secret: false };
+    vars.insert("auth_type".into(), plain(&q.auth_type));
+    if private {
+        let tenant = if q.tenant_id.is_empty() { "common" } else { q.tenant_id.as_str() };
+        vars.insert("private_client_id".into(), plain(&q.client_id));
+        vars.insert("private_tenant_id".into(), plain(tenant));
+        vars.insert(
+            "private_client_secret".into(),
+            StoredVar { value: q.client_secret.clone(), is_secret: true },
+        );
+    }
     (StatusCode::FOUND, [(header::LOCATION, format!("{path}?cid={}&origin={}", q.cid, q.origin))])
         .into_response()
 }

@@ -1,5 +1,5 @@
 //! A local front door on the public address, as an operator puts one in front of the
-//! AutoKitteh API host: the three Microsoft OAuth paths go to the functions, everything else
+//! AutoKitteh API host: the Microsoft OAuth paths go to the functions, everything else
 //! to AutoKitteh, with cookies, query strings and the original Host passed along.
 
 use std::convert::Infallible;
@@ -10,13 +10,11 @@ use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use ms_oauth::config::{ADMIN_CONSENT_PATH, REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
 use tokio::net::TcpListener;
 
 /// The paths the front door sends to the functions; nothing else under `/oauth/` (other
 /// integrations use it too).
-pub const FUNCTION_PATHS: [&str; 4] =
-    [START_PATH, START_PATH_TEAMS, ADMIN_CONSENT_PATH, REDIRECT_PATH];
+pub use ms_oauth::config::FUNCTION_PATHS;
 
 /// Headers that belong to one hop and are never forwarded.
 const HOP_BY_HOP: [&str; 8] = [

@@ -14,7 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lambda_http::Body;
-use ms_oauth::config::{ADMIN_CONSENT_PATH, REDIRECT_PATH, START_PATH, START_PATH_TEAMS};
+use ms_oauth::config::{FUNCTION_PATHS, REDIRECT_PATH, START_FUNCTION_PATHS};
 use oauth_redirect::RedirectService;
 use oauth_start::StartService;
 use serde_json::json;
@@ -56,12 +56,12 @@ async fn dispatch(
 ) -> hyper::Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let route = match path.as_str() {
-        START_PATH | START_PATH_TEAMS | REDIRECT_PATH | ADMIN_CONSENT_PATH => path.clone(),
+        p if FUNCTION_PATHS.contains(&p) => path.clone(),
         p if p.starts_with("/connections/") => "/connections/{proxy+}".to_owned(),
         _ => {
             return plain(
                 404,
-                "Not found. This local server serves /oauth/start/microsoft[_teams], /oauth/adminconsent/microsoft, /oauth/redirect/microsoft and /connections/….\n",
+                "Not found. This local server serves /oauth/start/microsoft[_teams], /oauth/adminconsent/microsoft, /oauth/redirect/microsoft, the refused /microsoft/oauth and /connections/….\n",
             );
         }
     };
@@ -84,7 +84,7 @@ async fn dispatch(
         }
     };
     let response = match route.as_str() {
-        START_PATH | START_PATH_TEAMS | ADMIN_CONSENT_PATH => {
+        r if START_FUNCTION_PATHS.contains(&r) => {
             oauth_start::handle(&functions.start, request).await
         }
         REDIRECT_PATH => oauth_redirect::handle(&functions.redirect, request).await,

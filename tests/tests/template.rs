@@ -399,11 +399,23 @@ async fn every_route_in_the_template_reaches_its_handler() {
         let (binary, _) = &functions[function];
         let auth = route["Properties"]["AuthorizationType"].as_str().unwrap_or("NONE");
         let (request_path, expected_words) = match binary.as_str() {
+            "oauth-start" if config::AUTOKITTEH_TOKEN_URL_PATHS.contains(&path) => {
+                // Every method of AutoKitteh's token-in-the-address finish is refused.
+                assert_eq!(method, "ANY", "{id}");
+                assert_eq!(route["Condition"].as_str(), Some("InAutoKitteh"), "{id}");
+                (path.to_owned(), "This address is not used")
+            }
             "oauth-start" => {
                 // GET for the links, POST for the confirm button of the standalone page.
                 assert!(
                     (method == "GET"
-                        && [START_PATH, START_PATH_TEAMS, ADMIN_CONSENT_PATH].contains(&path))
+                        && [
+                            START_PATH,
+                            START_PATH_TEAMS,
+                            config::START_PATH_TEAMS_WEB_UI,
+                            ADMIN_CONSENT_PATH
+                        ]
+                        .contains(&path))
                         || (method == "POST" && path == START_PATH),
                     "{id}"
                 );
@@ -424,12 +436,14 @@ async fn every_route_in_the_template_reaches_its_handler() {
         assert_eq!(auth, expected_auth, "{id}");
 
         // The handler answers (a page or JSON about the bad request), not the local 404.
+        let refused = config::AUTOKITTEH_TOKEN_URL_PATHS.contains(&path);
+        let method = if method == "ANY" { "GET" } else { method };
         let response = reqwest::Client::new()
             .request(method.parse().unwrap(), format!("http://{address}{request_path}"))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 400, "{key}");
+        assert_eq!(response.status(), if refused { 410 } else { 400 }, "{key}");
         let body = response.text().await.unwrap();
         assert!(body.contains(expected_words), "{key}: {body}");
         served_keys.insert(key.to_owned());
@@ -441,6 +455,9 @@ async fn every_route_in_the_template_reaches_its_handler() {
                 "GET /oauth/start/microsoft",
                 "POST /oauth/start/microsoft",
                 "GET /oauth/start/microsoft_teams",
+                "GET /oauth/start/microsoft_microsoft_teams",
+                "ANY /microsoft/oauth",
+                "ANY /microsoft_teams/oauth",
                 "GET /oauth/redirect/microsoft",
                 "GET /connections/{cid}",
                 "GET /connections/{cid}/token",

@@ -193,6 +193,7 @@ pub async fn handle(service: &StartService, req: Request) -> Response<Body> {
 
 async fn answer(service: &StartService, req: Request) -> Response<Body> {
     let outcome = match (req.method(), service.autokitteh.as_ref()) {
+        _ if is_token_in_address(&req) => Err(FlowError::TokensInAddress),
         _ if ms_oauth::runtime::is_unreadable(&req) => Err(FlowError::BadQuery(UNREADABLE)),
         (&Method::GET, _) if is_admin_consent(&req) => admin_consent(service, &req).await,
         (&Method::GET, Some(autokitteh)) => start_in_autokitteh(service, autokitteh, &req).await,
@@ -220,6 +221,13 @@ fn link_target(query: &Query<'_>) -> Result<(ConnectionId, Origin), FlowError> {
     let cid = query.single("cid", 64)?.unwrap_or_default().parse()?;
     let origin = query.single("origin", 16)?.unwrap_or_default().parse()?;
     Ok((cid, origin))
+}
+
+/// True for AutoKitteh's own finish handlers that take tokens in the web address (any
+/// method: nothing of such a request reaches AutoKitteh, and its query is never read).
+fn is_token_in_address(req: &Request) -> bool {
+    let path = req.uri().path().trim_end_matches('/');
+    config::AUTOKITTEH_TOKEN_URL_PATHS.iter().any(|p| path.ends_with(p))
 }
 
 /// True for `GET /oauth/adminconsent/microsoft`.

@@ -312,11 +312,8 @@ async fn run() -> Result<(), String> {
         );
     } else if external_autokitteh.is_some() {
         println!(
-            "\nFunctions on http://127.0.0.1:{listen_port}: route GET {}, {}, {} and {} of {} here.",
-            config::START_PATH,
-            config::START_PATH_TEAMS,
-            config::ADMIN_CONSENT_PATH,
-            config::REDIRECT_PATH,
+            "\nFunctions on http://127.0.0.1:{listen_port}: route {} of {} here.",
+            config::FUNCTION_PATHS.join(", "),
             public.origin()
         );
     } else if let Some(key) = start_key {

@@ -724,3 +724,55 @@ async fn vars_that_name_the_deployments_own_app_as_the_connections_app_are_refus
     assert!(page.location.is_none(), "not sent to Microsoft");
     assert_eq!(d.app.pending_states().await, 0, "no flow was started");
 }
+
+/// AutoKitteh's own finish takes a token blob in the web address and writes it into any
+/// connection it names, for any signed-in user. Behind the front door it never reaches
+/// AutoKitteh: the start function answers every method of it with a refusal page, and the
+/// blob is never logged.
+#[tokio::test]
+async fn autokittehs_token_in_the_address_finishes_are_refused_before_autokitteh() {
+    use ms_oauth_tests::autokitteh::TOKEN_URL_FINISH;
+    let d = deployment().await;
+    let other_org = d.ak().add_org("Fabrikam");
+    let mallory = d.ak().add_user("mallory@fabrikam.example", &[&other_org]);
+    let browser = d.signed_in(&mallory).await;
+    let blob = format!("eyJ0b2tlbiI6IHsiYWNjZXNzX3Rva2VuIjogIm1hbGxvcnkifX0{}", new_cid());
+    for path in config::AUTOKITTEH_TOKEN_URL_PATHS {
+        let url = d.url(&format!("{path}?cid={}&origin=web&oauth={blob}", d.cid));
+        let page = browser.get(&url).await;
+        assert_page(&page, 410, "This address is not used");
+        assert!(page.header("set-cookie").is_empty());
+        let posted = browser.post_form(&url, &[("oauth".to_owned(), blob.clone())]).await;
+        assert_eq!(posted.status, 410, "{}", posted.body);
+    }
+    assert_eq!(d.ak().calls(TOKEN_URL_FINISH), 0, "AutoKitteh's handler was reached");
+    assert!(d.ak().vars(&d.cid).is_empty());
+    assert!(!captured_logs().contains(&blob), "the blob reached the logs");
+}
+
+/// The web UI's create form for Teams sends `auth_scopes=microsoft_teams`, and AutoKitteh's
+/// `/microsoft/save` then redirects to `/oauth/start/microsoft_microsoft_teams`: that path
+/// starts the Teams flow (and only for Teams connections).
+#[tokio::test]
+async fn the_web_uis_teams_create_path_starts_the_teams_flow() {
+    let d = deployment().await;
+    let teams = d.ak().add_connection(&d.org, Integration::MicrosoftTeams, "teams");
+    let browser = d.signed_in(&d.user).await;
+    let save = browser
+        .get(&d.url(&format!(
+            "/microsoft/save?cid={teams}&origin=web&auth_type=oauthDefault&auth_scopes=microsoft_teams"
+        )))
+        .await;
+    let relative = save.location.clone().expect("relative start location");
+    assert!(relative.starts_with(config::START_PATH_TEAMS_WEB_UI), "{relative}");
+    let start = browser.get(&d.url(&relative)).await;
+    assert_eq!(start.status, 302, "start: {}", start.body);
+    let callback = d.app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+    let finish = browser.get(&callback).await;
+    assert_redirects_to(&finish, &d.url(&format!("/connections/{teams}/success")));
+    assert_eq!(d.ak().status(&teams).0, "CODE_OK");
+
+    // A Microsoft connection at the Teams path of the web UI: refused.
+    let wrong = d.url(&format!("{}?cid={}&origin=web", config::START_PATH_TEAMS_WEB_UI, d.cid));
+    assert_page(&browser.get(&wrong).await, 400, "This is not a Microsoft connection");
+}

@@ -96,7 +96,16 @@ pub struct Confirmation {
     pub name: String,
     /// Hex SHA-256 of the nonce in the confirming browser's cookie.
     pub nh: String,
+    /// The id of the grant it confirms: spent when the confirmation is posted, so opening
+    /// the link (a mail scanner's fetch) spends nothing and only one post can ever win.
+    pub jti: String,
+    /// What it confirms: `None` a sign-in; `Some(tenant)` an administrator's consent, in
+    /// that tenant (empty: the app's own, or the administrator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<String>,
     pub iat: i64,
+    /// Never after the grant's own end (with the skew): the spent-grant record lasts that
+    /// long, so a confirmation cannot outlive it.
     pub exp: i64,
 }
 
@@ -243,6 +252,7 @@ impl GrantKey {
         &self,
         grant: &GrantClaims,
         nonce_hash: &str,
+        consent: Option<String>,
         now: i64,
         lifetime_secs: i64,
     ) -> Result<String, jsonwebtoken::errors::Error> {
@@ -253,8 +263,10 @@ impl GrantKey {
             sub: grant.sub.clone(),
             name: grant.name.clone(),
             nh: nonce_hash.to_owned(),
+            jti: grant.jti.clone(),
+            consent,
             iat: now,
-            exp: now + lifetime_secs,
+            exp: (now + lifetime_secs).min(grant.exp.saturating_add(CLOCK_SKEW_SECS)),
         })
     }
 
@@ -267,7 +279,9 @@ impl GrantKey {
             && claims.origin.parse::<Origin>().is_ok()
             && is_label(&claims.sub)
             && is_label(&claims.name)
-            && claims.nh.len() == 64;
+            && claims.nh.len() == 64
+            && is_grant_id(&claims.jti)
+            && claims.consent.as_deref().is_none_or(|t| t.len() <= 256);
         if !well_formed {
             return Err(GrantError::ConfirmationInvalid);
         }
@@ -427,7 +441,7 @@ mod tests {
     fn confirmations_and_grants_are_not_interchangeable() {
         let token = key().sign(&grant(Origin::Web, 60), NOW).unwrap();
         let claims = key().verify(&token, &cid(), Origin::Web, NOW).unwrap();
-        let ticket = key().sign_confirmation(&claims, &"a".repeat(64), NOW, 600).unwrap();
+        let ticket = key().sign_confirmation(&claims, &"a".repeat(64), None, NOW, 600).unwrap();
         assert_eq!(key().verify(&ticket, &cid(), Origin::Web, NOW), Err(GrantError::Invalid));
         assert_eq!(key().verify_confirmation(&token, NOW), Err(GrantError::ConfirmationInvalid));
     }
@@ -436,15 +450,32 @@ mod tests {
     fn a_confirmation_carries_what_was_shown_until_it_expires() {
         let token = key().sign(&grant(Origin::Cli, 60), NOW).unwrap();
         let claims = key().verify(&token, &cid(), Origin::Cli, NOW).unwrap();
-        let ticket = key().sign_confirmation(&claims, &"b".repeat(64), NOW, 600).unwrap();
-        let confirmed = key().verify_confirmation(&ticket, NOW + 599).unwrap();
+        let ticket = key().sign_confirmation(&claims, &"b".repeat(64), None, NOW, 600).unwrap();
+        // It ends with its grant (60 s, plus the skew), before its own 600 s.
+        let confirmed = key().verify_confirmation(&ticket, NOW + 60 + CLOCK_SKEW_SECS - 1).unwrap();
+        assert_eq!(confirmed.jti, claims.jti);
+        assert_eq!(confirmed.consent, None);
         assert_eq!(confirmed.cid, cid().as_str());
         assert_eq!(confirmed.origin, "cli");
         assert_eq!(confirmed.sub, "ada@example.com");
         assert_eq!(confirmed.name, "Ada's mailbox");
         assert_eq!(confirmed.nh, "b".repeat(64));
         assert_eq!(
-            key().verify_confirmation(&ticket, NOW + 600),
+            key().verify_confirmation(&ticket, NOW + 60 + CLOCK_SKEW_SECS),
+            Err(GrantError::ConfirmationExpired)
+        );
+        // A long grant: the confirmation's own lifetime ends it; a consent says its tenant.
+        let long = key().sign(&grant(Origin::Cli, 600), NOW).unwrap();
+        let long = key().verify(&long, &cid(), Origin::Cli, NOW).unwrap();
+        let ticket = key()
+            .sign_confirmation(&long, &"b".repeat(64), Some("contoso.com".into()), NOW, 300)
+            .unwrap();
+        assert_eq!(
+            key().verify_confirmation(&ticket, NOW + 299).unwrap().consent.as_deref(),
+            Some("contoso.com")
+        );
+        assert_eq!(
+            key().verify_confirmation(&ticket, NOW + 300),
             Err(GrantError::ConfirmationExpired)
         );
         let other_key = GrantKey::new(SecretString::from("x".repeat(32))).unwrap();
@@ -452,7 +483,7 @@ mod tests {
             other_key.verify_confirmation(&ticket, NOW),
             Err(GrantError::ConfirmationInvalid)
         );
-        let short = key().sign_confirmation(&claims, "b", NOW, 600).unwrap();
+        let short = key().sign_confirmation(&claims, "b", None, NOW, 600).unwrap();
         assert_eq!(key().verify_confirmation(&short, NOW), Err(GrantError::ConfirmationInvalid));
         assert_eq!(key().verify_confirmation("", NOW), Err(GrantError::ConfirmationInvalid));
     }

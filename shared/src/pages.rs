@@ -22,15 +22,32 @@ border-radius:6px;padding:.6rem 1.2rem;cursor:pointer}";
 const CLOSE_POPUP_SCRIPT: &str =
     "if (window.opener) { setTimeout(function () { window.close(); }, 1500); }";
 
+/// Keeps the confirm button unpressable until the page has been visible and focused for
+/// half a second, and again after it loses either: a click meant for another window (a
+/// double-click whose second half lands on a page swapped in under the pointer) cannot
+/// press it. Without scripts the button works as a plain button.
+const ARM_BUTTON_SCRIPT: &str = "(function () { var b = document.getElementById('continue'); \
+if (!b) { return; } var t = null; b.disabled = true; \
+function arm() { if (t || document.visibilityState !== 'visible' || !document.hasFocus()) { return; } \
+t = setTimeout(function () { b.disabled = false; }, 500); } \
+function disarm() { clearTimeout(t); t = null; b.disabled = true; } \
+document.addEventListener('visibilitychange', function () { if (document.visibilityState === 'visible') { arm(); } else { disarm(); } }); \
+window.addEventListener('focus', arm); window.addEventListener('blur', disarm); \
+document.addEventListener('pointermove', arm); arm(); })();";
+
+/// How long the confirm button stays unpressable after the page is visible and focused.
+pub const BUTTON_ARM_MILLIS: u64 = 500;
+
 /// The page CSP up to `form-action`: nothing may load; only our exact inline style and
-/// script may run.
+/// scripts may run.
 static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
     let hash = |s: &str| STANDARD.encode(Sha256::digest(s.as_bytes()));
     format!(
-        "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}'; base-uri 'none'; \
-         frame-ancestors 'none'",
+        "default-src 'none'; style-src 'sha256-{}'; script-src 'sha256-{}' 'sha256-{}'; \
+         base-uri 'none'; frame-ancestors 'none'",
         hash(STYLE),
-        hash(CLOSE_POPUP_SCRIPT)
+        hash(CLOSE_POPUP_SCRIPT),
+        hash(ARM_BUTTON_SCRIPT)
     )
 });
 
@@ -42,9 +59,6 @@ pub struct PageForm {
     /// Hidden fields.
     pub fields: Vec<(String, String)>,
     pub button: String,
-    /// Where the answer to the post may redirect the browser (browsers apply `form-action`
-    /// to the redirect too): an origin such as `https://login.microsoftonline.com`.
-    pub continues_to: String,
 }
 
 /// How a page reads: success or failure.
@@ -87,6 +101,7 @@ struct PageTemplate<'a> {
     close_popup: bool,
     style: &'static str,
     script: &'static str,
+    arm_script: &'static str,
 }
 
 impl Page {
@@ -162,6 +177,30 @@ impl Page {
         }
     }
 
+    /// The confirmation shown before an administrator goes to Microsoft's admin consent.
+    pub fn confirm_admin_consent(facts: Vec<(String, String)>, form: PageForm) -> Self {
+        Self {
+            status: StatusCode::OK,
+            tone: Tone::Neutral,
+            title: "Grant admin consent?".into(),
+            message: vec![
+                "Microsoft will ask an administrator of your organization to grant this app \
+                 its permissions for the whole organization."
+                    .into(),
+            ],
+            action: Some(
+                "Continue only if you expected this request for the connection below. This \
+                 link works once: opening it spent nothing, continuing does."
+                    .into(),
+            ),
+            reference: None,
+            link: None,
+            facts,
+            form: Some(form),
+            close_popup: false,
+        }
+    }
+
     /// An error page.
     pub fn error(status: StatusCode, title: &str, message: &str, action: Option<&str>) -> Self {
         Self {
@@ -222,6 +261,7 @@ impl Page {
             close_popup: self.close_popup,
             style: STYLE,
             script: CLOSE_POPUP_SCRIPT,
+            arm_script: ARM_BUTTON_SCRIPT,
         };
         // Rendering only fails if a Display impl fails, which ours never do.
         template.render().unwrap_or_else(|_| "<!doctype html><title>Error</title>".to_owned())
@@ -233,12 +273,15 @@ impl Page {
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-        // Only a page with a form may post, and only to us and on to where we send it.
-        let form_action = match &self.form {
-            Some(form) => format!("form-action 'self' {}", form.continues_to),
-            None => "form-action 'none'".to_owned(),
+        // A page without a form may post nowhere. The confirm page has no `form-action`:
+        // browsers apply it to every redirect that follows the post, and Microsoft's
+        // authorize may pass the browser through other origins (personal accounts at
+        // login.live.com, a federated identity provider), where the sign-in would stop
+        // silently. Its form is ours and posts to us; nothing else on it can post.
+        let csp = match &self.form {
+            Some(_) => CONTENT_SECURITY_POLICY.clone(),
+            None => format!("{}; form-action 'none'", *CONTENT_SECURITY_POLICY),
         };
-        let csp = format!("{}; {form_action}", *CONTENT_SECURITY_POLICY);
         if let Ok(csp) = HeaderValue::from_str(&csp) {
             headers.insert(header::CONTENT_SECURITY_POLICY, csp);
         }
@@ -333,7 +376,7 @@ mod tests {
         // The inline script and style match the hashes the CSP allows.
         let csp = response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
         let hash = STANDARD.encode(Sha256::digest(CLOSE_POPUP_SCRIPT.as_bytes()));
-        assert!(csp.contains(&format!("script-src 'sha256-{hash}'")));
+        assert!(csp.contains(&format!("script-src 'sha256-{hash}' ")));
         assert!(html.contains(&format!("<style>{STYLE}</style>")));
     }
 
@@ -363,7 +406,6 @@ mod tests {
                 action: "/oauth/start/microsoft".into(),
                 fields: vec![("ticket".into(), "a.b\"><x".into())],
                 button: "Continue to Microsoft".into(),
-                continues_to: "https://login.microsoftonline.com".into(),
             },
         )
     }
@@ -380,10 +422,18 @@ mod tests {
         assert!(
             html.contains(r#"<input type="hidden" name="ticket" value="a.b&#34;&#62;&#60;x">"#)
         );
-        assert!(html.contains("<button type=\"submit\">Continue to Microsoft</button>"));
-        assert!(!html.contains("<script"), "the confirm page runs no script");
+        assert!(
+            html.contains("<button type=\"submit\" id=\"continue\">Continue to Microsoft</button>")
+        );
+        // Its one script arms the button, and the CSP allows exactly it.
+        assert!(html.contains(&format!("<script>{ARM_BUTTON_SCRIPT}</script>")));
+        assert!(!html.contains(CLOSE_POPUP_SCRIPT));
         let csp = response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-        assert!(csp.ends_with("; form-action 'self' https://login.microsoftonline.com"), "{csp}");
+        let hash = STANDARD.encode(Sha256::digest(ARM_BUTTON_SCRIPT.as_bytes()));
+        assert!(csp.contains(&format!("'sha256-{hash}'")), "{csp}");
+        // No form-action: Microsoft's authorize may pass the browser through other origins
+        // after the post, and browsers apply form-action to those redirects.
+        assert!(!csp.contains("form-action"), "{csp}");
         assert_eq!(response.headers()[header::X_FRAME_OPTIONS], "DENY");
         assert!(csp.contains("frame-ancestors 'none'"));
     }

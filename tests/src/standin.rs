@@ -229,6 +229,10 @@ struct Inner {
     id_token_tenant: Option<String>,
     /// Apps whose delegated permissions need an administrator's consent per tenant.
     admin_consent_required: std::collections::HashSet<String>,
+    /// Where authorize sends the browser first (another origin, as Entra hands personal
+    /// accounts to login.live.com or a domain to its federated identity provider), before its
+    /// sign-in page at `/login`.
+    authorize_hop: Option<String>,
     /// Administrators' consents: (client id, tenant).
     consents: std::collections::HashSet<(String, String)>,
 }
@@ -303,6 +307,7 @@ impl Standin {
         let app = Router::new()
             .route("/", get(index))
             .route("/{tenant}/oauth2/v2.0/authorize", get(authorize_page).post(authorize_decision))
+            .route("/{tenant}/oauth2/v2.0/login", get(login_page).post(authorize_decision))
             .route("/{tenant}/oauth2/v2.0/token", axum::routing::post(token))
             .route(
                 "/{tenant}/v2.0/adminconsent",
@@ -315,6 +320,30 @@ impl Standin {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Self { addr, shared })
+    }
+
+    /// From now on, authorize sends the browser through another origin (served on
+    /// `listener`: `GET /hop?next=…` redirects back) before its sign-in page, as Entra does
+    /// for personal accounts (login.live.com) or a federated domain.
+    pub fn pass_authorize_through(&self, listener: TcpListener) -> std::io::Result<String> {
+        let hop = format!("http://{}", listener.local_addr()?);
+        let base = self.shared.base.clone();
+        let app = Router::new().route(
+            "/hop",
+            get(move |Query(q): Query<HashMap<String, String>>| async move {
+                match q.get("next") {
+                    Some(next) if next.starts_with(&format!("{base}/")) => {
+                        (StatusCode::FOUND, [(header::LOCATION, next.clone())]).into_response()
+                    }
+                    _ => (StatusCode::BAD_REQUEST, "stand-in hop: no next").into_response(),
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        self.shared.inner().authorize_hop = Some(hop.clone());
+        Ok(hop)
     }
 
     /// Serves Graph as the cloud whose Graph host is `resource` (a national cloud's, say
@@ -656,13 +685,41 @@ async fn authorize_page(
     if let Err(r) = check_authorize(&shared, &tenant, &params) {
         return *r;
     }
+    let hop = shared.inner().authorize_hop.clone();
+    if let Some(hop) = hop {
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.iter())
+            .finish();
+        let next = format!("{}/{tenant}/oauth2/v2.0/login?{query}", shared.base);
+        let location = url::Url::parse_with_params(&format!("{hop}/hop"), [("next", next)])
+            .map(String::from)
+            .unwrap_or_default();
+        return (StatusCode::FOUND, [(header::LOCATION, location)]).into_response();
+    }
+    consent_page(&tenant, &params)
+}
+
+/// The sign-in page after the hop of [`Standin::pass_authorize_through`].
+async fn login_page(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(r) = check_authorize(&shared, &tenant, &params) {
+        return *r;
+    }
+    consent_page(&tenant, &params)
+}
+
+/// The account picker and consent of an authorize request already checked.
+fn consent_page(tenant: &str, params: &HashMap<String, String>) -> Response {
     let hidden: String = params
         .iter()
         .map(|(k, v)| {
             format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(k), escape(v))
         })
         .collect();
-    let buttons: String = accounts_for(&tenant)
+    let buttons: String = accounts_for(tenant)
         .iter()
         .map(|a| {
             format!(

@@ -242,37 +242,51 @@ const ADMIN_CONSENT_TTL_SECS: i64 = 3600;
 /// (standalone) or the AutoKitteh session of a user of the connection: sends an
 /// administrator to Microsoft's admin consent for the connection's app (its own, or the
 /// server-wide one), in the tenant given, else the app's own tenant, else the
-/// administrator's (`organizations`). The one-time state tells the redirect function that
-/// this is a consent, not a sign-in.
+/// administrator's (`organizations`). Standalone, the link is meant to be mailed to an
+/// administrator: opening it shows a confirmation and spends nothing (mail scanners open
+/// links first); the confirmation's post spends the grant and goes on to Microsoft.
 async fn admin_consent(service: &StartService, req: &Request) -> Result<Response<Body>, FlowError> {
     let query = Query::from_request(req)?;
     let (cid, origin) = link_target(&query)?;
-    let asked_tenant = match query.single("tenant", 256)?.filter(|t| !t.is_empty()) {
-        None => None,
-        Some(t) => {
-            let tenant: Tenant = t
-                .parse()
-                .map_err(|_| FlowError::BadQuery("the tenant is not a tenant id or domain"))?;
-            if matches!(tenant.as_str(), "common" | "consumers") {
-                return Err(FlowError::BadQuery(
-                    "admin consent needs an organization's tenant, not common or consumers",
-                ));
-            }
-            Some(tenant)
+    let asked_tenant = query.single("tenant", 256)?.filter(|t| !t.is_empty());
+    let tenant = consent_tenant(asked_tenant)?;
+    match &service.autokitteh {
+        Some(autokitteh) => {
+            let (who, app) = autokitteh_user_and_app(service, autokitteh, req, &cid).await?;
+            start_admin_consent(service, cid, origin, who, app, tenant).await
         }
-    };
-    let now = service.clock.now().unix_timestamp();
-    let (who, app) = match &service.autokitteh {
-        Some(autokitteh) => autokitteh_user_and_app(service, autokitteh, req, &cid).await?,
         None => {
-            let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
-            let claims = service.with_key(|key| key.verify(grant, &cid, origin, now)).await?;
-            if !service.store.spend_grant(&claims.jti, claims.exp + CLOCK_SKEW_SECS).await? {
-                return Err(GrantError::Used.into());
-            }
-            (claims.sub, table_app(service, &cid).await?)
+            let consent = Some(tenant.map(|t| t.to_string()).unwrap_or_default());
+            show_confirmation_for(service, &query, cid, origin, consent).await
         }
-    };
+    }
+}
+
+/// The tenant an admin-consent link asks for, when it names one.
+fn consent_tenant(asked: Option<&str>) -> Result<Option<Tenant>, FlowError> {
+    let Some(t) = asked else { return Ok(None) };
+    let tenant: Tenant =
+        t.parse().map_err(|_| FlowError::BadQuery("the tenant is not a tenant id or domain"))?;
+    if matches!(tenant.as_str(), "common" | "consumers") {
+        return Err(FlowError::BadQuery(
+            "admin consent needs an organization's tenant, not common or consumers",
+        ));
+    }
+    Ok(Some(tenant))
+}
+
+/// Records the one-time state of an admin consent for `who` and sends the browser to
+/// Microsoft's admin consent. The state tells the redirect function that this is a consent,
+/// not a sign-in.
+async fn start_admin_consent(
+    service: &StartService,
+    cid: ConnectionId,
+    origin: Origin,
+    who: String,
+    app: Option<AppRef>,
+    asked_tenant: Option<Tenant>,
+) -> Result<Response<Body>, FlowError> {
+    let now = service.clock.now().unix_timestamp();
     let (client_id, app_tenant, own) = match app {
         Some(app) => (app.client_id, app.tenant, true),
         None => {
@@ -325,22 +339,35 @@ async fn start_in_autokitteh(
     begin(service, cid, origin, Starter::AutoKitteh(user), None, app).await
 }
 
-/// Standalone, the link's first step: checks the grant, spends it, and shows who and what
-/// is being connected, with a button that carries a confirmation bound to this browser.
+/// Standalone, the link's first step: checks the grant and shows who and what is being
+/// connected, with a button that carries a confirmation bound to this browser. Opening the
+/// link spends nothing: mail and chat scanners fetch links before people do, and the person
+/// the link was sent to must still find it usable.
 async fn show_confirmation(
     service: &StartService,
     req: &Request,
 ) -> Result<Response<Body>, FlowError> {
     let query = Query::from_request(req)?;
     let (cid, origin) = link_target(&query)?;
+    show_confirmation_for(service, &query, cid, origin, None).await
+}
+
+/// The confirmation of a standalone sign-in (`consent` `None`) or admin consent
+/// (`Some(tenant)`, empty for the app's own).
+async fn show_confirmation_for(
+    service: &StartService,
+    query: &Query<'_>,
+    cid: ConnectionId,
+    origin: Origin,
+    consent: Option<String>,
+) -> Result<Response<Body>, FlowError> {
     let grant = query.single("grant", MAX_GRANT_LEN)?.unwrap_or_default();
     let now = service.clock.now().unix_timestamp();
     let (key, claims) = service
         .with_key(|key| key.verify(grant, &cid, origin, now).map(|claims| (key.clone(), claims)))
         .await?;
-    // Single use: whoever opens the link first is the one asked; a second opening (a link
-    // passed on after use, a replay) is refused.
-    if !service.store.spend_grant(&claims.jti, claims.exp + CLOCK_SKEW_SECS).await? {
+    // A link already confirmed (passed on after use, a replay) says so at once.
+    if service.store.grant_spent(&claims.jti).await? {
         tracing::warn!(cid = %cid, origin = %origin, user = %claims.sub, "start grant used again; refused");
         return Err(GrantError::Used.into());
     }
@@ -349,27 +376,40 @@ async fn show_confirmation(
     let nonce_hash = browser_hash(nonce.expose_secret());
     let ttl = service.config.state_ttl.as_secs() as i64;
     let ticket = key
-        .sign_confirmation(&claims, &nonce_hash, now, ttl)
+        .sign_confirmation(&claims, &nonce_hash, consent.clone(), now, ttl)
         .map_err(|_| FlowError::Internal("confirmation not signed"))?;
     let cookie = confirm_cookie(&confirm_cookie_name(&nonce_hash), nonce.expose_secret(), ttl);
-    tracing::info!(cid = %cid, origin = %origin, user = %claims.sub, "start link opened; waiting for confirmation");
-    let facts = vec![
+    tracing::info!(cid = %cid, origin = %origin, user = %claims.sub, admin_consent = consent.is_some(), "start link opened; waiting for confirmation");
+    let mut facts = vec![
         ("Connection".to_owned(), claims.name),
         ("Connection id".to_owned(), cid.to_string()),
         ("AutoKitteh user".to_owned(), claims.sub),
         ("Started from".to_owned(), origin.describe().to_owned()),
     ];
     let form = PageForm {
-        action: req.uri().path().to_owned(),
+        action: config::START_PATH.to_owned(),
         fields: vec![("ticket".to_owned(), ticket)],
         button: "Continue to Microsoft".to_owned(),
-        continues_to: service.config.authority_host.origin().ascii_serialization(),
     };
-    Ok(Page::confirm(facts, form).into_response(&[cookie]))
+    let page = match consent {
+        None => Page::confirm(facts, form),
+        Some(tenant) => {
+            let app = table_app(service, &cid).await?;
+            let client_id =
+                app.map_or_else(|| service.endpoints.client_id().to_owned(), |a| a.client_id);
+            facts.push(("App (client id)".to_owned(), client_id));
+            if !tenant.is_empty() {
+                facts.push(("Organization (tenant)".to_owned(), tenant));
+            }
+            Page::confirm_admin_consent(facts, form)
+        }
+    };
+    Ok(page.into_response(&[cookie]))
 }
 
 /// Standalone, the second step: the confirm button was pressed on our page, in the browser
-/// the page was shown in.
+/// the page was shown in. The grant is spent here: of several browsers confirming one link,
+/// exactly one goes on.
 async fn confirmed(service: &StartService, req: &Request) -> Result<Response<Body>, FlowError> {
     if !posted_from(req, &service.config.public_address.origin()) {
         return Err(GrantError::CrossSite.into());
@@ -384,10 +424,24 @@ async fn confirmed(service: &StartService, req: &Request) -> Result<Response<Bod
     }
     let cid: ConnectionId = confirmation.cid.parse()?;
     let origin: Origin = confirmation.origin.parse()?;
+    // The spent-grant record lasts as long as any confirmation of the grant can.
+    if !service.store.spend_grant(&confirmation.jti, confirmation.exp + CLOCK_SKEW_SECS).await? {
+        tracing::warn!(cid = %cid, origin = %origin, user = %confirmation.sub, "start grant confirmed again; refused");
+        return Err(GrantError::Used.into());
+    }
     // The confirmation is used up with its cookie; the flow's own cookie takes over.
     let used = confirm_cookie(&confirm_cookie_name(&confirmation.nh), "", 0);
-    let starter = Starter::Platform { user: confirmation.sub, connection_name: confirmation.name };
     let app = table_app(service, &cid).await?;
+    if let Some(tenant) = confirmation.consent {
+        let tenant = consent_tenant(Some(tenant.as_str()).filter(|t| !t.is_empty()))?;
+        let mut answer =
+            start_admin_consent(service, cid, origin, confirmation.sub, app, tenant).await?;
+        if let Ok(value) = lambda_http::http::HeaderValue::from_str(&used) {
+            answer.headers_mut().append(lambda_http::http::header::SET_COOKIE, value);
+        }
+        return Ok(answer);
+    }
+    let starter = Starter::Platform { user: confirmation.sub, connection_name: confirmation.name };
     begin(service, cid, origin, starter, Some(used), app).await
 }
 
@@ -698,12 +752,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_link_opens_once() {
+    async fn a_link_opens_until_it_is_confirmed_once() {
         let store = Arc::new(MemoryStore::default());
         let service = service(store.clone());
         let fixture = include_str!("../tests/data/apigw-v2-start.json");
         let link = grant(Origin::Vscode);
+        // Opening it (a scanner, the person) spends nothing.
         assert_eq!(handle(&service, event(fixture, &link)).await.status(), 200);
+        let shown = handle(&service, event(fixture, &link)).await;
+        assert_eq!(shown.status(), 200);
+        let (ticket, cookie) = confirmation(&shown);
+        let confirmed = handle(&service, confirm_post(&ticket, Some(&cookie), None)).await;
+        assert_eq!(confirmed.status(), 302);
+        // A second confirmation of the same link (another browser's, a replay) is refused.
+        let replay = handle(&service, confirm_post(&ticket, Some(&cookie), None)).await;
+        assert_eq!(replay.status(), 403);
+        assert!(body(&replay).contains("already used"));
         let again = handle(&service, event(fixture, &link)).await;
         assert_eq!(again.status(), 403);
         assert!(body(&again).contains("already used"));

@@ -259,6 +259,21 @@ impl Store for DynamoStore {
         }
     }
 
+    async fn grant_spent(&self, grant_id: &str) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(grant_key(grant_id)))
+            .consistent_read(true)
+            .projection_expression("#pk")
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem")(e.into_service_error()))?;
+        Ok(out.item.is_some_and(|item| !item.is_empty()))
+    }
+
     async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError> {
         let item = serde_dynamo::to_item(StateItem::new(key, flow))?;
         let result = self

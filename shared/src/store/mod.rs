@@ -94,6 +94,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// used before. The record lasts until `expires_at`, after which the grant is refused
     /// as expired anyway. Safe to retry after a lost answer.
     async fn spend_grant(&self, grant_id: &str, expires_at: i64) -> Result<bool, StoreError>;
+    /// Whether the start grant with id `grant_id` was spent (a consistent read; it spends
+    /// nothing, so a link scanner opening a link leaves it usable).
+    async fn grant_spent(&self, grant_id: &str) -> Result<bool, StoreError>;
     /// Saves a new pending flow; fails if one already exists under `key`.
     async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError>;
     /// Atomically spends and returns the pending flow, if it exists, has not expired at `now`,

@@ -38,6 +38,11 @@ impl Store for MemoryStore {
         Ok(grants.insert(grant_key(grant_id), expires_at).is_none())
     }
 
+    async fn grant_spent(&self, grant_id: &str) -> Result<bool, StoreError> {
+        let grants = self.grants.lock().map_err(|_| poisoned())?;
+        Ok(grants.contains_key(&grant_key(grant_id)))
+    }
+
     async fn put_state(&self, key: &StateKey, flow: &PendingFlow) -> Result<(), StoreError> {
         let mut states = self.states.lock().map_err(|_| poisoned())?;
         if states.contains_key(&state_key(key)) {

@@ -284,7 +284,10 @@ async fn apps_are_replaced_whole_and_kept_apart_from_tokens(store: &dyn Store) {
 
 async fn grants_are_spent_once(store: &dyn Store) {
     let grant = fresh_id("grant");
+    assert!(!store.grant_spent(&grant).await.unwrap(), "a new grant is not spent");
+    assert!(!store.grant_spent(&grant).await.unwrap(), "looking spends nothing");
     assert!(store.spend_grant(&grant, NOW + 60).await.unwrap(), "a new grant is spent");
+    assert!(store.grant_spent(&grant).await.unwrap(), "a spent grant shows as spent");
     assert!(!store.spend_grant(&grant, NOW + 60).await.unwrap(), "a grant is spent once");
     assert!(store.spend_grant(&fresh_id("grant"), NOW + 60).await.unwrap());
 }

@@ -205,6 +205,16 @@ async fn run() -> Result<(), String> {
                     "Demo {kind} app:  client_id {client_id}, tenant_id {OTHER_TENANT}, client_secret {DEMO_APP_SECRET}"
                 );
             }
+            // STANDIN_AUTHORIZE_HOP=1: authorize passes the browser through another origin
+            // before its sign-in page, as Entra does for personal accounts or a federated
+            // domain (the browser test checks the confirmation page lets that through).
+            if env("STANDIN_AUTHORIZE_HOP").as_deref() == Some("1") {
+                let hop = TcpListener::bind((bind.as_str(), 0))
+                    .await
+                    .map_err(|e| format!("cannot listen for the authorize hop ({e})"))?;
+                let hop = standin.pass_authorize_through(hop).map_err(|e| e.to_string())?;
+                println!("Authorize hop:      {hop} (authorize passes through another origin)");
+            }
             vars.insert(config::MICROSOFT_AUTHORITY_HOST, standin.url());
             vars.insert(
                 config::MICROSOFT_GRAPH_URL,

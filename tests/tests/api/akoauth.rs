@@ -130,7 +130,7 @@ async fn an_operator_sets_a_daemon_app_gets_consent_and_reads_its_token() {
     let link = link.trim();
     assert!(link.starts_with(&format!("{}{}?", app.address, config::ADMIN_CONSENT_PATH)), "{link}");
     let admin = Browser::new();
-    let to_microsoft = admin.get(link).await;
+    let to_microsoft = app.start(&admin, link).await;
     assert_eq!(to_microsoft.status, 302, "{}", to_microsoft.body);
     let ready =
         admin_decides(&app, &admin, to_microsoft.location.as_deref().unwrap(), "accept").await;

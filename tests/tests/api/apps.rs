@@ -432,8 +432,21 @@ async fn admin_consent_links_check_their_grant_and_tenant() {
     assert_page(&Browser::new().get(&common).await, 400, "not common or consumers");
     // The server-wide app, in the tenant given.
     let given = admin_consent_link(&app, &cid, &path, Some(OTHER_TENANT));
-    let page = Browser::new().get(&given).await;
+    // Opening it shows what an administrator is asked to grant and spends nothing (a mail
+    // scanner opens it first); the confirmation goes on to Microsoft.
+    let scanner = Browser::new().get(&given).await;
+    assert_page(&scanner, 200, "Grant admin consent?");
+    assert!(
+        scanner.body.contains(CLIENT_ID) && scanner.body.contains(OTHER_TENANT),
+        "{}",
+        scanner.body
+    );
+    let admin = Browser::new();
+    let page = app.start(&admin, &given).await;
     assert_redirects_to(&page, &format!("{}/{OTHER_TENANT}/v2.0/adminconsent?", app.standin.url()));
+    // Once confirmed, the link is spent: opening or confirming it again is refused.
+    assert_page(&Browser::new().get(&given).await, 403, "already used");
+    assert_page(&app.confirm(&Browser::new(), &scanner).await, 403, "");
     assert!(page.location.as_deref().unwrap().contains(&format!("client_id={CLIENT_ID}")));
     assert!(page.location.as_deref().unwrap().contains("scope=http"), "the Graph .default scope");
 }
@@ -474,7 +487,7 @@ async fn a_daemon_app_needs_consent_then_serves_app_tokens_and_renews_them() {
     let link =
         admin_consent_link(&app, &cid, refused["admin_consent_path"].as_str().unwrap(), None);
     let admin = Browser::new();
-    let to_microsoft = admin.get(&link).await;
+    let to_microsoft = app.start(&admin, &link).await;
     assert_eq!(to_microsoft.status, 302, "{}", to_microsoft.body);
     let consent_url = to_microsoft.location.clone().unwrap();
     assert!(

@@ -224,7 +224,7 @@ async fn journey(name: &str, app: &TestApp) {
     assert_eq!(status, 409, "{name}: {refused}");
     let path = refused["admin_consent_path"].as_str().unwrap();
     let admin = Browser::new();
-    let to_microsoft = admin.get(&admin_consent_link(app, &daemon, path, None)).await;
+    let to_microsoft = app.start(&admin, &admin_consent_link(app, &daemon, path, None)).await;
     assert_eq!(to_microsoft.status, 302, "{name}: {}", to_microsoft.body);
     let consent_url = to_microsoft.location.clone().unwrap();
     let finish = admin_decides(app, &admin, &consent_url, "accept").await;

@@ -676,7 +676,13 @@ impl TestApp {
         let ticket = startlink::confirm_ticket(&page.body).expect("a confirm form");
         let url = url::Url::parse(&page.url).expect("page url");
         let origin = url.origin().ascii_serialization();
-        let post = format!("{origin}{}", url.path());
+        let action = page
+            .body
+            .split(r#"<form method="post" action=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the form's action");
+        let post = format!("{origin}{action}");
         browser
             .post_form_with(
                 &post,

@@ -161,6 +161,13 @@ fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
         ("StartFunction", AwsCall::new("secretsmanager:GetSecretValue", &client_secret, &[])),
         ("StartFunction", AwsCall::new("dynamodb:GetItem", &table, &[])),
         ("StartFunction", get_item(&connection_item)),
+        // The start writes flow states and spent grants, never a connection or an app.
+        ("StartFunction", AwsCall::new("dynamodb:PutItem", &table, &[(leading, &connection_item)])),
+        (
+            "StartFunction",
+            AwsCall::new("dynamodb:PutItem", &table, &[(leading, &format!("app#{cid}"))]),
+        ),
+        ("StartFunction", AwsCall::new("dynamodb:PutItem", &table, &[])),
         (
             "RedirectFunction",
             AwsCall::new("dynamodb:PutItem", &table, &[(leading, &connection_item)]),

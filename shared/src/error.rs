@@ -28,6 +28,9 @@ pub enum FlowError {
     BadQuery(&'static str),
     #[error("method not allowed")]
     Method,
+    /// A cookie of ours or AutoKitteh's came twice (one planted from elsewhere).
+    #[error(transparent)]
+    AmbiguousCookie(#[from] crate::request::AmbiguousCookie),
     /// AutoKitteh's own `/microsoft/oauth` (tokens in the web address), refused.
     #[error("a finish address that takes tokens in the web address was called")]
     TokensInAddress,
@@ -211,6 +214,14 @@ impl FlowError {
                 "This address only takes links",
                 "Open the sign-in link in a browser; other kinds of requests are not accepted here.",
                 Some(START_AGAIN),
+            ),
+            FlowError::AmbiguousCookie(_) => Page::error(
+                S::BAD_REQUEST,
+                "Your browser sent two sign-ins",
+                "This browser sent two cookies of the same name for this site, so it cannot be told whose sign-in this is. One may have been set by another site. Nothing was started or saved.",
+                Some(
+                    "Clear this site's cookies (or sign out of AutoKitteh and sign in again), then start the connection again.",
+                ),
             ),
             FlowError::TokensInAddress => Page::error(
                 S::GONE,

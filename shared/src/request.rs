@@ -97,24 +97,39 @@ fn too_long(name: &'static str) -> &'static str {
     }
 }
 
-/// The value of cookie `name` from the request's `Cookie` headers.
-pub fn cookie<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
-    req.headers()
+/// A request carried one cookie name twice. Browsers send every cookie whose domain and
+/// path match, so two of one name mean one was planted from elsewhere (a sibling subdomain
+/// setting `Domain=` the parent, or a wider `Path`): which one is the user's cannot be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the request carries the cookie {0} more than once")]
+pub struct AmbiguousCookie(pub String);
+
+/// The value of cookie `name` from the request's `Cookie` headers; refused when the request
+/// carries it more than once.
+pub fn cookie<'r>(req: &'r Request, name: &str) -> Result<Option<&'r str>, AmbiguousCookie> {
+    let mut found = req
+        .headers()
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|h| h.to_str().ok())
         .flat_map(|h| Cookie::split_parse(h).filter_map(Result::ok))
-        .find(|c| c.name() == name)
-        .and_then(|c| c.value_raw())
+        .filter(|c| c.name() == name)
+        .map(|c| c.value_raw());
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(AmbiguousCookie(name.to_owned()));
+    }
+    Ok(first.flatten())
 }
 
 /// The AutoKitteh session the browser holds: both of AutoKitteh's cookies, as AutoKitteh
-/// itself requires (`ak_user_session` and `ak_logged_in=true`).
-pub fn ak_session(req: &Request) -> Option<AkToken> {
-    if cookie(req, LOGGED_IN_COOKIE) != Some("true") {
-        return None;
+/// itself requires (`ak_user_session` and `ak_logged_in=true`), each exactly once.
+pub fn ak_session(req: &Request) -> Result<Option<AkToken>, AmbiguousCookie> {
+    let (logged_in, session) = (cookie(req, LOGGED_IN_COOKIE)?, cookie(req, SESSION_COOKIE)?);
+    if logged_in != Some("true") {
+        return Ok(None);
     }
-    cookie(req, SESSION_COOKIE).and_then(AkToken::new)
+    Ok(session.and_then(AkToken::new))
 }
 
 /// An `HttpOnly; Secure` cookie for `path`, gone after `max_age_secs`.
@@ -135,10 +150,11 @@ fn our_cookie(
         .to_string()
 }
 
-/// The browser-binding cookie: readable only by our redirect path, sent on Microsoft's
-/// top-level redirect back (`SameSite=Lax`), gone after `max_age_secs`.
+/// The browser-binding cookie: sent only to our redirect path (not to AutoKitteh's other
+/// `/oauth/*` routes on the same host), on Microsoft's top-level redirect back
+/// (`SameSite=Lax`), gone after `max_age_secs`.
 pub fn binding_cookie(name: &str, value: &str, max_age_secs: i64) -> String {
-    our_cookie(name, value, SameSite::Lax, "/oauth/", max_age_secs)
+    our_cookie(name, value, SameSite::Lax, crate::config::REDIRECT_PATH, max_age_secs)
 }
 
 /// The confirm cookie: set with the confirmation page, sent back only with a post from our

@@ -10,10 +10,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Prefix of the browser-binding cookie; the rest of the name identifies the flow so that
-/// several sign-ins can run in one browser at once.
-pub const COOKIE_PREFIX: &str = "ms_oauth_";
-/// Prefix of the confirm cookie set with the confirmation page (standalone mode).
-pub const CONFIRM_COOKIE_PREFIX: &str = "ms_oauth_confirm_";
+/// several sign-ins can run in one browser at once. `__Secure-`: browsers take it only from
+/// a secure origin, with `Secure` (the paths are narrow, so `__Host-`, which needs `Path=/`,
+/// does not fit).
+pub const COOKIE_PREFIX: &str = "__Secure-ms_oauth_";
+/// Prefix of the confirm cookie set with the confirmation page.
+pub const CONFIRM_COOKIE_PREFIX: &str = "__Secure-ms_oauth_confirm_";
 /// Longest `state` value we accept from a callback (ours are 43 characters).
 pub const MAX_STATE_LEN: usize = 128;
 
@@ -142,7 +144,7 @@ mod tests {
             key.as_hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(key.cookie_name(), "ms_oauth_ba7816bf8f01cfea");
+        assert_eq!(key.cookie_name(), "__Secure-ms_oauth_ba7816bf8f01cfea");
         assert!(!format!("{key:?}").contains("abc"));
     }
 

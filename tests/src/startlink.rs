@@ -42,6 +42,19 @@ pub fn confirm_ticket(html: &str) -> Option<String> {
     rest.split('"').next().map(str::to_owned)
 }
 
+/// Every hidden field of the confirm form of `html`, by name and value (our values are
+/// tokens, ids and hex: nothing the page escapes but quotes, which they never hold).
+pub fn confirm_fields(html: &str) -> Vec<(String, String)> {
+    html.split(r#"<input type="hidden" name=""#)
+        .skip(1)
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('"')?;
+            let value = rest.strip_prefix(r#" value=""#)?.split('"').next()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
 /// The `name=value` part of every `Set-Cookie` of `response`.
 pub fn set_cookies(headers: &reqwest::header::HeaderMap) -> Vec<String> {
     headers

@@ -268,14 +268,17 @@ async fn finish(
     cookies.push(clear_cookie(&cookie_name));
     // Without the cookie the consume still runs, with a hash no nonce has: the answer then
     // tells a used or unknown state (a reload) from a live one opened in another browser.
-    let nonce = cookie(req, &cookie_name).unwrap_or_default();
+    let nonce = cookie(req, &cookie_name)?.unwrap_or_default();
 
     let now = service.clock.now();
     // The client secret is read alongside the consume (it is cached after the first
     // request), so a cold instance adds no sequential Secrets Manager hop.
     let browser = browser_hash(nonce);
     // Inside AutoKitteh, who this browser is signed in as is asked at the same time.
-    let session = service.autokitteh.as_ref().and_then(|_| ak_session(req));
+    let session = match service.autokitteh {
+        Some(_) => ak_session(req)?,
+        None => None,
+    };
     let who = async {
         match (&service.autokitteh, &session) {
             (Some(ak), Some(token)) => Some(ak.who_am_i(token).await),
@@ -1097,7 +1100,7 @@ mod tests {
             pairs in proptest::collection::vec(pair(), 0..6),
             raw in "\\PC{0,200}",
             use_raw in any::<bool>(),
-            cookie in "\\PC{0,120}|ms_oauth_[0-9a-f]{16}=[A-Za-z0-9_-]{0,60}",
+            cookie in "\\PC{0,120}|__Secure-ms_oauth_[0-9a-f]{16}=[A-Za-z0-9_-]{0,60}",
             method in "(GET|HEAD|POST)",
             with_map in any::<bool>(),
         ) {

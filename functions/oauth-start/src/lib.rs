@@ -198,6 +198,7 @@ async fn answer(service: &StartService, req: Request) -> Response<Body> {
         (&Method::GET, _) if is_admin_consent(&req) => admin_consent(service, &req).await,
         (&Method::GET, Some(autokitteh)) => start_in_autokitteh(service, autokitteh, &req).await,
         (&Method::GET, None) => show_confirmation(service, &req).await,
+        (&Method::POST, Some(autokitteh)) => ak_confirmed(service, autokitteh, &req).await,
         (&Method::POST, None) => confirmed(service, &req).await,
         _ => Err(FlowError::Method),
     };
@@ -252,8 +253,10 @@ async fn admin_consent(service: &StartService, req: &Request) -> Result<Response
     let tenant = consent_tenant(asked_tenant)?;
     match &service.autokitteh {
         Some(autokitteh) => {
-            let (who, app) = autokitteh_user_and_app(service, autokitteh, req, &cid).await?;
-            start_admin_consent(service, cid, origin, who, app, tenant).await
+            // Meant to be sent to an administrator: always confirmed first, so that neither
+            // a scanner nor another site's link starts anything.
+            let starter = autokitteh_user_and_app(service, autokitteh, req, &cid, None).await?;
+            ak_confirmation(service, cid, origin, AkPurpose::AdminConsent, starter, tenant)
         }
         None => {
             let consent = Some(tenant.map(|t| t.to_string()).unwrap_or_default());
@@ -326,8 +329,12 @@ async fn start_admin_consent(
     Ok(pages::redirect(location.as_str(), &[]))
 }
 
-/// Inside AutoKitteh: the user's session decides, and the browser goes straight on to
-/// Microsoft (AutoKitteh's own UI already showed what is being connected).
+/// Inside AutoKitteh: the user's session decides. A start that came from AutoKitteh's own
+/// pages (the web UI's popup, `ak connection init`: `Sec-Fetch-Site` same-origin or
+/// same-site) for the server-wide app goes straight on to Microsoft, since AutoKitteh's UI
+/// showed what is being connected. Any other start (a link from mail or chat, another site,
+/// a browser that does not say) or one through a connection's own app (which AutoKitteh lets
+/// any signed-in user set) first shows a confirmation naming the connection and the app.
 async fn start_in_autokitteh(
     service: &StartService,
     autokitteh: &AutoKitteh,
@@ -335,8 +342,162 @@ async fn start_in_autokitteh(
 ) -> Result<Response<Body>, FlowError> {
     let query = Query::from_request(req)?;
     let (cid, origin) = link_target(&query)?;
-    let (user, app) = autokitteh_user_and_app(service, autokitteh, req, &cid).await?;
-    begin(service, cid, origin, Starter::AutoKitteh(user), None, app).await
+    let integration = Integration::from_start_path(req.uri().path());
+    let starter =
+        autokitteh_user_and_app(service, autokitteh, req, &cid, Some(integration)).await?;
+    if came_from_autokitteh(req) && starter.app.is_none() {
+        return begin(service, cid, origin, Starter::AutoKitteh(starter.user_id), None, None).await;
+    }
+    ak_confirmation(service, cid, origin, AkPurpose::SignIn(integration), starter, None)
+}
+
+/// Whether the browser says the request comes from a page of this site (AutoKitteh's UI on
+/// the same site, or this host).
+fn came_from_autokitteh(req: &Request) -> bool {
+    let site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    matches!(site, Some("same-origin" | "same-site"))
+}
+
+/// What an AutoKitteh-mode confirmation goes on to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AkPurpose {
+    /// A sign-in for this integration.
+    SignIn(Integration),
+    /// An administrator's consent (for either Microsoft integration).
+    AdminConsent,
+}
+
+impl AkPurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            AkPurpose::SignIn(Integration::Microsoft) => "microsoft",
+            AkPurpose::SignIn(Integration::MicrosoftTeams) => "microsoft_teams",
+            AkPurpose::AdminConsent => "admin_consent",
+        }
+    }
+
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "microsoft" => Some(AkPurpose::SignIn(Integration::Microsoft)),
+            "microsoft_teams" => Some(AkPurpose::SignIn(Integration::MicrosoftTeams)),
+            "admin_consent" => Some(AkPurpose::AdminConsent),
+            _ => None,
+        }
+    }
+
+    fn integration(self) -> Option<Integration> {
+        match self {
+            AkPurpose::SignIn(integration) => Some(integration),
+            AkPurpose::AdminConsent => None,
+        }
+    }
+}
+
+/// Inside AutoKitteh, the confirmation page: who (as AutoKitteh knows them), which connection
+/// and which app, with a button whose post is bound to a cookie nonce of this browser (the
+/// form carries its hash) and re-checked with AutoKitteh as the user.
+fn ak_confirmation(
+    service: &StartService,
+    cid: ConnectionId,
+    origin: Origin,
+    purpose: AkPurpose,
+    starter: AkStarter,
+    tenant: Option<Tenant>,
+) -> Result<Response<Body>, FlowError> {
+    let nonce = random_nonce().map_err(|_| FlowError::Internal("no randomness"))?;
+    let nonce_hash = browser_hash(nonce.expose_secret());
+    let ttl = service.config.state_ttl.as_secs() as i64;
+    let cookie = confirm_cookie(&confirm_cookie_name(&nonce_hash), nonce.expose_secret(), ttl);
+    let mut facts = vec![
+        ("Connection".to_owned(), starter.connection_name),
+        ("Connection id".to_owned(), cid.to_string()),
+        (
+            "AutoKitteh user".to_owned(),
+            starter.email.filter(|e| !e.is_empty()).unwrap_or(starter.user_id),
+        ),
+        ("Started from".to_owned(), origin.describe().to_owned()),
+    ];
+    match &starter.app {
+        Some(app) => {
+            facts.push((
+                "App (client id)".to_owned(),
+                format!("{} (the connection's own)", app.client_id),
+            ));
+            facts.push(("App's tenant".to_owned(), app.tenant.to_string()));
+        }
+        None => facts.push((
+            "App (client id)".to_owned(),
+            format!("{} (this deployment's)", service.endpoints.client_id()),
+        )),
+    }
+    let form = PageForm {
+        action: config::START_PATH.to_owned(),
+        fields: vec![
+            ("cid".to_owned(), cid.to_string()),
+            ("origin".to_owned(), origin.as_str().to_owned()),
+            ("purpose".to_owned(), purpose.as_str().to_owned()),
+            ("confirm".to_owned(), nonce_hash),
+        ]
+        .into_iter()
+        .chain(tenant.as_ref().map(|t| ("tenant".to_owned(), t.to_string())))
+        .collect(),
+        button: "Continue to Microsoft".to_owned(),
+    };
+    if let Some(tenant) = &tenant {
+        facts.push(("Organization (tenant)".to_owned(), tenant.to_string()));
+    }
+    tracing::info!(cid = %cid, origin = %origin, purpose = purpose.as_str(), own_app = starter.app.is_some(), "AutoKitteh start waiting for confirmation");
+    let page = match purpose {
+        AkPurpose::SignIn(_) => Page::confirm(facts, form),
+        AkPurpose::AdminConsent => Page::confirm_admin_consent(facts, form),
+    };
+    Ok(page.into_response(&[cookie]))
+}
+
+/// Inside AutoKitteh, the confirmation's post: from our page, in the browser that showed
+/// it, and still allowed by AutoKitteh for the signed-in user.
+async fn ak_confirmed(
+    service: &StartService,
+    autokitteh: &AutoKitteh,
+    req: &Request,
+) -> Result<Response<Body>, FlowError> {
+    if !posted_from(req, &service.config.public_address.origin()) {
+        return Err(GrantError::CrossSite.into());
+    }
+    let form = Query::from_form(req)?;
+    let cid: ConnectionId = form.single("cid", 64)?.unwrap_or_default().parse()?;
+    let origin: Origin = form.single("origin", 16)?.unwrap_or_default().parse()?;
+    let purpose = form
+        .single("purpose", 32)?
+        .and_then(AkPurpose::parse)
+        .ok_or(FlowError::BadQuery("the confirmation is damaged"))?;
+    let nonce_hash = form.single("confirm", 64)?.unwrap_or_default();
+    let tenant = consent_tenant(form.single("tenant", 256)?.filter(|t| !t.is_empty()))?;
+    let nonce = match cookie(req, &confirm_cookie_name(nonce_hash))? {
+        Some(nonce) if nonce_hash.len() == 64 => nonce,
+        _ => return Err(GrantError::OtherBrowser.into()),
+    };
+    if !constant_time_eq(&browser_hash(nonce), nonce_hash) {
+        return Err(GrantError::OtherBrowser.into());
+    }
+    let used = confirm_cookie(&confirm_cookie_name(nonce_hash), "", 0);
+    let starter =
+        autokitteh_user_and_app(service, autokitteh, req, &cid, purpose.integration()).await?;
+    match purpose {
+        AkPurpose::SignIn(_) => {
+            let starter_user = Starter::AutoKitteh(starter.user_id);
+            begin(service, cid, origin, starter_user, Some(used), starter.app).await
+        }
+        AkPurpose::AdminConsent => {
+            let mut answer =
+                start_admin_consent(service, cid, origin, starter.user_id, starter.app, tenant)
+                    .await?;
+            if let Ok(value) = lambda_http::http::HeaderValue::from_str(&used) {
+                answer.headers_mut().append(lambda_http::http::header::SET_COOKIE, value);
+            }
+            Ok(answer)
+        }
+    }
 }
 
 /// Standalone, the link's first step: checks the grant and shows who and what is being
@@ -418,7 +579,7 @@ async fn confirmed(service: &StartService, req: &Request) -> Result<Response<Bod
     let ticket = form.single("ticket", MAX_GRANT_LEN)?.unwrap_or_default();
     let now = service.clock.now().unix_timestamp();
     let confirmation = service.with_key(|key| key.verify_confirmation(ticket, now)).await?;
-    let nonce = cookie(req, &confirm_cookie_name(&confirmation.nh)).unwrap_or_default();
+    let nonce = cookie(req, &confirm_cookie_name(&confirmation.nh))?.unwrap_or_default();
     if !constant_time_eq(&browser_hash(nonce), &confirmation.nh) {
         return Err(GrantError::OtherBrowser.into());
     }
@@ -523,28 +684,38 @@ async fn begin(
     Ok(pages::redirect(location.as_str(), &cookies))
 }
 
+/// Who starts a flow inside AutoKitteh, as AutoKitteh answered for their session.
+struct AkStarter {
+    user_id: String,
+    email: Option<String>,
+    connection_name: String,
+    /// The connection's own app, named by its vars or set through the connection API.
+    app: Option<AppRef>,
+}
+
 /// Inside AutoKitteh: the user (see [`autokitteh_user`]) and the connection's own app,
 /// named by its vars or else set through the connection API; the table is read at the same
-/// time as AutoKitteh, so a sign-in waits for neither after the other.
+/// time as AutoKitteh, so a sign-in waits for neither after the other. `integration` is the
+/// one the start names; `None` (an admin consent) takes either Microsoft integration.
 async fn autokitteh_user_and_app(
     service: &StartService,
     autokitteh: &AutoKitteh,
     req: &Request,
     cid: &ConnectionId,
-) -> Result<(String, Option<AppRef>), FlowError> {
+    integration: Option<Integration>,
+) -> Result<AkStarter, FlowError> {
     // Nothing is read for a browser that is not signed in at all.
-    ak_session(req).ok_or(FlowError::AkSignedOut)?;
+    ak_session(req)?.ok_or(FlowError::AkSignedOut)?;
     let (from_autokitteh, from_table) =
-        tokio::join!(autokitteh_user(autokitteh, req, cid), table_app(service, cid));
-    let (user, from_vars) = from_autokitteh?;
-    let app = match from_vars {
-        Some(app) => Some(app),
-        None => from_table?,
-    };
-    if let Some(app) = &app {
+        tokio::join!(autokitteh_user(autokitteh, req, cid, integration), table_app(service, cid));
+    let mut starter = from_autokitteh?;
+    if starter.app.is_none() {
+        starter.app = from_table?;
+    }
+    if let Some(app) = &starter.app {
         ms_oauth::apps::refuse_server_wide(&app.client_id, service.endpoints.client_id())?;
     }
-    Ok((user, app))
+    Ok(starter)
 }
 
 /// The connection's own app as set through the connection API.
@@ -570,9 +741,9 @@ async fn autokitteh_user(
     autokitteh: &AutoKitteh,
     req: &Request,
     cid: &ConnectionId,
-) -> Result<(String, Option<AppRef>), FlowError> {
-    let session = ak_session(req).ok_or(FlowError::AkSignedOut)?;
-    let integration = Integration::from_start_path(req.uri().path());
+    integration: Option<Integration>,
+) -> Result<AkStarter, FlowError> {
+    let session = ak_session(req)?.ok_or(FlowError::AkSignedOut)?;
     let (connection, user, vars) = tokio::join!(
         autokitteh.connection(&session, cid),
         autokitteh.who_am_i(&session),
@@ -580,23 +751,30 @@ async fn autokitteh_user(
     );
     let user = user?;
     let connection = connection?.ok_or(FlowError::AkConnectionNotFound)?;
-    // An admin consent serves either Microsoft integration.
-    let any_microsoft = is_admin_consent(req)
-        && [Integration::Microsoft, Integration::MicrosoftTeams]
+    let allowed = match integration {
+        Some(integration) => connection.integration_id == integration.id(),
+        // An admin consent serves either Microsoft integration.
+        None => [Integration::Microsoft, Integration::MicrosoftTeams]
             .iter()
-            .any(|i| i.id() == connection.integration_id);
-    if connection.integration_id != integration.id() && !any_microsoft {
+            .any(|i| i.id() == connection.integration_id),
+    };
+    if !allowed {
         return Err(FlowError::AkWrongIntegration(connection.integration_id));
     }
     tracing::debug!(
         cid = %cid,
         ak_user = %user.user_id,
         org = connection.org_id.as_deref().unwrap_or(""),
-        integration = integration.name(),
+        integration = integration.map_or("any", Integration::name),
         "AutoKitteh user may connect"
     );
     let app = app_ref_from_vars(&vars?)?;
-    Ok((user.user_id, app))
+    Ok(AkStarter {
+        user_id: user.user_id,
+        email: user.email,
+        connection_name: connection.name,
+        app,
+    })
 }
 
 /// The audit event of a flow whose state `key` was just saved.
@@ -828,7 +1006,7 @@ mod tests {
         fn any_confirm_post_without_a_real_confirmation_starts_nothing(
             body in "\\PC{0,300}|ticket=[A-Za-z0-9._%-]{0,700}",
             content_type in "application/x-www-form-urlencoded|text/plain|multipart/form-data|",
-            cookie in "\\PC{0,80}|ms_oauth_confirm_[0-9a-f]{16}=[A-Za-z0-9_-]{0,50}",
+            cookie in "\\PC{0,80}|__Secure-ms_oauth_confirm_[0-9a-f]{16}=[A-Za-z0-9_-]{0,50}",
             origin in "https://api.example.com|https://evil.example|null|",
             binary in any::<bool>(),
         ) {

@@ -39,9 +39,10 @@ impl Deployment {
         self.app.autokitteh.as_ref().expect("AutoKitteh stand-in")
     }
 
-    /// A browser signed in to AutoKitteh as `user` through its sign-in page.
+    /// A browser signed in to AutoKitteh as `user` through its sign-in page, navigating from
+    /// AutoKitteh's own pages (the web UI's popup).
     pub(crate) async fn signed_in(&self, user: &str) -> Browser {
-        let browser = Browser::new();
+        let browser = Browser::new().navigating_from("same-site");
         self.sign_in(&browser, user).await;
         browser
     }
@@ -633,7 +634,18 @@ async fn a_private_app_named_by_autokitteh_vars_signs_in_through_it_and_is_kept_
     ak.set_var(&d.cid, "private_client_secret", &secret, true);
 
     let browser = d.signed_in(&d.user).await;
-    let start = browser.get(&d.start_url(&d.cid, "web")).await;
+    // AutoKitteh lets any signed-in user set these vars (its /microsoft/save writes them as
+    // its system user): the start shows which app the sign-in goes through before it does.
+    let asked = browser.get(&d.start_url(&d.cid, "web")).await;
+    assert_page(&asked, 200, "Connect a Microsoft account?");
+    assert!(
+        asked.body.contains(&format!("{PRIVATE_CLIENT} (the connection&#39;s own)"))
+            || asked.body.contains(&format!("{PRIVATE_CLIENT} (the connection")),
+        "{}",
+        asked.body
+    );
+    assert_eq!(d.app.pending_states().await, 0);
+    let start = d.app.confirm(&browser, &asked).await;
     let authorize = format!("{}/{OTHER_TENANT}/oauth2/v2.0/authorize?", d.app.standin.url());
     assert_redirects_to(&start, &authorize);
     assert!(start.location.as_deref().unwrap().contains(&format!("client_id={PRIVATE_CLIENT}")));
@@ -661,6 +673,7 @@ async fn a_private_app_named_by_autokitteh_vars_signs_in_through_it_and_is_kept_
     // A connection whose vars name a daemon app has no sign-in.
     ak.set_var(&d.cid, "auth_type", "daemonApp", false);
     let page = browser.get(&d.start_url(&d.cid, "web")).await;
+    let page = if page.status == 200 { d.app.confirm(&browser, &page).await } else { page };
     assert_page(&page, 400, "This connection signs in as an app");
 }
 
@@ -688,7 +701,13 @@ async fn a_daemon_app_named_by_autokitteh_vars_gets_admin_consent_from_a_member(
     assert_page(&Browser::new().get(&link).await, 401, "Sign in to AutoKitteh first");
     // A member of the connection's org, who administers the Microsoft tenant too.
     let browser = d.signed_in(&d.user).await;
-    let to_microsoft = browser.get(&link).await;
+    // The link is meant to be sent to an administrator: it always asks first, and opening it
+    // starts nothing.
+    let asked = browser.get(&link).await;
+    assert_page(&asked, 200, "Grant admin consent?");
+    assert!(asked.body.contains(DAEMON_CLIENT), "{}", asked.body);
+    assert_eq!(d.app.pending_states().await, 0);
+    let to_microsoft = d.app.confirm(&browser, &asked).await;
     let consent = format!("{}/{OTHER_TENANT}/v2.0/adminconsent?", d.app.standin.url());
     assert_redirects_to(&to_microsoft, &consent);
     assert!(
@@ -775,4 +794,118 @@ async fn the_web_uis_teams_create_path_starts_the_teams_flow() {
     // A Microsoft connection at the Teams path of the web UI: refused.
     let wrong = d.url(&format!("{}?cid={}&origin=web", config::START_PATH_TEAMS_WEB_UI, d.cid));
     assert_page(&browser.get(&wrong).await, 400, "This is not a Microsoft connection");
+}
+
+/// A start link forwarded by mail or chat (`Sec-Fetch-Site: none`), one another site's page
+/// opens (`cross-site`), or one from a browser that does not say, asks the member first,
+/// naming the connection, the user and the app; another site cannot press its button.
+#[tokio::test]
+async fn a_start_that_did_not_come_from_autokittehs_pages_asks_first() {
+    let d = deployment().await;
+    for (started, site) in [Some("none"), Some("cross-site"), None].into_iter().enumerate() {
+        let browser = match site {
+            Some(site) => Browser::new().navigating_from(site),
+            None => Browser::new(),
+        };
+        d.sign_in(&browser, &d.user).await;
+        let asked = browser.get(&d.start_url(&d.cid, "web")).await;
+        assert_page(&asked, 200, "Connect a Microsoft account?");
+        for shown in ["my_teams", d.cid.as_str(), "adele@contoso.example", "this deployment"] {
+            assert!(asked.body.contains(shown), "{shown:?} not shown: {}", asked.body);
+        }
+        assert_eq!(d.app.pending_states().await, started, "nothing starts before the confirmation");
+
+        // Another site's page posts the form in the member's browser: refused.
+        let fields = ms_oauth_tests::startlink::confirm_fields(&asked.body);
+        let post = d.url(config::START_PATH);
+        let forged = browser
+            .post_form_with(
+                &post,
+                &fields,
+                &[("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")],
+            )
+            .await;
+        assert_page(&forged, 403, "came from another site");
+        // Without this browser's confirm cookie (a form from elsewhere, same hash): refused.
+        let elsewhere = d.signed_in(&d.user).await;
+        let other = d.app.confirm(&elsewhere, &asked).await;
+        assert_page(&other, 403, "Confirm in the browser that opened");
+        assert_eq!(d.app.pending_states().await, started);
+
+        // The member confirms on the page: on to Microsoft.
+        let start = d.app.confirm(&browser, &asked).await;
+        assert_redirects_to(&start, &d.app.standin.url());
+    }
+}
+
+/// AutoKitteh's `/microsoft/save` lets any signed-in user point a connection at another app
+/// (it writes the vars as its system user). Mallory, of another org, points Adele's
+/// connection at her own app: Adele's next start, even from AutoKitteh's own popup, shows
+/// the app it would go through before anything goes to Microsoft.
+#[tokio::test]
+async fn an_app_swapped_in_through_autokittehs_save_is_shown_before_the_sign_in() {
+    let d = deployment().await;
+    let other_org = d.ak().add_org("Fabrikam");
+    let mallory = d.ak().add_user("mallory@fabrikam.example", &[&other_org]);
+    let malicious = "0badc0de-1111-4222-8333-444455556666";
+    let swapped = d
+        .signed_in(&mallory)
+        .await
+        .get(&d.url(&format!(
+            "/microsoft/save?cid={}&origin=web&auth_type=oauthPrivate&client_id={malicious}&client_secret=s3cret&tenant_id=common",
+            d.cid
+        )))
+        .await;
+    assert_eq!(swapped.status, 302, "AutoKitteh's save writes for anyone: {}", swapped.body);
+    assert_eq!(d.ak().vars(&d.cid)["private_client_id"].value, malicious);
+
+    let adele = d.signed_in(&d.user).await;
+    let asked = adele.get(&d.start_url(&d.cid, "web")).await;
+    assert_page(&asked, 200, "Connect a Microsoft account?");
+    assert!(asked.body.contains(malicious), "the swapped app is not named: {}", asked.body);
+    assert_eq!(d.app.pending_states().await, 0);
+    assert!(d.app.standin.calls().authorize_tenants.is_empty(), "nothing went to Microsoft");
+}
+
+/// A browser carrying two AutoKitteh sessions (one planted by a sibling subdomain with
+/// `Domain=` the parent) cannot be told whose sign-in it is: refused before AutoKitteh is
+/// asked, nothing stored. The same for two binding cookies of one flow at the redirect.
+#[tokio::test]
+async fn two_sessions_or_two_binding_cookies_are_refused_as_ambiguous() {
+    use ms_oauth::autokitteh::{LOGGED_IN_COOKIE, SESSION_COOKIE};
+    let d = deployment().await;
+    let browser = d.signed_in(&d.user).await;
+    let session = browser.cookies()[SESSION_COOKIE].clone();
+    let planted = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.planted";
+    let calls = d.ak().calls(WHO_AM_I);
+    for header in [
+        format!("{SESSION_COOKIE}={planted}; {SESSION_COOKIE}={session}; {LOGGED_IN_COOKIE}=true"),
+        format!("{SESSION_COOKIE}={session}; {LOGGED_IN_COOKIE}=true; {LOGGED_IN_COOKIE}=true"),
+    ] {
+        let page = Browser::new().get_with_cookie(&d.start_url(&d.cid, "web"), &header).await;
+        assert_page(&page, 400, "Your browser sent two sign-ins");
+    }
+    assert_eq!(d.ak().calls(WHO_AM_I), calls, "AutoKitteh was not asked");
+    assert_eq!(d.app.pending_states().await, 0);
+
+    // At the redirect: the flow's binding cookie twice.
+    let start = browser.get(&d.start_url(&d.cid, "web")).await;
+    assert_eq!(start.status, 302, "{}", start.body);
+    let callback = d.app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
+    let binding: Vec<(String, String)> = browser
+        .cookies()
+        .into_iter()
+        .filter(|(name, _)| {
+            name.starts_with(ms_oauth::state::COOKIE_PREFIX)
+                && !name.starts_with(ms_oauth::state::CONFIRM_COOKIE_PREFIX)
+        })
+        .collect();
+    assert_eq!(binding.len(), 1, "{binding:?}");
+    let (name, value) = &binding[0];
+    let header = format!(
+        "{name}=planted; {name}={value}; {SESSION_COOKIE}={session}; {LOGGED_IN_COOKIE}=true"
+    );
+    let page = Browser::new().get_with_cookie(&callback, &header).await;
+    assert_page(&page, 400, "Your browser sent two sign-ins");
+    assert!(d.ak().vars(&d.cid).get("oauth_access_token").is_none(), "nothing was written");
 }

@@ -43,8 +43,13 @@ async fn a_victim_opening_an_attackers_link_is_told_whose_connection_it_is_and_n
     assert_eq!(page.body.matches("<script>").count(), 1);
     assert!(page.body.contains("b.disabled = true"), "{}", page.body);
     let confirm_cookie = page.header("set-cookie");
-    for attr in ["ms_oauth_confirm_", "HttpOnly", "Secure", "SameSite=Strict", "Path=/oauth/start/"]
-    {
+    for attr in [
+        "__Secure-ms_oauth_confirm_",
+        "HttpOnly",
+        "; Secure",
+        "SameSite=Strict",
+        "Path=/oauth/start/",
+    ] {
         assert!(confirm_cookie.contains(attr), "{attr} missing: {confirm_cookie}");
     }
     assert_eq!(app.pending_states().await, 0, "nothing starts before the confirmation");
@@ -132,7 +137,12 @@ async fn a_confirmation_works_only_in_the_browser_that_opened_the_link() {
     // The opener goes on; the confirmation is then used up with its cookie.
     let first = app.confirm(&opener, &page).await;
     assert_redirects_to(&first, &app.standin.url());
-    assert!(opener.cookies().keys().all(|name| !name.starts_with("ms_oauth_confirm_")));
+    assert!(
+        opener
+            .cookies()
+            .keys()
+            .all(|name| !name.starts_with(ms_oauth::state::CONFIRM_COOKIE_PREFIX))
+    );
     assert_page(&app.confirm(&opener, &page).await, 403, "Confirm in the browser that opened");
     assert_eq!(app.pending_states().await, 1);
 }

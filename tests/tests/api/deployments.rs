@@ -276,7 +276,7 @@ async fn inside_autokitteh_with_write_back_signs_in_refreshes_writes_back_and_ge
     }
     let browser = d.signed_in(&d.user).await;
     let link = d.url(&format!("{}?cid={daemon}&origin=web", ms_oauth::config::ADMIN_CONSENT_PATH));
-    let to_microsoft = browser.get(&link).await;
+    let to_microsoft = app.start(&browser, &link).await;
     assert_eq!(to_microsoft.status, 302, "{}", to_microsoft.body);
     let finish =
         admin_decides(app, &browser, to_microsoft.location.as_deref().unwrap(), "accept").await;

@@ -102,10 +102,15 @@ async fn the_authorize_request_carries_pkce_exact_redirect_and_required_scopes()
     let cookies: Vec<&str> =
         start.headers.get_all("set-cookie").iter().map(|c| c.to_str().unwrap()).collect();
     assert_eq!(cookies.len(), 2, "{cookies:?}");
-    assert!(cookies[0].starts_with("ms_oauth_confirm_") && cookies[0].contains("Max-Age=0"));
+    assert!(
+        cookies[0].starts_with("__Secure-ms_oauth_confirm_") && cookies[0].contains("Max-Age=0")
+    );
     let cookie = cookies[1];
-    assert!(cookie.starts_with("ms_oauth_"), "{cookie}");
-    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/oauth/", "Max-Age=600"] {
+    assert!(cookie.starts_with("__Secure-ms_oauth_"), "{cookie}");
+    // Only the redirect path gets it, not AutoKitteh's other /oauth/* routes on the host.
+    for attr in
+        ["HttpOnly", "; Secure", "SameSite=Lax", "Path=/oauth/redirect/microsoft;", "Max-Age=600"]
+    {
         assert!(cookie.contains(attr), "{attr} missing: {cookie}");
     }
     assert_eq!(start.header("cache-control"), "no-store");

@@ -506,6 +506,9 @@ struct StoredCookie {
 pub struct Browser {
     http: reqwest::Client,
     jar: Arc<Mutex<HashMap<String, StoredCookie>>>,
+    /// The `Sec-Fetch-Site` its navigations carry, as a browser sends it: `same-site` for one
+    /// navigating from AutoKitteh's own pages; none for a client that does not say.
+    fetch_site: Option<&'static str>,
 }
 
 fn host_of(url: &url::Url) -> String {
@@ -518,7 +521,14 @@ impl Browser {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client");
-        Self { http, jar: Arc::default() }
+        Self { http, jar: Arc::default(), fetch_site: None }
+    }
+
+    /// A browser whose navigations say they come from `site` (`same-site`: AutoKitteh's UI
+    /// opened them; `none`: a link from mail or chat; `cross-site`: another site's page).
+    pub fn navigating_from(mut self, site: &'static str) -> Self {
+        self.fetch_site = Some(site);
+        self
     }
 
     /// A browser holding exactly `cookies`.
@@ -569,6 +579,9 @@ impl Browser {
 
     pub async fn get(&self, url: &str) -> Page {
         let mut request = self.http.get(url);
+        if let Some(site) = self.fetch_site {
+            request = request.header("sec-fetch-site", site);
+        }
         let cookie_header = self.cookie_header(url);
         if !cookie_header.is_empty() {
             request = request.header(reqwest::header::COOKIE, cookie_header);
@@ -673,7 +686,8 @@ impl TestApp {
 
     /// Presses the confirm button of a confirmation `page`, from that page (same origin).
     pub async fn confirm(&self, browser: &Browser, page: &Page) -> Page {
-        let ticket = startlink::confirm_ticket(&page.body).expect("a confirm form");
+        let fields = startlink::confirm_fields(&page.body);
+        assert!(!fields.is_empty(), "a confirm form: {}", page.body);
         let url = url::Url::parse(&page.url).expect("page url");
         let origin = url.origin().ascii_serialization();
         let action = page
@@ -686,7 +700,7 @@ impl TestApp {
         browser
             .post_form_with(
                 &post,
-                &[("ticket".to_owned(), ticket)],
+                &fields,
                 &[("origin", &origin), ("sec-fetch-site", "same-origin")],
             )
             .await

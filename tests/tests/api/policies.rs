@@ -39,7 +39,9 @@ async fn connect_private(
     let (status, answer) = set_app(app, cid, body).await;
     assert_eq!(status, 200, "{answer}");
     let start = if ak_start {
-        browser.get(&format!("{}{}?cid={cid}&origin=web", app.address, config::START_PATH)).await
+        // An own app is confirmed first, inside AutoKitteh too.
+        let link = format!("{}{}?cid={cid}&origin=web", app.address, config::START_PATH);
+        app.start(browser, &link).await
     } else {
         app.start(browser, &app.start_link(cid, Origin::Web)).await
     };
@@ -332,7 +334,7 @@ async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_g
     let user = ak.add_user("adele@contoso.example", &[&org]);
     let (service_user, _) = app.ak_service_user.clone().unwrap();
     ak.set_membership(&org, &service_user, true);
-    let browser = Browser::new();
+    let browser = Browser::new().navigating_from("same-site");
     let login = browser
         .post_form(&format!("{}/login", app.address), &[("user_id".to_owned(), user.clone())])
         .await;
@@ -363,8 +365,8 @@ async fn inside_autokitteh_every_aws_call_is_allowed_by_the_template_and_every_g
     ak.set_var(&named_str, "private_client_id", crate::apps::PRIVATE_CLIENT, false);
     ak.set_var(&named_str, "private_tenant_id", ms_oauth_tests::standin::OTHER_TENANT, false);
     ak.set_var(&named_str, "private_client_secret", &secret, true);
-    let start =
-        browser.get(&format!("{}{}?cid={named}&origin=web", app.address, config::START_PATH)).await;
+    let link = format!("{}{}?cid={named}&origin=web", app.address, config::START_PATH);
+    let start = app.start(&browser, &link).await;
     let callback = app.consent(&browser, start.location.as_deref().unwrap(), "work").await;
     assert_eq!(browser.get(&callback).await.status, 302);
     assert!(app.connection(&named).await.is_some());

@@ -28,7 +28,7 @@ async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
     let confirmation = browser.get(&link).await;
     assert_page(&confirmation, 200, "Connect a Microsoft account?");
     let ticket = ms_oauth_tests::startlink::confirm_ticket(&confirmation.body).unwrap();
-    let confirm_nonce = cookie_starting(&browser, "ms_oauth_confirm_");
+    let confirm_nonce = cookie_starting(&browser, ms_oauth::state::CONFIRM_COOKIE_PREFIX);
     let start = app.confirm(&browser, &confirmation).await;
     let authorize_url = start.location.clone().unwrap();
     let authorize = url::Url::parse(&authorize_url).unwrap();
@@ -40,7 +40,7 @@ async fn no_secret_appears_in_logs_urls_pages_or_the_stored_item() {
     let nonce = browser
         .cookies()
         .iter()
-        .find(|(name, _)| !name.starts_with("ms_oauth_confirm_"))
+        .find(|(name, _)| !name.starts_with(ms_oauth::state::CONFIRM_COOKIE_PREFIX))
         .map(|(_, value)| value.clone())
         .unwrap();
 

@@ -256,6 +256,8 @@ pub trait KeyShares: Send + Sync + std::fmt::Debug {
     /// Deletes every share of `connection_id` but `keep`; returns how many it deleted.
     /// Idempotent.
     async fn shred(&self, connection_id: &str, keep: Option<&str>) -> Result<usize, CryptoError>;
+    /// Deletes one share (the one a sign-in that was withdrawn sealed with). Idempotent.
+    async fn destroy(&self, connection_id: &str, share_id: &str) -> Result<(), CryptoError>;
 }
 
 /// A new share for `connection_id`, stored before anything is sealed with it.
@@ -484,6 +486,12 @@ impl KeyShares for MemoryKeyShares {
         let before = shares.len();
         shares.retain(|(c, id), _| c != connection_id || Some(id.as_str()) == keep);
         Ok(before - shares.len())
+    }
+
+    async fn destroy(&self, connection_id: &str, share_id: &str) -> Result<(), CryptoError> {
+        let mut shares = self.shares.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        shares.remove(&(connection_id.to_owned(), share_id.to_owned()));
+        Ok(())
     }
 }
 

@@ -32,6 +32,15 @@ use crate::writeback::{RefreshedVars, WriteBack};
 pub use crate::config::DEFAULT_REFRESH_MARGIN;
 /// How often a connection is refreshed only to keep its refresh token alive (Microsoft's
 /// end after 90 days unused, and each use starts the 90 days again).
+/// What a write-back put into AutoKitteh, to check it against the table afterwards.
+#[derive(Debug, Clone, Copy)]
+enum Written {
+    /// The tokens of this version of the connection.
+    Version(u64),
+    /// The token vars were deleted (the grant is dead).
+    NeedsReauth,
+}
+
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How widely keep-alive refreshes are spread around the interval.
 pub const KEEPALIVE_SPREAD: Duration = Duration::from_secs(24 * 3600);
@@ -793,7 +802,9 @@ impl TokenService {
                     self.record_write_back("refreshed", written.is_ok());
                     match written {
                         Ok(()) => {
-                            tracing::info!(cid = %cid, version, "refreshed tokens written to AutoKitteh")
+                            tracing::info!(cid = %cid, version, "refreshed tokens written to AutoKitteh");
+                            self.reconcile_write_back(write_back, cid, Written::Version(version))
+                                .await;
                         }
                         Err(e) => {
                             tracing::warn!(cid = %cid, version, error = %crate::error::chain(&e), "refreshed tokens not written to AutoKitteh; the next refresh writes them")
@@ -920,7 +931,10 @@ impl TokenService {
                 let written = write_back.needs_reauth(cid).await;
                 self.record_write_back("needs_reauth", written.is_ok());
                 match written {
-                    Ok(()) => tracing::info!(cid = %cid, "token vars removed from AutoKitteh"),
+                    Ok(()) => {
+                        tracing::info!(cid = %cid, "token vars removed from AutoKitteh");
+                        self.reconcile_write_back(write_back, cid, Written::NeedsReauth).await;
+                    }
                     Err(e) => {
                         tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "token vars not removed from AutoKitteh")
                     }
@@ -1152,6 +1166,78 @@ impl TokenService {
     fn record_refresh(&self, trigger: &'static str, outcome: &'static str) {
         let dimensions = [("Trigger", trigger), ("Outcome", outcome)];
         self.metrics.record(Metric::count(crate::metrics::name::REFRESH, &dimensions));
+    }
+
+    /// After a write-back landed: makes AutoKitteh agree with the table again if the
+    /// connection changed while the write was on its way. A write to AutoKitteh cannot be
+    /// conditioned on the table, so it is checked after it landed: every writer of the table
+    /// writes the table first and AutoKitteh second, so whichever of two writes reached
+    /// AutoKitteh last sees, when it reads the table afterwards, everything the other did.
+    /// - the connection is gone (a disconnect): the vars written are deleted again;
+    /// - it was signed in or refreshed anew: what the table now holds is written;
+    /// - it needs a new sign-in: the token vars are deleted again.
+    async fn reconcile_write_back(
+        &self,
+        write_back: &WriteBack,
+        cid: &ConnectionId,
+        written: Written,
+    ) {
+        let current = match self.store.get_connection(cid).await {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::warn!(cid = %cid, error = %crate::error::chain(&e), "write-back not checked against the table");
+                return;
+            }
+        };
+        let (kind, result) = match (current, written) {
+            (None, _) => ("withdrawn", write_back.disconnected(cid).await),
+            (Some(now), Written::Version(v)) if now.version == v => return,
+            (Some(now), _) if now.connection.status != crate::store::STATUS_OK => {
+                if matches!(written, Written::NeedsReauth) {
+                    return;
+                }
+                ("withdrawn", write_back.needs_reauth(cid).await)
+            }
+            (Some(now), _) => match self.current_vars(&now).await {
+                Some((access, refresh, expires_at)) => {
+                    let vars = RefreshedVars {
+                        access_token: &access,
+                        refresh_token: &refresh,
+                        token_type: &now.connection.vars.oauth_token_type,
+                        expires_at,
+                    };
+                    ("rewritten", write_back.refreshed(cid, &vars).await)
+                }
+                None => return,
+            },
+        };
+        self.record_write_back(kind, result.is_ok());
+        match result {
+            Ok(()) => {
+                tracing::info!(cid = %cid, kind, "AutoKitteh's vars made to agree with the table after a change during the write-back")
+            }
+            Err(e) => {
+                tracing::warn!(cid = %cid, kind, error = %crate::error::chain(&e), "AutoKitteh's vars may not agree with the table")
+            }
+        }
+    }
+
+    /// The tokens the table holds for a connection, to write to AutoKitteh.
+    async fn current_vars(
+        &self,
+        stored: &StoredConnection,
+    ) -> Option<(SecretString, String, OffsetDateTime)> {
+        let secrets = match self.open_secrets(stored).await {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                tracing::warn!(cid = %stored.connection.connection_id, error = %crate::error::chain(&e), "current tokens not readable for AutoKitteh");
+                return None;
+            }
+        };
+        let refresh = secrets.oauth_refresh_token?;
+        let expires_at =
+            OffsetDateTime::from_unix_timestamp(stored.connection.token_expires_at).ok()?;
+        Some((SecretString::from(secrets.oauth_access_token), refresh, expires_at))
     }
 
     fn record_write_back(&self, kind: &'static str, ok: bool) {

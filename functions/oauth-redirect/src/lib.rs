@@ -435,32 +435,28 @@ async fn finish(
         ),
         None => None,
     };
-    // The writes are whole upserts of the same sign-in, so they run at once: a failure of
-    // any shows a page, and the next sign-in overwrites them all.
+    // The table first, AutoKitteh second (as every writer does, so that a refresh's
+    // write-back that lands after this sign-in's sees it; see the token service), the app
+    // record beside the table. A failure of either shows a page; the next sign-in overwrites.
     let save_app = async {
         match &kept_app {
             Some(record) => service.store.save_app(record).await.map(Some),
             None => Ok(None),
         }
     };
-    let (saved, written, app_saved) = tokio::join!(
-        service.store.save_connection(&connection),
-        async {
-            match &pushed {
-                Some((ak, token, vars)) => {
-                    let access = SecretString::from(tokens.access_token.secret().to_owned());
-                    ak.write_vars(token, &flow.connection_id, vars, &access)
-                        .await
-                        .map_err(FlowError::from)
-                }
-                None => Ok(()),
-            }
-        },
-        save_app
-    );
+    let (saved, app_saved) = tokio::join!(service.store.save_connection(&connection), save_app);
     let version = saved?;
-    written?;
     app_saved?;
+    if let Some((ak, token, vars)) = &pushed {
+        let access = SecretString::from(tokens.access_token.secret().to_owned());
+        if let Err(e) = ak.write_vars(token, &flow.connection_id, vars, &access).await {
+            // AutoKitteh did not take this sign-in (membership removed meanwhile, say): it
+            // must not stay saved as connected, or a later write-back would put it into
+            // AutoKitteh with the service user's authority instead.
+            withdraw(service, &connection, version).await;
+            return Err(FlowError::from(e));
+        }
+    }
     let authorized = ConnectionEvent {
         kind: EventKind::Authorized,
         connection_id: flow.connection_id.clone(),
@@ -763,6 +759,28 @@ fn same_user(
 }
 
 /// AutoKitteh's var set for a Microsoft connection made with the default app, the way its
+/// Takes back a sign-in's save (while it is still the latest) and destroys the key share
+/// its tokens were sealed with.
+async fn withdraw(service: &RedirectService, connection: &Connection, version: u64) {
+    let cid = &connection.connection_id;
+    match service.store.withdraw_connection(cid, version).await {
+        Ok(true) => {
+            if let Some(share) = connection.secrets.share_id.as_deref()
+                && let Err(e) = service.shares.destroy(cid.as_str(), share).await
+            {
+                tracing::warn!(cid = %cid, error = %ms_oauth::error::chain(&e), "withdrawn sign-in's key share not destroyed; the next sign-in or disconnect does it");
+            }
+            tracing::warn!(cid = %cid, version, "sign-in withdrawn: AutoKitteh did not take its vars");
+        }
+        Ok(false) => {
+            tracing::info!(cid = %cid, version, "sign-in not withdrawn: a newer one replaced it");
+        }
+        Err(e) => {
+            tracing::error!(cid = %cid, version, error = %ms_oauth::error::chain(&e), "sign-in AutoKitteh refused could not be withdrawn");
+        }
+    }
+}
+
 /// own handler writes it: every user and org var, empty when Microsoft has no value.
 fn autokitteh_vars(tokens: &Tokens, connection: &Connection) -> Result<Vec<Var>, FlowError> {
     let v = &connection.vars;

@@ -582,6 +582,32 @@ impl Store for DynamoStore {
         Ok(deleted.or(before))
     }
 
+    async fn withdraw_connection(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        // Gone already counts as withdrawn: a repeat after a lost answer finds nothing.
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(KEY_ATTRIBUTE, AttributeValue::S(connection_key(id)))
+            .condition_expression("attribute_not_exists(#pk) OR #v = :v")
+            .expression_attribute_names("#pk", KEY_ATTRIBUTE)
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) => match e.into_service_error() {
+                e if e.is_conditional_check_failed_exception() => Ok(false),
+                e => Err(unavailable("DeleteItem")(e)),
+            },
+        }
+    }
+
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
         #[derive(Deserialize)]
         struct Due {

@@ -172,6 +172,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn release_lease(&self, id: &ConnectionId, owner: &str) -> Result<(), StoreError>;
     /// Deletes the connection (tokens and all vars). `Ok(None)` if there was none.
     async fn delete_connection(&self, id: &ConnectionId) -> Result<Option<Removed>, StoreError>;
+    /// Deletes a connection only while it is still at `version` (a sign-in taking back its
+    /// own save after AutoKitteh refused its vars); `Ok(false)` when something newer is
+    /// there. Safe to repeat after a lost answer.
+    async fn withdraw_connection(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+    ) -> Result<bool, StoreError>;
     /// Connections whose refresh is due at `now`, oldest first, at most `limit`.
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError>;
     /// Replaces a connection's sealed secrets (the same tokens sealed anew, under another key)

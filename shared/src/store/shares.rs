@@ -90,6 +90,17 @@ impl KeyShares for DynamoKeyShares {
         Share::from_parts(item.share_id, item.share).map(Some)
     }
 
+    async fn destroy(&self, connection_id: &str, share_id: &str) -> Result<(), CryptoError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(Self::key(connection_id, share_id).into_iter().collect()))
+            .send()
+            .await
+            .map_err(|e| failed("DeleteItem")(e.into_service_error()))?;
+        Ok(())
+    }
+
     async fn shred(&self, connection_id: &str, keep: Option<&str>) -> Result<usize, CryptoError> {
         let mut ids = Vec::new();
         let mut start = None;

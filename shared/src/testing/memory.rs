@@ -252,6 +252,22 @@ impl Store for MemoryStore {
         }))
     }
 
+    async fn withdraw_connection(
+        &self,
+        id: &ConnectionId,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let mut connections = self.connections.lock().map_err(|_| poisoned())?;
+        match connections.get(&connection_key(id)) {
+            Some(c) if c.version != version => Ok(false),
+            _ => {
+                connections.remove(&connection_key(id));
+                self.leases.lock().map_err(|_| poisoned())?.remove(&connection_key(id));
+                Ok(true)
+            }
+        }
+    }
+
     async fn due_connections(&self, now: i64, limit: i32) -> Result<Vec<ConnectionId>, StoreError> {
         let connections = self.connections.lock().map_err(|_| poisoned())?;
         let mut due: Vec<_> = connections

@@ -105,6 +105,7 @@ fn update(mark: u8, due: i64) -> RefreshUpdate {
 /// Runs every check against `store`.
 pub async fn check(store: &dyn Store) {
     grants_are_spent_once(store).await;
+    a_sign_in_withdraws_only_its_own_save(store).await;
     flows_are_consumed_once_by_their_browser_before_they_expire(store).await;
     connections_are_saved_whole_and_versioned(store).await;
     a_new_sign_in_clears_what_the_previous_grant_left(store).await;
@@ -280,6 +281,17 @@ async fn apps_are_replaced_whole_and_kept_apart_from_tokens(store: &dyn Store) {
     assert!(store.delete_app(&id).await.unwrap());
     assert!(!store.delete_app(&id).await.unwrap(), "a second delete finds nothing");
     assert!(store.get_app(&id).await.unwrap().is_none());
+}
+
+async fn a_sign_in_withdraws_only_its_own_save(store: &dyn Store) {
+    let id: ConnectionId = fresh_connection_id();
+    let first = store.save_connection(&connection(&id, NOW)).await.unwrap();
+    let second = store.save_connection(&connection(&id, NOW)).await.unwrap();
+    assert!(!store.withdraw_connection(&id, first).await.unwrap(), "a newer save stays");
+    assert!(store.get_connection(&id).await.unwrap().is_some());
+    assert!(store.withdraw_connection(&id, second).await.unwrap());
+    assert!(store.get_connection(&id).await.unwrap().is_none());
+    assert!(store.withdraw_connection(&id, second).await.unwrap(), "a repeat finds it gone");
 }
 
 async fn grants_are_spent_once(store: &dyn Store) {

@@ -909,3 +909,70 @@ async fn two_sessions_or_two_binding_cookies_are_refused_as_ambiguous() {
     assert_page(&page, 400, "Your browser sent two sign-ins");
     assert!(d.ak().vars(&d.cid).get("oauth_access_token").is_none(), "nothing was written");
 }
+
+/// A refresh's write-back that is still on its way when the user disconnects lands after the
+/// disconnect deleted the vars: the refresh checks the table after its write, finds the
+/// connection gone and deletes what it wrote, so AutoKitteh holds no token the table does not.
+#[tokio::test]
+async fn a_write_back_that_lands_after_a_disconnect_is_taken_back() {
+    let d = connected_with_write_back().await;
+    let cid: ms_oauth::domain::ConnectionId = d.cid.parse().unwrap();
+    let before = d.app.connection(&cid).await.unwrap().version;
+    d.ak().set_fault(VARS_SET, Some(AkFault::Delay(Duration::from_millis(1500))));
+    d.app.clock.advance(Duration::from_secs(3600));
+    let tokens = d.app.refresher.tokens.clone();
+    let refresh = {
+        let cid = cid.clone();
+        tokio::spawn(async move { tokens.token(&cid, true).await.map(|g| g.refreshed) })
+    };
+    // The refresh is saved; its write to AutoKitteh is still on its way.
+    let mut saved = false;
+    for _ in 0..100 {
+        if d.app.connection(&cid).await.is_some_and(|c| c.version > before) {
+            saved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(saved, "the refresh was not saved");
+    assert!(d.app.refresher.tokens.disconnect(&cid).await.unwrap());
+    assert!(
+        d.ak().vars(&d.cid).get("oauth_access_token").is_none(),
+        "the disconnect deleted the vars"
+    );
+    assert!(refresh.await.unwrap().unwrap(), "the refresh itself succeeded");
+    let vars = d.ak().vars(&d.cid);
+    assert!(
+        vars.get("oauth_access_token").is_none() && vars.get("oauth_refresh_token").is_none(),
+        "a disconnected connection's tokens came back into AutoKitteh: {:?}",
+        vars.keys().collect::<Vec<_>>()
+    );
+    use ms_oauth::metrics::name;
+    assert_eq!(
+        d.app.metrics.count(name::WRITE_BACK, &[("Kind", "withdrawn"), ("Outcome", "ok")]),
+        1
+    );
+}
+
+/// AutoKitteh refuses the finishing user's vars (their membership ended while they were at
+/// Microsoft): the sign-in is taken out of the table and its key share destroyed, so the
+/// service user's write-back can never put it into AutoKitteh later.
+#[tokio::test]
+async fn a_sign_in_autokitteh_refused_is_not_left_saved() {
+    let d = deployment_with(AppOptions { ak_write_back: true, ..AppOptions::default() }).await;
+    let (service_user, _) = d.app.ak_service_user.clone().expect("service user");
+    d.ak().set_membership(&d.org, &service_user, true);
+    let cid: ms_oauth::domain::ConnectionId = d.cid.parse().unwrap();
+    let browser = d.signed_in(&d.user).await;
+    let callback = d.popup_to_callback(&browser, &d.cid, false).await;
+    d.ak().set_membership(&d.org, &d.user, false);
+    let page = browser.get(&callback).await;
+    assert_page(&page, 403, "AutoKitteh did not let you save this connection");
+    assert!(d.app.connection(&cid).await.is_none(), "the refused sign-in stayed saved");
+    assert!(d.app.share_ids(&cid).await.is_empty(), "its key share survived");
+    // Nothing for the refresher to write back later.
+    d.app.clock.advance(Duration::from_secs(3600));
+    d.app.refresher.run().await.unwrap();
+    assert!(d.ak().vars(&d.cid).get("oauth_access_token").is_none());
+    assert_eq!(d.ak().calls(VARS_SET), 1, "only the refused write");
+}

@@ -170,6 +170,13 @@ fn probes(app: &TestApp) -> Vec<(&'static str, AwsCall)> {
             AwsCall::new("dynamodb:PutItem", &table, &[(leading, &format!("app#{cid}"))]),
         ),
         ("StartFunction", AwsCall::new("dynamodb:PutItem", &table, &[])),
+        // The redirect deletes states and withdrawn sign-ins, never an app or a grant.
+        (
+            "RedirectFunction",
+            AwsCall::new("dynamodb:DeleteItem", &table, &[(leading, &format!("app#{cid}"))]),
+        ),
+        ("RedirectFunction", AwsCall::new("dynamodb:DeleteItem", &table, &[(leading, "grant#00")])),
+        ("RedirectFunction", AwsCall::new("dynamodb:UpdateItem", &table, &[(leading, "grant#00")])),
         (
             "RedirectFunction",
             AwsCall::new("dynamodb:PutItem", &table, &[(leading, &connection_item)]),

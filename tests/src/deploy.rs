@@ -92,7 +92,7 @@ pub fn deployment(
     let table_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}", r.table);
     let shares_arn = format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}", r.shares_table);
     let key_arn = format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/{}", r.kms_key);
-    Deployment::new(
+    let deployment = Deployment::new(
         template(),
         stack,
         parameters,
@@ -109,7 +109,11 @@ pub fn deployment(
             ("TokenKey.Arn".to_owned(), key_arn),
             ("AuditBus.Arn".to_owned(), r.audit_bus_arn.clone()),
         ]),
-    )
+    );
+    // CloudFormation refuses a stack whose parameters break a rule: so does every test.
+    let broken = deployment.broken_rules();
+    assert!(broken.is_empty(), "CloudFormation would refuse this deployment: {broken:?}");
+    deployment
 }
 
 /// What function `id` gets from `deployment`, with its public address at `address` (on

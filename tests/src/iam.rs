@@ -89,6 +89,26 @@ impl Deployment {
         Self { template, parameters: all, refs, attributes }
     }
 
+    /// The `AssertDescription` of every template rule this deployment's parameters break
+    /// (CloudFormation refuses such a deployment before creating anything).
+    pub fn broken_rules(&self) -> Vec<String> {
+        let Some(rules) = self.template["Rules"].as_mapping() else { return Vec::new() };
+        let mut broken = Vec::new();
+        for rule in rules.values() {
+            let applies = rule.get("RuleCondition").is_none_or(|c| self.truth(c));
+            if !applies {
+                continue;
+            }
+            for assertion in rule["Assertions"].as_sequence().into_iter().flatten() {
+                if !self.truth(&assertion["Assert"]) {
+                    let text = assertion["AssertDescription"].as_str().unwrap_or("a rule");
+                    broken.push(text.split_whitespace().collect::<Vec<_>>().join(" "));
+                }
+            }
+        }
+        broken
+    }
+
     /// The value of condition `name`.
     pub fn condition(&self, name: &str) -> bool {
         let Some(expr) = self.template["Conditions"].get(name) else {

@@ -939,3 +939,37 @@ fn only_the_operator_roles_named_may_open_tokens_and_only_with_them_is_there_a_p
     assert!(with.output("OperatorPolicyArn").is_some());
     assert!(without.output("OperatorPolicyArn").is_none());
 }
+
+/// A deployment the product cannot serve is refused by CloudFormation before anything is
+/// made: inside AutoKitteh with `aws_federation`, AutoKitteh's own refreshes need a client
+/// secret the app no longer has, so write-back is required.
+#[test]
+fn federation_inside_autokitteh_without_write_back_is_refused_at_deploy_time() {
+    let params = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        let mut all = BTreeMap::from([
+            ("MicrosoftClientId".to_owned(), "11111111-2222-3333-4444-555555555555".to_owned()),
+            ("MicrosoftTenantId".to_owned(), "organizations".to_owned()),
+        ]);
+        all.extend(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        all
+    };
+    let broken = |pairs: &[(&str, &str)]| {
+        ms_oauth_tests::iam::Deployment::new(
+            template(),
+            "stack",
+            params(pairs),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        )
+        .broken_rules()
+    };
+    let federated = ("MicrosoftClientAuth", "aws_federation");
+    let inside = ("AutoKittehApiUrl", "https://api.example.com");
+    let token = ("AutoKittehApiTokenArn", "arn:aws:secretsmanager:us-east-1:000000000000:secret:t");
+    let refused = broken(&[federated, inside]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(refused[0].contains("needs AutoKittehApiTokenArn"), "{refused:?}");
+    assert!(broken(&[federated, inside, token]).is_empty());
+    assert!(broken(&[federated]).is_empty(), "standalone federation needs no write-back");
+    assert!(broken(&[inside]).is_empty(), "with a secret AutoKitteh refreshes itself");
+}

@@ -49,6 +49,11 @@ pub struct ConnectionEvent {
     /// For [`EventKind::TenantFailing`]: how many connections failed so when it was sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
+    /// For [`EventKind::AdminConsentGranted`]: `true` when the consent was proven with
+    /// Microsoft (a daemon app got a token with it); `false` when only the browser's return
+    /// says so (anyone holding the consent's state could have sent it, naming any tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
     /// RFC 3339.
     pub at: String,
 }

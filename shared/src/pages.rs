@@ -124,24 +124,31 @@ impl Page {
         }
     }
 
-    /// An administrator granted consent for an organization.
-    pub fn consent_granted(tenant: &str, ready: bool) -> Self {
-        let next = if ready {
-            "The connection's daemon app got its first token with this consent: the connection is ready."
+    /// An administrator granted consent for an organization: `verified` when a daemon app got
+    /// its first token with it; otherwise only the browser's return says so.
+    pub fn consent_granted(tenant: &str, verified: bool) -> Self {
+        let (title, said, next) = if verified {
+            (
+                "Admin consent granted",
+                format!(
+                    "An administrator of the organization {tenant} granted the app its permissions."
+                ),
+                "The connection's daemon app got its first token with this consent: the connection is ready.",
+            )
         } else {
-            "Users of that organization can now connect their accounts; ask them to start the connection again."
+            (
+                "Admin consent reported",
+                format!(
+                    "Your browser came back from Microsoft saying that an administrator of the organization {tenant} granted the app its permissions. This was not checked with Microsoft."
+                ),
+                "Users of that organization can now try to connect their accounts; ask them to start the connection again.",
+            )
         };
         Self {
             status: StatusCode::OK,
             tone: Tone::Ok,
-            title: "Admin consent granted".into(),
-            message: vec![
-                format!(
-                    "Microsoft reports that an administrator of the organization {tenant} granted the app its permissions."
-                ),
-                next.into(),
-                "You can close this tab.".into(),
-            ],
+            title: title.into(),
+            message: vec![said, next.into(), "You can close this tab.".into()],
             action: None,
             reference: None,
             link: None,

@@ -289,6 +289,7 @@ pub async fn save_daemon_connection(
             tenant_id: Some(connection.tenant_id.clone()),
             reason: None,
             connections: None,
+            verified: None,
             at: connection.updated_at.clone(),
         })
         .await;

@@ -947,6 +947,7 @@ impl TokenService {
                     tenant_id: Some(stored.connection.tenant_id.clone()),
                     reason: Some(reason.to_owned()),
                     connections: None,
+                    verified: None,
                     at: now,
                 })
                 .await;
@@ -1068,6 +1069,7 @@ impl TokenService {
                 tenant_id: Some(c.tenant_id.clone()),
                 reason: Some(reason),
                 connections: Some(count),
+                verified: None,
                 at: rfc3339(self.clock.now()),
             })
             .await;
@@ -1316,6 +1318,7 @@ impl TokenService {
                     tenant_id: None,
                     reason: None,
                     connections: None,
+                    verified: None,
                     at: rfc3339(self.clock.now()),
                 })
                 .await;

@@ -315,14 +315,17 @@ async fn finish(
         if answer.is_ok()
             && let Some(spent) = spent
         {
-            let mut event = spent.event(now, "granted");
+            // "granted" only when proven with Microsoft (a daemon app's first token);
+            // otherwise the browser's return reported it.
+            let proven = answer.as_ref().is_ok_and(|(_, proven)| *proven);
+            let mut event = spent.event(now, if proven { "granted" } else { "reported" });
             // The tenant Microsoft reports the consent for.
             if let Ok(Some(reported)) = query.single("tenant", 256) {
                 event.tenant_id = Some(reported.to_owned());
             }
             service.audit.record(event).await;
         }
-        return answer;
+        return answer.map(|(page, _)| page);
     }
     let redeem = async {
         if let Some(error) = error {
@@ -463,6 +466,7 @@ async fn finish(
         tenant_id: Some(tokens.claims.tid.clone()),
         reason: None,
         connections: None,
+        verified: None,
         at: rfc3339(now),
     };
     // After the save, and all at once: the announcement, the audit event, and the end of the
@@ -584,7 +588,8 @@ async fn offer_admin_consent(
 
 /// An administrator came back from Microsoft's admin consent. For a daemon app the consent
 /// is proven with a token from the app's own tenant (the `tenant` Microsoft reports is only
-/// shown), and the connection is then ready.
+/// shown), and the connection is then ready. Otherwise nothing proves it: the answer's
+/// `bool` says whether it was proven, and the page, event and audit say which.
 async fn consent_finished(
     service: &RedirectService,
     flow: &PendingFlow,
@@ -592,7 +597,7 @@ async fn consent_finished(
     query: &Query<'_>,
     (error, description): (Option<&str>, Option<&str>),
     session: Option<&AkToken>,
-) -> Result<Response<Body>, FlowError> {
+) -> Result<(Response<Body>, bool), FlowError> {
     let cid = &flow.connection_id;
     if let Some(error) = error {
         let e = Box::new(MicrosoftError::from_callback(error, description));
@@ -659,14 +664,18 @@ async fn consent_finished(
             tenant_id: Some(reported.to_string()),
             reason: None,
             connections: None,
+            // Only a daemon app's first token proves the consent; otherwise the tenant is the
+            // one the browser's return names.
+            verified: Some(ready),
             at: rfc3339(now),
         })
         .await;
-    tracing::info!(cid = %cid, tenant = %reported, asked, ready, "admin consent granted");
-    Ok(Page::consent_granted(reported.as_str(), ready)
+    tracing::info!(cid = %cid, tenant = %reported, asked, verified = ready, "admin consent granted");
+    let page = Page::consent_granted(reported.as_str(), ready)
         .with_fact("Connection id", cid.to_string())
         .with_fact("Organization (tenant)", reported.to_string())
-        .into_response(&[]))
+        .into_response(&[]);
+    Ok((page, ready))
 }
 
 /// The daemon app an administrator consented to, when the connection's app is one: from

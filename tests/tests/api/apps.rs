@@ -402,9 +402,30 @@ async fn a_user_who_needs_admin_approval_gets_a_link_for_their_administrator() {
     assert_eq!(flow.finish.status, 403);
     let link = first_link(&flow.finish.body);
     let granted = admin_decides(&app, &admin, &link, "accept").await;
-    assert_page(&granted, 200, "Admin consent granted");
-    assert!(granted.body.contains(WORK_TENANT), "the tenant Microsoft reported is named");
+    // Nothing proves a consent to the server-wide app (anyone holding the link could send
+    // this return, naming any tenant): the page, the event and the audit trail say it was
+    // reported by the browser, not granted.
+    assert_page(&granted, 200, "Admin consent reported");
+    assert!(granted.body.contains("This was not checked with Microsoft"), "{}", granted.body);
+    assert!(granted.body.contains(WORK_TENANT), "the tenant the return names is shown");
     assert!(granted.body.contains("start the connection again"));
+    let consent = app
+        .events
+        .take()
+        .into_iter()
+        .find(|e| e.kind == ms_oauth::events::EventKind::AdminConsentGranted)
+        .expect("the consent's event");
+    assert_eq!(consent.verified, Some(false));
+    assert_eq!(consent.tenant_id.as_deref(), Some(WORK_TENANT));
+    let outcomes: Vec<String> = app
+        .audit
+        .of(&cid)
+        .into_iter()
+        .filter(|e| e.act == ms_oauth::audit::Act::AdminConsent)
+        .map(|e| e.outcome)
+        .collect();
+    assert!(outcomes.contains(&"reported".to_owned()), "{outcomes:?}");
+    assert!(!outcomes.contains(&"granted".to_owned()), "{outcomes:?}");
     assert_page(
         &admin_decides(&app, &admin, &link, "accept").await,
         400,
@@ -500,8 +521,12 @@ async fn a_daemon_app_needs_consent_then_serves_app_tokens_and_renews_them() {
     assert_page(&finish, 200, "Admin consent granted");
     assert!(finish.body.contains("the connection is ready"), "{}", finish.body);
     assert!(app.standin.has_admin_consent(DAEMON_CLIENT, OTHER_TENANT));
-    let kinds: Vec<_> = app.events.take().iter().map(|e| e.kind).collect();
-    assert!(kinds.contains(&ms_oauth::events::EventKind::AdminConsentGranted), "{kinds:?}");
+    let events = app.events.take();
+    let consent = events
+        .iter()
+        .find(|e| e.kind == ms_oauth::events::EventKind::AdminConsentGranted)
+        .expect("the consent's event");
+    assert_eq!(consent.verified, Some(true), "a daemon app's first token proves the consent");
     // The link worked once.
     assert_page(&admin.get(&link).await, 403, "already used");
     assert_eq!(app.standin.app_tokens_issued(), 1);

@@ -18,6 +18,7 @@ async fn events_are_accepted_by_eventbridge_and_carry_no_secret() {
         tenant_id: Some("2f6a3d1c-5b4e-4c8a-9f17-0a1b2c3d4e5f".into()),
         reason: Some("invalid_grant (AADSTS[700082])".into()),
         connections: None,
+        verified: None,
         at: "2026-11-27T18:00:00Z".into(),
     };
     EventBridgeEvents::new(client.clone(), &bus).send(&event).await.unwrap();

@@ -38,9 +38,10 @@ pub const ACCESS_TOKEN: &str = "oauth_access_token";
 /// The vars holding the tokens: without `oauth_access_token` AutoKitteh reports a Microsoft
 /// connection as needing initialisation.
 pub const TOKEN_VARS: [&str; 2] = [ACCESS_TOKEN, "oauth_refresh_token"];
-/// Every var the flow writes for a connection made with the default app.
-pub const CONNECTION_VARS: [&str; 16] = [
-    "auth_type",
+/// What a disconnect deletes: every var the sign-in wrote but `auth_type`, which names the
+/// app the user chose (a private app's `oauthPrivate` must survive a disconnect; without
+/// tokens AutoKitteh shows the connection as needing initialisation either way).
+pub const DISCONNECT_VARS: [&str; 15] = [
     ACCESS_TOKEN,
     "oauth_refresh_token",
     "oauth_token_type",

@@ -31,7 +31,14 @@ pub enum HttpError {
     Transport(#[source] reqwest::Error),
     #[error("server answered HTTP {0}")]
     Status(u16),
+    #[error("the answer is larger than {} bytes", MAX_BODY_BYTES)]
+    TooLarge,
 }
+
+/// The largest answer read from Microsoft or AutoKitteh: theirs are a few kilobytes (a token
+/// response with a large access token stays far below); anything longer is refused, not
+/// held in memory.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 impl HttpError {
     pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
@@ -54,8 +61,18 @@ impl Transport for reqwest::Client {
         let response = self.execute(request).await.map_err(HttpError::from_reqwest)?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(HttpError::from_reqwest)?;
-        let mut out = http::Response::new(body.to_vec());
+        if response.content_length().is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(HttpError::TooLarge);
+        }
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(HttpError::from_reqwest)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(HttpError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut out = http::Response::new(body);
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         Ok(out)
@@ -80,5 +97,59 @@ impl<'c> AsyncHttpClient<'c> for OAuthHttp<'_> {
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves one answer of `len` bytes (with or without its length) on loopback.
+    async fn serve(len: usize, chunked: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request).await;
+            let body = vec![b'a'; len];
+            let head = if chunked {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_owned()
+            } else {
+                format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n")
+            };
+            let _ = stream.write_all(head.as_bytes()).await;
+            if chunked {
+                for part in body.chunks(64 * 1024) {
+                    let _ = stream.write_all(format!("{:x}\r\n", part.len()).as_bytes()).await;
+                    let _ = stream.write_all(part).await;
+                    let _ = stream.write_all(b"\r\n").await;
+                }
+                let _ = stream.write_all(b"0\r\n\r\n").await;
+            } else {
+                let _ = stream.write_all(&body).await;
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    async fn fetch(url: &str) -> Result<HttpResponse, HttpError> {
+        let client = build_client(Duration::from_secs(5)).unwrap();
+        let request = http::Request::builder().uri(url).body(Vec::new()).unwrap();
+        client.send(request).await
+    }
+
+    #[tokio::test]
+    async fn answers_past_a_megabyte_are_refused_whether_announced_or_streamed() {
+        assert_eq!(fetch(&serve(1000, false).await).await.unwrap().body().len(), 1000);
+        assert_eq!(
+            fetch(&serve(MAX_BODY_BYTES, true).await).await.unwrap().body().len(),
+            MAX_BODY_BYTES
+        );
+        for chunked in [false, true] {
+            let refused = fetch(&serve(MAX_BODY_BYTES + 1, chunked).await).await;
+            assert!(matches!(refused, Err(HttpError::TooLarge)), "chunked {chunked}: {refused:?}");
+        }
     }
 }

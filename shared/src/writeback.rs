@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::autokitteh::{AkError, AkToken, AutoKitteh, CONNECTION_VARS, TOKEN_VARS, Var, VarLimit};
+use crate::autokitteh::{AkError, AkToken, AutoKitteh, DISCONNECT_VARS, TOKEN_VARS, Var, VarLimit};
 use crate::domain::ConnectionId;
 use crate::secrets::{CachedSecret, SecretError};
 
@@ -113,9 +113,10 @@ impl WriteBack {
         self.delete(cid, &TOKEN_VARS).await
     }
 
-    /// Deletes every var the flow wrote (and nothing the user set, such as a private app).
+    /// Deletes every var the flow wrote but `auth_type` (and nothing the user set, such as a
+    /// private app).
     pub async fn disconnected(&self, cid: &ConnectionId) -> Result<(), WriteBackError> {
-        self.delete(cid, &CONNECTION_VARS).await
+        self.delete(cid, &DISCONNECT_VARS).await
     }
 
     async fn delete(&self, cid: &ConnectionId, names: &[&str]) -> Result<(), WriteBackError> {

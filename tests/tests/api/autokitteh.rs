@@ -560,7 +560,10 @@ async fn a_dead_grant_removes_the_token_vars_and_disconnect_removes_every_var() 
 
     assert!(d.app.refresher.tokens.disconnect(&cid).await.unwrap());
     let vars = d.ak().vars(&d.cid);
-    assert_eq!(vars.keys().collect::<Vec<_>>(), ["private_note"], "only what the user set is left");
+    // What the user set is left, and `auth_type`, which names the app they chose; AutoKitteh
+    // shows the connection as needing a sign-in.
+    assert_eq!(vars.keys().collect::<Vec<_>>(), ["auth_type", "private_note"]);
+    assert_eq!(d.ak().status(&d.cid).0, "CODE_INIT_REQUIRED");
     // Disconnecting again changes nothing and calls nobody.
     let deletes = d.ak().calls(VARS_DELETE);
     assert!(!d.app.refresher.tokens.disconnect(&cid).await.unwrap());

@@ -19,7 +19,8 @@ use serde::Serialize;
 pub const CONCURRENCY: usize = 8;
 /// Connections read from the index per page.
 pub const PAGE: i32 = 500;
-/// How long a run keeps taking pages (the function has 300 s; a page in flight finishes).
+/// How long a run keeps starting renewals, within a page too (the function has 300 s; the
+/// renewals under way finish, each bounded as the README's "Timeouts" says).
 pub const RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// The refresher's state, built once per instance.
@@ -38,6 +39,9 @@ pub struct Report {
     pub failed: usize,
     /// Failed [`ms_oauth::tokens::STUCK_AFTER`] or more times in a row.
     pub stuck: usize,
+    /// Due, but not started because the run's budget was spent: still due, the next run
+    /// takes them.
+    pub deferred: usize,
 }
 
 impl Refresher {
@@ -61,9 +65,19 @@ impl Refresher {
 
     /// The same with pages of `page` connections (tests use small ones).
     pub async fn run_with_page(&self, page: i32) -> Result<Report, ms_oauth::store::StoreError> {
+        self.run_within(page, RUN_BUDGET).await
+    }
+
+    /// The same, starting renewals for at most `budget`.
+    pub async fn run_within(
+        &self,
+        page: i32,
+        budget: std::time::Duration,
+    ) -> Result<Report, ms_oauth::store::StoreError> {
         let began = std::time::Instant::now();
+        let deadline = began + budget;
         let mut report = Report::default();
-        while began.elapsed() < RUN_BUDGET {
+        loop {
             let now = self.tokens.clock.now().unix_timestamp();
             let due = match self.tokens.store.due_connections(now, page).await {
                 Ok(due) => due,
@@ -75,16 +89,20 @@ impl Refresher {
             if due.is_empty() {
                 break;
             }
-            let page = self.renew(due).await;
+            let page = self.renew(due, deadline).await;
             report.due += page.due;
             report.refreshed += page.refreshed;
             report.needs_reauth += page.needs_reauth;
             report.skipped += page.skipped;
             report.failed += page.failed;
             report.stuck += page.stuck;
+            report.deferred += page.deferred;
             // Every handled connection leaves the due range (renewed, marked, or postponed);
             // a page of nothing but skips (held elsewhere) would come back unchanged.
-            if page.skipped == page.due {
+            if page.skipped == page.due
+                || page.deferred > 0
+                || std::time::Instant::now() >= deadline
+            {
                 break;
             }
         }
@@ -95,6 +113,7 @@ impl Refresher {
             skipped = report.skipped,
             failed = report.failed,
             stuck = report.stuck,
+            deferred = report.deferred,
             "refresh run finished"
         );
         use ms_oauth::metrics::{Metric, name};
@@ -137,15 +156,27 @@ impl Refresher {
         }
     }
 
-    async fn renew(&self, due: Vec<ms_oauth::domain::ConnectionId>) -> Report {
+    /// Renews `due`, starting none after `deadline`.
+    async fn renew(
+        &self,
+        due: Vec<ms_oauth::domain::ConnectionId>,
+        deadline: std::time::Instant,
+    ) -> Report {
         let mut report = Report { due: due.len(), ..Report::default() };
         let mut outcomes = futures::stream::iter(due)
             .map(|cid| async move {
+                if std::time::Instant::now() >= deadline {
+                    return (cid, None);
+                }
                 let outcome = self.tokens.renew_if_due(&cid).await;
-                (cid, outcome)
+                (cid, Some(outcome))
             })
             .buffer_unordered(CONCURRENCY);
         while let Some((cid, outcome)) = outcomes.next().await {
+            let Some(outcome) = outcome else {
+                report.deferred += 1;
+                continue;
+            };
             match outcome {
                 RenewOutcome::Refreshed => report.refreshed += 1,
                 RenewOutcome::NeedsReauth => report.needs_reauth += 1,

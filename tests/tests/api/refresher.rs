@@ -116,6 +116,26 @@ async fn a_run_takes_every_due_connection_page_after_page() {
     }
 }
 
+/// Inside a page too, a run starts no renewal once its budget is spent, so it always ends
+/// within the function's time: what it left stays due, and the next run takes it.
+#[tokio::test]
+async fn a_run_past_its_budget_starts_nothing_more_and_the_next_run_takes_the_rest() {
+    let app = spawn_app().await;
+    let cids: Vec<_> = (0..3).map(|_| new_cid()).collect();
+    for cid in &cids {
+        app.connect(&Browser::new(), cid, Origin::Web, "work").await;
+    }
+    app.clock.advance(Duration::from_secs(8 * DAY));
+    let refresher = token_refresher::Refresher { tokens: app.refresher.tokens.clone() };
+    let spent = refresher.run_within(500, Duration::ZERO).await.unwrap();
+    assert_eq!(spent, Report { due: 3, deferred: 3, ..Report::default() });
+    for cid in &cids {
+        assert_eq!(app.connection(cid).await.unwrap().version, 1, "nothing was started");
+    }
+    let next = refresher.run().await.unwrap();
+    assert_eq!(next, Report { due: 3, refreshed: 3, ..Report::default() });
+}
+
 #[tokio::test]
 async fn many_connections_of_one_tenant_refused_alike_raise_one_tenant_incident() {
     use ms_oauth::events::EventKind;

@@ -161,45 +161,45 @@ impl Page {
     /// The confirmation shown before the browser goes to Microsoft: who and what is being
     /// connected, a warning against links from others, and the button that continues.
     pub fn confirm(facts: Vec<(String, String)>, form: PageForm) -> Self {
-        Self {
-            status: StatusCode::OK,
-            tone: Tone::Neutral,
-            title: "Connect a Microsoft account?".into(),
-            message: vec![
-                "AutoKitteh will ask Microsoft for access to the account you sign in with next, \
-                 and this connection will then act as that account."
-                    .into(),
-            ],
-            action: Some(
-                "Continue only if you started this connection yourself. If someone sent you \
-                 this link, close this page: continuing would give their connection access to \
-                 your Microsoft data."
-                    .into(),
-            ),
-            reference: None,
-            link: None,
+        Self::question(
+            "Connect a Microsoft account?",
+            "AutoKitteh will ask Microsoft for access to the account you sign in with next, \
+             and this connection will then act as that account.",
+            "Continue only if you started this connection yourself. If someone sent you \
+             this link, close this page: continuing would give their connection access to \
+             your Microsoft data.",
             facts,
-            form: Some(form),
-            close_popup: false,
-        }
+            form,
+        )
     }
 
     /// The confirmation shown before an administrator goes to Microsoft's admin consent.
     pub fn confirm_admin_consent(facts: Vec<(String, String)>, form: PageForm) -> Self {
+        Self::question(
+            "Grant admin consent?",
+            "Microsoft will ask an administrator of your organization to grant this app \
+             its permissions for the whole organization.",
+            "Continue only if you expected this request for the connection below. This \
+             link works once: opening it spent nothing, continuing does.",
+            facts,
+            form,
+        )
+    }
+
+    /// A question with facts and a button that posts `form`.
+    fn question(
+        title: &str,
+        message: &str,
+        action: &str,
+        facts: Vec<(String, String)>,
+        form: PageForm,
+    ) -> Self {
         Self {
             status: StatusCode::OK,
             tone: Tone::Neutral,
-            title: "Grant admin consent?".into(),
-            message: vec![
-                "Microsoft will ask an administrator of your organization to grant this app \
-                 its permissions for the whole organization."
-                    .into(),
-            ],
-            action: Some(
-                "Continue only if you expected this request for the connection below. This \
-                 link works once: opening it spent nothing, continuing does."
-                    .into(),
-            ),
+            title: title.into(),
+            message: vec![message.into()],
+            action: Some(action.into()),
             reference: None,
             link: None,
             facts,

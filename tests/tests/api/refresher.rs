@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ms_oauth::domain::Origin;
+use ms_oauth::domain::{ConnectionId, Origin};
 use ms_oauth::tokens::{FIRST_BACKOFF, STUCK_AFTER, backoff_after};
 use token_refresher::Report;
 
@@ -99,14 +99,20 @@ async fn failing_connections_back_off_and_are_reported_once_stuck() {
     assert_eq!(app.connection(&cid).await.unwrap().connection.refresh_failures, 0);
 }
 
-#[tokio::test]
-async fn a_run_takes_every_due_connection_page_after_page() {
+/// A deployment with three connections, all due for their keep-alive.
+async fn three_due() -> (TestApp, Vec<ConnectionId>) {
     let app = spawn_app().await;
     let cids: Vec<_> = (0..3).map(|_| new_cid()).collect();
     for cid in &cids {
         app.connect(&Browser::new(), cid, Origin::Web, "work").await;
     }
     app.clock.advance(Duration::from_secs(8 * DAY));
+    (app, cids)
+}
+
+#[tokio::test]
+async fn a_run_takes_every_due_connection_page_after_page() {
+    let (app, cids) = three_due().await;
     // Pages of one: three pages in one run.
     let refresher = token_refresher::Refresher { tokens: app.refresher.tokens.clone() };
     let report = refresher.run_with_page(1).await.unwrap();
@@ -120,12 +126,7 @@ async fn a_run_takes_every_due_connection_page_after_page() {
 /// within the function's time: what it left stays due, and the next run takes it.
 #[tokio::test]
 async fn a_run_past_its_budget_starts_nothing_more_and_the_next_run_takes_the_rest() {
-    let app = spawn_app().await;
-    let cids: Vec<_> = (0..3).map(|_| new_cid()).collect();
-    for cid in &cids {
-        app.connect(&Browser::new(), cid, Origin::Web, "work").await;
-    }
-    app.clock.advance(Duration::from_secs(8 * DAY));
+    let (app, cids) = three_due().await;
     let refresher = token_refresher::Refresher { tokens: app.refresher.tokens.clone() };
     let spent = refresher.run_within(500, Duration::ZERO).await.unwrap();
     assert_eq!(spent, Report { due: 3, deferred: 3, ..Report::default() });

@@ -740,7 +740,7 @@ fn consent_page(tenant: &str, params: &HashMap<String, String>) -> Response {
          <h1>Let this app access your data?</h1><p>Tenant: <code>{}</code></p><p>Permissions: <code>{scopes}</code></p>\
          <form method=\"post\">{hidden}{buttons}\
          <button type=\"submit\" name=\"account\" value=\"cancel\" id=\"cancel\">Cancel</button></form></body></html>",
-        escape(&tenant)
+        escape(tenant)
     ))
     .into_response()
 }

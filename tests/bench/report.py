@@ -358,8 +358,11 @@ def main():
         "Inside an AutoKitteh deployment (`--autokitteh`, a stand-in AutoKitteh whose WhoAmI, "
         "ConnectionsService/Get and VarsService/Set answer after the same latency) the redirect "
         "also asks AutoKitteh who the browser is and writes the connection's vars there. WhoAmI "
-        "runs alongside the consume and `VarsService/Set` alongside the DynamoDB save (both are "
-        "whole upserts of the same sign-in), so the floor stays 4.\n"
+        "runs alongside the consume, so it adds no hop. `VarsService/Set` follows the DynamoDB "
+        "save: every writer changes the table first and AutoKitteh second, so that a refresh's "
+        "write-back that lands after a sign-in sees it and a sign-in AutoKitteh refuses can be "
+        "withdrawn (README, \"Writing refreshes back\"). That is a sixth hop inside "
+        "AutoKitteh.\n"
     )
     w("| mode | added latency | baseline | cold instance | warm instance (median of 5) | hops |")
     w("|---|---|---|---|---|---|")

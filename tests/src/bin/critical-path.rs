@@ -226,7 +226,14 @@ async fn flow(http: &reqwest::Client, address: &str, autokitteh: Option<&AkRun>)
             let cid = run.ak.add_connection(&run.org, Integration::Microsoft, "bench");
             let cookies = format!("{SESSION_COOKIE}={}; {LOGGED_IN_COOKIE}=true", run.session);
             let url = format!("{address}{}?cid={cid}&origin=web", config::START_PATH);
-            let start = http.get(url).header("cookie", &cookies).send().await.unwrap();
+            // As AutoKitteh's popup navigates: from its own site, so no confirmation.
+            let start = http
+                .get(url)
+                .header("cookie", &cookies)
+                .header("sec-fetch-site", "same-site")
+                .send()
+                .await
+                .unwrap();
             (start, Some(cookies))
         }
         None => {
